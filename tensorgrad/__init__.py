@@ -1,0 +1,11 @@
+"""tensorgrad: a small reverse-mode autograd engine on NumPy (CPU) and CuPy (GPU)."""
+from . import backend
+from .backend import cuda_available, get_array_module
+from .function import Function, enable_grad, is_grad_enabled, no_grad
+from .gradcheck import GradcheckError, gradcheck
+from .ops import *  # noqa: F401,F403  (every op, and Tensor's operators)
+from .ops import __all__ as _ops_all
+from .tensor import (Tensor, arange, as_tensor, bool_, float16, float32, float64, full, int32, int64,
+                     manual_seed, ones, ones_like, rand, randint, randn, tensor, zeros, zeros_like)
+
+__version__ = "0.1.0"

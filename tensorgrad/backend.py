@@ -1,0 +1,126 @@
+"""Devices: 'cpu' runs on NumPy, 'cuda' on CuPy. The one array-module switch.
+
+Every op is written once against `xp` (NumPy or CuPy have the same API), so the
+CPU and GPU paths are the same code. CuPy is imported lazily: `import tensorgrad`
+works without it, and asking for 'cuda' without it is a clear error.
+"""
+import numpy as np
+
+_cupy = None          # the cupy module once imported successfully
+_cupy_error = None    # why it could not be used, for the error message
+
+
+def _load_cupy():
+    global _cupy, _cupy_error
+    if _cupy is not None or _cupy_error is not None:
+        return _cupy
+    try:
+        import cupy
+        if cupy.cuda.runtime.getDeviceCount() < 1:
+            raise RuntimeError("CuPy found no CUDA GPU")
+        _cupy = cupy
+    except Exception as e:  # ImportError, CUDA driver errors, no device
+        _cupy_error = f"{type(e).__name__}: {e}"
+    return _cupy
+
+
+def cuda_available():
+    """True when CuPy imports and sees at least one GPU."""
+    return _load_cupy() is not None
+
+
+def cupy():
+    """The cupy module; raises a clear error when CUDA cannot be used."""
+    cp = _load_cupy()
+    if cp is None:
+        raise RuntimeError(
+            "device='cuda' needs CuPy and an NVIDIA GPU, but CUDA is not usable here "
+            f"({_cupy_error}). Install CuPy for your CUDA version, e.g. "
+            "`pip install cupy-cuda12x` (or the project's extra: `pip install -e .[cuda]`), "
+            "and check that `nvidia-smi` sees a GPU; or use device='cpu'.")
+    return cp
+
+
+def parse_device(device):
+    """'cpu' | 'cuda' | 'cuda:0' -> 'cpu' | 'cuda' (one GPU is supported)."""
+    if device is None:
+        return "cpu"
+    d = str(device)
+    if d == "cpu":
+        return "cpu"
+    if d == "cuda" or d == "cuda:0" or d == "gpu":
+        cupy()  # fail early, with the install hint
+        return "cuda"
+    raise ValueError(f"unknown device {device!r}: expected 'cpu' or 'cuda'")
+
+
+def xp_of_device(device):
+    """The array module of a device name."""
+    return np if device == "cpu" else cupy()
+
+
+def is_cupy_array(x):
+    return _cupy is not None and isinstance(x, _cupy.ndarray)
+
+
+def device_of(array):
+    """'cpu' for a NumPy array (or scalar), 'cuda' for a CuPy array."""
+    return "cpu" if isinstance(array, (np.ndarray, np.generic)) else "cuda"
+
+
+def get_array_module(array):
+    """numpy for NumPy arrays, cupy for CuPy arrays (the `xp` of DeZero/CuPy)."""
+    if isinstance(array, (np.ndarray, np.generic)) or _cupy is None:
+        return np
+    return _cupy
+
+
+def to_device(array, device):
+    """Copy an array to 'cpu' or 'cuda' (no copy when it is already there)."""
+    if device == "cpu":
+        return array if device_of(array) == "cpu" else array.get()
+    cp = cupy()
+    return array if device_of(array) == "cuda" else cp.asarray(array)
+
+
+def scatter_add(target, index, values):
+    """target[index] += values, accumulating repeated indices (in place)."""
+    if isinstance(target, np.ndarray):
+        np.add.at(target, index, values)
+    else:
+        import cupyx
+        cupyx.scatter_add(target, index, values)
+
+
+# ----------------------------------------------------------------------------- RNG
+# One generator per device, seeded together by manual_seed, so a seeded run is
+# reproducible on each device (CPU and GPU streams differ from each other).
+_generators = {}
+_seed = None
+
+
+def manual_seed(seed):
+    """Seed the random generators of every device (like torch.manual_seed)."""
+    global _seed
+    _seed = int(seed)
+    _generators.clear()
+
+
+def generator(device):
+    """The random generator of a device (numpy or cupy Generator)."""
+    g = _generators.get(device)
+    if g is None:
+        xp = xp_of_device(device)
+        g = xp.random.default_rng(_seed)
+        _generators[device] = g
+    return g
+
+
+def get_rng_state():
+    """The CPU generator's state, as a JSON-able dict (for checkpoints)."""
+    return {"seed": _seed, "cpu": generator("cpu").bit_generator.state}
+
+
+def set_rng_state(state):
+    manual_seed(state["seed"]) if state.get("seed") is not None else None
+    generator("cpu").bit_generator.state = state["cpu"]

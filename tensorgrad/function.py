@@ -1,0 +1,94 @@
+"""Function: one differentiable op, its forward and backward side by side.
+
+A subclass implements
+    forward(self, *arrays, **params) -> array      (arrays in, array out)
+    backward(self, grad) -> tuple of arrays         (one gradient per input)
+and may save what backward needs on `self`. `apply` runs forward and, when a
+gradient is needed, records the node in the graph: the output tensor points to
+its Function (`_ctx`), the Function to its inputs. Positional inputs may be
+Tensors or plain Python scalars (constants: their gradient is ignored).
+"""
+import contextlib
+
+_grad_enabled = True
+
+
+class ShapeError(ValueError):
+    """Bad input to an op, with a message that already names the op and shapes."""
+
+
+def is_grad_enabled():
+    return _grad_enabled
+
+
+@contextlib.contextmanager
+def no_grad():
+    """Inside this block, ops build no graph (evaluation, optimizer updates)."""
+    global _grad_enabled
+    prev, _grad_enabled = _grad_enabled, False
+    try:
+        yield
+    finally:
+        _grad_enabled = prev
+
+
+@contextlib.contextmanager
+def enable_grad():
+    global _grad_enabled
+    prev, _grad_enabled = _grad_enabled, True
+    try:
+        yield
+    finally:
+        _grad_enabled = prev
+
+
+class Function:
+    # inputs: the positional inputs (Tensors or constants); needs_input_grad:
+    # one bool per input, so backward can skip gradients nobody wants.
+    # No __slots__ here: subclasses keep their saved arrays as attributes.
+
+    def forward(self, *args, **kwargs):
+        raise NotImplementedError
+
+    def backward(self, grad):
+        raise NotImplementedError
+
+    @classmethod
+    def apply(cls, *inputs, **kwargs):
+        from .tensor import Tensor
+        fn = cls()
+        arrays = []
+        needs = []
+        device = None
+        for x in inputs:
+            if isinstance(x, Tensor):
+                arrays.append(x.data)
+                needs.append(x.requires_grad)
+                if device is None:
+                    device = x._device
+                elif x._device != device:
+                    raise RuntimeError(
+                        f"{cls.__name__}: inputs are on different devices ({device} and "
+                        f"{x._device}); move them with .to('{device}') first")
+            else:
+                arrays.append(x)
+                needs.append(False)
+        requires = _grad_enabled and any(needs)
+        fn.needs_input_grad = needs
+        try:
+            out = fn.forward(*arrays, **kwargs)
+        except ShapeError:
+            raise
+        except (ValueError, IndexError, TypeError) as e:
+            shapes = ", ".join(str(getattr(a, "shape", type(a).__name__)) for a in arrays)
+            raise type(e)(f"{cls.__name__.lower()}: {e} (input shapes: {shapes})") from None
+        # Integer and boolean results (argmax, comparisons) are never differentiable.
+        requires = requires and out.dtype.kind == "f"
+        t = Tensor._make(out, requires)
+        if requires:
+            fn.inputs = inputs
+            t._ctx = fn
+        return t
+
+    def __repr__(self):
+        return f"<{type(self).__name__}>"

@@ -1,0 +1,89 @@
+"""Check an op's backward against central finite differences in float64.
+
+For f = sum(fn(*inputs) * R) with a fixed random R (so every output element
+matters), the analytic gradient from backward() is compared, element by
+element, with (f(x + eps) - f(x - eps)) / (2 eps).
+"""
+from dataclasses import dataclass
+
+import numpy as np
+
+from .backend import get_array_module
+from .function import no_grad
+from .tensor import Tensor
+
+
+@dataclass
+class GradcheckResult:
+    ok: bool
+    max_abs_error: float
+    max_rel_error: float
+    worst: str  # which input and element, with both values
+
+    def __bool__(self):
+        return self.ok
+
+
+class GradcheckError(AssertionError):
+    pass
+
+
+def gradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-3, seed=0, raise_exception=True):
+    """Compare backward() of fn(*inputs) with finite differences.
+
+    inputs: Tensors (float64 for a meaningful check; those with requires_grad
+    are checked) or other arguments passed through unchanged.
+    Passes when |analytic - numeric| <= atol + rtol * |numeric| everywhere.
+    Returns a GradcheckResult; raises GradcheckError naming the worst element.
+    """
+    tensors = [x for x in inputs if isinstance(x, Tensor) and x.requires_grad]
+    if not tensors:
+        raise ValueError("gradcheck: no input has requires_grad=True")
+    for t in tensors:
+        if t.dtype != np.float64:
+            raise TypeError(f"gradcheck: inputs must be float64 for finite differences to be accurate, got {t.dtype}")
+
+    out = fn(*inputs)
+    xp = get_array_module(out.data)
+    R = xp.asarray(np.random.default_rng(seed).standard_normal(out.shape))   # fixed random weights
+
+    for t in tensors:
+        t.grad = None
+    (out * Tensor._make(R, False)).sum().backward()
+    analytic = [t.grad if t.grad is not None else xp.zeros_like(t.data) for t in tensors]
+
+    def f():
+        with no_grad():
+            return float((fn(*inputs).data * R).sum())
+
+    worst = (0.0, "all elements agree exactly")
+    max_abs = 0.0
+    ok = True
+    for k, t in enumerate(tensors):
+        flat = t.data.reshape(-1)  # a view: perturbing it perturbs the input
+        grad = analytic[k].reshape(-1)
+        for i in range(flat.size):
+            orig = float(flat[i])
+            flat[i] = orig + eps
+            fp = f()
+            flat[i] = orig - eps
+            fm = f()
+            flat[i] = orig
+            num = (fp - fm) / (2 * eps)
+            ana = float(grad[i])
+            err = abs(ana - num)
+            rel = err / max(abs(ana), abs(num), 1e-8)
+            max_abs = max(max_abs, err)
+            if err > atol + rtol * abs(num):
+                ok = False
+            if rel > worst[0]:
+                idx = np.unravel_index(i, t.shape) if t.shape else ()
+                worst = (rel, f"input {k} (shape {t.shape}) element {tuple(int(j) for j in idx)}: "
+                              f"analytic {ana:.8g}, numeric {num:.8g}")
+    for t in tensors:
+        t.grad = None
+    result = GradcheckResult(ok, max_abs, worst[0], worst[1])
+    if not ok and raise_exception:
+        raise GradcheckError(f"gradcheck failed: {result.worst}, abs error {max_abs:.3g}, "
+                             f"relative error {result.max_rel_error:.3g}")
+    return result

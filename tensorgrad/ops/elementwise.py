@@ -1,0 +1,307 @@
+"""Elementwise ops: arithmetic with broadcasting, and the usual nonlinearities.
+
+Each backward is the derivative of its forward, times the output gradient
+(chain rule), summed back to the input's shape where broadcasting stretched it.
+"""
+import math
+
+import numpy as np
+
+from ..backend import get_array_module
+from ..function import Function
+from .broadcast import meta, unbroadcast
+
+
+# ---------------------------------------------------------------- arithmetic
+class Add(Function):
+    """out = a + b;  da = g, db = g"""
+    def forward(self, a, b):
+        self.ma, self.mb = meta(a), meta(b)
+        return a + b
+
+    def backward(self, g):
+        return (unbroadcast(g, self.ma) if self.ma else None,
+                unbroadcast(g, self.mb) if self.mb else None)
+
+
+class Sub(Function):
+    """out = a - b;  da = g, db = -g"""
+    def forward(self, a, b):
+        self.ma, self.mb = meta(a), meta(b)
+        return a - b
+
+    def backward(self, g):
+        return (unbroadcast(g, self.ma) if self.ma else None,
+                unbroadcast(-g, self.mb) if self.mb and self.needs_input_grad[1] else None)
+
+
+class Mul(Function):
+    """out = a * b;  da = g * b, db = g * a"""
+    def forward(self, a, b):
+        self.a, self.b = a, b
+        return a * b
+
+    def backward(self, g):
+        a, b = self.a, self.b
+        need_a, need_b = self.needs_input_grad
+        return (unbroadcast(g * b, meta(a)) if need_a else None,
+                unbroadcast(g * a, meta(b)) if need_b else None)
+
+
+class Div(Function):
+    """out = a / b;  da = g / b, db = -g * a / b^2"""
+    def forward(self, a, b):
+        self.a, self.b = a, b
+        return a / b
+
+    def backward(self, g):
+        a, b = self.a, self.b
+        need_a, need_b = self.needs_input_grad
+        return (unbroadcast(g / b, meta(a)) if need_a else None,
+                unbroadcast(-g * a / (b * b), meta(b)) if need_b else None)
+
+
+class Neg(Function):
+    """out = -a;  da = -g"""
+    def forward(self, a):
+        return -a
+
+    def backward(self, g):
+        return -g
+
+
+class Pow(Function):
+    """out = a ** b;  da = g * b * a^(b-1), db = g * out * ln(a)"""
+    def forward(self, a, b):
+        self.a, self.b = a, b
+        self.out = a ** b
+        return self.out
+
+    def backward(self, g):
+        a, b = self.a, self.b
+        need_a, need_b = self.needs_input_grad
+        da = db = None
+        if need_a:
+            da = unbroadcast(g * b * a ** (b - 1), meta(a))
+        if need_b:
+            log_a = get_array_module(a).log(a) if hasattr(a, "shape") else math.log(a)
+            db = unbroadcast(g * self.out * log_a, meta(b))
+        return da, db
+
+
+class Cast(Function):
+    """out = a.astype(dtype);  da = g.astype(a.dtype)"""
+    def forward(self, a, dtype):
+        self.dtype = a.dtype
+        return a.astype(dtype)
+
+    def backward(self, g):
+        return g.astype(self.dtype)
+
+
+# ------------------------------------------------------------ nonlinearities
+class Exp(Function):
+    """out = e^a;  da = g * out"""
+    def forward(self, a):
+        self.out = get_array_module(a).exp(a)
+        return self.out
+
+    def backward(self, g):
+        return g * self.out
+
+
+class Log(Function):
+    """out = ln a;  da = g / a"""
+    def forward(self, a):
+        self.a = a
+        return get_array_module(a).log(a)
+
+    def backward(self, g):
+        return g / self.a
+
+
+class Sqrt(Function):
+    """out = sqrt(a);  da = g / (2 out)"""
+    def forward(self, a):
+        self.out = get_array_module(a).sqrt(a)
+        return self.out
+
+    def backward(self, g):
+        return g / (2 * self.out)
+
+
+class Tanh(Function):
+    """out = tanh a;  da = g * (1 - out^2)"""
+    def forward(self, a):
+        self.out = get_array_module(a).tanh(a)
+        return self.out
+
+    def backward(self, g):
+        return g * (1 - self.out * self.out)
+
+
+def _sigmoid(xp, a):
+    # 0.5 * (1 + tanh(a/2)) equals 1/(1+e^-a) and never overflows for large |a|.
+    return 0.5 * (1 + xp.tanh(0.5 * a))
+
+
+class Sigmoid(Function):
+    """out = 1 / (1 + e^-a);  da = g * out * (1 - out)"""
+    def forward(self, a):
+        self.out = _sigmoid(get_array_module(a), a)
+        return self.out
+
+    def backward(self, g):
+        return g * self.out * (1 - self.out)
+
+
+class ReLU(Function):
+    """out = max(a, 0);  da = g * [a > 0]"""
+    def forward(self, a):
+        self.mask = a > 0
+        return a * self.mask
+
+    def backward(self, g):
+        return g * self.mask
+
+
+_GELU_C = math.sqrt(2.0 / math.pi)
+
+
+class GELU(Function):
+    """GPT-2's tanh approximation: out = a/2 * (1 + tanh(c (a + 0.044715 a^3)));
+    da = g * (1/2 (1 + t) + a/2 (1 - t^2) c (1 + 3 * 0.044715 a^2))"""
+    def forward(self, a):
+        xp = get_array_module(a)
+        self.a = a
+        self.t = xp.tanh(_GELU_C * (a + 0.044715 * a * a * a))
+        return 0.5 * a * (1 + self.t)
+
+    def backward(self, g):
+        a, t = self.a, self.t
+        return g * (0.5 * (1 + t) + 0.5 * a * (1 - t * t) * _GELU_C * (1 + 3 * 0.044715 * a * a))
+
+
+class SiLU(Function):
+    """out = a * sigmoid(a);  da = g * s * (1 + a (1 - s))"""
+    def forward(self, a):
+        self.a = a
+        self.s = _sigmoid(get_array_module(a), a)
+        return a * self.s
+
+    def backward(self, g):
+        s = self.s
+        return g * s * (1 + self.a * (1 - s))
+
+
+class Abs(Function):
+    """out = |a|;  da = g * sign(a)  (0 at a = 0)"""
+    def forward(self, a):
+        self.a = a
+        return abs(a)
+
+    def backward(self, g):
+        return g * get_array_module(self.a).sign(self.a)
+
+
+class Clamp(Function):
+    """out = min(max(a, lo), hi);  da = g where lo <= a <= hi, else 0"""
+    def forward(self, a, lo=None, hi=None):
+        xp = get_array_module(a)
+        self.mask = xp.ones(a.shape, dtype=bool)
+        if lo is not None:
+            self.mask &= a >= lo
+        if hi is not None:
+            self.mask &= a <= hi
+        return xp.clip(a, lo, hi)
+
+    def backward(self, g):
+        return g * self.mask
+
+
+class Maximum(Function):
+    """out = max(a, b);  the gradient goes to the larger input (split evenly on ties)"""
+    def forward(self, a, b):
+        self.ma, self.mb = meta(a), meta(b)
+        xp = get_array_module(a if self.ma else b)
+        out = xp.maximum(a, b)
+        self.wa = (a > b) + 0.5 * (a == b)  # share of the gradient that goes to a
+        return out
+
+    def backward(self, g):
+        wa = self.wa.astype(g.dtype)
+        return (unbroadcast(g * wa, self.ma) if self.ma else None,
+                unbroadcast(g * (1 - wa), self.mb) if self.mb else None)
+
+
+class Minimum(Maximum):
+    """out = min(a, b);  the gradient goes to the smaller input (split evenly on ties)"""
+    def forward(self, a, b):
+        self.ma, self.mb = meta(a), meta(b)
+        xp = get_array_module(a if self.ma else b)
+        self.wa = (a < b) + 0.5 * (a == b)
+        return xp.minimum(a, b)
+
+
+class Where(Function):
+    """out = cond ? a : b;  da = g where cond, db = g where not cond"""
+    def forward(self, cond, a, b):
+        xp = get_array_module(cond)
+        self.cond, self.ma, self.mb = cond, meta(a), meta(b)
+        return xp.where(cond, a, b)
+
+    def backward(self, g):
+        zero = g.dtype.type(0)
+        xp = get_array_module(g)
+        return (None,
+                unbroadcast(xp.where(self.cond, g, zero), self.ma) if self.ma else None,
+                unbroadcast(xp.where(self.cond, zero, g), self.mb) if self.mb else None)
+
+
+# ------------------------------------------------------------------- wrappers
+def _scalar(x):
+    # NumPy scalars would upcast float32 arrays (NEP 50); Python scalars do not.
+    return x.item() if isinstance(x, np.generic) else x
+
+
+def add(a, b): return Add.apply(a, _scalar(b))
+def sub(a, b): return Sub.apply(a, _scalar(b))
+def mul(a, b): return Mul.apply(a, _scalar(b))
+def div(a, b): return Div.apply(a, _scalar(b))
+def neg(a): return Neg.apply(a)
+def pow(a, b): return Pow.apply(a, _scalar(b))  # noqa: A001 (shadows builtin inside this module only)
+def exp(a): return Exp.apply(a)
+def log(a): return Log.apply(a)
+def sqrt(a): return Sqrt.apply(a)
+def tanh(a): return Tanh.apply(a)
+def sigmoid(a): return Sigmoid.apply(a)
+def relu(a): return ReLU.apply(a)
+def gelu(a): return GELU.apply(a)
+def silu(a): return SiLU.apply(a)
+def abs(a): return Abs.apply(a)  # noqa: A001
+def maximum(a, b): return Maximum.apply(a, _scalar(b))
+def minimum(a, b): return Minimum.apply(a, _scalar(b))
+def cast(a, dtype): return Cast.apply(a, dtype=np.dtype(dtype))
+
+
+def clamp(a, min=None, max=None):  # noqa: A002 (PyTorch's argument names)
+    if min is None and max is None:
+        raise ValueError("clamp: give min, max or both")
+    return Clamp.apply(a, lo=_scalar(min), hi=_scalar(max))
+
+
+clip = clamp
+
+
+def where(cond, a, b):
+    """cond ? a : b, elementwise with broadcasting; cond is a boolean tensor or array."""
+    from ..tensor import Tensor
+    c = cond.data if isinstance(cond, Tensor) else cond
+    if c.dtype != bool:
+        raise TypeError(f"where: condition must be boolean, got dtype {c.dtype}")
+    return Where.apply(Tensor._make(c, False), _scalar(a), _scalar(b))
+
+
+def masked_fill(a, mask, value):
+    """a with `value` wherever mask is True (mask broadcasts to a's shape)."""
+    return where(mask, value, a)

@@ -1,0 +1,327 @@
+"""Tensor: an array (NumPy or CuPy), its gradient, and the op that made it.
+
+`backward()` walks the graph of Functions in reverse topological order (built
+with an explicit stack, so a chain of 100,000 ops is fine), hands each node the
+gradient of its output and accumulates what it returns into its inputs. Leaf
+tensors (made by the user, requires_grad=True) keep the sum in `.grad`;
+intermediate gradients are dropped as soon as they are used.
+"""
+import numpy as np
+
+from . import backend
+from .function import is_grad_enabled
+
+float32 = np.float32
+float64 = np.float64
+float16 = np.float16
+int32 = np.int32
+int64 = np.int64
+bool_ = np.bool_
+
+
+class _Freed:
+    """Stands in for a Function whose saved arrays were released by backward()."""
+    def __repr__(self):
+        return "<freed graph>"
+
+
+_FREED = _Freed()
+
+
+def _dtype_of(dtype):
+    return None if dtype is None else np.dtype(dtype)
+
+
+class Tensor:
+    __slots__ = ("data", "grad", "requires_grad", "_ctx", "_device", "__weakref__")
+    __array_priority__ = 1000  # numpy scalars defer to our operators (np.float32(2) * t)
+
+    def __init__(self, data, requires_grad=False, device=None, dtype=None):
+        if isinstance(data, Tensor):
+            data = data.data
+        dtype = _dtype_of(dtype)
+        dev = backend.parse_device(device) if device is not None else None
+        if backend.is_cupy_array(data):
+            arr = data if dev in (None, "cuda") else data.get()
+            dev = dev or "cuda"
+        else:
+            arr = np.asarray(data)
+            if dtype is None and arr.dtype == np.float64 and not isinstance(data, (np.ndarray, np.generic)):
+                dtype = np.dtype(np.float32)  # Python floats become float32, like torch
+            dev = dev or "cpu"
+            if dev == "cuda":
+                arr = backend.cupy().asarray(arr)
+        if dtype is not None and arr.dtype != dtype:
+            arr = arr.astype(dtype)
+        self._init(arr, bool(requires_grad), dev)
+
+    def _init(self, arr, requires_grad, device):
+        if requires_grad and arr.dtype.kind != "f":
+            raise TypeError(f"only floating-point tensors can require grad (got dtype {arr.dtype}); "
+                            "convert with .float() first")
+        self.data = arr
+        self.grad = None
+        self.requires_grad = requires_grad
+        self._ctx = None
+        self._device = device
+
+    @classmethod
+    def _make(cls, arr, requires_grad):
+        """Fast constructor for op outputs: no conversion, no checks."""
+        t = cls.__new__(cls)
+        t.data = arr
+        t.grad = None
+        t.requires_grad = requires_grad
+        t._ctx = None
+        t._device = "cpu" if isinstance(arr, np.ndarray) else backend.device_of(arr)
+        return t
+
+    # ------------------------------------------------------------------ basics
+    shape = property(lambda self: tuple(self.data.shape))
+    dtype = property(lambda self: self.data.dtype)
+    device = property(lambda self: self._device)
+    ndim = property(lambda self: self.data.ndim)
+    is_leaf = property(lambda self: self._ctx is None)
+
+    def size(self, dim=None):
+        return self.shape if dim is None else self.shape[dim]
+
+    def numel(self):
+        return int(self.data.size)
+
+    def __len__(self):
+        return len(self.data)
+
+    def __repr__(self):
+        arr = self.numpy()
+        extra = f", device='{self._device}'" if self._device != "cpu" else ""
+        if self.requires_grad:
+            extra += ", requires_grad=True"
+        return f"tensor({np.array2string(arr, separator=', ', prefix='tensor(')}, dtype={arr.dtype}{extra})"
+
+    def item(self):
+        """The value of a one-element tensor as a Python number (reads the device)."""
+        if self.data.size != 1:
+            raise ValueError(f"item(): tensor has {self.data.size} elements (shape {self.shape}), not 1")
+        return self.data.reshape(()).item()
+
+    def numpy(self):
+        """A NumPy array of the values (copied from the GPU when on cuda)."""
+        return self.data if self._device == "cpu" else self.data.get()
+
+    tolist = lambda self: self.numpy().tolist()
+
+    def detach(self):
+        """The same values, cut from the graph."""
+        return Tensor._make(self.data, False)
+
+    def requires_grad_(self, flag=True):
+        if flag and self.data.dtype.kind != "f":
+            raise TypeError(f"only floating-point tensors can require grad (got dtype {self.dtype})")
+        self.requires_grad = bool(flag)
+        return self
+
+    def zero_grad(self):
+        self.grad = None
+
+    def to(self, device=None, dtype=None):
+        """This tensor on another device and/or dtype (self when nothing changes).
+
+        A device move makes a new leaf (requires_grad kept); a dtype change on
+        the same device is a differentiable cast.
+        """
+        t = self
+        if device is not None:
+            dev = backend.parse_device(device)
+            if dev != self._device:
+                t = Tensor._make(backend.to_device(self.data, dev), False)
+                t.requires_grad = self.requires_grad
+        if dtype is not None and np.dtype(dtype) != t.dtype:
+            from .ops.elementwise import cast
+            t = cast(t, dtype)
+        return t
+
+    def cpu(self):
+        return self.to("cpu")
+
+    def cuda(self):
+        return self.to("cuda")
+
+    def float(self):
+        return self.to(dtype=np.float32)
+
+    def double(self):
+        return self.to(dtype=np.float64)
+
+    def long(self):
+        return Tensor._make(self.data.astype(np.int64), False)
+
+    def __bool__(self):
+        if self.data.size != 1:
+            raise ValueError(f"the truth value of a tensor with {self.data.size} elements is ambiguous")
+        return bool(self.data)
+
+    def __hash__(self):
+        return id(self)
+
+    # ---------------------------------------------------------------- backward
+    def backward(self, grad=None, retain_graph=False):
+        """Accumulate d(self)/d(leaf) into every leaf's .grad.
+
+        grad: the gradient of some scalar with respect to self; may be omitted
+        only when self has one element (then it is 1).
+        """
+        if not self.requires_grad:
+            raise RuntimeError("backward(): this tensor does not require grad, so there is no graph "
+                               "to differentiate (did you forget requires_grad=True, or call it inside no_grad()?)")
+        xp = backend.get_array_module(self.data)
+        if grad is None:
+            if self.data.size != 1:
+                raise RuntimeError(f"backward(): output has shape {self.shape}; gradients can be implied only "
+                                   "for a one-element output, so pass backward(grad) with a gradient of that shape")
+            grad = xp.ones_like(self.data)
+        else:
+            grad = grad.data if isinstance(grad, Tensor) else xp.asarray(grad, dtype=self.dtype)
+            if tuple(grad.shape) != self.shape:
+                raise ValueError(f"backward(): gradient shape {tuple(grad.shape)} does not match output shape {self.shape}")
+
+        order = _topological_order(self)
+        grads = {id(self): grad}
+        for node in reversed(order):
+            g = grads.pop(id(node), None)
+            if g is None:
+                continue
+            fn = node._ctx
+            if fn is None:  # a leaf: keep the sum
+                if node.grad is None:
+                    node.grad = g.copy()  # g may be shared with other grads: own it
+                else:
+                    node.grad += g
+                continue
+            if fn is _FREED:
+                raise RuntimeError("backward(): the graph was already freed by an earlier backward(); "
+                                   "pass retain_graph=True to the first call to go through it twice")
+            in_grads = fn.backward(g)
+            if not isinstance(in_grads, tuple):
+                in_grads = (in_grads,)
+            for inp, ig in zip(fn.inputs, in_grads):
+                if ig is None or not isinstance(inp, Tensor) or not inp.requires_grad:
+                    continue
+                if ig.shape != inp.data.shape or ig.dtype != inp.data.dtype:
+                    raise RuntimeError(f"internal error: {type(fn).__name__}.backward returned a gradient of "
+                                       f"shape {ig.shape} {ig.dtype} for an input of shape {inp.data.shape} {inp.data.dtype}")
+                prev = grads.get(id(inp))
+                grads[id(inp)] = ig if prev is None else prev + ig
+            if not retain_graph:
+                node._ctx = _FREED  # drop the Function and the arrays it saved
+
+    # --------------------------------------------------------------- operators
+    # (bound at the end of ops/__init__.py, next to the ops themselves)
+
+
+def _topological_order(root):
+    """Nodes that need a gradient, inputs before outputs (iterative DFS)."""
+    order, visited = [], set()
+    stack = [(root, False)]
+    while stack:
+        node, done = stack.pop()
+        if done:
+            order.append(node)
+            continue
+        if id(node) in visited:
+            continue
+        visited.add(id(node))
+        stack.append((node, True))
+        fn = node._ctx
+        if fn is not None and fn is not _FREED:
+            for inp in fn.inputs:
+                if isinstance(inp, Tensor) and inp.requires_grad and id(inp) not in visited:
+                    stack.append((inp, False))
+    return order
+
+
+# ------------------------------------------------------------------- factories
+def tensor(data, dtype=None, device=None, requires_grad=False):
+    """A new leaf tensor from a list, scalar or array (copied)."""
+    if isinstance(data, Tensor):
+        data = data.data
+    if isinstance(data, np.ndarray):
+        data = data.copy()
+    return Tensor(data, requires_grad=requires_grad, device=device, dtype=dtype)
+
+
+def _factory(fill, shape, dtype, device, requires_grad):
+    dev = backend.parse_device(device)
+    xp = backend.xp_of_device(dev)
+    if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
+        shape = tuple(shape[0])
+    arr = fill(xp, tuple(int(s) for s in shape), np.dtype(dtype or np.float32))
+    t = Tensor._make(arr, False)
+    t._device = dev
+    return t.requires_grad_(requires_grad) if requires_grad else t
+
+
+def zeros(*shape, dtype=None, device=None, requires_grad=False):
+    return _factory(lambda xp, s, d: xp.zeros(s, d), shape, dtype, device, requires_grad)
+
+
+def ones(*shape, dtype=None, device=None, requires_grad=False):
+    return _factory(lambda xp, s, d: xp.ones(s, d), shape, dtype, device, requires_grad)
+
+
+def full(shape, value, dtype=None, device=None, requires_grad=False):
+    return _factory(lambda xp, s, d: xp.full(s, value, d), (shape,), dtype, device, requires_grad)
+
+
+def randn(*shape, dtype=None, device=None, requires_grad=False):
+    """Standard normal samples from the device's seeded generator."""
+    return _factory(lambda xp, s, d: backend.generator(backend.parse_device(device))
+                    .standard_normal(s, dtype=d), shape, dtype, device, requires_grad)
+
+
+def rand(*shape, dtype=None, device=None, requires_grad=False):
+    """Uniform samples in [0, 1) from the device's seeded generator."""
+    return _factory(lambda xp, s, d: backend.generator(backend.parse_device(device))
+                    .random(s, dtype=d), shape, dtype, device, requires_grad)
+
+
+def randint(low, high, shape, device=None):
+    dev = backend.parse_device(device)
+    arr = backend.generator(dev).integers(low, high, size=tuple(shape), dtype=np.int64)
+    return Tensor._make(arr, False)
+
+
+def arange(start, stop=None, step=1, dtype=None, device=None):
+    if stop is None:
+        start, stop = 0, start
+    dev = backend.parse_device(device)
+    xp = backend.xp_of_device(dev)
+    if dtype is None:
+        is_int = all(isinstance(v, (int, np.integer)) for v in (start, stop, step))
+        dtype = np.int64 if is_int else np.float32
+    return Tensor._make(xp.arange(start, stop, step, dtype=dtype), False)
+
+
+def zeros_like(t, dtype=None, requires_grad=False):
+    return zeros(*t.shape, dtype=dtype or t.dtype, device=t.device, requires_grad=requires_grad)
+
+
+def ones_like(t, dtype=None, requires_grad=False):
+    return ones(*t.shape, dtype=dtype or t.dtype, device=t.device, requires_grad=requires_grad)
+
+
+def manual_seed(seed):
+    backend.manual_seed(seed)
+
+
+def as_tensor(x, like=None):
+    """x as a Tensor (no copy); scalars stay Python scalars for the ops."""
+    if isinstance(x, Tensor):
+        return x
+    if like is not None:
+        return Tensor(x, device=like.device, dtype=like.dtype if not isinstance(x, np.ndarray) else None)
+    return Tensor(x)
+
+
+__all__ = ["Tensor", "tensor", "zeros", "ones", "full", "randn", "rand", "randint", "arange",
+           "zeros_like", "ones_like", "manual_seed", "is_grad_enabled", "as_tensor"]
