@@ -10,6 +10,8 @@ Tensors or plain Python scalars (constants: their gradient is ignored).
 """
 import contextlib
 
+import numpy as np
+
 _grad_enabled = True
 
 
@@ -82,6 +84,8 @@ class Function:
         except (ValueError, IndexError, TypeError) as e:
             shapes = ", ".join(str(getattr(a, "shape", type(a).__name__)) for a in arrays)
             raise type(e)(f"{cls.__name__.lower()}: {e} (input shapes: {shapes})") from None
+        if isinstance(out, np.generic):  # NumPy returns scalars for 0-d results; keep arrays
+            out = np.asarray(out)
         # Integer and boolean results (argmax, comparisons) are never differentiable.
         requires = requires and out.dtype.kind == "f"
         t = Tensor._make(out, requires)

@@ -207,6 +207,8 @@ class Tensor:
             for inp, ig in zip(fn.inputs, in_grads):
                 if ig is None or not isinstance(inp, Tensor) or not inp.requires_grad:
                     continue
+                if isinstance(ig, np.generic):
+                    ig = np.asarray(ig)
                 if ig.shape != inp.data.shape or ig.dtype != inp.data.dtype:
                     raise RuntimeError(f"internal error: {type(fn).__name__}.backward returned a gradient of "
                                        f"shape {ig.shape} {ig.dtype} for an input of shape {inp.data.shape} {inp.data.dtype}")

@@ -198,7 +198,7 @@ class Abs(Function):
     """out = |a|;  da = g * sign(a)  (0 at a = 0)"""
     def forward(self, a):
         self.a = a
-        return abs(a)
+        return get_array_module(a).abs(a)
 
     def backward(self, g):
         return g * get_array_module(self.a).sign(self.a)

@@ -33,10 +33,10 @@ class MatMul(Function):
         # Promote vectors to matrices so one formula serves every case.
         a2 = a[None, :] if a.ndim == 1 else a            # (..., M, K)
         b2 = b[:, None] if b.ndim == 1 else b            # (..., K, N)
-        if a.ndim == 1:
-            g = g[..., None, :]
         if b.ndim == 1:
-            g = g[..., None]                             # g: (..., M, N)
+            g = g[..., None]
+        if a.ndim == 1:
+            g = g[..., None, :]                          # g: (..., M, N)
         need_a, need_b = self.needs_input_grad
         da = db = None
         if need_a:

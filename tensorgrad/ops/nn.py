@@ -131,8 +131,9 @@ class CrossEntropy(Function):
         self.shape, self.reduction, self.keep, self.t = logits.shape, reduction, keep, safe_t
         k = _kernels(x)
         if k is not None:
-            losses, self.probs = k.cross_entropy_forward(x, safe_t, keep)   # (N,), (N, V) or None
-            self.x = x
+            # the kernel saves only logsumexp per row; backward recomputes softmax from it
+            losses, self.lse = k.cross_entropy_forward(x, safe_t, keep)     # (N,), (N,)
+            self.x, self.probs = x, None
         else:
             m = x.max(axis=1, keepdims=True)
             e = xp.exp(x - m)
@@ -159,7 +160,7 @@ class CrossEntropy(Function):
         if self.probs is None:  # the CUDA kernel recomputes softmax instead of saving it
             from .. import kernels
             row_scale = xp.ascontiguousarray(xp.broadcast_to(scale.reshape(-1), self.keep.shape))
-            dx = kernels.cross_entropy_backward(self.x, self.t, self.keep, row_scale)
+            dx = kernels.cross_entropy_backward(self.x, self.t, self.keep, self.lse, row_scale)
             return dx.reshape(self.shape), None
         dx = self.probs.copy()
         rows = xp.arange(dx.shape[0])

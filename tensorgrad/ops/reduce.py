@@ -3,6 +3,8 @@
 Backward puts the reduced axes back (as size 1) and broadcasts the gradient
 over them: every input element that fed an output element gets its gradient.
 """
+import builtins
+
 from ..backend import get_array_module
 from ..function import Function, ShapeError
 
@@ -14,7 +16,7 @@ def normalize_axes(axis, ndim, op):
     axes = (axis,) if isinstance(axis, int) else tuple(axis)
     out = []
     for ax in axes:
-        if not -ndim <= ax < max(ndim, 1):
+        if not -ndim <= ax < builtins.max(ndim, 1):
             raise ShapeError(f"{op}: axis {ax} is out of range for a tensor with {ndim} dims")
         out.append(ax % ndim if ndim else 0)
     if len(set(out)) != len(out):
@@ -86,7 +88,7 @@ class Var(Function):
         n = 1
         for ax in self.axes:
             n *= a.shape[ax]
-        self.denom = max(n - correction, 0)
+        self.denom = builtins.max(n - correction, 0)
         if self.denom == 0:
             raise ShapeError(f"var: {n} element(s) with correction={correction} leave no degrees of freedom")
         self.centered = a - a.mean(axis=self.axes, keepdims=True)

@@ -1,0 +1,230 @@
+"""The graph (reuse, accumulation, deep chains, no_grad), forward values and errors."""
+import math
+
+import numpy as np
+import pytest
+
+import tensorgrad as tg
+from tensorgrad.ops.broadcast import sum_to
+
+rng = np.random.default_rng(0)
+
+
+# --------------------------------------------------------------------- graph
+def test_reuse_and_diamond():
+    x = tg.tensor(3.0, requires_grad=True)
+    y = x * x                      # reuse: dy/dx = 2x
+    y.backward()
+    assert x.grad == pytest.approx(6.0)
+
+    x = tg.tensor(2.0, requires_grad=True)
+    a, b = x * 3, x.exp()          # diamond: two paths from x to z
+    z = a * b
+    z.backward()
+    assert x.grad == pytest.approx(3 * math.exp(2) + 3 * 2 * math.exp(2))
+
+
+def test_leaf_grads_accumulate_until_zeroed():
+    x = tg.tensor([1.0, 2.0], requires_grad=True)
+    (x * 2).sum().backward()
+    (x * 3).sum().backward()
+    np.testing.assert_allclose(x.grad, [5, 5])
+    x.zero_grad()
+    (x * x).sum().backward()
+    np.testing.assert_allclose(x.grad, [2, 4])
+
+
+def test_grads_of_two_leaves_are_independent_arrays():
+    a, b = tg.tensor([1.0], requires_grad=True), tg.tensor([1.0], requires_grad=True)
+    (a + b).sum().backward()
+    a.grad *= 10  # must not change b.grad (Add hands both the same array)
+    assert b.grad[0] == 1.0
+
+
+def test_deep_chain_does_not_recurse():
+    x = tg.tensor(1.0, requires_grad=True)
+    y = x
+    for _ in range(100_000):
+        y = y + 1e-6
+    y.backward()
+    assert x.grad == pytest.approx(1.0)
+
+
+def test_no_grad_builds_no_graph():
+    x = tg.tensor([1.0, 2.0], requires_grad=True)
+    with tg.no_grad():
+        y = (x * 2).sum()
+    assert not y.requires_grad and y._ctx is None
+    with pytest.raises(RuntimeError, match="does not require grad"):
+        y.backward()
+
+
+def test_graph_is_freed_and_second_pass_is_an_error():
+    x = tg.tensor([1.0, 2.0], requires_grad=True)
+    y = (x * x).sum()
+    y.backward(retain_graph=True)
+    y.backward()  # allowed once more
+    np.testing.assert_allclose(x.grad, [4, 8])
+    with pytest.raises(RuntimeError, match="already freed"):
+        y.backward()
+
+
+def test_backward_frees_saved_arrays():
+    import gc
+    import weakref
+    x = tg.tensor(rng.standard_normal(100), requires_grad=True)
+    h = x.exp()
+    fn_ref = weakref.ref(h._ctx)
+    h.sum().backward()
+    gc.collect()
+    assert fn_ref() is None  # the Exp node and its saved output are gone
+
+
+def test_detach_and_integer_tensors():
+    x = tg.tensor([1.0, 2.0], requires_grad=True)
+    assert not x.detach().requires_grad
+    with pytest.raises(TypeError, match="floating-point"):
+        tg.tensor([1, 2], requires_grad=True)
+    i = tg.arange(5)
+    assert i.dtype == np.int64 and not i.requires_grad
+    assert not (x > 1.5).requires_grad and (x > 1.5).dtype == bool
+
+
+def test_backward_errors():
+    x = tg.tensor([1.0, 2.0], requires_grad=True)
+    with pytest.raises(RuntimeError, match="one-element"):
+        (x * 2).backward()
+    with pytest.raises(ValueError, match="does not match"):
+        (x * 2).backward(np.ones(3))
+    y = x * 2
+    y.backward(np.array([1.0, 1.0], dtype=np.float32))
+    np.testing.assert_allclose(x.grad, [2, 2])
+
+
+# ---------------------------------------------------------------- sum_to alone
+@pytest.mark.parametrize("gshape,shape", [((2, 3, 4), (3, 4)), ((2, 3, 4), (3, 1)), ((2, 3, 4), ()),
+                                          ((5, 1, 4), (1, 4)), ((3, 4), (3, 4)), ((2, 3), (1, 1))])
+def test_sum_to(gshape, shape):
+    g = rng.standard_normal(gshape)
+    out = sum_to(g, shape)
+    assert out.shape == shape
+    # The defining property: broadcasting out back gives the same total over any axis.
+    assert np.isclose(out.sum(), g.sum())
+    ref = g
+    while ref.ndim > len(shape):
+        ref = ref.sum(0)
+    for i, n in enumerate(shape):
+        if n == 1:
+            ref = ref.sum(i, keepdims=True)
+    np.testing.assert_allclose(out, ref)
+
+
+# ------------------------------------------------------------- forward values
+def _np_gelu(x):
+    return 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x ** 3)))
+
+
+def test_forward_values_match_numpy():
+    a = rng.standard_normal((4, 5))
+    b = rng.standard_normal((5,))
+    A, B = tg.tensor(a), tg.tensor(b)
+    cases = [
+        (A + B, a + b), (A - B, a - b), (A * B, a * b), (A / B, a / b), (-A, -a), (A ** 2, a ** 2),
+        (A.exp(), np.exp(a)), (A.abs().log(), np.log(np.abs(a))), (A.abs().sqrt(), np.sqrt(np.abs(a))),
+        (A.tanh(), np.tanh(a)), (A.sigmoid(), 1 / (1 + np.exp(-a))), (A.relu(), np.maximum(a, 0)),
+        (A.gelu(), _np_gelu(a)), (A.silu(), a / (1 + np.exp(-a))), (A.clamp(-0.5, 0.5), np.clip(a, -0.5, 0.5)),
+        (tg.maximum(A, B), np.maximum(a, b)), (tg.minimum(A, 0.0), np.minimum(a, 0)),
+        (A @ B, a @ b), (A.sum(axis=1), a.sum(1)), (A.mean(axis=0, keepdims=True), a.mean(0, keepdims=True)),
+        (A.max(axis=-1), a.max(-1)), (A.var(axis=1), a.var(1, ddof=1)),
+        (A.softmax(-1), np.exp(a) / np.exp(a).sum(-1, keepdims=True)),
+        (A.log_softmax(-1), a - np.log(np.exp(a).sum(-1, keepdims=True))),
+        (A.T, a.T), (A[1:3, ::2], a[1:3, ::2]), (tg.cat([A, A], 0), np.concatenate([a, a], 0)),
+        (tg.stack([A, A], 2), np.stack([a, a], 2)), (tg.tril(A), np.tril(a)), (tg.triu(A, 1), np.triu(a, 1)),
+        (tg.where(A > 0, A, B), np.where(a > 0, a, b)), (A.masked_fill(A > 0, -1.0), np.where(a > 0, -1, a)),
+    ]
+    for t, ref in cases:
+        assert t.shape == np.shape(ref)
+        np.testing.assert_allclose(t.numpy(), ref, rtol=1e-5, atol=1e-6)
+
+
+def test_norms_and_cross_entropy_values():
+    x = rng.standard_normal((3, 6)) * 4 + 2
+    w, b = rng.standard_normal(6), rng.standard_normal(6)
+    ln = (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + 1e-5) * w + b
+    np.testing.assert_allclose(tg.layer_norm(tg.tensor(x), tg.tensor(w), tg.tensor(b)).numpy(), ln, rtol=1e-5)
+    rms = x / np.sqrt((x * x).mean(-1, keepdims=True) + 1e-5) * w
+    np.testing.assert_allclose(tg.rms_norm(tg.tensor(x), tg.tensor(w)).numpy(), rms, rtol=1e-5)
+    t = np.array([1, 5, -100])
+    lse = np.log(np.exp(x).sum(-1))
+    ref = np.mean([lse[0] - x[0, 1], lse[1] - x[1, 5]])
+    assert tg.cross_entropy(tg.tensor(x), tg.tensor(t)).item() == pytest.approx(ref, rel=1e-12)
+
+
+def test_softmax_and_cross_entropy_are_stable_for_large_inputs():
+    x = tg.tensor(np.array([[1000.0, 0.0, -1000.0], [-1e4, -1e4, -1e4]], dtype=np.float32))
+    s = x.softmax(-1).numpy()
+    assert np.isfinite(s).all()
+    np.testing.assert_allclose(s.sum(-1), 1, rtol=1e-6)
+    assert np.isfinite(x.log_softmax(-1).numpy()).all()
+    loss = tg.cross_entropy(x, tg.tensor(np.array([2, 0])))
+    assert loss.item() == pytest.approx((2000 + math.log(3)) / 2, rel=1e-5)
+
+
+def test_dropout_seeded_and_identity():
+    x = tg.ones(1000)
+    tg.manual_seed(7)
+    a = tg.dropout(x, 0.25).numpy()
+    tg.manual_seed(7)
+    b = tg.dropout(x, 0.25).numpy()
+    np.testing.assert_array_equal(a, b)
+    assert 0.2 < (a == 0).mean() < 0.3 and np.isclose(a.max(), 1 / 0.75)
+    assert tg.dropout(x, 0.0) is x and tg.dropout(x, 0.5, training=False) is x
+
+
+def test_float32_default_and_float64_kept():
+    assert tg.tensor([1.0, 2.0]).dtype == np.float32
+    assert tg.zeros(2, 3).dtype == np.float32 and tg.randn(4).dtype == np.float32
+    x64 = tg.tensor(np.ones(3))
+    assert x64.dtype == np.float64
+    assert (tg.tensor([1.0]) * np.float64(2.0)).dtype == np.float32  # NumPy scalars don't upcast
+    assert (tg.tensor([1.0]) * 2.5).dtype == np.float32
+
+
+def test_factories():
+    tg.manual_seed(0)
+    a = tg.randn(2, 3)
+    tg.manual_seed(0)
+    np.testing.assert_array_equal(a.numpy(), tg.randn(2, 3).numpy())
+    assert tg.rand(5).numpy().min() >= 0 and tg.ones(2).numpy().tolist() == [1, 1]
+    assert tg.zeros_like(a).shape == (2, 3) and tg.ones_like(a).numpy().sum() == 6
+    np.testing.assert_array_equal(tg.arange(1, 7, 2).numpy(), [1, 3, 5])
+    assert tg.tensor(2.5).item() == 2.5
+
+
+# ------------------------------------------------------------------ bad input
+def test_shape_errors_name_op_and_shapes():
+    with pytest.raises(ValueError, match=r"matmul: \(3, 4\) @ \(5, 2\): inner dimensions 4 and 5 differ"):
+        tg.zeros(3, 4) @ tg.zeros(5, 2)
+    with pytest.raises(ValueError, match=r"add.*\(3, 4\).*\(2,\)|add.*\(2,\).*\(3, 4\)"):
+        tg.zeros(3, 4) + tg.zeros(2)
+    with pytest.raises(ValueError, match=r"reshape: cannot view shape \(3, 4\)"):
+        tg.zeros(3, 4).reshape(5, 2)
+    with pytest.raises(ValueError, match="cat: shapes"):
+        tg.cat([tg.zeros(2, 3), tg.zeros(3, 3)], axis=1)
+    with pytest.raises(ValueError, match="axis 3 is out of range"):
+        tg.zeros(2, 2).sum(axis=3)
+    with pytest.raises(IndexError, match="getitem"):
+        tg.zeros(2, 2)[5]
+    with pytest.raises(ValueError, match="cross_entropy: logits"):
+        tg.cross_entropy(tg.zeros(4, 3), tg.tensor(np.zeros(5, dtype=np.int64)))
+    with pytest.raises(IndexError, match="embedding: index out of range"):
+        tg.embedding(tg.tensor(np.array([0, 9])), tg.zeros(4, 2))
+    with pytest.raises(ValueError, match="unknown device"):
+        tg.zeros(2, device="tpu")
+
+
+def test_cuda_request_without_gpu_is_a_clear_error():
+    if tg.cuda_available():
+        pytest.skip("a GPU is present")
+    with pytest.raises(RuntimeError, match="CuPy"):
+        tg.zeros(2, device="cuda")
