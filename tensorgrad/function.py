@@ -13,6 +13,7 @@ import contextlib
 import numpy as np
 
 _grad_enabled = True
+Tensor = None  # set by tensor.py (which imports this module) to avoid an import per call
 
 
 class ShapeError(ValueError):
@@ -57,7 +58,6 @@ class Function:
 
     @classmethod
     def apply(cls, *inputs, **kwargs):
-        from .tensor import Tensor
         fn = cls()
         arrays = []
         needs = []

@@ -221,6 +221,11 @@ class Tensor:
     # (bound at the end of ops/__init__.py, next to the ops themselves)
 
 
+from . import function as _function  # noqa: E402
+
+_function.Tensor = Tensor
+
+
 def _topological_order(root):
     """Nodes that need a gradient, inputs before outputs (iterative DFS)."""
     order, visited = [], set()

@@ -1,9 +1,221 @@
-"""Hand-written CUDA kernels for the hot ops (loaded with cupy.RawModule).
+"""Hand-written CUDA kernels for the hot ops, loaded with cupy.RawModule.
 
-Placeholder until the CUDA backend lands: enabled() is False, so every op
-runs its NumPy/CuPy reference path.
+Each .cu file beside this one holds the kernels of one op family and says at
+its top what they compute, the math of the backward and how they are launched.
+This module compiles each file once per process (NVRTC; CuPy also caches the
+binary on disk), checks arguments and launches. The NumPy/CuPy expressions in
+tensorgrad/ops are the reference these kernels are tested against.
+
+Every wrapper takes CuPy float32 arrays (any shape whose last axis is the row)
+and makes them contiguous first: RawKernel ignores strides, so a transposed
+view would otherwise be read as garbage. Nothing here reads a device value
+back to the host, so the ops can be captured in a CUDA graph.
+
+Set TENSORGRAD_KERNELS=0 to run the generic CuPy path instead (for debugging
+or to compare).
 """
+import os
+import re
+
+import numpy as np
+
+from .. import backend
+
+_DIR = os.path.dirname(os.path.abspath(__file__))
+_modules = {}          # file stem -> cupy.RawModule
+_functions = {}        # (file stem, kernel name) -> cupy.RawKernel
+_OPTIONS = ("-std=c++17",)
+_WARP_ROWS_MAX = 1024  # rows up to this long get one warp each, longer ones a block
+_ROWS_PER_BLOCK = 8    # warps (rows) per block in warp mode: 256 threads
+_LN_TILE = 32          # rows per layernorm_backward tile: must equal ROWS in layernorm.cu
 
 
 def enabled():
-    return False
+    """True when CuPy and a GPU are usable and TENSORGRAD_KERNELS is not '0'."""
+    return os.environ.get("TENSORGRAD_KERNELS", "1") != "0" and backend.cuda_available()
+
+
+def source(stem):
+    """The CUDA source of <stem>.cu with common.cuh pasted in place of its #include
+    (NVRTC compiles one string, and CuPy's disk cache keys on that string, so a
+    change to the header recompiles too)."""
+    with open(os.path.join(_DIR, stem + ".cu")) as f:
+        code = f.read()
+
+    def paste(m):
+        with open(os.path.join(_DIR, m.group(1))) as h:
+            return h.read().replace("#pragma once", "")
+    return re.sub(r'^#include "([\w.]+\.cuh)"[ \t]*$', paste, code, flags=re.M)
+
+
+def _kernel(stem, name):
+    fn = _functions.get((stem, name))
+    if fn is None:
+        mod = _modules.get(stem)
+        if mod is None:
+            cp = backend.cupy()
+            mod = cp.RawModule(code=source(stem), options=_OPTIONS)
+            _modules[stem] = mod
+        fn = _functions[(stem, name)] = mod.get_function(name)
+    return fn
+
+
+# ----------------------------------------------------------------- arguments
+def _f32(a, what):
+    """a as a contiguous CuPy float32 array, or a clear error."""
+    cp = backend.cupy()
+    if not isinstance(a, cp.ndarray):
+        raise TypeError(f"tensorgrad.kernels: {what} must be a CuPy array on the GPU, got {type(a).__name__}")
+    if a.dtype != np.float32:
+        raise TypeError(f"tensorgrad.kernels: {what} must be float32, got {a.dtype} "
+                        "(the CUDA kernels are float32-only; other dtypes take the generic CuPy path)")
+    return cp.ascontiguousarray(a)
+
+
+def _rows(a, what):
+    """(N, L) of an array whose last axis is the row; a 0-d array is an error."""
+    if a.ndim == 0:
+        raise ValueError(f"tensorgrad.kernels: {what} needs at least one axis, got a scalar")
+    L = a.shape[-1]
+    N = a.size // L if L else 0
+    if N >= 2**31 or L >= 2**31:
+        raise ValueError(f"tensorgrad.kernels: {what} of shape {a.shape} is too large for int32 sizes")
+    return N, L
+
+
+def _launch(stem, op, N, L, args, block_threads=None):
+    """Run <op>_warp (one warp a row) or <op>_block (one block a row) over N rows of length L."""
+    if N == 0 or L == 0:
+        return
+    if L <= _WARP_ROWS_MAX:
+        fn = _kernel(stem, op + "_warp")
+        rows = _ROWS_PER_BLOCK
+        fn(((N + rows - 1) // rows,), (32 * rows,), args)
+    else:
+        # ~8+ elements a thread, 128..512 threads (the kernels' __launch_bounds__ is 512)
+        threads = block_threads or min(512, max(128, 1 << (max(L // 8, 1) - 1).bit_length()))
+        _kernel(stem, op + "_block")((N,), (threads,), args)
+
+
+# ------------------------------------------------------------------- softmax
+def softmax_forward(x, scale=1.0, causal=False):
+    """softmax(x * scale) over the last axis; causal: x is (..., T, S) and entry
+    (i, j) of each (T, S) slab is masked where j > i + (S - T)."""
+    cp = backend.cupy()
+    x = _f32(x, "softmax input")
+    N, L = _rows(x, "softmax input")
+    T = 0
+    if causal:
+        if x.ndim < 2:
+            raise ValueError(f"softmax_forward: causal needs x of shape (..., T, S), got {x.shape}")
+        T = x.shape[-2]
+    y = cp.empty_like(x)
+    _launch("softmax", "softmax_forward", N, L,
+            (x, y, np.int32(N), np.int32(L), np.int32(T), np.float32(scale)))
+    return y
+
+
+def softmax_backward(g, y, scale=1.0):
+    """dx = scale * y * (g - sum(g * y, last axis))."""
+    cp = backend.cupy()
+    g = _f32(g, "softmax gradient")
+    y = _f32(y, "softmax output")
+    if g.shape != y.shape:
+        raise ValueError(f"softmax_backward: gradient {g.shape} and output {y.shape} differ in shape")
+    N, L = _rows(y, "softmax output")
+    dx = cp.empty_like(y)
+    _launch("softmax", "softmax_backward", N, L, (g, y, dx, np.int32(N), np.int32(L), np.float32(scale)))
+    return dx
+
+
+# ----------------------------------------------------------------- layernorm
+def layernorm_forward(x, w, b, eps=1e-5):
+    """(y, mean, rstd): y = (x - mean) * rstd * w + b over the last axis C;
+    mean and rstd are float32 of shape x.shape[:-1]."""
+    cp = backend.cupy()
+    x = _f32(x, "layernorm input")
+    w = _f32(w, "layernorm weight")
+    b = _f32(b, "layernorm bias")
+    N, C = _rows(x, "layernorm input")
+    if w.shape != (C,) or b.shape != (C,):
+        raise ValueError(f"layernorm_forward: weight and bias must have shape ({C},), got {w.shape} and {b.shape}")
+    y = cp.empty_like(x)
+    mean = cp.empty(x.shape[:-1], dtype=cp.float32)
+    rstd = cp.empty(x.shape[:-1], dtype=cp.float32)
+    _launch("layernorm", "layernorm_forward", N, C,
+            (x, w, b, y, mean, rstd, np.int32(N), np.int32(C), np.float32(eps)))
+    return y, mean, rstd
+
+
+def layernorm_backward(g, x, w, mean, rstd):
+    """(dx, dw, db) of layernorm_forward; dw, db have shape (C,)."""
+    cp = backend.cupy()
+    g = _f32(g, "layernorm gradient")
+    x = _f32(x, "layernorm input")
+    w = _f32(w, "layernorm weight")
+    mean = _f32(mean, "layernorm mean")
+    rstd = _f32(rstd, "layernorm rstd")
+    if g.shape != x.shape:
+        raise ValueError(f"layernorm_backward: gradient {g.shape} and input {x.shape} differ in shape")
+    N, C = _rows(x, "layernorm input")
+    if w.shape != (C,) or mean.size != N or rstd.size != N:
+        raise ValueError(f"layernorm_backward: for input {x.shape} expected weight ({C},) and mean/rstd of "
+                         f"{N} rows, got {w.shape}, {mean.shape}, {rstd.shape}")
+    dx = cp.empty_like(x)
+    if N == 0 or C == 0:
+        return dx, cp.zeros((C,), cp.float32), cp.zeros((C,), cp.float32)
+    tiles = (N + _LN_TILE - 1) // _LN_TILE
+    dw_part = cp.empty((tiles, C), dtype=cp.float32)
+    db_part = cp.empty((tiles, C), dtype=cp.float32)
+    threads = min(1024, max(64, (C + 31) // 32 * 32))  # ~one column a thread
+    _kernel("layernorm", "layernorm_backward")(
+        (tiles,), (threads,), (g, x, w, mean, rstd, dx, dw_part, db_part, np.int32(N), np.int32(C)))
+    dw = cp.empty((C,), dtype=cp.float32)
+    db = cp.empty((C,), dtype=cp.float32)
+    _kernel("layernorm", "layernorm_dwdb_reduce")(
+        ((C + 31) // 32,), (32, 32), (dw_part, db_part, dw, db, np.int32(tiles), np.int32(C)))
+    return dx, dw, db
+
+
+# ------------------------------------------------------------- cross-entropy
+def _ce_args(x, t, keep):
+    cp = backend.cupy()
+    x = _f32(x, "cross_entropy logits")
+    if x.ndim != 2:
+        raise ValueError(f"cross_entropy kernels: logits must be (N, V), got {x.shape}")
+    N, V = _rows(x, "cross_entropy logits")
+    if t.shape != (N,) or keep.shape != (N,):
+        raise ValueError(f"cross_entropy kernels: targets and keep must have shape ({N},), got {t.shape}, {keep.shape}")
+    if t.dtype.kind not in "iu":
+        raise TypeError(f"cross_entropy kernels: targets must be integer class ids, got {t.dtype}")
+    t = cp.ascontiguousarray(t, dtype=cp.int64)       # exact for every integer class id
+    keep = cp.ascontiguousarray(keep, dtype=cp.bool_)
+    return x, t, keep, N, V
+
+
+def cross_entropy_forward(x, t, keep):
+    """(losses, lse), each (N,) float32: lse = logsumexp of each row of x (N, V),
+    losses = lse - x[t] where keep, else 0."""
+    cp = backend.cupy()
+    x, t, keep, N, V = _ce_args(x, t, keep)
+    if V == 0:
+        raise ValueError("cross_entropy_forward: logits have no classes (V == 0)")
+    losses = cp.empty((N,), dtype=cp.float32)
+    lse = cp.empty((N,), dtype=cp.float32)
+    _launch("cross_entropy", "cross_entropy_forward", N, V, (x, t, keep, losses, lse, np.int32(N), np.int32(V)))
+    return losses, lse
+
+
+def cross_entropy_backward(x, t, keep, lse, row_scale):
+    """dx (N, V) = (exp(x - lse) - onehot(t)) * row_scale[:, None], zero where not keep."""
+    cp = backend.cupy()
+    x, t, keep, N, V = _ce_args(x, t, keep)
+    lse = _f32(lse, "cross_entropy lse")
+    # the scale is g / n_kept from the engine; a cast costs nothing at (N,)
+    row_scale = cp.ascontiguousarray(row_scale, dtype=cp.float32)
+    if lse.size != N or row_scale.size != N:
+        raise ValueError(f"cross_entropy_backward: lse and row_scale need {N} entries, got {lse.shape}, {row_scale.shape}")
+    dx = cp.empty_like(x)
+    _launch("cross_entropy", "cross_entropy_backward", N, V,
+            (x, t, keep, lse, row_scale, dx, np.int32(N), np.int32(V)))
+    return dx

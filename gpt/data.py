@@ -1,0 +1,121 @@
+"""Text -> token files -> random training windows.
+
+prepare() tokenizes a text once (character-level, or byte-level BPE trained on
+the training split), writes train.bin / val.bin (uint16, or uint32 for large
+vocabularies) and meta.json; get_batch() reads random windows through
+np.memmap, so the token files never have to fit in memory.
+"""
+import hashlib
+import json
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+import tensorgrad as tg
+
+TINYSHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
+
+
+def download(url, path):
+    """Fetch url to path (atomically); a clear error when offline."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".part")
+    try:
+        with urllib.request.urlopen(url, timeout=30) as r, open(tmp, "wb") as f:
+            f.write(r.read())
+    except (urllib.error.URLError, OSError) as e:
+        tmp.unlink(missing_ok=True)
+        raise RuntimeError(f"could not download {url} to {path} ({e}). If you are offline, download it "
+                           f"elsewhere and pass its path with --data") from None
+    tmp.replace(path)
+    return path
+
+
+def read_text(path):
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"data file {path} does not exist")
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"data file {path} is not UTF-8 text ({e})") from None
+
+
+def prepare(text_path, out_dir, tokenizer="char", vocab_size=1024, val_fraction=0.1):
+    """Tokenize text_path into out_dir/{train,val}.bin + meta.json (reused when up to date)."""
+    text_path, out_dir = Path(text_path), Path(out_dir)
+    if tokenizer not in ("char", "bpe"):
+        raise ValueError(f"unknown tokenizer {tokenizer!r}: expected 'char' or 'bpe'")
+    text = read_text(text_path)
+    if len(text) < 100:
+        raise ValueError(f"data file {text_path} has only {len(text)} characters; need at least 100")
+    key = {"sha1": hashlib.sha1(text.encode()).hexdigest(), "tokenizer": tokenizer,
+           "vocab_size": vocab_size if tokenizer == "bpe" else None, "val_fraction": val_fraction}
+    meta_path = out_dir / "meta.json"
+    if meta_path.is_file():
+        meta = json.loads(meta_path.read_text())
+        if meta.get("key") == key and (out_dir / "train.bin").is_file() and (out_dir / "val.bin").is_file():
+            return meta
+    out_dir.mkdir(parents=True, exist_ok=True)
+    n = int(len(text) * (1 - val_fraction))
+    train_text, val_text = text[:n], text[n:]
+    if tokenizer == "char":
+        from tokenizer import CharTokenizer
+        tok = CharTokenizer.from_text(text)
+        tok.save(out_dir / "tokenizer")
+    else:
+        from tokenizer import Tokenizer, train_bpe
+        train_file = out_dir / "train_split.txt"
+        train_file.write_text(train_text, encoding="utf-8")
+        vocab, merges = train_bpe(str(train_file), vocab_size, progress=False)
+        train_file.unlink()
+        tok = Tokenizer(vocab, merges)
+        tok.save(out_dir / "tokenizer")
+    dtype = np.uint16 if tok.vocab_size <= 65536 else np.uint32
+    train_ids = np.array(tok.encode(train_text), dtype=dtype)
+    val_ids = np.array(tok.encode(val_text), dtype=dtype)
+    train_ids.tofile(out_dir / "train.bin")
+    val_ids.tofile(out_dir / "val.bin")
+    meta = {"key": key, "tokenizer": tokenizer, "vocab_size": tok.vocab_size, "dtype": np.dtype(dtype).name,
+            "train_tokens": len(train_ids), "val_tokens": len(val_ids),
+            "val_chars_per_token": len(val_text) / max(len(val_ids), 1), "source": str(text_path)}
+    meta_path.write_text(json.dumps(meta, indent=1))
+    return meta
+
+
+def load_tokenizer(data_dir):
+    meta = json.loads((Path(data_dir) / "meta.json").read_text())
+    if meta["tokenizer"] == "char":
+        from tokenizer import CharTokenizer
+        return CharTokenizer.load(Path(data_dir) / "tokenizer")
+    from tokenizer import Tokenizer
+    return Tokenizer.load(Path(data_dir) / "tokenizer")
+
+
+class TokenData:
+    """train.bin / val.bin of a prepared folder, read through np.memmap."""
+
+    def __init__(self, data_dir):
+        data_dir = Path(data_dir)
+        meta_path = data_dir / "meta.json"
+        if not meta_path.is_file():
+            raise FileNotFoundError(f"{data_dir} has no meta.json: run gpt.data.prepare first")
+        self.meta = json.loads(meta_path.read_text())
+        self.splits = {s: np.memmap(data_dir / f"{s}.bin", dtype=self.meta["dtype"], mode="r")
+                       for s in ("train", "val")}
+
+    def get_batch(self, split, batch_size, block_size, device="cpu", rng=None):
+        """Random windows: x (B, T) and the next tokens y (B, T), int64 tensors on device."""
+        data = self.splits[split]
+        if len(data) <= block_size + 1:
+            raise ValueError(f"the {split} split has {len(data)} tokens, fewer than block_size + 2 = "
+                             f"{block_size + 2}: use a smaller --block-size or more data")
+        rng = rng or np.random.default_rng()
+        ix = rng.integers(0, len(data) - block_size - 1, size=batch_size)
+        offsets = ix[:, None] + np.arange(block_size + 1)                  # (B, T + 1)
+        chunk = data[offsets].astype(np.int64)                             # one gather from the memmap
+        x, y = chunk[:, :-1], chunk[:, 1:]
+        return tg.tensor(x, device=device), tg.tensor(y, device=device)

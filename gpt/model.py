@@ -1,0 +1,285 @@
+"""GPT: GPT-2's architecture on tensorgrad, with an option for the modern variant.
+
+GPT-2: token + learned position embeddings -> n_layer pre-norm blocks
+(x + attn(ln_1(x)), x + mlp(ln_2(x))) -> ln_f -> lm_head tied to wte.
+Modern options: RMSNorm, SwiGLU MLP, rotary positions, no biases, untied head.
+Parameter names follow GPT-2's so its checkpoints map onto the model.
+"""
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+import nn
+import nn.functional as F
+import tensorgrad as tg
+
+
+@dataclass
+class GPTConfig:
+    block_size: int = 1024      # longest context
+    vocab_size: int = 50257
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    dropout: float = 0.0
+    bias: bool = True           # biases in Linear and LayerNorm (GPT-2: True)
+    norm: str = "layernorm"     # or "rmsnorm"
+    mlp: str = "gelu"           # or "swiglu"
+    pos: str = "learned"        # or "rope"
+    tie_weights: bool = True    # lm_head.weight is wte.weight
+
+    def __post_init__(self):
+        if self.n_embd % self.n_head:
+            raise ValueError(f"GPTConfig: n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
+        for name, value, allowed in (("norm", self.norm, ("layernorm", "rmsnorm")),
+                                     ("mlp", self.mlp, ("gelu", "swiglu")),
+                                     ("pos", self.pos, ("learned", "rope"))):
+            if value not in allowed:
+                raise ValueError(f"GPTConfig: {name}={value!r}, expected one of {allowed}")
+
+    to_dict = asdict
+
+
+def _norm(config):
+    if config.norm == "rmsnorm":
+        return nn.RMSNorm(config.n_embd)
+    return nn.LayerNorm(config.n_embd, bias=config.bias)
+
+
+class KVCache:
+    """Keys and values of the positions seen so far, per layer, for generation.
+
+    Preallocated to block_size, so each new token writes one slot and attends
+    to a view of the filled part: one position's work per token.
+    """
+
+    def __init__(self, n_layer):
+        self.k = [None] * n_layer   # each (B, nh, block_size, hs) array
+        self.v = [None] * n_layer
+        self.length = 0             # positions filled (same for every layer)
+
+    def append(self, layer, k, v, block_size):
+        """Write k, v (B, nh, T, hs) after the cached ones; return all of them as tensors."""
+        B, nh, T, hs = k.shape
+        xp = tg.get_array_module(k.data)
+        if self.k[layer] is None:
+            self.k[layer] = xp.empty((B, nh, block_size, hs), dtype=k.dtype)
+            self.v[layer] = xp.empty((B, nh, block_size, hs), dtype=v.dtype)
+        start = self.length
+        self.k[layer][:, :, start:start + T] = k.data
+        self.v[layer][:, :, start:start + T] = v.data
+        end = start + T
+        return (tg.Tensor._make(self.k[layer][:, :, :end], False),
+                tg.Tensor._make(self.v[layer][:, :, :end], False))
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        C = config.n_embd
+        self.n_head, self.dropout = config.n_head, config.dropout
+        self.c_attn = nn.Linear(C, 3 * C, bias=config.bias)    # q, k, v for all heads at once
+        self.c_proj = nn.Linear(C, C, bias=config.bias)
+        self.resid_dropout = nn.Dropout(config.dropout)
+        self.rope = (nn.RotaryEmbedding(C // config.n_head, config.block_size)
+                     if config.pos == "rope" else None)
+
+    def forward(self, x, positions=None, cache=None, layer=0, block_size=None):
+        B, T, C = x.shape
+        nh, hs = self.n_head, C // self.n_head
+        qkv = self.c_attn(x)                                           # (B, T, 3C)
+        qkv = qkv.reshape(B, T, 3, nh, hs).permute(2, 0, 3, 1, 4)      # (3, B, nh, T, hs)
+        q, k, v = qkv[0], qkv[1], qkv[2]                               # (B, nh, T, hs)
+        if self.rope is not None:
+            q, k = self.rope(q, positions), self.rope(k, positions)
+        if cache is not None:
+            k, v = cache.append(layer, k, v, block_size)               # (B, nh, S, hs), S >= T
+        p = self.dropout if self.training else 0.0
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=p)  # (B, nh, T, hs)
+        y = y.transpose(1, 2).reshape(B, T, C)                         # heads side by side again
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        C = config.n_embd
+        self.c_fc = nn.Linear(C, 4 * C, bias=config.bias)
+        self.c_proj = nn.Linear(4 * C, C, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x):
+        return self.dropout(self.c_proj(F.gelu(self.c_fc(x))))
+
+
+class SwiGLUMLP(nn.Module):
+    """LLaMA's MLP; hidden width 8/3 * C (rounded to 64) keeps the parameter count of 4C GELU."""
+    def __init__(self, config):
+        super().__init__()
+        hidden = 64 * math.ceil(8 * config.n_embd / 3 / 64)
+        self.swiglu = nn.SwiGLU(config.n_embd, hidden)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x):
+        return self.dropout(self.swiglu(x))
+
+
+class Block(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.ln_1 = _norm(config)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = _norm(config)
+        self.mlp = SwiGLUMLP(config) if config.mlp == "swiglu" else MLP(config)
+
+    def forward(self, x, positions=None, cache=None, layer=0, block_size=None):
+        x = x + self.attn(self.ln_1(x), positions, cache, layer, block_size)
+        return x + self.mlp(self.ln_2(x))
+
+
+class Transformer(nn.Module):
+    """Holds the parts GPT-2 names `transformer.*`."""
+    def __init__(self, config):
+        super().__init__()
+        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
+        if config.pos == "learned":
+            self.wpe = nn.Embedding(config.block_size, config.n_embd)
+        self.drop = nn.Dropout(config.dropout)
+        self.h = nn.ModuleList([Block(config) for _ in range(config.n_layer)])
+        self.ln_f = _norm(config)
+
+
+class GPT(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.transformer = Transformer(config)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        if config.tie_weights:
+            self.lm_head.weight = self.transformer.wte.weight  # one Parameter, two uses
+        self._init_weights()
+
+    def _init_weights(self):
+        # GPT-2: N(0, 0.02) everywhere, zero biases, and the projections that add into the
+        # residual stream scaled by 1/sqrt(2 n_layer) so its variance doesn't grow with depth.
+        residual_std = 0.02 / math.sqrt(2 * self.config.n_layer)
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight") or name.endswith("w2.weight"):
+                nn.init.normal_(p, 0.0, residual_std)
+            elif p.ndim >= 2:
+                nn.init.normal_(p, 0.0, 0.02)
+            elif name.endswith("bias"):
+                nn.init.zeros_(p)
+            else:
+                nn.init.ones_(p)  # norm weights
+
+    def num_params(self, non_embedding=True):
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding and self.config.pos == "learned":
+            n -= self.transformer.wpe.weight.numel()
+        return n
+
+    def forward(self, idx, targets=None, cache=None):
+        """idx (B, T) int token ids -> (logits (B, T, V), mean cross-entropy loss or None).
+
+        With a KVCache (generation), idx holds only the new tokens and the logits
+        of the last position alone are computed.
+        """
+        idx = idx if isinstance(idx, tg.Tensor) else tg.tensor(np.asarray(idx), device=self.device)
+        if idx.ndim != 2:
+            raise ValueError(f"GPT.forward: idx must have shape (B, T), got {idx.shape}")
+        B, T = idx.shape
+        start = cache.length if cache is not None else 0
+        if start + T > self.config.block_size:
+            raise ValueError(f"GPT.forward: sequence of length {start + T} is longer than "
+                             f"block_size={self.config.block_size}")
+        xp = tg.get_array_module(idx.data)
+        positions = xp.arange(start, start + T, dtype=np.int64)             # (T,)
+        x = self.transformer.wte(idx)                                        # (B, T, C)
+        if self.config.pos == "learned":
+            x = x + self.transformer.wpe(tg.Tensor._make(positions, False))  # (T, C) broadcasts
+        x = self.transformer.drop(x)
+        for i, block in enumerate(self.transformer.h):
+            x = block(x, positions, cache, i, self.config.block_size)
+        if cache is not None:
+            cache.length += T
+        x = self.transformer.ln_f(x)                                         # (B, T, C)
+        if targets is None:
+            return self.lm_head(x[:, -1:, :]), None                          # (B, 1, V): only what sampling needs
+        targets = targets if isinstance(targets, tg.Tensor) else tg.tensor(np.asarray(targets), device=self.device)
+        logits = self.lm_head(x)                                             # (B, T, V)
+        return logits, F.cross_entropy(logits, targets, ignore_index=-1)
+
+    @property
+    def device(self):
+        return self.transformer.wte.weight.device
+
+    # ---------------------------------------------------------------- sampling
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, seed=None,
+                 use_cache=True):
+        """Extend idx (B, T) by max_new_tokens sampled tokens; returns a (B, T + new) int array.
+
+        temperature 0 picks the most likely token. With the cache each token costs one
+        position's work; once the context passes block_size it is cropped to the last
+        block_size tokens and recomputed (learned positions shift, so old keys can't be kept).
+        """
+        rng = np.random.default_rng(seed)
+        idx = np.array(idx.numpy() if isinstance(idx, tg.Tensor) else idx, dtype=np.int64)
+        if idx.ndim == 1:
+            idx = idx[None]
+        if idx.shape[1] == 0:
+            raise ValueError("generate: give at least one prompt token")
+        bs = self.config.block_size
+        was_training = self.training
+        self.eval()
+        try:
+            with tg.no_grad():
+                cache = None
+                for _ in range(max_new_tokens):
+                    if use_cache and idx.shape[1] <= bs:
+                        if cache is None:
+                            cache = KVCache(self.config.n_layer)
+                            new = idx                                  # prefill the whole prompt
+                        else:
+                            new = idx[:, -1:]                          # one new position
+                        logits, _ = self(tg.tensor(new, device=self.device), cache=cache)
+                    else:
+                        logits, _ = self(tg.tensor(idx[:, -bs:], device=self.device))
+                    nxt = sample_next(logits.numpy()[:, -1, :].astype(np.float64), temperature, top_k, top_p, rng)
+                    idx = np.concatenate([idx, nxt[:, None]], axis=1)
+        finally:
+            self.train(was_training)
+        return idx
+
+    # ------------------------------------------------------------- GPT-2 files
+    @classmethod
+    def from_pretrained(cls, path, n_head=None, **overrides):
+        """Load a Hugging Face GPT-2 `model.safetensors` (n_head from config.json beside it)."""
+        from .pretrained import load_gpt2_safetensors
+        return load_gpt2_safetensors(cls, path, n_head=n_head, **overrides)
+
+
+def sample_next(logits, temperature=1.0, top_k=None, top_p=None, rng=None):
+    """One token id per row of logits (B, V) (NumPy, float64)."""
+    rng = rng or np.random.default_rng()
+    if temperature == 0:
+        return logits.argmax(-1)
+    logits = logits / temperature
+    if top_k is not None:
+        k = min(int(top_k), logits.shape[-1])
+        kth = np.sort(logits, axis=-1)[:, -k][:, None]
+        logits = np.where(logits < kth, -np.inf, logits)
+    probs = np.exp(logits - logits.max(-1, keepdims=True))
+    probs /= probs.sum(-1, keepdims=True)
+    if top_p is not None and top_p < 1.0:
+        order = np.argsort(-probs, axis=-1)
+        sorted_p = np.take_along_axis(probs, order, -1)
+        # keep the smallest set whose mass reaches top_p (the first token is always kept)
+        drop_sorted = np.cumsum(sorted_p, -1) - sorted_p >= top_p
+        drop = np.zeros_like(drop_sorted)
+        np.put_along_axis(drop, order, drop_sorted, -1)
+        probs = np.where(drop, 0.0, probs)
+        probs /= probs.sum(-1, keepdims=True)
+    u = rng.random((probs.shape[0], 1))
+    return np.minimum((np.cumsum(probs, -1) < u).sum(-1), probs.shape[-1] - 1)

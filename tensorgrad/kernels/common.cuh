@@ -1,0 +1,187 @@
+// Shared helpers for the row kernels (softmax, layernorm, cross-entropy).
+//
+// Every kernel here works on rows of a contiguous float32 matrix, one row per
+// "group" of threads: a warp for short rows (no shared memory, no barriers) or
+// a whole block for long ones. The template flag BLOCK picks the group; the
+// Python loader picks the launch. The loader pastes this file in place of the
+// #include (NVRTC gets one string), so keep it free of system includes.
+#pragma once
+
+#define FULL_MASK 0xffffffffu
+#define NEG_INF __int_as_float(0xff800000)
+
+__device__ __forceinline__ float warp_sum(float v) {
+    // xor butterfly: every lane ends with the same total, in the same order
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(FULL_MASK, v, o);
+    return v;
+}
+
+// Sum over the group. BLOCK: all threads of the block must call it (it has
+// barriers); the trailing barrier lets callers run it again on the next row.
+template <bool BLOCK>
+__device__ __forceinline__ float group_sum(float v) {
+    v = warp_sum(v);
+    if (!BLOCK) return v;
+    __shared__ float part[32];
+    __shared__ float total;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    if (lane == 0) part[warp] = v;
+    __syncthreads();
+    if (warp == 0) {
+        v = lane < (int)(blockDim.x >> 5) ? part[lane] : 0.f;
+        v = warp_sum(v);
+        if (lane == 0) total = v;
+    }
+    __syncthreads();
+    v = total;
+    __syncthreads();
+    return v;
+}
+
+// Two sums at once (one barrier round instead of two).
+template <bool BLOCK>
+__device__ __forceinline__ float2 group_sum2(float2 v) {
+    v.x = warp_sum(v.x);
+    v.y = warp_sum(v.y);
+    if (!BLOCK) return v;
+    __shared__ float2 part[32];
+    __shared__ float2 total;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    if (lane == 0) part[warp] = v;
+    __syncthreads();
+    if (warp == 0) {
+        v = lane < (int)(blockDim.x >> 5) ? part[lane] : make_float2(0.f, 0.f);
+        v.x = warp_sum(v.x);
+        v.y = warp_sum(v.y);
+        if (lane == 0) total = v;
+    }
+    __syncthreads();
+    v = total;
+    __syncthreads();
+    return v;
+}
+
+// Online softmax state: running max m and s = sum(exp(v - m)) over the values
+// seen so far. Merging rescales the smaller side, so one pass over a row gives
+// a numerically stable logsumexp = m + log(s) (Milakov & Gimelshein, 2018).
+struct MaxSum { float m, s; };
+
+__device__ __forceinline__ MaxSum ms_init() { MaxSum r; r.m = NEG_INF; r.s = 0.f; return r; }
+
+__device__ __forceinline__ void ms_add(MaxSum& st, float v) {
+    if (v > st.m) {
+        st.s = st.s * __expf(st.m - v) + 1.f;   // exp(-inf) = 0 covers the first value
+        st.m = v;
+    } else if (st.m != NEG_INF) {              // v == m == -inf would give exp(nan)
+        st.s += __expf(v - st.m);
+    }
+}
+
+__device__ __forceinline__ MaxSum ms_merge(MaxSum a, MaxSum b) {
+    MaxSum r;
+    r.m = fmaxf(a.m, b.m);
+    if (r.m == NEG_INF) { r.s = 0.f; return r; }   // both empty or all -inf
+    r.s = a.s * __expf(a.m - r.m) + b.s * __expf(b.m - r.m);
+    return r;
+}
+
+template <bool BLOCK>
+__device__ __forceinline__ MaxSum group_maxsum(MaxSum st) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+        MaxSum other;
+        other.m = __shfl_xor_sync(FULL_MASK, st.m, o);
+        other.s = __shfl_xor_sync(FULL_MASK, st.s, o);
+        st = ms_merge(st, other);   // commutative, so all lanes agree bit for bit
+    }
+    if (!BLOCK) return st;
+    __shared__ MaxSum part[32];
+    __shared__ MaxSum total;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    if (lane == 0) part[warp] = st;
+    __syncthreads();
+    if (warp == 0) {
+        st = lane < (int)(blockDim.x >> 5) ? part[lane] : ms_init();
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) {
+            MaxSum other;
+            other.m = __shfl_xor_sync(FULL_MASK, st.m, o);
+            other.s = __shfl_xor_sync(FULL_MASK, st.s, o);
+            st = ms_merge(st, other);
+        }
+        if (lane == 0) total = st;
+    }
+    __syncthreads();
+    st = total;
+    __syncthreads();
+    return st;
+}
+
+// Which thread of the group am I, how many are there, which row is ours.
+template <bool BLOCK>
+__device__ __forceinline__ void group_layout(int& tid, int& nthreads, long long& row) {
+    if (BLOCK) {
+        tid = threadIdx.x;
+        nthreads = blockDim.x;
+        row = blockIdx.x;
+    } else {
+        tid = threadIdx.x & 31;
+        nthreads = 32;
+        row = (long long)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    }
+}
+
+__device__ __forceinline__ int misalign16(const void* p) {
+    return (int)((unsigned long long)p & 15ull);
+}
+
+// Visit a[j] for j < n, reading 16 bytes at a time where the row allows it:
+// a scalar head up to the first 16-byte boundary, float4 body, scalar tail.
+// f(j, v) is called once per element, by exactly one thread of the group.
+template <typename F>
+__device__ __forceinline__ void row_read(const float* a, int n, int tid, int nthreads, F f) {
+    int head = ((16 - misalign16(a)) & 15) >> 2;
+    if (head > n) head = n;
+    for (int j = tid; j < head; j += nthreads) f(j, a[j]);
+    const float4* body = reinterpret_cast<const float4*>(a + head);
+    const int n4 = (n - head) >> 2;
+    for (int k = tid; k < n4; k += nthreads) {
+        const float4 v = body[k];
+        const int j = head + 4 * k;
+        f(j, v.x); f(j + 1, v.y); f(j + 2, v.z); f(j + 3, v.w);
+    }
+    for (int j = head + 4 * n4 + tid; j < n; j += nthreads) f(j, a[j]);
+}
+
+// out[j] = f(j, a[j], b[j]) for j < n (b may be null: f gets 0). Inputs are
+// read only below n_in (a causal row's masked tail need not be read: f must
+// produce its value from j alone there). 16-byte loads and stores when out,
+// a and b sit at the same offset from a 16-byte boundary, else scalar.
+template <typename F>
+__device__ __forceinline__ void row_map(float* out, const float* a, const float* b, int n, int n_in,
+                                        int tid, int nthreads, F f) {
+    const int mis = misalign16(out);
+    int head = ((16 - mis) & 15) >> 2;
+    if (misalign16(a) != mis || (b != nullptr && misalign16(b) != mis)) head = n;  // all scalar
+    if (head > n) head = n;
+    for (int j = tid; j < head; j += nthreads)
+        out[j] = f(j, j < n_in ? a[j] : 0.f, (b != nullptr && j < n_in) ? b[j] : 0.f);
+    const int n4 = (n - head) >> 2;
+    float4* ob = reinterpret_cast<float4*>(out + head);
+    const float4* ab = reinterpret_cast<const float4*>(a + head);
+    const float4* bb = reinterpret_cast<const float4*>(b + head);
+    for (int k = tid; k < n4; k += nthreads) {
+        const int j = head + 4 * k;
+        float4 av = make_float4(0.f, 0.f, 0.f, 0.f), bv = av, o;
+        if (j < n_in) {
+            av = ab[k];
+            if (b != nullptr) bv = bb[k];
+        }
+        o.x = f(j, av.x, bv.x); o.y = f(j + 1, av.y, bv.y);
+        o.z = f(j + 2, av.z, bv.z); o.w = f(j + 3, av.w, bv.w);
+        ob[k] = o;
+    }
+    for (int j = head + 4 * n4 + tid; j < n; j += nthreads)
+        out[j] = f(j, j < n_in ? a[j] : 0.f, (b != nullptr && j < n_in) ? b[j] : 0.f);
+}

@@ -1,0 +1,156 @@
+// LayerNorm over the last axis of a contiguous float32 (N, C) matrix.
+//
+// Forward:  mean = sum(x) / C, var = sum((x - mean)^2) / C (two passes: the
+//   one-pass E[x^2] - E[x]^2 cancels badly when |mean| >> std),
+//   rstd = 1 / sqrt(var + eps), y = (x - mean) * rstd * w + b.
+//   mean and rstd are saved per row for the backward. The three passes over a
+//   row re-read it from L1/L2; DRAM sees x once and y once.
+// Backward: with xh = (x - mean) * rstd and dxh = g * w,
+//   dx = rstd * (dxh - mean(dxh) - xh * mean(dxh * xh))   (per row)
+//   dw = sum over rows of g * xh,  db = sum over rows of g  (per column).
+//   layernorm_backward gives each block a tile of ROWS rows: warps first get
+//   the two row means, then each thread owns columns and walks the tile's
+//   rows, writing dx and summing its columns' dw/db in registers into one
+//   partial per (tile, column). layernorm_dwdb_reduce adds the partials of the
+//   tiles in a fixed order: deterministic, no atomics, and g and x are read
+//   from DRAM once (the column pass re-reads the tile from L2).
+// Launch: layernorm_forward_{warp,block} like the softmax kernels (one warp or
+//   one block per row); layernorm_backward: grid = ceil(N / ROWS), blockDim a
+//   multiple of 32 (~C, at most 1024); layernorm_dwdb_reduce: grid =
+//   ceil(C / 32), blockDim = (32, 32).
+#include "common.cuh"
+
+#define ROWS 32   // rows per backward tile: 16384 rows -> 512 tiles, enough blocks for 132 SMs
+
+template <bool BLOCK>
+__device__ __forceinline__ void layernorm_forward_row(const float* __restrict__ x, const float* __restrict__ w,
+                                                      const float* __restrict__ b, float* __restrict__ y,
+                                                      float* __restrict__ mean, float* __restrict__ rstd,
+                                                      int N, int C, float eps) {
+    int tid, nthreads;
+    long long row;
+    group_layout<BLOCK>(tid, nthreads, row);
+    if (row >= N) return;
+    const float* xr = x + row * C;
+    float s = 0.f;
+    row_read(xr, C, tid, nthreads, [&](int, float v) { s += v; });
+    const float mu = group_sum<BLOCK>(s) / C;
+    float ss = 0.f;
+    row_read(xr, C, tid, nthreads, [&](int, float v) { const float d = v - mu; ss += d * d; });
+    const float rs = rsqrtf(group_sum<BLOCK>(ss) / C + eps);
+    row_map(y + row * C, xr, nullptr, C, C, tid, nthreads,
+            [&](int j, float v, float) { return (v - mu) * rs * w[j] + b[j]; });
+    if (tid == 0) {
+        mean[row] = mu;
+        rstd[row] = rs;
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(256) layernorm_forward_warp(const float* x, const float* w, const float* b, float* y,
+                                                  float* mean, float* rstd, int N, int C, float eps) {
+    layernorm_forward_row<false>(x, w, b, y, mean, rstd, N, C, eps);
+}
+
+extern "C" __global__ void __launch_bounds__(512) layernorm_forward_block(const float* x, const float* w, const float* b, float* y,
+                                                   float* mean, float* rstd, int N, int C, float eps) {
+    layernorm_forward_row<true>(x, w, b, y, mean, rstd, N, C, eps);
+}
+
+extern "C" __global__ void __launch_bounds__(1024) layernorm_backward(const float* __restrict__ g, const float* __restrict__ x,
+                                              const float* __restrict__ w, const float* __restrict__ mean,
+                                              const float* __restrict__ rstd, float* __restrict__ dx,
+                                              float* __restrict__ dw_part, float* __restrict__ db_part,
+                                              int N, int C) {
+    __shared__ float s_mu[ROWS], s_rs[ROWS], s_a[ROWS], s_b[ROWS];
+    const long long r0 = (long long)blockIdx.x * ROWS;
+    const int nr = (int)(N - r0 < ROWS ? N - r0 : ROWS);
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
+
+    // 1. per row: a = mean(dxh), b = mean(dxh * xh), one warp per row
+    for (int r = warp; r < nr; r += nwarps) {
+        const long long row = r0 + r;
+        const float mu = mean[row], rs = rstd[row];
+        const float* gr = g + row * C;
+        const float* xr = x + row * C;
+        float a = 0.f, bsum = 0.f;
+        if (misalign16(gr) == misalign16(xr) && misalign16(w) == misalign16(gr)) {
+            const int head0 = ((16 - misalign16(gr)) & 15) >> 2;
+            const int head = head0 < C ? head0 : C;
+            for (int j = lane; j < head; j += 32) {
+                const float d = gr[j] * w[j], xh = (xr[j] - mu) * rs;
+                a += d; bsum += d * xh;
+            }
+            const float4* g4 = reinterpret_cast<const float4*>(gr + head);
+            const float4* x4 = reinterpret_cast<const float4*>(xr + head);
+            const float4* w4 = reinterpret_cast<const float4*>(w + head);
+            const int n4 = (C - head) >> 2;
+            for (int k = lane; k < n4; k += 32) {
+                const float4 gv = g4[k], xv = x4[k], wv = w4[k];
+                float d, xh;
+                d = gv.x * wv.x; xh = (xv.x - mu) * rs; a += d; bsum += d * xh;
+                d = gv.y * wv.y; xh = (xv.y - mu) * rs; a += d; bsum += d * xh;
+                d = gv.z * wv.z; xh = (xv.z - mu) * rs; a += d; bsum += d * xh;
+                d = gv.w * wv.w; xh = (xv.w - mu) * rs; a += d; bsum += d * xh;
+            }
+            for (int j = head + 4 * n4 + lane; j < C; j += 32) {
+                const float d = gr[j] * w[j], xh = (xr[j] - mu) * rs;
+                a += d; bsum += d * xh;
+            }
+        } else {
+            for (int j = lane; j < C; j += 32) {
+                const float d = gr[j] * w[j], xh = (xr[j] - mu) * rs;
+                a += d; bsum += d * xh;
+            }
+        }
+        a = warp_sum(a);
+        bsum = warp_sum(bsum);
+        if (lane == 0) {
+            s_mu[r] = mu; s_rs[r] = rs;
+            s_a[r] = a / C; s_b[r] = bsum / C;
+        }
+    }
+    __syncthreads();
+
+    // 2. per column: dx for the tile's rows, and this tile's share of dw, db.
+    //    Consecutive threads take consecutive columns: every row access is coalesced.
+    for (int c = threadIdx.x; c < C; c += blockDim.x) {
+        const float wc = w[c];
+        float dwc = 0.f, dbc = 0.f;
+#pragma unroll 2
+        for (int r = 0; r < nr; ++r) {
+            const long long i = (r0 + r) * C + c;
+            const float gv = g[i];
+            const float xh = (x[i] - s_mu[r]) * s_rs[r];
+            dx[i] = s_rs[r] * (gv * wc - s_a[r] - xh * s_b[r]);
+            dwc += gv * xh;
+            dbc += gv;
+        }
+        dw_part[(long long)blockIdx.x * C + c] = dwc;
+        db_part[(long long)blockIdx.x * C + c] = dbc;
+    }
+}
+
+// dw[c] = sum over tiles of dw_part[tile, c] (same for db). Block (32, 32):
+// threadIdx.x picks the column, threadIdx.y strides over tiles; the 32 partial
+// sums per column are then added in a fixed order in shared memory.
+extern "C" __global__ void __launch_bounds__(1024) layernorm_dwdb_reduce(const float* __restrict__ dw_part, const float* __restrict__ db_part,
+                                                 float* __restrict__ dw, float* __restrict__ db, int ntiles, int C) {
+    __shared__ float sw[32][32], sb[32][32];
+    const int c = blockIdx.x * 32 + threadIdx.x;
+    float aw = 0.f, ab = 0.f;
+    if (c < C) {
+        for (int t = threadIdx.y; t < ntiles; t += 32) {
+            aw += dw_part[(long long)t * C + c];
+            ab += db_part[(long long)t * C + c];
+        }
+    }
+    sw[threadIdx.y][threadIdx.x] = aw;
+    sb[threadIdx.y][threadIdx.x] = ab;
+    __syncthreads();
+    if (threadIdx.y == 0 && c < C) {
+        float tw = 0.f, tb = 0.f;
+        for (int k = 0; k < 32; ++k) { tw += sw[k][threadIdx.x]; tb += sb[k][threadIdx.x]; }
+        dw[c] = tw;
+        db[c] = tb;
+    }
+}

@@ -1,0 +1,141 @@
+"""Attention ops: fused scaled dot-product attention and rotary position embedding.
+
+Written as chains of small ops (matmul, scale, mask, softmax, dropout, matmul),
+attention saves five big (..., T, S) arrays and issues a dozen launches. As one
+Function it saves only the attention matrix and needs four matmuls each way.
+The NumPy/CuPy code here is the reference; on the GPU the softmax step may be
+done by a CUDA kernel (tensorgrad.kernels), tested against it.
+"""
+import math
+
+import numpy as np
+
+from ..backend import generator, get_array_module
+from ..function import Function, ShapeError
+from .broadcast import sum_to
+
+
+def _mT(x):
+    return x.swapaxes(-1, -2)
+
+
+def _softmax_kernels(a, masked, causal, T, S):
+    """The kernel module when the fused GPU softmax can do this call, else None.
+
+    The kernel knows the causal mask but not an explicit one, and a causal
+    mask with S < T leaves rows with nothing to attend, which only the
+    reference path handles (it returns zeros there).
+    """
+    if isinstance(a, np.ndarray) or a.dtype != np.float32 or masked or (causal and S < T):
+        return None
+    from .. import kernels
+    if not (kernels.enabled() and hasattr(kernels, "softmax_forward") and hasattr(kernels, "softmax_backward")):
+        return None
+    return kernels
+
+
+class ScaledDotProductAttention(Function):
+    """att = softmax(q k^T * scale + mask), y = dropout(att) @ v;
+    dv = att^T g, datt = g v^T, ds = att * (datt - sum(datt * att)) * scale, dq = ds k, dk = ds^T q"""
+    def forward(self, q, k, v, mask, is_causal=False, dropout_p=0.0, scale=None):
+        xp = get_array_module(q)
+        T, hs = q.shape[-2:]
+        S = k.shape[-2]
+        if k.shape[-1] != hs or v.shape[-2] != S:
+            raise ShapeError(f"scaled_dot_product_attention: q {q.shape}, k {k.shape}, v {v.shape}: need "
+                             f"q (..., T, hs), k (..., S, hs) and v (..., S, hv)")
+        scale = 1.0 / math.sqrt(hs) if scale is None else float(scale)
+        self.scale = scale
+        s = q @ _mT(k)                                                   # (..., T, S)
+        self.kern = _softmax_kernels(q, mask is not None, is_causal, T, S)
+        if self.kern is not None:
+            att = self.kern.softmax_forward(xp.ascontiguousarray(s), scale=scale, causal=is_causal)
+        else:
+            s = s * scale
+            allowed = None                                               # True = may attend
+            if is_causal:
+                # query i sits at position i + (S - T) of the keys (a kv-cache holds the first S - T)
+                allowed = xp.tri(T, S, k=S - T, dtype=bool)              # (T, S)
+            if mask is not None:
+                if mask.dtype != np.bool_:
+                    raise ShapeError(f"scaled_dot_product_attention: mask must be boolean "
+                                     f"(True = may attend), got dtype {mask.dtype}")
+                mask = xp.asarray(mask)
+                allowed = mask if allowed is None else allowed & mask    # broadcasts to (..., T, S)
+            if allowed is not None:
+                s = xp.where(allowed, s, -xp.inf)
+            m = s.max(axis=-1, keepdims=True)                            # (..., T, 1)
+            m = xp.where(xp.isfinite(m), m, 0)                           # a fully masked row: max is -inf
+            e = xp.exp(s - m)                                            # masked entries: exp(-inf) = 0
+            den = e.sum(axis=-1, keepdims=True)
+            att = e / xp.where(den == 0, 1, den)                         # fully masked row -> zeros, no NaN
+            att = att.astype(q.dtype, copy=False)
+        self.att = att                                                   # (..., T, S)
+        self.drop = None
+        if dropout_p > 0.0:
+            keep = generator("cpu" if xp is np else "cuda").random(att.shape, dtype=np.float32) >= dropout_p
+            self.drop = keep * q.dtype.type(1.0 / (1.0 - dropout_p))      # (..., T, S), saved for backward
+            att = att * self.drop
+        self.q, self.k, self.v, self.att_d = q, k, v, att
+        return att @ v                                                   # (..., T, hv)
+
+    def backward(self, g):
+        q, k, v, att = self.q, self.k, self.v, self.att
+        need_q, need_k, need_v = self.needs_input_grad[:3]
+        dv = sum_to(_mT(self.att_d) @ g, v.shape) if need_v else None   # (..., S, hv)
+        dq = dk = None
+        if need_q or need_k:
+            datt = g @ _mT(v)                                            # (..., T, S)
+            if self.drop is not None:
+                datt = datt * self.drop
+            if self.kern is not None:
+                ds = self.kern.softmax_backward(get_array_module(datt).ascontiguousarray(datt), att, scale=self.scale)
+            else:
+                ds = att * (datt - (datt * att).sum(axis=-1, keepdims=True)) * self.scale
+            dq = sum_to(ds @ k, q.shape) if need_q else None             # (..., T, hs)
+            dk = sum_to(_mT(ds) @ q, k.shape) if need_k else None        # (..., S, hs)
+        return dq, dk, dv, None
+
+
+class Rotary(Function):
+    """Rotate each pair (x1[i], x2[i]) of the two halves of the last axis by angle pos * f_i:
+    y1 = x1 c - x2 s, y2 = x2 c + x1 s;  the backward rotates back: dx1 = g1 c + g2 s, dx2 = g2 c - g1 s"""
+    def forward(self, x, cos, sin):
+        h = x.shape[-1] // 2
+        if x.shape[-1] % 2 or cos.shape[-1] != h:
+            raise ShapeError(f"rotary: last axis of x {x.shape} must be even and twice that of cos {cos.shape}")
+        xp = get_array_module(x)
+        self.cos, self.sin = cos, sin                                    # (T, hs/2)
+        x1, x2 = x[..., :h], x[..., h:]                                  # (..., T, hs/2) each
+        return xp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+
+    def backward(self, g):
+        xp = get_array_module(g)
+        h = g.shape[-1] // 2
+        g1, g2 = g[..., :h], g[..., h:]
+        c, s = self.cos, self.sin
+        return xp.concatenate([g1 * c + g2 * s, g2 * c - g1 * s], axis=-1), None, None
+
+
+# ------------------------------------------------------------------- wrappers
+def scaled_dot_product_attention(q, k, v, mask=None, is_causal=False, dropout_p=0.0, scale=None):
+    """softmax(q k^T * scale, masked) @ v over any leading batch dims.
+
+    q: (..., T, hs), k: (..., S, hs), v: (..., S, hv); batch dims broadcast.
+    mask: boolean, broadcastable to (..., T, S), True = may attend.
+    is_causal: query i attends keys j <= i + (S - T) (the last T of S positions,
+    as with a kv-cache). A row that may attend nothing gives zeros.
+    scale: defaults to 1/sqrt(hs). dropout_p: dropout on the attention weights.
+    """
+    from ..tensor import Tensor
+    if not 0.0 <= dropout_p < 1.0:
+        raise ValueError(f"scaled_dot_product_attention: dropout_p must be in [0, 1), got {dropout_p}")
+    if mask is not None and not isinstance(mask, Tensor):
+        mask = Tensor(mask, device=q.device)
+    return ScaledDotProductAttention.apply(q, k, v, mask, is_causal=bool(is_causal),
+                                           dropout_p=float(dropout_p), scale=scale)
+
+
+def rotary_embedding(x, cos, sin):
+    """Rotate x (..., T, hs) with the angles' cos and sin (T, hs/2) (half-split convention)."""
+    return Rotary.apply(x, cos, sin)

@@ -1,0 +1,217 @@
+"""GPT model, generation, GPT-2 weights, data files, the training loop and the example."""
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import nn
+import tensorgrad as tg
+from gpt import GPT, GPTConfig, TokenData, TrainConfig, prepare, train
+from gpt.pretrained import write_safetensors
+
+TINY = dict(block_size=16, vocab_size=11, n_layer=2, n_head=2, n_embd=16)
+
+
+def _text(n=6000):
+    rng = np.random.default_rng(0)
+    words = ["to", "be", "or", "not", "that", "is", "the", "question", "\n"]
+    return " ".join(rng.choice(words, size=n // 4))
+
+
+def test_init_loss_is_near_ln_vocab():
+    tg.manual_seed(0)
+    cfg = GPTConfig(block_size=32, vocab_size=65, n_layer=2, n_head=4, n_embd=32)
+    model = GPT(cfg)
+    rng = np.random.default_rng(0)
+    _, loss = model(rng.integers(0, 65, (4, 32)), rng.integers(0, 65, (4, 32)))
+    assert abs(loss.item() - math.log(65)) < 0.1
+
+
+def test_parameter_names_follow_gpt2():
+    names = [n for n, _ in GPT(GPTConfig(**TINY)).named_parameters()]
+    for n in ["transformer.wte.weight", "transformer.wpe.weight", "transformer.h.0.ln_1.weight",
+              "transformer.h.0.attn.c_attn.weight", "transformer.h.0.attn.c_proj.bias",
+              "transformer.h.1.mlp.c_fc.weight", "transformer.h.1.mlp.c_proj.weight", "transformer.ln_f.bias"]:
+        assert n in names
+    model = GPT(GPTConfig(**TINY))
+    assert model.lm_head.weight is model.transformer.wte.weight
+
+
+@pytest.mark.parametrize("variant", [dict(), dict(norm="rmsnorm", mlp="swiglu", pos="rope", bias=False,
+                                                   tie_weights=False)])
+def test_overfit_one_batch(variant):
+    tg.manual_seed(0)
+    model = GPT(GPTConfig(**TINY, **variant))
+    opt = nn.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.0)
+    rng = np.random.default_rng(1)
+    x = rng.integers(0, 11, (4, 16))
+    y = rng.integers(0, 11, (4, 16))
+    for _ in range(150):
+        _, loss = model(x, y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.05
+
+
+@pytest.mark.parametrize("variant", [dict(), dict(pos="rope", norm="rmsnorm")])
+def test_generate_with_and_without_cache_agree(variant):
+    tg.manual_seed(3)
+    model = GPT(GPTConfig(**TINY, **variant))
+    prompt = [[1, 2, 3]]
+    # 20 new tokens pass block_size=16, so the cropped (recomputed) path runs too
+    a = model.generate(prompt, 20, temperature=1.0, top_k=5, seed=7, use_cache=True)
+    b = model.generate(prompt, 20, temperature=1.0, top_k=5, seed=7, use_cache=False)
+    np.testing.assert_array_equal(a, b)
+    assert a.shape == (1, 23)
+    g = model.generate(prompt, 5, temperature=0)
+    np.testing.assert_array_equal(g, model.generate(prompt, 5, temperature=0, use_cache=False))
+    c = model.generate(prompt, 8, top_p=0.5, seed=1)
+    assert c.min() >= 0 and c.max() < 11
+
+
+def test_kv_cache_logits_match_full_forward():
+    tg.manual_seed(0)
+    model = GPT(GPTConfig(**TINY)).eval()
+    idx = np.array([[1, 4, 2, 7, 3]])
+    full = model.transformer  # noqa: F841 (documentation: same weights below)
+    with tg.no_grad():
+        from gpt.model import KVCache
+        cache = KVCache(2)
+        model(idx[:, :3], cache=cache)
+        step, _ = model(idx[:, 3:4], cache=cache)
+        ref, _ = model(idx[:, :4])
+    np.testing.assert_allclose(step.numpy()[:, -1], ref.numpy()[:, -1], rtol=1e-4, atol=1e-5)
+
+
+def test_from_pretrained_reads_hf_gpt2_layout(tmp_path):
+    """Write a small GPT-2-shaped safetensors file (HF names, Conv1D (in, out) weights) and load it."""
+    tg.manual_seed(5)
+    cfg = GPTConfig(block_size=8, vocab_size=13, n_layer=2, n_head=2, n_embd=8)
+    ours = GPT(cfg)
+    hf = {}
+    for name, arr in ours.state_dict().items():
+        if name == "lm_head.weight":
+            continue  # tied: HF files carry only wte
+        key = name.replace("transformer.", "")
+        conv1d = key.endswith(("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight"))
+        hf[key] = arr.T.copy() if conv1d else arr
+    hf["h.0.attn.bias"] = np.tril(np.ones((1, 1, 8, 8), dtype=np.float32))  # HF's mask buffer: ignored
+    write_safetensors(hf, tmp_path / "model.safetensors")
+    (tmp_path / "config.json").write_text(json.dumps({"n_head": 2}))
+    loaded = GPT.from_pretrained(tmp_path / "model.safetensors")
+    idx = np.array([[1, 2, 3, 4]])
+    a, _ = ours.eval()(idx)
+    b, _ = loaded.eval()(idx)
+    np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-6)
+    with pytest.raises(ValueError, match="n_head"):
+        (tmp_path / "config.json").unlink()
+        GPT.from_pretrained(tmp_path / "model.safetensors")
+
+
+def test_prepare_and_batches(tmp_path):
+    src = tmp_path / "t.txt"
+    src.write_text(_text())
+    meta = prepare(src, tmp_path / "char", tokenizer="char")
+    data = TokenData(tmp_path / "char")
+    x, y = data.get_batch("train", 3, 8, rng=np.random.default_rng(0))
+    assert x.shape == (3, 8) and x.dtype == np.int64
+    np.testing.assert_array_equal(x.numpy()[:, 1:], y.numpy()[:, :-1])
+    assert meta["val_chars_per_token"] == 1.0
+    bpe = prepare(src, tmp_path / "bpe", tokenizer="bpe", vocab_size=300)
+    assert bpe["vocab_size"] <= 300 and bpe["val_chars_per_token"] > 1.5
+    with pytest.raises(ValueError, match="block_size"):
+        data.get_batch("val", 2, 10_000)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        prepare(tmp_path / "missing.txt", tmp_path / "x")
+
+
+def _tc(tmp_path, **kw):
+    base = dict(out_dir=str(tmp_path / "out"), max_iters=6, eval_interval=3, eval_iters=2, batch_size=4,
+                warmup_iters=2, lr_decay_iters=6, device="cpu", seed=0)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_resume_is_bit_identical(tmp_path):
+    src = tmp_path / "t.txt"
+    src.write_text(_text())
+    prepare(src, tmp_path / "d", tokenizer="char")
+    cfg = GPTConfig(block_size=16, vocab_size=TokenData(tmp_path / "d").meta["vocab_size"], n_layer=1,
+                    n_head=2, n_embd=16, dropout=0.1)
+    straight, s1 = train(cfg, _tc(tmp_path, out_dir=str(tmp_path / "a")), tmp_path / "d", progress=False)
+    train(cfg, _tc(tmp_path, out_dir=str(tmp_path / "b"), max_iters=3), tmp_path / "d", progress=False)
+    resumed, s2 = train(cfg, _tc(tmp_path, out_dir=str(tmp_path / "b")), tmp_path / "d", resume=True,
+                        progress=False)
+    for (n, p), (_, q) in zip(straight.named_parameters(), resumed.named_parameters()):
+        np.testing.assert_array_equal(p.numpy(), q.numpy(), err_msg=n)
+    ma = [json.loads(line) for line in open(tmp_path / "a" / "metrics.jsonl")]
+    mb = [json.loads(line) for line in open(tmp_path / "b" / "metrics.jsonl")]
+    assert [(m["iter"], m["val_loss"]) for m in ma] == [(m["iter"], m["val_loss"]) for m in mb]
+    assert s1["best_val_loss"] == s2["best_val_loss"]
+    # a checkpoint of another configuration is refused with a clear message
+    other = GPTConfig(block_size=16, vocab_size=cfg.vocab_size, n_layer=2, n_head=2, n_embd=16)
+    with pytest.raises(ValueError):
+        train(other, _tc(tmp_path, out_dir=str(tmp_path / "b")), tmp_path / "d", resume=True, progress=False)
+
+
+def _shakespeare_or_synthetic(tmp_path):
+    from conftest import data_dir
+    d = data_dir()
+    src = tmp_path / "shakespeare.txt"
+    if d is not None and (d / "tinyshakespeare.txt").is_file():
+        src.write_text((d / "tinyshakespeare.txt").read_text()[:60_000])
+    else:
+        src.write_text(_text(60_000))
+    return src
+
+
+def test_train_shakespeare_example_end_to_end(tmp_path, capsys):
+    import sys
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+    import train_shakespeare
+    src = _shakespeare_or_synthetic(tmp_path)
+    out = tmp_path / "run"
+    args = ["--device", "cpu", "--data", str(src), "--out-dir", str(out), "--n-layer", "1", "--n-head", "2",
+            "--n-embd", "32", "--block-size", "32", "--batch-size", "8", "--max-iters", "30",
+            "--eval-interval", "15", "--eval-iters", "2", "--sample-tokens", "40", "--no-progress"]
+    summary = train_shakespeare.main(args)
+    assert summary["best_val_loss"] < math.log(65) and summary["stopped"] == "finished"
+    assert (out / "best.npz").is_file() and (out / "last.npz").is_file()
+    records = [json.loads(line) for line in open(out / "metrics.jsonl")]
+    assert [r["iter"] for r in records] == [0, 15, 30] and "val_bpc" in records[0]
+    # sample.py reads the same checkpoint
+    import sample
+    sample.main(["--ckpt", str(out), "--prompt", "Th", "--max-new-tokens", "20", "--seed", "0"])
+    assert len(capsys.readouterr().out) > 20
+
+
+def test_example_bad_input(tmp_path):
+    import sys
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+    import train_shakespeare
+    with pytest.raises(SystemExit, match="does not exist"):
+        train_shakespeare.main(["--device", "cpu", "--data", str(tmp_path / "nope.txt")])
+    with pytest.raises(SystemExit):
+        train_shakespeare.main(["--device", "tpu"])
+    src = tmp_path / "small.txt"
+    src.write_text(_text(2000))
+    with pytest.raises(SystemExit, match="block_size"):
+        train_shakespeare.main(["--device", "cpu", "--data", str(src), "--block-size", "5000",
+                                "--out-dir", str(tmp_path / "o")])
+
+
+def test_offline_download_names_url_and_flag(tmp_path, monkeypatch):
+    import urllib.request
+
+    from gpt.data import TINYSHAKESPEARE_URL, download
+
+    def refuse(*a, **k):
+        raise urllib.error.URLError("network is unreachable")
+    monkeypatch.setattr(urllib.request, "urlopen", refuse)
+    with pytest.raises(RuntimeError, match="--data") as e:
+        download(TINYSHAKESPEARE_URL, tmp_path / "x.txt")
+    assert TINYSHAKESPEARE_URL in str(e.value)
+    assert not (tmp_path / "x.txt").exists()
