@@ -71,23 +71,26 @@ class ScaledDotProductAttention(Function):
             att = e / xp.where(den == 0, 1, den)                         # fully masked row -> zeros, no NaN
             att = att.astype(q.dtype, copy=False)
         self.att = att                                                   # (..., T, S)
-        self.drop = None
+        self.keep = None
         if dropout_p > 0.0:
-            keep = generator("cpu" if xp is np else "cuda").random(att.shape, dtype=np.float32) >= dropout_p
-            self.drop = keep * q.dtype.type(1.0 / (1.0 - dropout_p))      # (..., T, S), saved for backward
-            att = att * self.drop
-        self.q, self.k, self.v, self.att_d = q, k, v, att
+            # saved as booleans (1 byte each); backward rebuilds the dropped att from att and keep
+            self.keep = generator("cpu" if xp is np else "cuda").random(att.shape, dtype=np.float32) >= dropout_p
+            self.drop_scale = q.dtype.type(1.0 / (1.0 - dropout_p))
+            att = att * self.keep * self.drop_scale                      # (..., T, S)
+        self.q, self.k, self.v = q, k, v
         return att @ v                                                   # (..., T, hv)
 
     def backward(self, g):
         q, k, v, att = self.q, self.k, self.v, self.att
         need_q, need_k, need_v = self.needs_input_grad[:3]
-        dv = sum_to(_mT(self.att_d) @ g, v.shape) if need_v else None   # (..., S, hv)
-        dq = dk = None
+        dq = dk = dv = None
+        if need_v:
+            att_d = att if self.keep is None else att * self.keep * self.drop_scale
+            dv = sum_to(_mT(att_d) @ g, v.shape)                         # (..., S, hv)
         if need_q or need_k:
             datt = g @ _mT(v)                                            # (..., T, S)
-            if self.drop is not None:
-                datt = datt * self.drop
+            if self.keep is not None:
+                datt = datt * self.keep * self.drop_scale
             if self.kern is not None:
                 ds = self.kern.softmax_backward(get_array_module(datt).ascontiguousarray(datt), att, scale=self.scale)
             else:

@@ -42,7 +42,11 @@ class MatMul(Function):
         if need_a:
             da = sum_to(g @ _mT(b2), a2.shape)           # (..., M, K)
             da = da.reshape(a.shape)
-        if need_b:
+        if need_b and b2.ndim == 2 and a2.ndim > 2 and g.shape[:-2] == a2.shape[:-2]:
+            # a shared matrix: fold the batch into rows, one GEMM instead of a batch then a sum
+            K, N = b2.shape
+            db = (a2.reshape(-1, K).T @ g.reshape(-1, N)).reshape(b.shape)   # (K, N)
+        elif need_b:
             db = sum_to(_mT(a2) @ g, b2.shape)           # (..., K, N)
             db = db.reshape(b.shape)
         return da, db

@@ -1,0 +1,161 @@
+"""Time one GPT training step (forward, backward, clip, AdamW) on the GPU: tensorgrad vs PyTorch.
+
+    PYTHONPATH=. python bench/train_step.py [--steps 30] [--no-torch]
+
+Both run the shakespeare-char model (6 layers, 6 heads, 384 wide, block 256,
+batch 64, vocab 65, dropout 0.2) in float32 with TF32 matmuls, in one process,
+on the same random batches. PyTorch is the reference only: the project never
+imports it.
+"""
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("CUPY_TF32", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+CFG = dict(n_layer=6, n_head=6, n_embd=384, block_size=256, vocab_size=65, dropout=0.2)
+B = 64
+
+
+def time_tensorgrad(steps, warmup=5):
+    import cupy as cp
+    import numpy as np
+
+    import nn
+    import tensorgrad as tg
+    from gpt import GPT, GPTConfig
+
+    tg.manual_seed(0)
+    model = GPT(GPTConfig(**CFG)).to("cuda")
+    opt = nn.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.99), weight_decay=0.1)
+    rng = np.random.default_rng(0)
+    batches = [(tg.tensor(rng.integers(0, 65, (B, CFG["block_size"])), device="cuda"),
+                tg.tensor(rng.integers(0, 65, (B, CFG["block_size"])), device="cuda")) for _ in range(4)]
+    phases = {"forward": 0.0, "backward": 0.0, "clip+step": 0.0}
+
+    def step(i, timed):
+        x, y = batches[i % 4]
+        t0 = time.perf_counter()
+        _, loss = model(x, y)
+        if timed:
+            cp.cuda.Device().synchronize()
+        t1 = time.perf_counter()
+        opt.zero_grad()
+        loss.backward()
+        if timed:
+            cp.cuda.Device().synchronize()
+        t2 = time.perf_counter()
+        nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        if timed:
+            cp.cuda.Device().synchronize()
+            t3 = time.perf_counter()
+            phases["forward"] += t1 - t0
+            phases["backward"] += t2 - t1
+            phases["clip+step"] += t3 - t2
+        return loss
+
+    for i in range(warmup):
+        step(i, False)
+    cp.cuda.Device().synchronize()
+    t0 = time.perf_counter()
+    for i in range(steps):
+        loss = step(i, False)
+    cp.cuda.Device().synchronize()
+    total = (time.perf_counter() - t0) / steps
+    for i in range(10):  # a separate, synchronised pass for the phase split
+        step(i, True)
+    pool = cp.get_default_memory_pool()
+    return total, {k: v / 10 for k, v in phases.items()}, float(loss.item()), pool.total_bytes()
+
+
+def time_torch(steps, warmup=5):
+    import torch
+    import torch.nn as tnn
+    import torch.nn.functional as TF
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.manual_seed(0)
+    C, nh, T, V, L, p = CFG["n_embd"], CFG["n_head"], CFG["block_size"], CFG["vocab_size"], CFG["n_layer"], CFG["dropout"]
+
+    class Block(tnn.Module):
+        def __init__(self):
+            super().__init__()
+            self.ln_1, self.ln_2 = tnn.LayerNorm(C), tnn.LayerNorm(C)
+            self.c_attn, self.c_proj = tnn.Linear(C, 3 * C), tnn.Linear(C, C)
+            self.c_fc, self.mlp_proj = tnn.Linear(C, 4 * C), tnn.Linear(4 * C, C)
+            self.drop = tnn.Dropout(p)
+
+        def forward(self, x):
+            Bx = x.shape[0]
+            q, k, v = self.c_attn(self.ln_1(x)).split(C, dim=2)
+            q, k, v = (t.view(Bx, T, nh, C // nh).transpose(1, 2) for t in (q, k, v))
+            y = TF.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=p if self.training else 0)
+            x = x + self.drop(self.c_proj(y.transpose(1, 2).reshape(Bx, T, C)))
+            return x + self.drop(self.mlp_proj(TF.gelu(self.c_fc(self.ln_2(x)), approximate="tanh")))
+
+    class Model(tnn.Module):
+        def __init__(self):
+            super().__init__()
+            self.wte, self.wpe = tnn.Embedding(V, C), tnn.Embedding(T, C)
+            self.h = tnn.ModuleList([Block() for _ in range(L)])
+            self.ln_f = tnn.LayerNorm(C)
+            self.lm_head = tnn.Linear(C, V, bias=False)
+            self.lm_head.weight = self.wte.weight
+            self.drop = tnn.Dropout(p)
+
+        def forward(self, idx, targets):
+            x = self.drop(self.wte(idx) + self.wpe(torch.arange(T, device=idx.device)))
+            for b in self.h:
+                x = b(x)
+            logits = self.lm_head(self.ln_f(x))
+            return TF.cross_entropy(logits.view(-1, V), targets.view(-1))
+
+    model = Model().cuda()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.99), weight_decay=0.1)
+    g = torch.Generator().manual_seed(0)
+    batches = [(torch.randint(0, V, (B, T), generator=g).cuda(), torch.randint(0, V, (B, T), generator=g).cuda())
+               for _ in range(4)]
+
+    def step(i):
+        x, y = batches[i % 4]
+        loss = model(x, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        return loss
+
+    for i in range(warmup):
+        step(i)
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for i in range(steps):
+        loss = step(i)
+    torch.cuda.synchronize()
+    return (time.perf_counter() - t0) / steps, float(loss.item()), torch.cuda.max_memory_allocated()
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--no-torch", action="store_true")
+    args = ap.parse_args()
+    tokens = B * CFG["block_size"]
+    ours, phases, loss, mem = time_tensorgrad(args.steps)
+    rows = [("tensorgrad (CuPy + our kernels)", ours, loss, mem)]
+    print("tensorgrad phases (ms): " + ", ".join(f"{k} {v * 1e3:.1f}" for k, v in phases.items()))
+    if not args.no_torch:
+        t, tl, tm = time_torch(args.steps)
+        rows.append(("PyTorch eager (SDPA, fused AdamW off)", t, tl, tm))
+    print(f"\nGPT training step, B={B} T={CFG['block_size']} 6x384, float32 + TF32, {args.steps} steps")
+    print(f"{'implementation':40s} {'ms/step':>9s} {'tokens/s':>11s} {'vs torch':>9s} {'GPU mem':>9s}")
+    ref = rows[-1][1]
+    for name, t, _, m in rows:
+        print(f"{name:40s} {t * 1e3:9.1f} {tokens / t:11,.0f} {ref / t:8.2f}x {m / 2**30:8.2f}G")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,134 @@
+"""Causal multi-head self-attention (GPT-2 layout), rotary position embedding, kv-cache."""
+import numpy as np
+
+from tensorgrad import backend
+from tensorgrad.ops import cat
+from tensorgrad.tensor import Tensor
+
+from . import functional as F
+from .layers import Dropout, Linear
+from .module import Module
+
+
+class RotaryEmbedding(Module):
+    """RoPE (Su et al. 2021): rotate q and k by angles proportional to the token position,
+    so q.k depends on positions only through their difference.
+
+    Convention: the half-split one of GPT-NeoX and HF LLaMA: feature i is paired
+    with feature i + head_dim/2 (not with its neighbour 2i+1, as in Meta's LLaMA
+    code), and that pair is rotated by pos * theta^(-2i/head_dim).
+    """
+
+    def __init__(self, head_dim, max_seq_len, theta=10000.0, device=None):
+        super().__init__()
+        if head_dim % 2:
+            raise ValueError(f"RotaryEmbedding: head_dim must be even, got {head_dim}")
+        self.head_dim, self.max_seq_len, self.theta = head_dim, max_seq_len, theta
+        # a cache, rebuilt from the config (never saved): non-persistent buffers
+        self.register_buffer("cos", None, persistent=False)
+        self.register_buffer("sin", None, persistent=False)
+        self._build(np.float32, device)
+
+    def _build(self, dtype, device):
+        """cos and sin of pos * theta^(-2i/hs), computed in float64 and stored in `dtype`."""
+        hs = self.head_dim
+        inv_freq = self.theta ** (-np.arange(0, hs, 2, dtype=np.float64) / hs)            # (hs/2,)
+        angles = np.arange(self.max_seq_len, dtype=np.float64)[:, None] * inv_freq[None, :]  # (max_seq_len, hs/2)
+        self.cos = Tensor(np.cos(angles).astype(dtype), device=device)
+        self.sin = Tensor(np.sin(angles).astype(dtype), device=device)
+
+    def _after_to(self):
+        # .double() cast the float32 cache: recompute it so float64 (gradcheck) is exact
+        self._build(self.cos.dtype, self.cos.device)
+
+    def forward(self, x, positions=None):
+        """x: (..., T, head_dim); positions: T integer positions (default 0..T-1)."""
+        T = x.shape[-2]
+        cos, sin = self.cos.data, self.sin.data                          # (max_seq_len, hs/2)
+        if positions is None:
+            if T > self.max_seq_len:
+                raise ValueError(f"RotaryEmbedding: sequence of {T} tokens is longer than "
+                                 f"max_seq_len={self.max_seq_len}")
+            cos, sin = cos[:T], sin[:T]                                  # (T, hs/2)
+        else:
+            pos = positions.data if isinstance(positions, Tensor) else positions
+            xp = backend.get_array_module(cos)
+            pos = xp.asarray(pos)
+            if pos.shape[-1:] != (T,):
+                raise ValueError(f"RotaryEmbedding: got {pos.shape} positions for {T} tokens")
+            if isinstance(pos, np.ndarray) and pos.size and (pos.min() < 0 or pos.max() >= self.max_seq_len):
+                raise IndexError(f"RotaryEmbedding: positions from {pos.min()} to {pos.max()} are outside "
+                                 f"[0, {self.max_seq_len}); build it with a larger max_seq_len")
+            cos, sin = cos[pos], sin[pos]                                # (T, hs/2)
+        if cos.dtype != x.dtype:
+            cos, sin = cos.astype(x.dtype), sin.astype(x.dtype)
+        return F.rotary_embedding(x, cos, sin)                           # (..., T, head_dim)
+
+    def extra_repr(self):
+        return f"head_dim={self.head_dim}, max_seq_len={self.max_seq_len}, theta={self.theta}"
+
+
+class KVCache:
+    """The keys and values one attention layer has seen so far (for generation).
+
+    Pass one per layer as kv_cache=...; each call appends its T new keys and
+    values, and attends over all S = past + T of them.
+    """
+
+    def __init__(self):
+        self.k = self.v = None                                           # (B, nh, S, hs)
+
+    def __len__(self):
+        return 0 if self.k is None else self.k.shape[-2]
+
+    def update(self, k, v):
+        if self.k is None:
+            self.k, self.v = k, v
+        else:
+            self.k, self.v = cat([self.k, k], axis=-2), cat([self.v, v], axis=-2)
+        return self.k, self.v
+
+    def reset(self):
+        self.k = self.v = None
+
+
+class MultiHeadSelfAttention(Module):
+    """GPT-2's attention: c_attn (d -> 3d, fused q, k, v), n_head heads of size d/n_head,
+    scaled dot-product attention, c_proj (d -> d), residual dropout."""
+
+    def __init__(self, d_model, n_head, causal=True, rope=None, bias=True, dropout=0.0, device=None):
+        super().__init__()
+        if d_model % n_head:
+            raise ValueError(f"MultiHeadSelfAttention: d_model={d_model} is not a multiple of n_head={n_head}")
+        if rope is not None and rope.head_dim != d_model // n_head:
+            raise ValueError(f"MultiHeadSelfAttention: rope.head_dim={rope.head_dim}, but heads have "
+                             f"{d_model // n_head} features")
+        self.d_model, self.n_head, self.causal, self.dropout = d_model, n_head, causal, dropout
+        self.c_attn = Linear(d_model, 3 * d_model, bias=bias, device=device)
+        self.c_proj = Linear(d_model, d_model, bias=bias, device=device)
+        self.resid_dropout = Dropout(dropout)
+        self.rope = rope
+
+    def forward(self, x, positions=None, kv_cache=None):
+        """x: (B, T, C). positions: the T tokens' positions for RoPE (default: after
+        those already in kv_cache). kv_cache: a KVCache to read and extend."""
+        B, T, C = x.shape
+        nh, hs = self.n_head, C // self.n_head
+        q, k, v = self.c_attn(x).split(C, axis=-1)                       # (B, T, C) each
+        q = q.reshape(B, T, nh, hs).transpose(1, 2)                      # (B, nh, T, hs)
+        k = k.reshape(B, T, nh, hs).transpose(1, 2)                      # (B, nh, T, hs)
+        v = v.reshape(B, T, nh, hs).transpose(1, 2)                      # (B, nh, T, hs)
+        past = len(kv_cache) if kv_cache is not None else 0
+        if self.rope is not None:
+            if positions is None:
+                positions = np.arange(past, past + T)
+            q, k = self.rope(q, positions), self.rope(k, positions)
+        if kv_cache is not None:
+            k, v = kv_cache.update(k, v)                                 # (B, nh, S, hs), S = past + T
+        p = self.dropout if self.training else 0.0
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal, dropout_p=p)  # (B, nh, T, hs)
+        y = y.transpose(1, 2).reshape(B, T, C)                           # (B, T, C): heads side by side
+        return self.resid_dropout(self.c_proj(y))
+
+    def extra_repr(self):
+        return f"n_head={self.n_head}, causal={self.causal}"

@@ -1,0 +1,102 @@
+"""Basic layers: Linear, Embedding, Dropout, GELU, SiLU, SwiGLU.
+
+Initialisation follows PyTorch's defaults so that a model built here starts
+where the same model built in PyTorch would (GPT code re-initialises anyway).
+"""
+import math
+
+import numpy as np
+
+from tensorgrad import backend
+
+from . import functional as F
+from . import init
+from .module import Module, Parameter
+
+
+def _empty(*shape, device=None, dtype=np.float32):
+    xp = backend.xp_of_device(backend.parse_device(device))
+    return xp.empty(shape, dtype=dtype)
+
+
+class Linear(Module):
+    """y = x @ weight^T + bias; weight (out, in), any leading dims on x."""
+
+    def __init__(self, in_features, out_features, bias=True, device=None, dtype=np.float32):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.weight = Parameter(_empty(out_features, in_features, device=device, dtype=dtype))
+        self.bias = Parameter(_empty(out_features, device=device, dtype=dtype)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        # torch's kaiming_uniform_(a=sqrt(5)) works out to uniform(-1/sqrt(in), 1/sqrt(in))
+        bound = 1.0 / math.sqrt(self.in_features) if self.in_features > 0 else 0.0
+        init.uniform_(self.weight, -bound, bound)
+        if self.bias is not None:
+            init.uniform_(self.bias, -bound, bound)
+
+    def forward(self, x):
+        return F.linear(x, self.weight, self.bias)                   # (..., out)
+
+    def extra_repr(self):
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+
+
+class Embedding(Module):
+    """A lookup table: integer ids (any shape) -> rows of weight (num_embeddings, embedding_dim)."""
+
+    def __init__(self, num_embeddings, embedding_dim, device=None, dtype=np.float32):
+        super().__init__()
+        self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
+        self.weight = Parameter(_empty(num_embeddings, embedding_dim, device=device, dtype=dtype))
+        init.normal_(self.weight, 0.0, 1.0)                            # torch's default
+
+    def forward(self, idx):
+        return F.embedding(idx, self.weight)                         # (*idx.shape, C)
+
+    def extra_repr(self):
+        return f"{self.num_embeddings}, {self.embedding_dim}"
+
+
+class Dropout(Module):
+    """Zero each element with probability p while training (scaling the rest by 1/(1-p)); identity in eval."""
+
+    def __init__(self, p=0.5):
+        super().__init__()
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"Dropout: p must be in [0, 1), got {p}")
+        self.p = p
+
+    def forward(self, x):
+        return F.dropout(x, self.p, self.training)
+
+    def extra_repr(self):
+        return f"p={self.p}"
+
+
+class GELU(Module):
+    """GPT-2's GELU (tanh approximation)."""
+
+    def forward(self, x):
+        return F.gelu(x)
+
+
+class SiLU(Module):
+    """x * sigmoid(x) (a.k.a. swish)."""
+
+    def forward(self, x):
+        return F.silu(x)
+
+
+class SwiGLU(Module):
+    """LLaMA's feed-forward: w2(silu(w1 x) * w3 x), no biases."""
+
+    def __init__(self, d_model, d_ff, device=None, dtype=np.float32):
+        super().__init__()
+        self.w1 = Linear(d_model, d_ff, bias=False, device=device, dtype=dtype)
+        self.w2 = Linear(d_ff, d_model, bias=False, device=device, dtype=dtype)
+        self.w3 = Linear(d_model, d_ff, bias=False, device=device, dtype=dtype)
+
+    def forward(self, x):
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))               # (..., d_model)

@@ -1,0 +1,152 @@
+"""Optimizers: SGD (with momentum) and AdamW, with PyTorch's update rules and parameter groups.
+
+Each step updates p.data in place with array-module (xp) operations, so the
+same code runs on NumPy and CuPy, and reads nothing back from the device.
+Only the step count (a host-side Python int) enters as Python floats.
+"""
+import math
+
+import numpy as np
+
+from tensorgrad import backend
+from tensorgrad.function import no_grad
+
+
+class Optimizer:
+    """Holds param_groups (list of dicts: 'params' plus hyperparameters) and per-parameter state."""
+
+    def __init__(self, params, defaults):
+        self.defaults = dict(defaults)
+        params = list(params)
+        if not params:
+            raise ValueError(f"{type(self).__name__}: got an empty parameter list")
+        groups = params if isinstance(params[0], dict) else [{"params": params}]
+        self.param_groups = []
+        self.state = {}                      # id(param) -> dict of arrays and numbers
+        seen = set()                         # ids: a tied weight given twice is updated once
+        for g in groups:
+            group = {**self.defaults, **{k: v for k, v in g.items() if k != "params"}}
+            group["params"] = []
+            for p in g["params"]:
+                if id(p) not in seen:
+                    seen.add(id(p))
+                    group["params"].append(p)
+            self.param_groups.append(group)
+
+    def zero_grad(self):
+        for group in self.param_groups:
+            for p in group["params"]:
+                p.grad = None
+
+    def step(self):
+        with no_grad():
+            for group in self.param_groups:
+                for p in group["params"]:
+                    if p.grad is not None:
+                        self._update(p, p.grad, self.state.setdefault(id(p), {}), group)
+
+    def _update(self, p, g, state, group):
+        raise NotImplementedError
+
+    # --------------------------------------------------------------- state dict
+    def _all_params(self):
+        return [p for group in self.param_groups for p in group["params"]]
+
+    def state_dict(self):
+        """{'state': {index: {name: numpy array or number}}, 'param_groups': [...]}: parameters
+        are named by their position over all groups, as in PyTorch; numbers are JSON-able."""
+        state = {}
+        for i, p in enumerate(self._all_params()):
+            s = self.state.get(id(p))
+            if s:
+                state[i] = {k: (np.array(backend.to_device(v, "cpu"), copy=True) if hasattr(v, "shape") else v)
+                            for k, v in s.items()}
+        groups, start = [], 0
+        for group in self.param_groups:
+            n = len(group["params"])
+            groups.append({**{k: (list(v) if isinstance(v, tuple) else v) for k, v in group.items() if k != "params"},
+                           "params": list(range(start, start + n))})
+            start += n
+        return {"state": state, "param_groups": groups}
+
+    def load_state_dict(self, state_dict):
+        groups = state_dict["param_groups"]
+        sizes = [len(g["params"]) for g in self.param_groups]
+        if [len(g["params"]) for g in groups] != sizes:
+            raise ValueError(f"{type(self).__name__}.load_state_dict: the saved groups hold "
+                             f"{[len(g['params']) for g in groups]} parameters, this optimizer's {sizes}")
+        params = self._all_params()
+        new_state = {}
+        for i, s in state_dict["state"].items():
+            p = params[int(i)]  # keys are ints, or strings after a trip through JSON
+            entry = {}
+            for k, v in s.items():
+                if hasattr(v, "shape") and np.ndim(v) > 0:
+                    if tuple(v.shape) != p.shape:
+                        raise ValueError(f"{type(self).__name__}.load_state_dict: state '{k}' of parameter {i} "
+                                         f"has shape {tuple(v.shape)}, the parameter {p.shape}")
+                    entry[k] = backend.to_device(np.asarray(v), p.device).astype(p.dtype, copy=True)
+                else:
+                    entry[k] = v.item() if hasattr(v, "item") else v
+            new_state[id(p)] = entry
+        self.state = new_state
+        for group, saved in zip(self.param_groups, groups):
+            for k, v in saved.items():
+                if k != "params":
+                    group[k] = tuple(v) if isinstance(v, list) else v
+
+
+class SGD(Optimizer):
+    """PyTorch's SGD: g += wd * p;  buf = momentum * buf + g (buf = g at first);  p -= lr * buf."""
+
+    def __init__(self, params, lr, momentum=0.0, weight_decay=0.0):
+        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay))
+
+    def _update(self, p, g, state, group):
+        lr, mom, wd = group["lr"], group["momentum"], group["weight_decay"]
+        if wd != 0:
+            g = g + wd * p.data
+        if mom != 0:
+            buf = state.get("momentum_buffer")
+            if buf is None:
+                buf = state["momentum_buffer"] = g.copy()
+            else:
+                buf *= mom
+                buf += g
+            g = buf
+        p.data -= lr * g
+
+
+class AdamW(Optimizer):
+    """Adam with decoupled weight decay, PyTorch's update (Loshchilov & Hutter 2019):
+        p -= lr * wd * p                      (decay first, not through the gradient)
+        m = b1 m + (1 - b1) g,  v = b2 v + (1 - b2) g^2
+        p -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)
+    """
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01):
+        if lr < 0 or eps < 0 or not (0 <= betas[0] < 1 and 0 <= betas[1] < 1):
+            raise ValueError(f"AdamW: bad hyperparameters lr={lr}, betas={betas}, eps={eps}")
+        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay))
+
+    def _update(self, p, g, state, group):
+        xp = backend.get_array_module(p.data)
+        lr, (b1, b2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
+        if not state:
+            state["step"] = 0
+            state["exp_avg"] = xp.zeros_like(p.data)
+            state["exp_avg_sq"] = xp.zeros_like(p.data)
+        state["step"] += 1
+        t = state["step"]
+        m, v = state["exp_avg"], state["exp_avg_sq"]
+        if wd != 0:
+            p.data *= 1 - lr * wd
+        # the same operations in the same order as torch's single-tensor path, for matching rounding
+        m += (1 - b1) * (g - m)                      # torch: exp_avg.lerp_(grad, 1 - beta1)
+        v *= b2
+        v += (1 - b2) * g * g                        # torch: exp_avg_sq.mul_(beta2).addcmul_(grad, grad, 1 - beta2)
+        step_size = lr / (1 - b1 ** t)               # host-side floats: the step count lives on the host
+        denom = xp.sqrt(v)
+        denom /= math.sqrt(1 - b2 ** t)
+        denom += eps
+        p.data -= step_size * m / denom
