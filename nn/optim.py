@@ -117,6 +117,14 @@ class SGD(Optimizer):
         p.data -= lr * g
 
 
+def _fused_ok(*arrays):
+    from tensorgrad import kernels
+    if not kernels.enabled():
+        return False
+    from tensorgrad.kernels.adamw import usable
+    return usable(*arrays)
+
+
 class AdamW(Optimizer):
     """Adam with decoupled weight decay, PyTorch's update (Loshchilov & Hutter 2019):
         p -= lr * wd * p                      (decay first, not through the gradient)
@@ -139,6 +147,11 @@ class AdamW(Optimizer):
         state["step"] += 1
         t = state["step"]
         m, v = state["exp_avg"], state["exp_avg_sq"]
+        if xp is not np and _fused_ok(p.data, g, m, v):
+            # on the GPU: one fused kernel launch instead of ~12 array ops (tensorgrad/kernels/adamw.cu)
+            from tensorgrad.kernels.adamw import adamw_step
+            adamw_step(p.data, g, m, v, lr, b1, b2, eps, wd, t)
+            return
         if wd != 0:
             p.data *= 1 - lr * wd
         # the same operations in the same order as torch's single-tensor path, for matching rounding

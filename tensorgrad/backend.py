@@ -85,11 +85,8 @@ def to_device(array, device):
 
 def scatter_add(target, index, values):
     """target[index] += values, accumulating repeated indices (in place)."""
-    if isinstance(target, np.ndarray):
-        np.add.at(target, index, values)
-    else:
-        import cupyx
-        cupyx.scatter_add(target, index, values)
+    xp = np if isinstance(target, np.ndarray) else _cupy
+    xp.add.at(target, index, values)  # unbuffered: repeats add up (target[index] += would not)
 
 
 # ----------------------------------------------------------------------------- RNG

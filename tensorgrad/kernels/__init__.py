@@ -27,7 +27,8 @@ _functions = {}        # (file stem, kernel name) -> cupy.RawKernel
 _OPTIONS = ("-std=c++17",)
 _WARP_ROWS_MAX = 1024  # rows up to this long get one warp each, longer ones a block
 _ROWS_PER_BLOCK = 8    # warps (rows) per block in warp mode: 256 threads
-_LN_TILE = 32          # rows per layernorm_backward tile: must equal ROWS in layernorm.cu
+_LN_TILE = 16          # rows per layernorm_backward tile, 1..32 (MAX_ROWS in layernorm.cu)
+_BLOCK_THREADS = None  # bench/kernels.py may fix the threads of one-block-a-row launches
 
 
 def enabled():
@@ -83,7 +84,7 @@ def _rows(a, what):
     return N, L
 
 
-def _launch(stem, op, N, L, args, block_threads=None):
+def _launch(stem, op, N, L, args):
     """Run <op>_warp (one warp a row) or <op>_block (one block a row) over N rows of length L."""
     if N == 0 or L == 0:
         return
@@ -93,7 +94,7 @@ def _launch(stem, op, N, L, args, block_threads=None):
         fn(((N + rows - 1) // rows,), (32 * rows,), args)
     else:
         # ~8+ elements a thread, 128..512 threads (the kernels' __launch_bounds__ is 512)
-        threads = block_threads or min(512, max(128, 1 << (max(L // 8, 1) - 1).bit_length()))
+        threads = _BLOCK_THREADS or min(512, max(128, 1 << (max(L // 8, 1) - 1).bit_length()))
         _kernel(stem, op + "_block")((N,), (threads,), args)
 
 
@@ -164,12 +165,15 @@ def layernorm_backward(g, x, w, mean, rstd):
     dx = cp.empty_like(x)
     if N == 0 or C == 0:
         return dx, cp.zeros((C,), cp.float32), cp.zeros((C,), cp.float32)
-    tiles = (N + _LN_TILE - 1) // _LN_TILE
+    tile = _LN_TILE
+    if not 1 <= tile <= 32:
+        raise ValueError(f"layernorm_backward: tile of {tile} rows is outside 1..32 (MAX_ROWS in layernorm.cu)")
+    tiles = (N + tile - 1) // tile
     dw_part = cp.empty((tiles, C), dtype=cp.float32)
     db_part = cp.empty((tiles, C), dtype=cp.float32)
     threads = min(1024, max(64, (C + 31) // 32 * 32))  # ~one column a thread
     _kernel("layernorm", "layernorm_backward")(
-        (tiles,), (threads,), (g, x, w, mean, rstd, dx, dw_part, db_part, np.int32(N), np.int32(C)))
+        (tiles,), (threads,), (g, x, w, mean, rstd, dx, dw_part, db_part, np.int32(N), np.int32(C), np.int32(tile)))
     dw = cp.empty((C,), dtype=cp.float32)
     db = cp.empty((C,), dtype=cp.float32)
     _kernel("layernorm", "layernorm_dwdb_reduce")(

@@ -171,7 +171,10 @@ __device__ __forceinline__ void row_map(float* out, const float* a, const float*
     float4* ob = reinterpret_cast<float4*>(out + head);
     const float4* ab = reinterpret_cast<const float4*>(a + head);
     const float4* bb = reinterpret_cast<const float4*>(b + head);
-    for (int k = tid; k < n4; k += nthreads) {
+    // Backwards: the pass before this one read the row forwards, so its end is
+    // what L2 still holds when rows are too long (vocab-sized) for all the rows
+    // in flight to stay cached; starting there turns part of the re-read into hits.
+    for (int k = n4 - 1 - tid; k >= 0; k -= nthreads) {
         const int j = head + 4 * k;
         float4 av = make_float4(0.f, 0.f, 0.f, 0.f), bv = av, o;
         if (j < n_in) {

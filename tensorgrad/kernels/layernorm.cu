@@ -8,19 +8,19 @@
 // Backward: with xh = (x - mean) * rstd and dxh = g * w,
 //   dx = rstd * (dxh - mean(dxh) - xh * mean(dxh * xh))   (per row)
 //   dw = sum over rows of g * xh,  db = sum over rows of g  (per column).
-//   layernorm_backward gives each block a tile of ROWS rows: warps first get
+//   layernorm_backward gives each block a tile of `rows` rows: warps first get
 //   the two row means, then each thread owns columns and walks the tile's
 //   rows, writing dx and summing its columns' dw/db in registers into one
 //   partial per (tile, column). layernorm_dwdb_reduce adds the partials of the
 //   tiles in a fixed order: deterministic, no atomics, and g and x are read
 //   from DRAM once (the column pass re-reads the tile from L2).
 // Launch: layernorm_forward_{warp,block} like the softmax kernels (one warp or
-//   one block per row); layernorm_backward: grid = ceil(N / ROWS), blockDim a
+//   one block per row); layernorm_backward: grid = ceil(N / rows), blockDim a
 //   multiple of 32 (~C, at most 1024); layernorm_dwdb_reduce: grid =
 //   ceil(C / 32), blockDim = (32, 32).
 #include "common.cuh"
 
-#define ROWS 32   // rows per backward tile: 16384 rows -> 512 tiles, enough blocks for 132 SMs
+#define MAX_ROWS 32   // most rows per backward tile (the launch passes rows <= MAX_ROWS)
 
 template <bool BLOCK>
 __device__ __forceinline__ void layernorm_forward_row(const float* __restrict__ x, const float* __restrict__ w,
@@ -60,10 +60,10 @@ extern "C" __global__ void __launch_bounds__(1024) layernorm_backward(const floa
                                               const float* __restrict__ w, const float* __restrict__ mean,
                                               const float* __restrict__ rstd, float* __restrict__ dx,
                                               float* __restrict__ dw_part, float* __restrict__ db_part,
-                                              int N, int C) {
-    __shared__ float s_mu[ROWS], s_rs[ROWS], s_a[ROWS], s_b[ROWS];
-    const long long r0 = (long long)blockIdx.x * ROWS;
-    const int nr = (int)(N - r0 < ROWS ? N - r0 : ROWS);
+                                              int N, int C, int rows) {
+    __shared__ float s_mu[MAX_ROWS], s_rs[MAX_ROWS], s_a[MAX_ROWS], s_b[MAX_ROWS];
+    const long long r0 = (long long)blockIdx.x * rows;
+    const int nr = (int)(N - r0 < rows ? N - r0 : rows);
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
 
     // 1. per row: a = mean(dxh), b = mean(dxh * xh), one warp per row

@@ -8,7 +8,8 @@
 //   NaN.
 //   One pass over the row keeps a running (max, sum of exp) pair per thread
 //   (online softmax), the group merges the pairs, and a second pass writes y;
-//   that pass re-reads x from L1/L2, not DRAM, for the row sizes we use.
+//   that pass re-reads x from L1/L2 (short rows), or, for vocab-sized rows,
+//   partly from L2: it walks the row backwards to start where L2 is warm.
 // Backward: dx = scale * y * (g - sum(g * y)), the softmax Jacobian-vector
 //   product: one pass for the dot product, one to write dx. Masked entries have
 //   y = 0, so they get dx = 0 with no mask needed.

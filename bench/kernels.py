@@ -1,0 +1,247 @@
+"""Time the CUDA kernels (tensorgrad.kernels) against the same op composed from
+CuPy expressions (the engine's reference path), at GPT-sized shapes.
+
+    PYTHONPATH=. python3 bench/kernels.py [--quick] [--tune]
+
+Prints one row per (op, shape): the device time of the op (median over
+replays of a captured CUDA graph, so Python's ~10-40 us of launch overhead per
+call does not hide the kernels at small shapes), the eager time of one call
+(median over CUDA-event-timed repetitions after warm-up), achieved GB/s
+counting each input read once and each output written once, that as a share of the device-to-device copy bandwidth
+measured here, the composed version's time and the speedup. Targets: >= 3x the
+composed version and >= 50% of copy bandwidth at large sizes. Shapes whose
+data fit in the 50 MB L2 can beat the copy bandwidth (it is measured on 1 GiB).
+--tune also times a few launch variants (threads a row) of the long-row kernels.
+"""
+import argparse
+import datetime
+import os
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from anywhere
+
+from tensorgrad import backend, kernels
+
+
+def median_ms(fn, n_repeat, n_warmup=5):
+    from cupyx.profiler import benchmark
+    r = benchmark(fn, n_repeat=n_repeat, n_warmup=n_warmup)
+    return float(np.median(r.gpu_times[0])) * 1e3
+
+
+def graph_ms(cp, fn, big):
+    """Device time of one fn() from a replayed CUDA graph of 10 calls: no host
+    time between kernels, so small shapes show the kernels, not Python's
+    launch overhead (what a step captured into a graph will see). NaN if the
+    capture fails."""
+    calls = 10
+    s = cp.cuda.Stream(non_blocking=True)
+    try:
+        with s:
+            for _ in range(3):          # compile, and fill the memory pool for this stream
+                fn()
+            s.synchronize()
+            s.begin_capture()
+            try:
+                for _ in range(calls):
+                    fn()
+            finally:
+                graph = s.end_capture()
+            graph.launch(s)
+            s.synchronize()
+            start, end = cp.cuda.Event(), cp.cuda.Event()
+            k, times = (1, []) if big else (5, [])
+            for _ in range(7):
+                start.record(s)
+                for _ in range(k):
+                    graph.launch(s)
+                end.record(s)
+                end.synchronize()
+                times.append(cp.cuda.get_elapsed_time(start, end) / (k * calls))
+        return float(np.median(times))
+    except Exception as e:  # report and go on: the eager numbers still stand
+        print(f"    (graph capture failed: {type(e).__name__}: {e})")
+        return float("nan")
+
+
+def copy_bandwidth(cp):
+    n = 1 << 28                                   # 1 GiB of float32
+    src = cp.random.standard_normal(n, dtype=cp.float32)
+    dst = cp.empty_like(src)
+    ms = median_ms(lambda: cp.copyto(dst, src), 50)
+    del src, dst
+    return 2 * n * 4 / ms / 1e6                   # GB/s, read + write
+
+
+# ------------------------------------------------- composed references (engine's CuPy path)
+def softmax_composed(cp, x, scale=1.0, causal=False):
+    s = x * scale
+    if causal:
+        T, S = x.shape[-2:]
+        s = cp.where(cp.tri(T, S, k=S - T, dtype=bool), s, -cp.inf)
+    e = cp.exp(s - s.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def softmax_bwd_composed(g, y, scale=1.0):
+    return y * (g - (g * y).sum(axis=-1, keepdims=True)) * scale
+
+
+def layernorm_composed(cp, x, w, b, eps=1e-5):
+    mean = x.mean(axis=-1, keepdims=True)
+    xc = x - mean
+    rstd = 1.0 / cp.sqrt((xc * xc).mean(axis=-1, keepdims=True) + eps)
+    xh = xc * rstd
+    return xh * w + b, xh, rstd
+
+
+def layernorm_bwd_composed(g, xh, rstd, w):
+    dxh = g * w
+    dx = rstd * (dxh - dxh.mean(axis=-1, keepdims=True) - xh * (dxh * xh).mean(axis=-1, keepdims=True))
+    return dx, (g * xh).sum(axis=0), g.sum(axis=0)
+
+
+def ce_composed(cp, x, t, keep):
+    m = x.max(axis=1, keepdims=True)
+    e = cp.exp(x - m)
+    s = e.sum(axis=1, keepdims=True)
+    probs = e / s
+    lse = (m + cp.log(s))[:, 0]
+    losses = (lse - x[cp.arange(x.shape[0]), t]) * keep
+    return losses, lse, probs
+
+
+def ce_bwd_composed(cp, probs, t, keep, scale):
+    dx = probs.copy()
+    dx[cp.arange(dx.shape[0]), t] -= 1
+    dx *= (keep[:, None] * scale).astype(dx.dtype)
+    return dx
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="fewer repetitions")
+    ap.add_argument("--tune", action="store_true", help="also time launch variants")
+    args = ap.parse_args()
+    if not kernels.enabled():
+        sys.exit("bench/kernels.py needs CuPy and a GPU (and TENSORGRAD_KERNELS != 0)")
+    cp = backend.cupy()
+    props = cp.cuda.runtime.getDeviceProperties(0)
+    dev = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
+    rep = 10 if args.quick else 1
+    bw = copy_bandwidth(cp)
+    rows = []
+
+    nan = float("nan")
+
+    def bench(op, shape, nbytes, kfn, cfn, n_repeat):
+        big = n_repeat <= 20
+        n_repeat = max(5, n_repeat // rep)
+        ke = median_ms(kfn, n_repeat)                                   # eager: host + device
+        ce = median_ms(cfn, max(5, n_repeat // 2)) if cfn is not None else nan
+        kd = graph_ms(cp, kfn, big)                                     # device only
+        cd = graph_ms(cp, cfn, big) if cfn is not None else nan
+        k = kd if kd == kd else ke
+        gbs = nbytes / k / 1e6
+        rows.append((op, shape, kd, gbs, 100 * gbs / bw, cd, cd / kd, ke, ce, ce / ke))
+        print(f"  {op:24s} {shape:18s} device {kd:8.4f} ms {gbs:6.0f} GB/s {100 * gbs / bw:5.1f}%  "
+              f"composed {cd:8.4f} ms x{cd / kd:5.1f} | eager {ke:8.4f} vs {ce:8.4f} ms x{ce / ke:5.1f}", flush=True)
+
+    r = np.random.default_rng(0)
+
+    def randn(*shape, scale=1.0):
+        return (cp.random.standard_normal(shape, dtype=cp.float32) * scale).astype(cp.float32)
+
+    # softmax: attention scores (B*nh, T, T) causal, and vocab-sized rows
+    for shape, causal, n in [((384, 256, 256), True, 200), ((16384, 50304), False, 20)]:
+        x = randn(*shape, scale=10)
+        nb = x.nbytes
+        y = kernels.softmax_forward(x, 0.125, causal)
+        g = randn(*shape)
+        sname = "x".join(map(str, shape))
+        bench("softmax fwd" + (" causal" if causal else ""), sname, 2 * nb,
+              lambda: kernels.softmax_forward(x, 0.125, causal), lambda: softmax_composed(cp, x, 0.125, causal), n)
+        bench("softmax bwd", sname, 3 * nb,
+              lambda: kernels.softmax_backward(g, y, 0.125), lambda: softmax_bwd_composed(g, y, 0.125), n)
+        if args.tune:
+            for threads in (128, 256, 512):
+                kernels._BLOCK_THREADS = threads
+                saved = kernels._WARP_ROWS_MAX
+                kernels._WARP_ROWS_MAX = 0            # force one block a row
+                bench(f"  tune fwd block{threads}", sname, 2 * nb, lambda: kernels.softmax_forward(x, 0.125, causal), None, n)
+                bench(f"  tune bwd block{threads}", sname, 3 * nb, lambda: kernels.softmax_backward(g, y, 0.125), None, n)
+                kernels._WARP_ROWS_MAX = saved
+            kernels._BLOCK_THREADS = None
+        del x, y, g
+        cp.get_default_memory_pool().free_all_blocks()
+
+    # layernorm (B*T, C)
+    for shape in [(16384, 384), (16384, 768)]:
+        C = shape[1]
+        x = randn(*shape, scale=2) + 1
+        w, b, g = randn(C), randn(C), randn(*shape)
+        y, mean, rstd = kernels.layernorm_forward(x, w, b, 1e-5)
+        _, xh, rs = layernorm_composed(cp, x, w, b)
+        sname = "x".join(map(str, shape))
+        bench("layernorm fwd", sname, 2 * x.nbytes + 8 * shape[0],
+              lambda: kernels.layernorm_forward(x, w, b, 1e-5), lambda: layernorm_composed(cp, x, w, b), 200)
+        bench("layernorm bwd", sname, 3 * x.nbytes + 8 * shape[0],
+              lambda: kernels.layernorm_backward(g, x, w, mean, rstd), lambda: layernorm_bwd_composed(g, xh, rs, w), 200)
+        if args.tune:
+            for tile in (8, 16, 32):
+                kernels._LN_TILE, saved_tile = tile, kernels._LN_TILE
+                bench(f"  tune bwd tile{tile}", sname, 3 * x.nbytes, lambda: kernels.layernorm_backward(g, x, w, mean, rstd), None, 200)
+                kernels._LN_TILE = saved_tile
+            kernels._WARP_ROWS_MAX, saved = 0, kernels._WARP_ROWS_MAX
+            for threads in (128, 256):
+                kernels._BLOCK_THREADS = threads
+                bench(f"  tune fwd block{threads}", sname, 2 * x.nbytes, lambda: kernels.layernorm_forward(x, w, b, 1e-5), None, 200)
+            kernels._WARP_ROWS_MAX, kernels._BLOCK_THREADS = saved, None
+
+    # cross-entropy (B*T, V): characters and GPT-2's vocabulary
+    for shape, n in [((16384, 65), 200), ((8192, 50257), 20)]:
+        N, V = shape
+        x = randn(*shape, scale=3)
+        t = cp.asarray(r.integers(0, V, N))
+        keep = cp.asarray(r.random(N) > 0.05)
+        scale = cp.full((N,), 1.0 / N, dtype=cp.float32)
+        losses, lse = kernels.cross_entropy_forward(x, t, keep)
+        _, _, probs = ce_composed(cp, x, t, keep)
+        sname = "x".join(map(str, shape))
+        bench("cross-entropy fwd", sname, x.nbytes + 8 * N,
+              lambda: kernels.cross_entropy_forward(x, t, keep), lambda: ce_composed(cp, x, t, keep), n)
+        bench("cross-entropy bwd", sname, 2 * x.nbytes,
+              lambda: kernels.cross_entropy_backward(x, t, keep, lse, scale),
+              lambda: ce_bwd_composed(cp, probs, t, keep, scale[:, None]), n)
+        if args.tune and V > 1024:
+            for threads in (128, 256, 512):
+                kernels._BLOCK_THREADS = threads
+                bench(f"  tune fwd block{threads}", sname, x.nbytes, lambda: kernels.cross_entropy_forward(x, t, keep), None, n)
+                bench(f"  tune bwd block{threads}", sname, 2 * x.nbytes,
+                      lambda: kernels.cross_entropy_backward(x, t, keep, lse, scale), None, n)
+            kernels._BLOCK_THREADS = None
+        del x, probs
+        cp.get_default_memory_pool().free_all_blocks()
+
+    print()
+    print(f"{datetime.date.today()}  device: {dev}  CuPy {cp.__version__}  "
+          f"copy bandwidth {bw:.0f} GB/s (1 GiB device-to-device, read + write)")
+    print(f"command: PYTHONPATH=. python3 bench/kernels.py {' '.join(sys.argv[1:])}")
+    print()
+    print("device = CUDA-graph replay (kernels only); eager = one Python call, host overhead included "
+          "(cupyx.profiler.benchmark); GB/s and % of copy from the device time")
+    print()
+    print("| op | shape | device ms | GB/s | % of copy | composed device ms | speedup | eager ms | composed eager ms | eager speedup |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+
+    def f(v, fmt):
+        return format(v, fmt) if v == v else "-"
+    for op, shape, kd, gbs, pct, cd, sp, ke, ce, spe in rows:
+        print(f"| {op.strip()} | {shape} | {f(kd, '.4f')} | {gbs:.0f} | {pct:.0f}% | {f(cd, '.4f')} | "
+              f"{f(sp, '.1f')}x | {ke:.4f} | {f(ce, '.4f')} | {f(spe, '.1f')}x |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,349 @@
+"""CUDA kernels (tensorgrad.kernels) against float64 NumPy references, on the GPU.
+
+Each kernel is run over row lengths from 1 to 50,257 and row counts from 1 to
+16,384 on large-magnitude random data; outputs are allocated poisoned (NaN)
+so an element the kernel forgets to write fails the check. The relative error
+||out - ref|| / ||ref|| must stay under 1e-5 and is printed (pytest -s).
+Then the engine's ops on 'cuda' (kernels on) are compared with 'cpu', and the
+engine's generic CuPy path (kernels off) is gradchecked in float64.
+Skipped where no GPU is present (the `cuda` marker, see conftest.py).
+"""
+import numpy as np
+import pytest
+
+import tensorgrad as tg
+from tensorgrad import backend, kernels
+
+pytestmark = pytest.mark.cuda
+
+TOL = 1e-5
+rng = np.random.default_rng(0)
+
+
+@pytest.fixture
+def cp():
+    return backend.cupy()
+
+
+@pytest.fixture
+def poisoned(cp, monkeypatch):
+    """Every cupy.empty / empty_like inside the test returns NaN-filled (or -1) memory."""
+    empty, empty_like = cp.empty, cp.empty_like
+
+    def fill(a):
+        a.fill(np.nan if a.dtype.kind == "f" else (True if a.dtype.kind == "b" else -1))
+        return a
+    monkeypatch.setattr(cp, "empty", lambda *a, **k: fill(empty(*a, **k)))
+    monkeypatch.setattr(cp, "empty_like", lambda *a, **k: fill(empty_like(*a, **k)))
+    return cp
+
+
+def relerr(out, ref, what):
+    out = backend.cupy().asnumpy(out).astype(np.float64) if not isinstance(out, np.ndarray) else out.astype(np.float64)
+    assert out.shape == ref.shape, f"{what}: shape {out.shape}, expected {ref.shape}"
+    assert np.isfinite(out).all(), f"{what}: {np.count_nonzero(~np.isfinite(out))} non-finite (unwritten?) elements"
+    den = np.linalg.norm(ref)
+    e = np.linalg.norm(out - ref) / (den if den > 0 else 1.0)
+    print(f"{what:55s} rel err {e:.2e}")
+    assert e < TOL, f"{what}: relative error {e:.3e} >= {TOL}"
+    return e
+
+
+def test_kernels_enabled():
+    assert kernels.enabled(), "kernels should be on where CuPy sees a GPU"
+
+
+# ------------------------------------------------------------------- softmax
+def softmax_ref(x, scale=1.0, causal=False):
+    v = x.astype(np.float64) * scale
+    if causal:
+        T, S = x.shape[-2:]
+        allowed = np.tri(T, S, k=S - T, dtype=bool)
+        v = np.where(allowed, v, -np.inf)
+    m = v.max(-1, keepdims=True)
+    m = np.where(np.isfinite(m), m, 0)
+    e = np.exp(v - m)
+    s = e.sum(-1, keepdims=True)
+    return e / np.where(s == 0, 1, s)
+
+
+SOFTMAX_SHAPES = [(1, 1), (3, 7), (16384, 32), (5, 65), (1000, 384), (7, 1000), (33, 4096), (4, 50257),
+                  (2, 3, 1025), (1, 100_003)]
+
+
+@pytest.mark.parametrize("shape", SOFTMAX_SHAPES)
+def test_softmax_forward_backward(poisoned, shape):
+    cp = poisoned
+    for scale in (1.0, 0.125):
+        x = (rng.standard_normal(shape) * 60).astype(np.float32)
+        y = kernels.softmax_forward(cp.asarray(x), scale=scale)
+        yref = softmax_ref(x, scale)
+        relerr(y, yref, f"softmax fwd {shape} scale {scale}")
+        # the backward gets y from moderate logits: with |x| ~ 60, y is one-hot to
+        # float32 precision and the exact dx is ~1e-10 of |g|, which no float32
+        # code (the engine's CuPy path included) resolves to 1e-5 of itself
+        g = rng.standard_normal(shape).astype(np.float32)
+        y32 = softmax_ref(rng.standard_normal(shape) * 2, scale).astype(np.float32)
+        dx = kernels.softmax_backward(cp.asarray(g), cp.asarray(y32), scale=scale)
+        y64 = y32.astype(np.float64)
+        dref = scale * y64 * (g - (g * y64).sum(-1, keepdims=True))
+        relerr(dx, dref, f"softmax bwd {shape} scale {scale}")
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 1), (3, 5, 5), (2, 64, 64), (2, 7, 20), (384, 16, 256), (1, 4, 2000),
+                                   (2, 256, 256)])
+def test_softmax_causal(poisoned, shape):
+    cp = poisoned
+    x = (rng.standard_normal(shape) * 60).astype(np.float32)
+    y = kernels.softmax_forward(cp.asarray(x), scale=0.3, causal=True)
+    yref = softmax_ref(x, 0.3, causal=True)
+    relerr(y, yref, f"softmax causal fwd {shape}")
+    T, S = shape[-2:]
+    masked = ~np.tri(T, S, k=S - T, dtype=bool)
+    assert (cp.asnumpy(y)[..., masked] == 0).all(), "masked entries must be exactly 0"
+    g = rng.standard_normal(shape).astype(np.float32)
+    y32 = softmax_ref(rng.standard_normal(shape) * 2, causal=True).astype(np.float32)  # moderate: see above
+    dx = kernels.softmax_backward(cp.asarray(g), cp.asarray(y32), scale=0.3)
+    y64 = y32.astype(np.float64)
+    relerr(dx, 0.3 * y64 * (g - (g * y64).sum(-1, keepdims=True)), f"softmax causal bwd {shape}")
+
+
+def test_softmax_causal_fully_masked_rows_are_zero(poisoned):
+    cp = poisoned
+    x = rng.standard_normal((2, 6, 3)).astype(np.float32)   # S < T: rows 0..2 of each slab see nothing
+    y = cp.asnumpy(kernels.softmax_forward(cp.asarray(x), causal=True))
+    assert np.isfinite(y).all()
+    relerr(y, softmax_ref(x, causal=True), "softmax causal S<T")
+    assert (y[:, :3] == 0).all()
+
+
+def test_softmax_handles_inf_and_views(cp):
+    x = rng.standard_normal((4, 9)).astype(np.float32)
+    x[1, :] = -np.inf                      # a row of -inf: zeros, not NaN
+    x[2, 3] = -np.inf
+    y = cp.asnumpy(kernels.softmax_forward(cp.asarray(x)))
+    assert np.isfinite(y).all() and (y[1] == 0).all() and y[2, 3] == 0
+    ref = softmax_ref(np.where(np.isinf(x), -1e30, x))
+    ref[1] = 0
+    np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-7)
+    # a transposed (non-contiguous) view and a misaligned one must read the right elements
+    base = (rng.standard_normal((9, 4)) * 10).astype(np.float32)
+    relerr(kernels.softmax_forward(cp.asarray(base).T), softmax_ref(base.T), "softmax transposed view")
+    flat = cp.asarray((rng.standard_normal(1 + 6 * 1031) * 10).astype(np.float32))
+    view = flat[1:].reshape(6, 1031)       # contiguous but 4 bytes off a 16-byte boundary
+    relerr(kernels.softmax_forward(view), softmax_ref(cp.asnumpy(view)), "softmax misaligned rows")
+
+
+# ----------------------------------------------------------------- layernorm
+def layernorm_ref(x, w, b, eps):
+    x = x.astype(np.float64)
+    mean = x.mean(-1, keepdims=True)
+    var = ((x - mean) ** 2).mean(-1, keepdims=True)
+    rstd = 1.0 / np.sqrt(var + eps)
+    return (x - mean) * rstd * w + b, mean[..., 0], rstd[..., 0]
+
+
+def layernorm_bwd_ref(g, x, w, mean, rstd):
+    g, x, w = (a.astype(np.float64) for a in (g, x, w))
+    xh = (x - mean[..., None]) * rstd[..., None]
+    dxh = g * w
+    dx = rstd[..., None] * (dxh - dxh.mean(-1, keepdims=True) - xh * (dxh * xh).mean(-1, keepdims=True))
+    lead = tuple(range(g.ndim - 1))
+    return dx, (g * xh).sum(lead), g.sum(lead)
+
+
+LN_SHAPES = [(1, 1), (3, 7), (1000, 32), (17, 65), (16384, 384), (2, 31, 768), (9, 1000), (40, 4096), (3, 50257)]
+
+
+@pytest.mark.parametrize("shape", LN_SHAPES)
+def test_layernorm(poisoned, shape):
+    cp = poisoned
+    C = shape[-1]
+    x = (rng.standard_normal(shape) * 3 + 20).astype(np.float32)   # |mean| >> std: cancellation test
+    w = rng.standard_normal(C).astype(np.float32)
+    b = rng.standard_normal(C).astype(np.float32)
+    y, mean, rstd = kernels.layernorm_forward(cp.asarray(x), cp.asarray(w), cp.asarray(b), 1e-5)
+    yref, mref, rref = layernorm_ref(x, w, b, 1e-5)
+    relerr(y, yref, f"layernorm fwd {shape}")
+    relerr(mean, mref, f"layernorm mean {shape}")
+    relerr(rstd, rref, f"layernorm rstd {shape}")
+    g = rng.standard_normal(shape).astype(np.float32)
+    m32, r32 = mref.astype(np.float32), rref.astype(np.float32)
+    dx, dw, db = kernels.layernorm_backward(cp.asarray(g), cp.asarray(x), cp.asarray(w), cp.asarray(m32),
+                                            cp.asarray(r32))
+    dxr, dwr, dbr = layernorm_bwd_ref(g, x, w, m32.astype(np.float64), r32.astype(np.float64))
+    relerr(dx, dxr, f"layernorm bwd dx {shape}")
+    relerr(dw, dwr, f"layernorm bwd dw {shape}")
+    relerr(db, dbr, f"layernorm bwd db {shape}")
+
+
+@pytest.mark.parametrize("tile", [1, 8, 16, 32])
+@pytest.mark.parametrize("shape", [(100, 65), (16384, 384), (1001, 768)])
+def test_layernorm_backward_tiles(poisoned, monkeypatch, tile, shape):
+    """Every tile height (rows per block of layernorm_backward) gives the same dx, dw, db."""
+    cp = poisoned
+    monkeypatch.setattr(kernels, "_LN_TILE", tile)
+    C = shape[-1]
+    x = (rng.standard_normal(shape) * 2 + 1).astype(np.float32)
+    w = rng.standard_normal(C).astype(np.float32)
+    g = rng.standard_normal(shape).astype(np.float32)
+    _, mref, rref = layernorm_ref(x, w, np.zeros(C), 1e-5)
+    m32, r32 = mref.astype(np.float32), rref.astype(np.float32)
+    dx, dw, db = kernels.layernorm_backward(cp.asarray(g), cp.asarray(x), cp.asarray(w), cp.asarray(m32),
+                                            cp.asarray(r32))
+    dxr, dwr, dbr = layernorm_bwd_ref(g, x, w, m32.astype(np.float64), r32.astype(np.float64))
+    relerr(dx, dxr, f"layernorm bwd dx {shape} tile {tile}")
+    relerr(dw, dwr, f"layernorm bwd dw {shape} tile {tile}")
+    relerr(db, dbr, f"layernorm bwd db {shape} tile {tile}")
+
+
+def test_layernorm_backward_is_deterministic(cp):
+    x = cp.asarray(rng.standard_normal((4097, 384)).astype(np.float32))
+    g = cp.asarray(rng.standard_normal((4097, 384)).astype(np.float32))
+    w = cp.asarray(rng.standard_normal(384).astype(np.float32))
+    b = cp.zeros(384, cp.float32)
+    _, mean, rstd = kernels.layernorm_forward(x, w, b, 1e-5)
+    first = [cp.asnumpy(a) for a in kernels.layernorm_backward(g, x, w, mean, rstd)]
+    for _ in range(3):
+        again = [cp.asnumpy(a) for a in kernels.layernorm_backward(g, x, w, mean, rstd)]
+        for a, b2 in zip(first, again):
+            assert np.array_equal(a, b2), "layernorm_backward must give bit-identical results run to run"
+
+
+# ------------------------------------------------------------- cross-entropy
+def ce_ref(x, t, keep):
+    x = x.astype(np.float64)
+    m = x.max(1, keepdims=True)
+    lse = (m + np.log(np.exp(x - m).sum(1, keepdims=True)))[:, 0]
+    losses = np.where(keep, lse - x[np.arange(len(t)), t], 0.0)
+    return losses, lse
+
+
+CE_SHAPES = [(1, 1), (5, 7), (16384, 65), (300, 384), (64, 1000), (3, 4096), (64, 50257), (2, 100_003)]
+
+
+@pytest.mark.parametrize("shape", CE_SHAPES)
+def test_cross_entropy(poisoned, shape):
+    cp = poisoned
+    N, V = shape
+    x = (rng.standard_normal(shape) * 50).astype(np.float32)
+    t = rng.integers(0, V, N).astype(np.int64)
+    keep = rng.random(N) > 0.2
+    keep[0] = True
+    t[~keep] = 0
+    losses, lse = kernels.cross_entropy_forward(cp.asarray(x), cp.asarray(t), cp.asarray(keep))
+    lref, lseref = ce_ref(x, t, keep)
+    relerr(lse, lseref, f"cross-entropy lse {shape}")
+    relerr(losses, lref, f"cross-entropy losses {shape}")
+    assert (cp.asnumpy(losses)[~keep] == 0).all()
+    row_scale = rng.random(N).astype(np.float32) + 0.5
+    lse32 = lseref.astype(np.float32)
+    dx = kernels.cross_entropy_backward(cp.asarray(x), cp.asarray(t), cp.asarray(keep), cp.asarray(lse32),
+                                        cp.asarray(row_scale))
+    p = np.exp(x.astype(np.float64) - lse32.astype(np.float64)[:, None])
+    p[np.arange(N), t] -= 1
+    dref = p * (row_scale * keep)[:, None]
+    relerr(dx, dref, f"cross-entropy bwd {shape}")
+    assert (cp.asnumpy(dx)[~keep] == 0).all()
+
+
+def test_cross_entropy_bad_label_gives_nan(cp):
+    x = cp.asarray(rng.standard_normal((3, 10)).astype(np.float32))
+    losses, _ = kernels.cross_entropy_forward(x, cp.asarray([1, 10, 2]), cp.asarray([True, True, True]))
+    assert np.isnan(cp.asnumpy(losses)[1]) and np.isfinite(cp.asnumpy(losses)[[0, 2]]).all()
+
+
+def test_wrappers_reject_wrong_dtypes(cp):
+    with pytest.raises(TypeError, match="float32"):
+        kernels.softmax_forward(cp.zeros((2, 3), cp.float64))
+    with pytest.raises(TypeError, match="CuPy"):
+        kernels.softmax_forward(np.zeros((2, 3), np.float32))
+
+
+# ------------------------------------------------- the engine, cuda vs cpu
+def _run_both(fn, *arrays):
+    """fn on cpu and on cuda (float32, kernels on); returns (outputs, grads) of each."""
+    results = []
+    for dev in ("cpu", "cuda"):
+        ts = [tg.tensor(a, device=dev, requires_grad=a.dtype.kind == "f") for a in arrays]
+        out = fn(*ts)
+        R = np.random.default_rng(7).standard_normal(out.shape).astype(np.float32)
+        (out * tg.tensor(R, device=dev)).sum().backward()
+        results.append((out.numpy(), [t.grad if t.grad is None else backend.to_device(t.grad, "cpu")
+                                      for t in ts if t.requires_grad]))
+    return results
+
+
+def _compare_engine(fn, arrays, what):
+    (o_cpu, g_cpu), (o_gpu, g_gpu) = _run_both(fn, *arrays)
+    relerr(o_gpu, o_cpu.astype(np.float64), f"engine {what} out")
+    for i, (a, b) in enumerate(zip(g_gpu, g_cpu)):
+        relerr(a, b.astype(np.float64), f"engine {what} grad {i}")
+
+
+def test_engine_softmax_layernorm_cross_entropy_cuda_vs_cpu():
+    assert kernels.enabled()
+    x = (rng.standard_normal((4, 33, 97)) * 3).astype(np.float32)   # moderate: see test_softmax_forward_backward
+    _compare_engine(lambda a: tg.softmax(a, -1), [x], "softmax")
+    x = (rng.standard_normal((6, 50, 384)) * 2 + 3).astype(np.float32)
+    w = rng.standard_normal(384).astype(np.float32)
+    b = rng.standard_normal(384).astype(np.float32)
+    _compare_engine(lambda a, ww, bb: tg.layer_norm(a, ww, bb), [x, w, b], "layer_norm")
+    logits = (rng.standard_normal((4, 64, 1000)) * 10).astype(np.float32)
+    t = rng.integers(0, 1000, (4, 64))
+    t[0, :5] = -100
+    for red in ("mean", "sum", "none"):
+        _compare_engine(lambda a, tt: tg.cross_entropy(a, tt, reduction=red), [logits, t], f"cross_entropy {red}")
+
+
+@pytest.mark.parametrize("causal,T,S", [(False, 37, 37), (True, 64, 64), (True, 16, 40)])
+def test_engine_attention_cuda_vs_cpu(causal, T, S):
+    q = rng.standard_normal((2, 3, T, 16)).astype(np.float32)
+    k = rng.standard_normal((2, 3, S, 16)).astype(np.float32)
+    v = rng.standard_normal((2, 3, S, 16)).astype(np.float32)
+    _compare_engine(lambda a, b, c: tg.scaled_dot_product_attention(a, b, c, is_causal=causal), [q, k, v],
+                    f"attention causal={causal} T={T} S={S}")
+
+
+# ----------------------------- the engine's generic CuPy path (kernels off)
+def _cuda64(*shape, scale=1.0):
+    return tg.tensor(rng.standard_normal(shape) * scale, dtype=np.float64, device="cuda", requires_grad=True)
+
+
+def test_gradcheck_on_cupy_with_kernels_off(monkeypatch):
+    monkeypatch.setattr(kernels, "enabled", lambda: False)
+    cp = backend.cupy()
+    a, b = _cuda64(3, 4), _cuda64(4, 5)
+    tg.gradcheck(lambda p, q: p @ q, [a, b])
+    tg.gradcheck(lambda p, q: tg.matmul(p, q), [_cuda64(2, 3, 4), _cuda64(4, 2)])
+    tg.gradcheck(lambda p: tg.softmax(p, -1), [_cuda64(3, 6, scale=3)])
+    tg.gradcheck(lambda p: tg.softmax(p, 0), [_cuda64(4, 3, scale=3)])
+    tg.gradcheck(lambda p, w, c: tg.layer_norm(p, w, c), [_cuda64(3, 5), _cuda64(5), _cuda64(5)])
+    t = tg.tensor(cp.asarray([1, 0, -100, 3]), device="cuda")
+    tg.gradcheck(lambda p: tg.cross_entropy(p, t), [_cuda64(4, 5, scale=2)])
+    tg.gradcheck(lambda p: tg.cross_entropy(p, t, reduction="none"), [_cuda64(4, 5, scale=2)])
+    tg.gradcheck(lambda p: tg.gelu(p), [_cuda64(3, 4, scale=2)])
+    idx = tg.tensor(cp.asarray([0, 2, 2, 1, 0]), device="cuda")
+    tg.gradcheck(lambda p: tg.getitem(p, idx), [_cuda64(4, 3)])           # repeated rows accumulate
+    tg.gradcheck(lambda p: tg.embedding(idx, p), [_cuda64(4, 3)])
+    tg.gradcheck(lambda p: tg.sum(p, axis=1), [_cuda64(3, 4)])
+    tg.gradcheck(lambda p: tg.mean(p, axis=(0, 2), keepdims=True), [_cuda64(2, 3, 4)])
+    tg.gradcheck(lambda p: tg.max(p, axis=-1), [_cuda64(3, 5)])
+    tg.gradcheck(lambda p: tg.scaled_dot_product_attention(p, p, p, is_causal=True), [_cuda64(1, 4, 3)])
+
+
+def test_rng_and_dropout_on_cuda():
+    tg.manual_seed(3)
+    a = tg.randn(1000, device="cuda").numpy()
+    u = tg.rand(1000, device="cuda").numpy()
+    i = tg.randint(0, 7, (1000,), device="cuda").numpy()
+    tg.manual_seed(3)
+    assert np.array_equal(a, tg.randn(1000, device="cuda").numpy()), "manual_seed must make cuda draws repeat"
+    assert a.dtype == np.float32 and abs(a.mean()) < 0.2 and 0.8 < a.std() < 1.2
+    assert u.min() >= 0 and u.max() < 1 and i.min() >= 0 and i.max() < 7
+    x = tg.ones(10000, device="cuda", requires_grad=True)
+    y = tg.dropout(x, p=0.25)
+    y.sum().backward()
+    kept = (y.numpy() != 0).mean()
+    assert 0.7 < kept < 0.8 and np.allclose(y.numpy()[y.numpy() != 0], 1 / 0.75)
+    assert np.array_equal(backend.to_device(x.grad, "cpu"), y.numpy())
