@@ -13,13 +13,14 @@ import pytest
 
 from tensorgrad import kernels
 
-STEMS = ["softmax", "layernorm", "cross_entropy"]
+STEMS = ["softmax", "layernorm", "cross_entropy", "adamw"]
 # every extern "C" kernel the Python wrappers launch, by file
 KERNELS = {
     "softmax": ["softmax_forward_warp", "softmax_forward_block", "softmax_backward_warp", "softmax_backward_block"],
     "layernorm": ["layernorm_forward_warp", "layernorm_forward_block", "layernorm_backward", "layernorm_dwdb_reduce"],
     "cross_entropy": ["cross_entropy_forward_warp", "cross_entropy_forward_block",
                       "cross_entropy_backward_warp", "cross_entropy_backward_block"],
+    "adamw": ["adamw_step"],
 }
 
 

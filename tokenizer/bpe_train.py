@@ -10,13 +10,13 @@ Two phases:
 """
 
 import heapq
-import multiprocessing
 import os
-from collections import Counter, defaultdict, deque
+from collections import Counter, defaultdict
 
 from tqdm.auto import tqdm
 
-from .pretokenize import GPT2_REGEX, file_size, iter_file_chunks, special_regex, split_specials
+from .parallel import map_file_chunks
+from .pretokenize import file_size, pretokenize, special_regex, split_specials
 
 
 # ---------------------------------------------------------------- phase 1: counting
@@ -29,67 +29,28 @@ def _init_worker(special_tokens):
     _special_re = special_regex(special_tokens)
 
 
-def _count_chunk(offset, data):
-    """Pre-token counts of one chunk, or ('bad utf-8', file offset) on a decoding error."""
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        return ("bad utf-8", offset + e.start)
+def _count_chunk(text):
     counts = Counter()
     for piece, is_special in split_specials(text, _special_re):
         if not is_special:  # special tokens never take part in merges
-            counts.update(GPT2_REGEX.findall(piece))
+            counts.update(pretokenize(piece))
     return counts
 
 
 def count_pretokens(path, special_tokens=(), num_workers=None, progress=True, chunk_size=None):
-    """Counter {pre-token string: count} over the file at `path`."""
-    path = os.fspath(path)
-    size = file_size(path)
+    """Counter {pre-token string: count} over the file at `path`, counted in parallel."""
     num_workers = max(1, num_workers or os.cpu_count() or 1)
     if chunk_size is None:
-        # Several chunks per worker so the workers stay busy to the end, but not so
-        # small that sending back one Counter per chunk costs more than counting it.
-        chunk_size = min(4 << 20, max(256 << 10, size // (num_workers * 8) + 1))
-    specials_b = [s.encode("utf-8") for s in special_tokens]
-    chunks = iter_file_chunks(path, chunk_size, specials_b)
+        # A few chunks per worker so the workers stay busy to the end, but no more:
+        # each chunk sends back a Counter that repeats the common words.
+        size = file_size(path)
+        chunk_size = min(4 << 20, max(256 << 10, size // (num_workers * 3) + 1))
     total = Counter()
-    bar = tqdm(total=size, unit="B", unit_scale=True, desc="pre-tokenize", disable=not progress)
-
-    def add(offset, nbytes, result):
-        if isinstance(result, tuple):
-            raise ValueError(f"input file {path} is not valid UTF-8 "
-                             f"(bad byte at offset {result[1]})")
-        total.update(result)
-        bar.update(nbytes)
-
-    try:
-        if num_workers == 1:
-            _init_worker(special_tokens)
-            for offset, data in chunks:
-                add(offset, len(data), _count_chunk(offset, data))
-        else:
-            # At most 2 chunks per worker in flight: memory stays flat on any file size.
-            with _pool(num_workers, special_tokens) as pool:
-                pending = deque()
-                for offset, data in chunks:
-                    pending.append((offset, len(data), pool.apply_async(_count_chunk, (offset, data))))
-                    if len(pending) >= 2 * num_workers:
-                        o, n, r = pending.popleft()
-                        add(o, n, r.get())
-                while pending:
-                    o, n, r = pending.popleft()
-                    add(o, n, r.get())
-    finally:
-        bar.close()
+    for counts in map_file_chunks(path, _count_chunk, _init_worker, (list(special_tokens),),
+                                  num_workers, chunk_size, special_tokens, "pre-tokenize",
+                                  progress):
+        total.update(counts)
     return total
-
-
-def _pool(num_workers, special_tokens):
-    # fork (where available) starts workers fast and without re-importing anything
-    methods = multiprocessing.get_all_start_methods()
-    ctx = multiprocessing.get_context("fork" if "fork" in methods else None)
-    return ctx.Pool(num_workers, initializer=_init_worker, initargs=(list(special_tokens),))
 
 
 # ---------------------------------------------------------------- phase 2: merging

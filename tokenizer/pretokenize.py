@@ -7,11 +7,48 @@ changes no pre-token; `last_safe_cut` finds such a place.
 """
 
 import os
+import re
 
 import regex
 
 GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
-GPT2_REGEX = regex.compile(GPT2_PATTERN)
+# The same pattern with the contractions factored out: it matches exactly the same
+# pre-tokens (no contraction is a prefix of another) and runs about 10% faster.
+GPT2_REGEX = regex.compile(r"""'(?:[stmd]|re|ve|ll)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+""")
+
+# On pure-ASCII text the same pattern spelled with ASCII classes gives the same
+# pre-tokens, and the standard library's `re` runs it about twice as fast as
+# `regex`. In ASCII, \p{L} is [A-Za-z], \p{N} is [0-9] and `regex`'s \s is
+# [\t\n\v\f\r ] (not \x1c-\x1f, which `re`'s \s would add, hence the explicit class).
+_S = r"\t\n\x0b\x0c\r "
+_ASCII_REGEX = re.compile(rf"""'(?:[stmd]|re|ve|ll)| ?[A-Za-z]+| ?[0-9]+| ?[^{_S}A-Za-z0-9]+"""
+                          rf"""|[{_S}]+(?![^{_S}])|[{_S}]+""")
+
+
+_BLOCK = 1 << 14
+
+
+def pretokenize(text):
+    """GPT-2's pre-tokens of `text` (a list of str)."""
+    if text.isascii():  # a fast C scan; most text in the wild is mostly ASCII
+        return _ASCII_REGEX.findall(text)
+    if len(text) <= 2 * _BLOCK:
+        return GPT2_REGEX.findall(text)
+    # Long, mostly-ASCII text (a few curly quotes...): cut it at safe places into
+    # blocks, so that the ASCII blocks still take the fast path.
+    out = []
+    start, n = 0, len(text)
+    while start < n:
+        end = start + _BLOCK
+        cut = last_safe_cut(text, end, start=start) if end < n - 1 else None
+        if cut is None and end < n - 1:
+            end += _BLOCK  # no safe place in this block: try a longer one
+            cut = last_safe_cut(text, end, start=start) if end < n - 1 else None
+        cut = cut or n
+        block = text[start:cut]
+        out += (_ASCII_REGEX if block.isascii() else GPT2_REGEX).findall(block)
+        start = cut
+    return out
 
 
 def special_regex(special_tokens):
@@ -60,8 +97,8 @@ _PRINTABLE = frozenset(range(0x21, 0x7F))
 _PRINTABLE_STR = frozenset(chr(c) for c in range(0x21, 0x7F))
 
 
-def last_safe_cut(buf, end=None, specials=()):
-    """The largest safe cut position p (0 < p < end) in buf (str or bytes), or None.
+def last_safe_cut(buf, end=None, specials=(), start=0):
+    """The largest safe cut position p (start < p < end) in buf (str or bytes), or None.
 
     `end` leaves room after p: the character at p must be known, and a special token
     that starts before `end` must be complete. `specials` is a sequence of str/bytes
@@ -75,8 +112,8 @@ def last_safe_cut(buf, end=None, specials=()):
     for sep in ((b"\n", b" ") if is_bytes else ("\n", " ")):
         p = end
         while True:
-            p = buf.rfind(sep, 1, p)
-            if p <= 0:
+            p = buf.rfind(sep, start + 1, p)
+            if p <= start:
                 break
             if buf[p - 1] in printable and not _inside_special(buf, p, specials, longest):
                 return p
