@@ -64,12 +64,61 @@ def time_tensorgrad(steps, warmup=5):
     t0 = time.perf_counter()
     for i in range(steps):
         loss = step(i, False)
+    host = (time.perf_counter() - t0) / steps   # Python's time to issue the work
     cp.cuda.Device().synchronize()
     total = (time.perf_counter() - t0) / steps
+    print(f"tensorgrad: host issues a step in {host * 1e3:.1f} ms, the step takes {total * 1e3:.1f} ms "
+          f"({'host-bound' if host > 0.9 * total else 'device-bound'})")
+    if PROFILE:
+        profile_ops(lambda i: step(i, False), cp)
     for i in range(10):  # a separate, synchronised pass for the phase split
         step(i, True)
     pool = cp.get_default_memory_pool()
     return total, {k: v / 10 for k, v in phases.items()}, float(loss.item()), pool.total_bytes()
+
+
+PROFILE = False
+
+
+def profile_ops(step, cp, steps=3):
+    """Synchronised time per Function type, forward and backward (inflated by the syncs,
+    but it shows where a step goes)."""
+    from collections import defaultdict
+
+    from tensorgrad.function import Function
+    totals, counts = defaultdict(float), defaultdict(int)
+    originals = {}
+    classes, todo = set(), [Function]
+    while todo:
+        c = todo.pop()
+        for sub in c.__subclasses__():
+            classes.add(sub)
+            todo.append(sub)
+
+    def timed(cls, kind, fn):
+        def run(self, *a, **k):
+            cp.cuda.Device().synchronize()
+            t = time.perf_counter()
+            out = fn(self, *a, **k)
+            cp.cuda.Device().synchronize()
+            totals[(cls.__name__, kind)] += time.perf_counter() - t
+            counts[(cls.__name__, kind)] += 1
+            return out
+        return run
+    for cls in classes:
+        for kind in ("forward", "backward"):
+            if kind in cls.__dict__:
+                originals[(cls, kind)] = cls.__dict__[kind]
+                setattr(cls, kind, timed(cls, kind, cls.__dict__[kind]))
+    try:
+        for i in range(steps):
+            step(i)
+    finally:
+        for (cls, kind), fn in originals.items():
+            setattr(cls, kind, fn)
+    print(f"{'op':32s} {'calls/step':>10s} {'ms/step':>8s}")
+    for key, t in sorted(totals.items(), key=lambda kv: -kv[1])[:25]:
+        print(f"{key[0] + '.' + key[1]:32s} {counts[key] / steps:10.0f} {t / steps * 1e3:8.2f}")
 
 
 def time_torch(steps, warmup=5):
@@ -142,7 +191,10 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--no-torch", action="store_true")
+    ap.add_argument("--profile", action="store_true", help="also print synchronised time per op type")
     args = ap.parse_args()
+    global PROFILE
+    PROFILE = args.profile
     tokens = B * CFG["block_size"]
     ours, phases, loss, mem = time_tensorgrad(args.steps)
     rows = [("tensorgrad (CuPy + our kernels)", ours, loss, mem)]

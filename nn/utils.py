@@ -17,10 +17,8 @@ def clip_grad_norm_(parameters, max_norm, eps=1e-6):
     if not grads:
         return Tensor(0.0)
     xp = backend.get_array_module(grads[0])
-    total = xp.zeros((), dtype=grads[0].dtype)
-    for g in grads:
-        total = total + xp.vdot(g.ravel(), g.ravel())   # 0-d device array: sum of squares
-    norm = xp.sqrt(total)
+    # one 0-d device array per gradient, summed at once (cupy.vdot would wait for the GPU)
+    norm = xp.sqrt(xp.stack([xp.square(g).sum() for g in grads]).sum())
     coef = xp.minimum(norm.dtype.type(1.0), max_norm / (norm + eps))   # 0-d, on the device
     for g in grads:
         g *= coef

@@ -13,7 +13,7 @@ import pytest
 
 from tensorgrad import kernels
 
-STEMS = ["softmax", "layernorm", "cross_entropy", "adamw"]
+STEMS = ["softmax", "layernorm", "cross_entropy", "adamw", "gelu"]
 # every extern "C" kernel the Python wrappers launch, by file
 KERNELS = {
     "softmax": ["softmax_forward_warp", "softmax_forward_block", "softmax_backward_warp", "softmax_backward_block"],
@@ -21,6 +21,7 @@ KERNELS = {
     "cross_entropy": ["cross_entropy_forward_warp", "cross_entropy_forward_block",
                       "cross_entropy_backward_warp", "cross_entropy_backward_block"],
     "adamw": ["adamw_step"],
+    "gelu": ["gelu_forward", "gelu_backward"],
 }
 
 

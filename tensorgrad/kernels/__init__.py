@@ -223,3 +223,31 @@ def cross_entropy_backward(x, t, keep, lse, row_scale):
     _launch("cross_entropy", "cross_entropy_backward", N, V,
             (x, t, keep, lse, row_scale, dx, np.int32(N), np.int32(V)))
     return dx
+
+
+# ---------------------------------------------------------------------- gelu
+def _elementwise_launch(name, n, args):
+    threads = 256
+    blocks = max(1, min((n + threads - 1) // threads, 132 * 16))
+    _kernel("gelu", name)((blocks,), (threads,), args)
+
+
+def gelu_forward(x):
+    """GPT-2's tanh-approximation GELU of x, elementwise."""
+    cp = backend.cupy()
+    x = _f32(x, "gelu input")
+    y = cp.empty_like(x)
+    _elementwise_launch("gelu_forward", x.size, (x, y, np.int64(x.size)))
+    return y
+
+
+def gelu_backward(g, x):
+    """dx = g * gelu'(x)."""
+    cp = backend.cupy()
+    g = _f32(g, "gelu gradient")
+    x = _f32(x, "gelu input")
+    if g.shape != x.shape:
+        raise ValueError(f"gelu_backward: gradient {g.shape} and input {x.shape} differ in shape")
+    dx = cp.empty_like(x)
+    _elementwise_launch("gelu_backward", x.size, (g, x, dx, np.int64(x.size)))
+    return dx
