@@ -146,8 +146,10 @@ def iter_file_chunks(path, chunk_size=1 << 20, specials=()):
             block = f.read(chunk_size)
             if not block:
                 break
+            # where the last search stopped: a growing buffer is not searched again
+            searched = max(0, len(buf) - 2 * longest - 1)
             buf = buf + block if buf else block
-            p = last_safe_cut(buf, len(buf) - longest, specials)
+            p = last_safe_cut(buf, len(buf) - longest, specials, start=searched)
             if p is None:
                 continue
             yield offset, buf[:p]
