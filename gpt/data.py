@@ -109,6 +109,11 @@ class TokenData:
 
     def get_batch(self, split, batch_size, block_size, device="cpu", rng=None):
         """Random windows: x (B, T) and the next tokens y (B, T), int64 tensors on device."""
+        x, y = self.get_batch_arrays(split, batch_size, block_size, rng)
+        return tg.tensor(x, device=device), tg.tensor(y, device=device)
+
+    def get_batch_arrays(self, split, batch_size, block_size, rng=None):
+        """The same windows as NumPy int64 arrays (for a CUDA graph's input buffers)."""
         data = self.splits[split]
         if len(data) <= block_size + 1:
             raise ValueError(f"the {split} split has {len(data)} tokens, fewer than block_size + 2 = "
@@ -117,5 +122,4 @@ class TokenData:
         ix = rng.integers(0, len(data) - block_size - 1, size=batch_size)
         offsets = ix[:, None] + np.arange(block_size + 1)                  # (B, T + 1)
         chunk = data[offsets].astype(np.int64)                             # one gather from the memmap
-        x, y = chunk[:, :-1], chunk[:, 1:]
-        return tg.tensor(x, device=device), tg.tensor(y, device=device)
+        return chunk[:, :-1], chunk[:, 1:]

@@ -117,14 +117,6 @@ class SGD(Optimizer):
         p.data -= lr * g
 
 
-def _fused_ok(*arrays):
-    from tensorgrad import kernels
-    if not kernels.enabled():
-        return False
-    from tensorgrad.kernels.adamw import usable
-    return usable(*arrays)
-
-
 class AdamW(Optimizer):
     """Adam with decoupled weight decay, PyTorch's update (Loshchilov & Hutter 2019):
         p -= lr * wd * p                      (decay first, not through the gradient)
@@ -136,6 +128,65 @@ class AdamW(Optimizer):
         if lr < 0 or eps < 0 or not (0 <= betas[0] < 1 and 0 <= betas[1] < 1):
             raise ValueError(f"AdamW: bad hyperparameters lr={lr}, betas={betas}, eps={eps}")
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay))
+        self._hyper = None  # GPU: (n_params, 7) device array of per-step scalars, see prepare()
+
+    # ------------------------------------------------------------ fused GPU path
+    # On the GPU each parameter is updated by one kernel (tensorgrad/kernels/adamw.cu)
+    # whose scalars (learning rate, bias corrections) sit in device memory. prepare()
+    # writes them (host work: step counts, schedules); apply() launches the kernels
+    # (device work only, so a CUDA graph can capture it and replay it every step).
+    def _fused_params(self):
+        """(index, param, group) of every parameter with a gradient, or None when the
+        fused kernel can't take them all (CPU, float64, kernels off)."""
+        from tensorgrad import kernels
+        out, i = [], 0
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    out.append((i, p, group))
+                i += 1
+        if not out or isinstance(out[0][1].data, np.ndarray) or not kernels.enabled():
+            return None
+        from tensorgrad.kernels.adamw import usable
+        return out if all(usable(p.data, p.grad) for _, p, _ in out) else None
+
+    def prepare(self):
+        """Host side of a fused step: advance step counts, write the scalars to the device."""
+        from tensorgrad.kernels.adamw import N_HYPER, hyper_row
+        params = self._fused_params()
+        if params is None:
+            raise RuntimeError("AdamW.prepare: the fused GPU step needs float32 CuPy parameters with gradients")
+        xp = backend.get_array_module(params[0][1].data)
+        n_all = sum(len(g["params"]) for g in self.param_groups)
+        if self._hyper is None or self._hyper.shape[0] != n_all:
+            self._hyper = xp.zeros((n_all, N_HYPER), dtype=np.float32)
+        host = np.zeros((n_all, N_HYPER), dtype=np.float32)
+        for i, p, group in params:
+            state = self.state.setdefault(id(p), {})
+            if not state:
+                state["step"] = 0
+                state["exp_avg"] = xp.zeros_like(p.data)
+                state["exp_avg_sq"] = xp.zeros_like(p.data)
+            state["step"] += 1
+            (b1, b2) = group["betas"]
+            host[i] = hyper_row(group["lr"], b1, b2, group["eps"], group["weight_decay"], state["step"])
+        self._hyper.set(host, stream=xp.cuda.get_current_stream())  # ordered after earlier work
+        self._prepared = params
+
+    def apply(self):
+        """Device side of a fused step: one kernel per parameter, nothing read back."""
+        from tensorgrad.kernels.adamw import adamw_step
+        for i, p, _ in self._prepared:
+            state = self.state[id(p)]
+            adamw_step(p.data, p.grad, state["exp_avg"], state["exp_avg_sq"], self._hyper[i])
+
+    def step(self):
+        if self._fused_params() is not None:
+            with no_grad():
+                self.prepare()
+                self.apply()
+            return
+        super().step()
 
     def _update(self, p, g, state, group):
         xp = backend.get_array_module(p.data)
@@ -147,11 +198,6 @@ class AdamW(Optimizer):
         state["step"] += 1
         t = state["step"]
         m, v = state["exp_avg"], state["exp_avg_sq"]
-        if xp is not np and _fused_ok(p.data, g, m, v):
-            # on the GPU: one fused kernel launch instead of ~12 array ops (tensorgrad/kernels/adamw.cu)
-            from tensorgrad.kernels.adamw import adamw_step
-            adamw_step(p.data, g, m, v, lr, b1, b2, eps, wd, t)
-            return
         if wd != 0:
             p.data *= 1 - lr * wd
         # the same operations in the same order as torch's single-tensor path, for matching rounding

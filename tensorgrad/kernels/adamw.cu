@@ -4,15 +4,20 @@
 //   p <- p * (1 - lr * wd)
 //   m <- m + (1 - b1) (g - m)            v <- b2 v + (1 - b2) g^2
 //   p <- p - step_size * m / (sqrt(v) * inv_sqrt_bc2 + eps)
-// with step_size = lr / (1 - b1^t) and inv_sqrt_bc2 = 1 / sqrt(1 - b2^t), computed
-// on the host (the step count lives there). No backward: this is the optimizer.
+// with step_size = lr / (1 - b1^t) and inv_sqrt_bc2 = 1 / sqrt(1 - b2^t).
+// No backward: this is the optimizer.
 //
-// Launch: 1-D grid-stride loop, 256 threads a block, about 4 blocks per SM are
-// enough to saturate memory bandwidth; n may exceed 2^31.
+// The seven scalars are read from device memory (hyper), written by the host
+// before each step, so a step captured in a CUDA graph picks up the current
+// learning rate and step count on every replay:
+//   hyper = {1 - lr*wd, 1 - b1, b2, 1 - b2, 1/sqrt(1 - b2^t), eps, lr/(1 - b1^t)}
+//
+// Launch: 1-D grid-stride loop, 256 threads a block; n may exceed 2^31.
 extern "C" __global__ void adamw_step(float* __restrict__ p, const float* __restrict__ g,
                                       float* __restrict__ m, float* __restrict__ v, long long n,
-                                      float decay, float one_minus_b1, float b2, float one_minus_b2,
-                                      float inv_sqrt_bc2, float eps, float step_size) {
+                                      const float* __restrict__ hyper) {
+    const float decay = hyper[0], one_minus_b1 = hyper[1], b2 = hyper[2], one_minus_b2 = hyper[3];
+    const float inv_sqrt_bc2 = hyper[4], eps = hyper[5], step_size = hyper[6];
     long long stride = (long long)gridDim.x * blockDim.x;
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
         float gi = g[i];

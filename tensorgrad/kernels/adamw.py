@@ -5,6 +5,8 @@ import numpy as np
 
 from . import _kernel
 
+N_HYPER = 7  # scalars per parameter, in the order adamw.cu reads them
+
 
 def usable(*arrays):
     """True when every array is a C-contiguous float32 CuPy array (updated in place)."""
@@ -12,15 +14,16 @@ def usable(*arrays):
                for a in arrays)
 
 
-def adamw_step(p, g, m, v, lr, b1, b2, eps, wd, t):
-    """One AdamW step in place on p, m, v (all the same shape as g)."""
+def hyper_row(lr, b1, b2, eps, wd, t):
+    """The scalars of one parameter's step t, computed in float64 on the host."""
+    return (1 - lr * wd, 1 - b1, b2, 1 - b2, 1 / math.sqrt(1 - b2 ** t), eps, lr / (1 - b1 ** t))
+
+
+def adamw_step(p, g, m, v, hyper):
+    """One AdamW step in place on p, m, v; hyper: a device float32 array of N_HYPER values."""
     n = p.size
     if not (g.shape == m.shape == v.shape == p.shape):
         raise ValueError(f"adamw_step: shapes differ: p {p.shape}, g {g.shape}, m {m.shape}, v {v.shape}")
     threads = 256
     blocks = max(1, min((n + threads - 1) // threads, 132 * 8))
-    f = np.float32
-    _kernel("adamw", "adamw_step")(
-        (blocks,), (threads,),
-        (p, g, m, v, np.int64(n), f(1 - lr * wd), f(1 - b1), f(b2), f(1 - b2),
-         f(1 / math.sqrt(1 - b2 ** t)), f(eps), f(lr / (1 - b1 ** t))))
+    _kernel("adamw", "adamw_step")((blocks,), (threads,), (p, g, m, v, np.int64(n), hyper))
