@@ -228,3 +228,11 @@ def test_cuda_request_without_gpu_is_a_clear_error():
         pytest.skip("a GPU is present")
     with pytest.raises(RuntimeError, match="CuPy"):
         tg.zeros(2, device="cuda")
+
+
+def test_autograd_tour_runs(capsys):
+    import runpy
+    from pathlib import Path
+    runpy.run_path(str(Path(__file__).resolve().parents[1] / "examples" / "autograd_tour.py"), run_name="__main__")
+    out = capsys.readouterr().out
+    assert "passed: True" in out and "step 500" in out

@@ -215,3 +215,52 @@ def test_offline_download_names_url_and_flag(tmp_path, monkeypatch):
         download(TINYSHAKESPEARE_URL, tmp_path / "x.txt")
     assert TINYSHAKESPEARE_URL in str(e.value)
     assert not (tmp_path / "x.txt").exists()
+
+
+def _small_run(tmp_path):
+    src = tmp_path / "t.txt"
+    src.write_text(_text())
+    prepare(src, tmp_path / "d", tokenizer="char")
+    cfg = GPTConfig(block_size=16, vocab_size=TokenData(tmp_path / "d").meta["vocab_size"], n_layer=1,
+                    n_head=2, n_embd=16)
+    return cfg, _tc(tmp_path, max_iters=20, eval_interval=5, log_interval=1)
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
+    cfg, tc = _small_run(tmp_path)
+    calls = {"n": 0}
+    real_forward = GPT.forward
+
+    def poisoned(self, idx, targets=None, cache=None):
+        logits, loss = real_forward(self, idx, targets, cache)
+        if targets is not None and tg.is_grad_enabled():
+            calls["n"] += 1
+            if calls["n"] > 7:  # training steps after the 7th give NaN
+                loss = loss * float("nan")
+        return logits, loss
+    monkeypatch.setattr(GPT, "forward", poisoned)
+    _, summary = train(cfg, tc, tmp_path / "d", progress=False)
+    assert summary["stopped"] == "non-finite loss" and summary["iterations"] == 7
+    extra = nn.load(tmp_path / "out" / "last.npz")
+    assert extra["iteration"] == 5  # the evaluation before the NaN, untouched afterwards
+
+
+def test_ctrl_c_saves_a_checkpoint_that_resumes(tmp_path, monkeypatch):
+    cfg, tc = _small_run(tmp_path)
+    real = TokenData.get_batch
+    calls = {"n": 0}
+
+    def interrupt_at_9th_train_batch(self, split, *a, **k):  # evaluation draws train batches too
+        if split == "train":
+            calls["n"] += 1
+            if calls["n"] == 9:
+                raise KeyboardInterrupt
+        return real(self, split, *a, **k)
+    monkeypatch.setattr(TokenData, "get_batch", interrupt_at_9th_train_batch)
+    _, summary = train(cfg, tc, tmp_path / "d", progress=False)
+    assert summary["stopped"] == "interrupted"
+    # 2 eval batches at iter 0, 5 steps, then the evaluation at iter 5 is interrupted
+    assert nn.load(tmp_path / "out" / "last.npz")["iteration"] == 5
+    monkeypatch.setattr(TokenData, "get_batch", real)
+    _, summary = train(cfg, tc, tmp_path / "d", resume=True, progress=False)
+    assert summary["stopped"] == "finished" and summary["iterations"] == 20
