@@ -77,6 +77,36 @@ def time_tensorgrad(steps, warmup=5):
     return total, {k: v / 10 for k, v in phases.items()}, float(loss.item()), pool.total_bytes()
 
 
+def time_tensorgrad_graph(steps):
+    """The same step captured in a CUDA graph (gpt/cuda_graph.py) and replayed."""
+    import cupy as cp
+    import numpy as np
+
+    import nn
+    import tensorgrad as tg
+    from gpt import GPT, GPTConfig
+    from gpt.cuda_graph import CudaGraphStep
+
+    tg.manual_seed(0)
+    model = GPT(GPTConfig(**CFG)).to("cuda")
+    opt = nn.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.99), weight_decay=0.1)
+    step = CudaGraphStep(model, opt, 1.0, B, CFG["block_size"])
+    rng = np.random.default_rng(0)
+    batches = [(rng.integers(0, 65, (B, CFG["block_size"])), rng.integers(0, 65, (B, CFG["block_size"])))
+               for _ in range(4)]
+    with step.stream:
+        for i in range(6):                       # warm-up, capture, first replays
+            loss = step(*batches[i % 4])
+        step.stream.synchronize()
+        t0 = time.perf_counter()
+        for i in range(steps):
+            loss = step(*batches[i % 4])
+        step.stream.synchronize()
+        total = (time.perf_counter() - t0) / steps
+        value = float(loss.item())
+    return total, value, cp.get_default_memory_pool().total_bytes()
+
+
 PROFILE = False
 
 
@@ -198,6 +228,11 @@ def main():
     tokens = B * CFG["block_size"]
     ours, phases, loss, mem = time_tensorgrad(args.steps)
     rows = [("tensorgrad (CuPy + our kernels)", ours, loss, mem)]
+    try:
+        g, gl, gm = time_tensorgrad_graph(args.steps)
+        rows.append(("tensorgrad, step in a CUDA graph", g, gl, gm))
+    except Exception as e:  # report, keep the other rows
+        print(f"CUDA graph step failed: {type(e).__name__}: {e}")
     print("tensorgrad phases (ms): " + ", ".join(f"{k} {v * 1e3:.1f}" for k, v in phases.items()))
     if not args.no_torch:
         t, tl, tm = time_torch(args.steps)

@@ -113,7 +113,7 @@ class TokenData:
         return tg.tensor(x, device=device), tg.tensor(y, device=device)
 
     def get_batch_arrays(self, split, batch_size, block_size, rng=None):
-        """The same windows as NumPy int64 arrays: x (B, T) and y (B, T)."""
+        """The same windows as NumPy int64 arrays (for a CUDA graph's input buffers)."""
         data = self.splits[split]
         if len(data) <= block_size + 1:
             raise ValueError(f"the {split} split has {len(data)} tokens, fewer than block_size + 2 = "

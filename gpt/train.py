@@ -6,6 +6,7 @@ continues from last.npz exactly where it stopped (model, optimizer, iteration,
 and the batch sampler's RNG), so a resumed run gives the same losses.
 Metrics go to metrics.jsonl, one JSON object per evaluation.
 """
+import contextlib
 import json
 import math
 import time
@@ -40,6 +41,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     device: str = "cpu"
     seed: int = 1337
+    cuda_graph: bool = False  # cuda: capture the training step in a CUDA graph (gpt/cuda_graph.py)
 
 
 def configure_optimizer(model, tc):
@@ -97,6 +99,12 @@ def train(model_config, tc, data_dir, resume=False, progress=True):
         start_it, best_val = extra["iteration"], extra["best_val_loss"]
         rng.bit_generator.state = extra["batch_rng"]
         tg.backend.set_rng_state(extra["tg_rng"])
+    graph_step = None
+    if tc.cuda_graph:
+        if tc.device != "cuda":
+            raise ValueError("cuda_graph=True needs device='cuda'")
+        from .cuda_graph import CudaGraphStep
+        graph_step = CudaGraphStep(model, opt, tc.grad_clip, tc.batch_size, model_config.block_size)
     (out / "config.json").write_text(json.dumps({"model": asdict(model_config), "train": asdict(tc),
                                                  "data_dir": str(data_dir)}, indent=1))
     metrics = open(out / "metrics.jsonl", "a")
@@ -107,51 +115,56 @@ def train(model_config, tc, data_dir, resume=False, progress=True):
     t0, last_loss, it, next_it = time.time(), float("nan"), start_it, start_it
     evaluated = start_it if resume else None  # a checkpoint at iteration i was written after its evaluation
     summary = {"stopped": "finished"}
-    try:
-        for it in bar:
-            if (it % tc.eval_interval == 0 or it == tc.max_iters) and it != evaluated:
-                losses = estimate_loss(model, data, tc, model_config.block_size, rng)
-                bpc = losses["val"] / chars_per_token / math.log(2)
-                record = {"iter": it, "train_loss": losses["train"], "val_loss": losses["val"],
-                          "val_bpc": bpc, "lr": opt.param_groups[0]["lr"], "time": time.time() - t0}
-                metrics.write(json.dumps(record) + "\n")
-                metrics.flush()
-                bar.write(f"iter {it}: train {losses['train']:.4f}, val {losses['val']:.4f} ({bpc:.3f} bits/char)")
-                if losses["val"] < best_val:
-                    best_val = losses["val"]
-                    _checkpoint(out / "best.npz", model, opt, it, best_val, model_config, tc, rng)
-                _checkpoint(out / "last.npz", model, opt, it, best_val, model_config, tc, rng)
-            if it == tc.max_iters:
-                break
-            lr = nn.schedules.cosine_with_warmup(it, tc.learning_rate, tc.min_lr, tc.warmup_iters,
-                                                 tc.lr_decay_iters)
-            for group in opt.param_groups:
-                group["lr"] = lr
-            x, y = data.get_batch("train", tc.batch_size, model_config.block_size, tc.device, rng)
-            _, loss = model(x, y)
-            opt.zero_grad()
-            loss.backward()
-            if tc.grad_clip > 0:
-                nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-            opt.step()
-            next_it = it + 1
-            if it % tc.log_interval == 0:
-                last_loss = loss.item()  # the only read of a device value per log interval
-                if not math.isfinite(last_loss):
-                    summary["stopped"] = "non-finite loss"
-                    bar.write(f"iter {it}: loss is {last_loss}; stopping. The last good checkpoint "
-                              f"({out / 'last.npz'}) is untouched. Try a lower --lr or --grad-clip.")
+    # with a CUDA graph, all work (evaluation too) runs on its stream, ordered with the replays
+    with (graph_step.stream if graph_step is not None else contextlib.nullcontext()):
+        try:
+            for it in bar:
+                if (it % tc.eval_interval == 0 or it == tc.max_iters) and it != evaluated:
+                    losses = estimate_loss(model, data, tc, model_config.block_size, rng)
+                    bpc = losses["val"] / chars_per_token / math.log(2)
+                    record = {"iter": it, "train_loss": losses["train"], "val_loss": losses["val"],
+                              "val_bpc": bpc, "lr": opt.param_groups[0]["lr"], "time": time.time() - t0}
+                    metrics.write(json.dumps(record) + "\n")
+                    metrics.flush()
+                    bar.write(f"iter {it}: train {losses['train']:.4f}, val {losses['val']:.4f} ({bpc:.3f} bits/char)")
+                    if losses["val"] < best_val:
+                        best_val = losses["val"]
+                        _checkpoint(out / "best.npz", model, opt, it, best_val, model_config, tc, rng)
+                    _checkpoint(out / "last.npz", model, opt, it, best_val, model_config, tc, rng)
+                if it == tc.max_iters:
                     break
-                dt = time.time() - t0
-                bar.set_postfix(loss=f"{last_loss:.4f}", lr=f"{lr:.2e}",
-                                tok_s=f"{(it + 1 - start_it) * tokens_per_iter / max(dt, 1e-9):.0f}")
-    except KeyboardInterrupt:
-        _checkpoint(out / "last.npz", model, opt, next_it, best_val, model_config, tc, rng)
-        bar.write(f"interrupted at iter {next_it}: saved {out / 'last.npz'}; continue with --resume")
-        summary["stopped"] = "interrupted"
-    finally:
-        bar.close()
-        metrics.close()
+                lr = nn.schedules.cosine_with_warmup(it, tc.learning_rate, tc.min_lr, tc.warmup_iters,
+                                                     tc.lr_decay_iters)
+                for group in opt.param_groups:
+                    group["lr"] = lr
+                if graph_step is not None:
+                    loss = graph_step(*data.get_batch_arrays("train", tc.batch_size, model_config.block_size, rng))
+                else:
+                    x, y = data.get_batch("train", tc.batch_size, model_config.block_size, tc.device, rng)
+                    _, loss = model(x, y)
+                    opt.zero_grad()
+                    loss.backward()
+                    if tc.grad_clip > 0:
+                        nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+                    opt.step()
+                next_it = it + 1
+                if it % tc.log_interval == 0:
+                    last_loss = loss.item()  # the only read of a device value per log interval
+                    if not math.isfinite(last_loss):
+                        summary["stopped"] = "non-finite loss"
+                        bar.write(f"iter {it}: loss is {last_loss}; stopping. The last good checkpoint "
+                                  f"({out / 'last.npz'}) is untouched. Try a lower --lr or --grad-clip.")
+                        break
+                    dt = time.time() - t0
+                    bar.set_postfix(loss=f"{last_loss:.4f}", lr=f"{lr:.2e}",
+                                    tok_s=f"{(it + 1 - start_it) * tokens_per_iter / max(dt, 1e-9):.0f}")
+        except KeyboardInterrupt:
+            _checkpoint(out / "last.npz", model, opt, next_it, best_val, model_config, tc, rng)
+            bar.write(f"interrupted at iter {next_it}: saved {out / 'last.npz'}; continue with --resume")
+            summary["stopped"] = "interrupted"
+        finally:
+            bar.close()
+            metrics.close()
     summary.update(best_val_loss=best_val, best_val_bpc=best_val / chars_per_token / math.log(2),
                    iterations=it, wall_time_s=time.time() - t0, last_train_loss=last_loss)
     return model, summary

@@ -5,6 +5,7 @@ Function so a Linear layer is one graph node (and one saved input) instead of
 reshape + transpose + matmul + add.
 """
 from tensorgrad.function import Function
+from tensorgrad.ops.matmul import mm
 from tensorgrad.ops import (cross_entropy, dropout, gelu, layer_norm, log_softmax, rms_norm,
                             rotary_embedding, scaled_dot_product_attention, silu, softmax)
 from tensorgrad.ops import embedding as _embedding
@@ -21,7 +22,7 @@ class LinearFn(Function):
         self.x2 = x.reshape(-1, in_f)                  # (N, in): one 2-D matmul, whatever the batch dims
         self.w = w
         self.has_b = b is not None
-        y = self.x2 @ w.T                              # (N, out)
+        y = mm(self.x2, w.T)                           # (N, out)
         if self.has_b:
             y += b
         return y.reshape(*x.shape[:-1], out_f)         # (..., out)
@@ -29,8 +30,8 @@ class LinearFn(Function):
     def backward(self, g):
         need_x, need_w, need_b = self.needs_input_grad
         g2 = g.reshape(-1, g.shape[-1])                # (N, out)
-        dx = (g2 @ self.w).reshape(self.x_shape) if need_x else None   # (..., in)
-        dw = g2.T @ self.x2 if need_w else None                       # (out, in)
+        dx = mm(g2, self.w).reshape(self.x_shape) if need_x else None # (..., in)
+        dw = mm(g2.T, self.x2) if need_w else None     # (out, in)
         db = g2.sum(axis=0) if self.has_b and need_b else None         # (out,)
         return dx, dw, db
 

@@ -132,10 +132,9 @@ class AdamW(Optimizer):
 
     # ------------------------------------------------------------ fused GPU path
     # On the GPU each parameter is updated by one kernel (tensorgrad/kernels/adamw.cu)
-    # whose scalars (learning rate, bias corrections) sit in device memory: prepare()
-    # writes them for all parameters in one copy (host work: step counts, schedules),
-    # apply() launches the kernels (device work only, nothing read back; the split is
-    # what a CUDA-graph-captured step would need, see bench/results.md).
+    # whose scalars (learning rate, bias corrections) sit in device memory. prepare()
+    # writes them (host work: step counts, schedules); apply() launches the kernels
+    # (device work only, so a CUDA graph can capture it and replay it every step).
     def _fused_params(self):
         """(index, param, group) of every parameter with a gradient, or None when the
         fused kernel can't take them all (CPU, float64, kernels off)."""

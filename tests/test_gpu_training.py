@@ -99,3 +99,81 @@ def test_gelu_kernel_matches_numpy(shape):
     tg.gelu(xc).backward(g)
     assert _rel(xt.grad.get(), xc.grad) < 1e-5
 
+
+def _graph_vs_eager(dropout, steps=8):
+    from gpt.cuda_graph import CudaGraphStep
+    cfg = GPTConfig(block_size=64, vocab_size=65, n_layer=2, n_head=4, n_embd=64, dropout=dropout)
+    rng = np.random.default_rng(0)
+    batches = [(rng.integers(0, 65, (8, 64)), rng.integers(0, 65, (8, 64))) for _ in range(steps)]
+    out = {}
+    for mode in ("eager", "graph"):
+        tg.manual_seed(0)
+        model = GPT(cfg).to("cuda")
+        opt = nn.optim.AdamW(model.parameters(), lr=3e-3, betas=(0.9, 0.99), weight_decay=0.1)
+        losses = []
+        if mode == "graph":
+            step = CudaGraphStep(model, opt, 1.0, 8, 64, warmup=2)
+            with step.stream:
+                for i, (x, y) in enumerate(batches):
+                    for group in opt.param_groups:
+                        group["lr"] = 3e-3 * (i + 1) / steps          # a schedule: must reach the graph
+                    losses.append(step(x, y).item())
+                params = [p.data.get() for p in model.parameters()]
+        else:
+            for i, (x, y) in enumerate(batches):
+                for group in opt.param_groups:
+                    group["lr"] = 3e-3 * (i + 1) / steps
+                _, loss = model(tg.tensor(x, device="cuda"), tg.tensor(y, device="cuda"))
+                opt.zero_grad()
+                loss.backward()
+                nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                opt.step()
+                losses.append(loss.item())
+            params = [p.data.get() for p in model.parameters()]
+        out[mode] = (np.array(losses), params)
+    return out
+
+
+def test_cuda_graph_step_matches_eager():
+    out = _graph_vs_eager(dropout=0.0)
+    (le, pe), (lg, pg) = out["eager"], out["graph"]
+    print("eager", le.round(5), "\ngraph", lg.round(5))
+    np.testing.assert_allclose(lg, le, rtol=1e-4)
+    assert max(_rel(a, b) for a, b in zip(pg, pe)) < 1e-4
+
+
+def test_cuda_graph_dropout_changes_every_replay():
+    from gpt.cuda_graph import CudaGraphStep
+    tg.manual_seed(0)
+    model = GPT(GPTConfig(block_size=32, vocab_size=65, n_layer=1, n_head=2, n_embd=32, dropout=0.5)).to("cuda")
+    opt = nn.optim.AdamW(model.parameters(), lr=0.0, weight_decay=0.0)   # lr 0: the weights stay put
+    step = CudaGraphStep(model, opt, 0.0, 4, 32, warmup=1)
+    x = np.random.default_rng(0).integers(0, 65, (4, 32))
+    with step.stream:
+        losses = [step(x, x).item() for _ in range(5)]
+    assert step.graph is not None and len(set(losses[1:])) == 4, losses  # new masks on each replay
+
+
+@pytest.mark.parametrize("sa,sb,ta,tb", [((7, 5), (5, 3), False, False), ((64, 384), (384, 1152), False, True),
+                                         ((300, 65), (65, 384), True, False), ((2, 3, 9, 4), (2, 3, 4, 6), False, True),
+                                         ((8, 33, 16), (8, 16, 33), True, True), ((1, 1), (1, 1), False, False)])
+def test_own_cublas_matmul_matches_numpy(sa, sb, ta, tb):
+    """kernels.cublas.matmul (row-major through column-major cuBLAS, transposed views as flags)."""
+    import cupy as cp
+
+    from tensorgrad.kernels import cublas
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal(sa[:-2] + (sa[-1], sa[-2]) if ta else sa).astype(np.float32)
+    b = rng.standard_normal(sb[:-2] + (sb[-1], sb[-2]) if tb else sb).astype(np.float32)
+    A, B = cp.asarray(a), cp.asarray(b)
+    if ta:
+        A, a = A.swapaxes(-1, -2), a.swapaxes(-1, -2)
+    if tb:
+        B, b = B.swapaxes(-1, -2), b.swapaxes(-1, -2)
+    assert cublas.usable(A, B)
+    out = cublas.matmul(A, B).get()
+    ref = a.astype(np.float64) @ b.astype(np.float64)
+    assert out.shape == ref.shape and _rel(out, ref) < 1e-5
+    # a non-contiguous operand (a slice) is copied first
+    out2 = cublas.matmul(A[..., :, :], B[..., :, :]).get()
+    np.testing.assert_array_equal(out, out2)

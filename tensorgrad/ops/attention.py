@@ -13,6 +13,7 @@ import numpy as np
 from ..backend import generator, get_array_module
 from ..function import Function, ShapeError
 from .broadcast import sum_to
+from .matmul import mm
 
 
 def _mT(x):
@@ -46,7 +47,7 @@ class ScaledDotProductAttention(Function):
                              f"q (..., T, hs), k (..., S, hs) and v (..., S, hv)")
         scale = 1.0 / math.sqrt(hs) if scale is None else float(scale)
         self.scale = scale
-        s = q @ _mT(k)                                                   # (..., T, S)
+        s = mm(q, _mT(k))                                                # (..., T, S)
         self.kern = _softmax_kernels(q, mask is not None, is_causal, T, S)
         if self.kern is not None:
             att = self.kern.softmax_forward(xp.ascontiguousarray(s), scale=scale, causal=is_causal)
@@ -78,7 +79,7 @@ class ScaledDotProductAttention(Function):
             self.drop_scale = q.dtype.type(1.0 / (1.0 - dropout_p))
             att = att * self.keep * self.drop_scale                      # (..., T, S)
         self.q, self.k, self.v = q, k, v
-        return att @ v                                                   # (..., T, hv)
+        return mm(att, v)                                                # (..., T, hv)
 
     def backward(self, g):
         q, k, v, att = self.q, self.k, self.v, self.att
@@ -86,17 +87,17 @@ class ScaledDotProductAttention(Function):
         dq = dk = dv = None
         if need_v:
             att_d = att if self.keep is None else att * self.keep * self.drop_scale
-            dv = sum_to(_mT(att_d) @ g, v.shape)                         # (..., S, hv)
+            dv = sum_to(mm(_mT(att_d), g), v.shape)                      # (..., S, hv)
         if need_q or need_k:
-            datt = g @ _mT(v)                                            # (..., T, S)
+            datt = mm(g, _mT(v))                                         # (..., T, S)
             if self.keep is not None:
                 datt = datt * self.keep * self.drop_scale
             if self.kern is not None:
                 ds = self.kern.softmax_backward(get_array_module(datt).ascontiguousarray(datt), att, scale=self.scale)
             else:
                 ds = att * (datt - (datt * att).sum(axis=-1, keepdims=True)) * self.scale
-            dq = sum_to(ds @ k, q.shape) if need_q else None             # (..., T, hs)
-            dk = sum_to(_mT(ds) @ q, k.shape) if need_k else None        # (..., S, hs)
+            dq = sum_to(mm(ds, k), q.shape) if need_q else None          # (..., T, hs)
+            dk = sum_to(mm(_mT(ds), q), k.shape) if need_k else None     # (..., S, hs)
         return dq, dk, dv, None
 
 

@@ -4,12 +4,26 @@ For out = a @ b:  da = g @ b^T  and  db = a^T @ g.  A 1-D operand is treated
 as a matrix with a size-1 axis added (and removed again from the result), and
 batch axes that broadcast are summed back with sum_to.
 """
+import numpy as np
+
 from ..function import Function, ShapeError
 from .broadcast import sum_to
 
 
 def _mT(x):
     return x.swapaxes(-1, -2)
+
+
+def mm(a, b):
+    """a @ b on arrays. On the GPU, float32 products go through tensorgrad's own cuBLAS
+    handle (kernels/cublas.py): same cuBLAS, but callable inside a CUDA-graph capture."""
+    if not isinstance(a, np.ndarray) and a.dtype == np.float32:
+        from .. import kernels
+        if kernels.enabled():
+            from ..kernels import cublas
+            if cublas.usable(a, b):
+                return cublas.matmul(a, b)
+    return a @ b
 
 
 class MatMul(Function):
@@ -23,7 +37,7 @@ class MatMul(Function):
             raise ShapeError(f"matmul: {a.shape} @ {b.shape}: inner dimensions {k_a} and {k_b} differ")
         self.a, self.b = a, b
         try:
-            return a @ b
+            return mm(a, b)
         except ValueError:
             raise ShapeError(f"matmul: {a.shape} @ {b.shape}: batch dimensions "
                              f"{a.shape[:-2]} and {b.shape[:-2]} cannot be broadcast") from None
@@ -40,14 +54,14 @@ class MatMul(Function):
         need_a, need_b = self.needs_input_grad
         da = db = None
         if need_a:
-            da = sum_to(g @ _mT(b2), a2.shape)           # (..., M, K)
+            da = sum_to(mm(g, _mT(b2)), a2.shape)        # (..., M, K)
             da = da.reshape(a.shape)
         if need_b and b2.ndim == 2 and a2.ndim > 2 and g.shape[:-2] == a2.shape[:-2]:
             # a shared matrix: fold the batch into rows, one GEMM instead of a batch then a sum
             K, N = b2.shape
-            db = (a2.reshape(-1, K).T @ g.reshape(-1, N)).reshape(b.shape)   # (K, N)
+            db = mm(a2.reshape(-1, K).T, g.reshape(-1, N)).reshape(b.shape)   # (K, N)
         elif need_b:
-            db = sum_to(_mT(a2) @ g, b2.shape)           # (..., K, N)
+            db = sum_to(mm(_mT(a2), g), b2.shape)        # (..., K, N)
             db = db.reshape(b.shape)
         return da, db
 
