@@ -17,9 +17,13 @@ def clip_grad_norm_(parameters, max_norm, eps=1e-6):
     if not grads:
         return Tensor(0.0)
     xp = backend.get_array_module(grads[0])
-    # one 0-d device array per gradient, summed at once (cupy.vdot would wait for the GPU)
-    norm = xp.sqrt(xp.stack([xp.square(g).sum() for g in grads]).sum())
-    coef = xp.minimum(norm.dtype.type(1.0), max_norm / (norm + eps))   # 0-d, on the device
+    # each gradient's sum of squares into one slot of a device vector (not xp.stack: CuPy
+    # copies a table of pointers from the host for that, which a CUDA graph can't capture)
+    squares = xp.empty(len(grads), dtype=grads[0].dtype)                # (n_grads,)
+    for i, g in enumerate(grads):
+        xp.sum(xp.square(g).reshape(-1), axis=0, keepdims=True, out=squares[i:i + 1])
+    norm = xp.sqrt(squares.sum())                                       # 0-d, on the device
+    coef = xp.minimum(max_norm / (norm + eps), 1.0)                     # 0-d, on the device
     for g in grads:
         g *= coef
     return Tensor._make(xp.asarray(norm), False)
