@@ -236,3 +236,11 @@ def test_autograd_tour_runs(capsys):
     runpy.run_path(str(Path(__file__).resolve().parents[1] / "examples" / "autograd_tour.py"), run_name="__main__")
     out = capsys.readouterr().out
     assert "passed: True" in out and "step 500" in out
+
+
+def test_ops_on_two_devices_name_both():
+    a = tg.tensor([1.0, 2.0])
+    b = tg.tensor([1.0, 2.0])
+    b._device = "cuda"  # stands in for a CuPy tensor: the check compares devices, not array types
+    with pytest.raises(RuntimeError, match=r"different devices \(cpu and cuda\)"):
+        a + b
