@@ -82,6 +82,8 @@ def train(model_config, tc, data_dir, resume=False, progress=True):
     data = TokenData(data_dir)
     if model_config.vocab_size < data.meta["vocab_size"]:
         raise ValueError(f"model vocab_size {model_config.vocab_size} < tokenizer's {data.meta['vocab_size']}")
+    if tc.device == "cpu":
+        tg.backend.keep_freed_memory()  # temporaries reuse heap memory: ~30% faster steps on CPU
     tg.manual_seed(tc.seed)
     rng = np.random.default_rng(tc.seed)
     model = GPT(model_config).to(tc.device)

@@ -89,6 +89,29 @@ def scatter_add(target, index, values):
     xp.add.at(target, index, values)  # unbuffered: repeats add up (target[index] += would not)
 
 
+def keep_freed_memory():
+    """CPU training: let glibc keep freed blocks for reuse instead of returning them.
+
+    glibc gives a large block (over 128 KiB at first) back to the OS when it is
+    freed, so every temporary array of a training step is mapped afresh and
+    page-faults on first touch. Raising the mmap and trim thresholds keeps the
+    blocks in the heap; measured on the 2-core machine, a step of the CPU
+    Shakespeare model went from 70 to 50 ms. Linux/glibc only; returns whether
+    it was applied. Process-wide, so the training loop calls it, not import.
+    """
+    import ctypes
+    import sys
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+    big = 1 << 30
+    return bool(libc.mallopt(M_MMAP_THRESHOLD, big)) and bool(libc.mallopt(M_TRIM_THRESHOLD, big))
+
+
 # ----------------------------------------------------------------------------- RNG
 # One generator per device, seeded together by manual_seed, so a seeded run is
 # reproducible on each device (CPU and GPU streams differ from each other).
