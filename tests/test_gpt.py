@@ -76,7 +76,6 @@ def test_kv_cache_logits_match_full_forward():
     tg.manual_seed(0)
     model = GPT(GPTConfig(**TINY)).eval()
     idx = np.array([[1, 4, 2, 7, 3]])
-    full = model.transformer  # noqa: F841 (documentation: same weights below)
     with tg.no_grad():
         from gpt.model import KVCache
         cache = KVCache(2)
