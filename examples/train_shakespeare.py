@@ -55,7 +55,7 @@ def main(argv=None):
     if args.device == "cuda" and not args.no_tf32:
         os.environ.setdefault("CUPY_TF32", "1")  # read at the first matmul: set it before
     import tensorgrad as tg
-    from gpt import GPT, GPTConfig, TrainConfig, prepare, train
+    from gpt import GPTConfig, TrainConfig, prepare, train
     from gpt.data import TINYSHAKESPEARE_URL, download, load_tokenizer
 
     tg.backend.parse_device(args.device)  # a clear error now if cuda is not usable
@@ -91,7 +91,6 @@ def main(argv=None):
     if settings["block_size"] + 2 > meta["val_tokens"]:
         sys.exit(f"error: block_size {settings['block_size']} is larger than the validation split "
                  f"({meta['val_tokens']} tokens)")
-    print(f"model: {GPT(mc).num_params() / 1e6:.2f}M parameters, device {args.device}")
     model, summary = train(mc, tc, data_dir, resume=args.resume, progress=not args.no_progress)
     print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in summary.items()}))
 

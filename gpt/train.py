@@ -87,6 +87,7 @@ def train(model_config, tc, data_dir, resume=False, progress=True):
     tg.manual_seed(tc.seed)
     rng = np.random.default_rng(tc.seed)
     model = GPT(model_config).to(tc.device)
+    print(f"model: {model.num_params() / 1e6:.2f}M parameters, device {tc.device}")
     opt = configure_optimizer(model, tc)
     start_it, best_val = 0, float("inf")
     if resume:

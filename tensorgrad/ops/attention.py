@@ -13,11 +13,7 @@ import numpy as np
 from ..backend import generator, get_array_module
 from ..function import Function, ShapeError
 from .broadcast import sum_to
-from .matmul import mm
-
-
-def _mT(x):
-    return x.swapaxes(-1, -2)
+from .matmul import _mT, mm
 
 
 def _softmax_kernels(a, masked, causal, T, S):

@@ -10,6 +10,7 @@ import numpy as np
 from ..backend import get_array_module
 from ..function import Function
 from .broadcast import meta, unbroadcast
+from .nn import _kernels
 
 
 # ---------------------------------------------------------------- arithmetic
@@ -168,21 +169,13 @@ class ReLU(Function):
 _GELU_C = math.sqrt(2.0 / math.pi)
 
 
-def _gelu_kernels(a):
-    """The CUDA kernels for a float32 CuPy array (when enabled), else None."""
-    if isinstance(a, np.ndarray) or a.dtype != np.float32:
-        return None
-    from .. import kernels
-    return kernels if kernels.enabled() else None
-
-
 class GELU(Function):
     """GPT-2's tanh approximation: out = a/2 * (1 + tanh(c (a + 0.044715 a^3)));
     da = g * (1/2 (1 + t) + a/2 (1 - t^2) c (1 + 3 * 0.044715 a^2))"""
     def forward(self, a):
         xp = get_array_module(a)
         self.a = a
-        self.kern = _gelu_kernels(a)
+        self.kern = _kernels(a)
         if self.kern is not None:  # one fused CUDA pass (tensorgrad/kernels/gelu.cu)
             return self.kern.gelu_forward(a)
         self.t = xp.tanh(_GELU_C * (a + 0.044715 * a * a * a))
