@@ -225,6 +225,42 @@ def main():
         del x, probs
         cp.get_default_memory_pool().free_all_blocks()
 
+    # column sums (bias gradients) of (B*T, N) and Philox dropout on (B*T, C)
+    for shape in [(16384, 384), (16384, 1152), (16384, 1536)]:
+        a = randn(*shape)
+        bench("colsum", "x".join(map(str, shape)), a.nbytes, lambda: kernels.colsum(a), lambda: a.sum(axis=0), 200)
+    x = randn(16384, 384)
+    slot = kernels.rng_slot()
+    gen = cp.random.default_rng(0)
+    bench("dropout p=0.2 (Philox)", "16384x384", 2 * x.nbytes, lambda: kernels.dropout(x, 0.2, slot),
+          lambda: x * ((gen.random(x.shape, dtype=cp.float32) >= 0.2) * cp.float32(1.25)), 200)
+
+    # fused attention (B, nh, T, hs) = (64, 6, 256, 64), causal, against the reference op's math
+    from tensorgrad.ops.attention import ScaledDotProductAttention
+    B, H, T, D = 64, 6, 256, 64
+    q, k, v, g = (randn(B, H, T, D) for _ in range(4))
+    for p in (0.0, 0.2):
+        sl = kernels.rng_slot() if p else backend.philox_state()
+        y = cp.empty_like(q)
+        lse = kernels.attention_forward(q, k, v, y, True, 0.125, p, sl)
+        dq, dk, dv = cp.empty_like(q), cp.empty_like(k), cp.empty_like(v)
+        ref = ScaledDotProductAttention()
+        ref.needs_input_grad = [True, True, True, False]
+
+        def ref_fwd():
+            return ref.forward(q, k, v, None, is_causal=True, dropout_p=p, scale=0.125)
+
+        def ref_bwd():
+            return ref.backward(g)
+        ref_fwd()
+        nb = 4 * q.nbytes
+        bench(f"attention fwd p={p}", "64x6x256x64", nb,
+              lambda: kernels.attention_forward(q, k, v, y, True, 0.125, p, sl), ref_fwd, 50)
+        bench(f"attention bwd p={p}", "64x6x256x64", 2 * nb,
+              lambda: kernels.attention_backward(g, q, k, v, y, lse, True, 0.125, p, sl, dq, dk, dv), ref_bwd, 50)
+        del ref
+    torch_attention_rows(B, H, T, D)
+
     print()
     print(f"{datetime.date.today()}  device: {dev}  CuPy {cp.__version__}  "
           f"copy bandwidth {bw:.0f} GB/s (1 GiB device-to-device, read + write)")
@@ -241,6 +277,35 @@ def main():
     for op, shape, kd, gbs, pct, cd, sp, ke, ce, spe in rows:
         print(f"| {op.strip()} | {shape} | {f(kd, '.4f')} | {gbs:.0f} | {pct:.0f}% | {f(cd, '.4f')} | "
               f"{f(sp, '.1f')}x | {ke:.4f} | {f(ce, '.4f')} | {f(spe, '.1f')}x |")
+
+
+def torch_attention_rows(B, H, T, D):
+    """PyTorch's fused float32 SDPA (the memory-efficient kernel) at the same shape, for reference."""
+    try:
+        import torch
+        import torch.nn.functional as TF
+    except ImportError:
+        print("  (torch not importable: no PyTorch SDPA rows)")
+        return
+    for p in (0.0, 0.2):
+        q, k, v = (torch.randn(B, H, T, D, device="cuda", requires_grad=True) for _ in range(3))
+        g = torch.randn(B, H, T, D, device="cuda")
+        for _ in range(3):
+            TF.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=p).backward(g)
+        torch.cuda.synchronize()
+        times = {"fwd": [], "fwd+bwd": []}
+        for _ in range(20):
+            e0, e1, e2 = (torch.cuda.Event(enable_timing=True) for _ in range(3))
+            e0.record()
+            y = TF.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=p)
+            e1.record()
+            y.backward(g)
+            e2.record()
+            torch.cuda.synchronize()
+            times["fwd"].append(e0.elapsed_time(e1))
+            times["fwd+bwd"].append(e0.elapsed_time(e2))
+        print(f"  torch SDPA p={p} 64x6x256x64: fwd {np.median(times['fwd']):.4f} ms, "
+              f"fwd+bwd {np.median(times['fwd+bwd']):.4f} ms (eager, events)", flush=True)
 
 
 if __name__ == "__main__":

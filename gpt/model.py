@@ -89,13 +89,17 @@ class CausalSelfAttention(nn.Module):
         B, T, C = x.shape
         nh, hs = self.n_head, C // self.n_head
         qkv = self.c_attn(x)                                           # (B, T, 3C)
+        p = self.dropout if self.training else 0.0
+        if self.rope is None and cache is None:
+            # training and scoring: one op reads the heads straight from qkv (fused on the GPU)
+            y = F.qkv_attention(qkv, nh, is_causal=True, dropout_p=p)  # (B, T, C)
+            return self.resid_dropout(self.c_proj(y))
         qkv = qkv.reshape(B, T, 3, nh, hs).permute(2, 0, 3, 1, 4)      # (3, B, nh, T, hs)
         q, k, v = qkv[0], qkv[1], qkv[2]                               # (B, nh, T, hs)
         if self.rope is not None:
             q, k = self.rope(q, positions), self.rope(k, positions)
         if cache is not None:
             k, v = cache.append(layer, k, v, block_size)               # (B, nh, S, hs), S >= T
-        p = self.dropout if self.training else 0.0
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=p)  # (B, nh, T, hs)
         y = y.transpose(1, 2).reshape(B, T, C)                         # heads side by side again
         return self.resid_dropout(self.c_proj(y))

@@ -5,8 +5,9 @@ Function so a Linear layer is one graph node (and one saved input) instead of
 reshape + transpose + matmul + add.
 """
 from tensorgrad.function import Function
+from tensorgrad.ops.broadcast import sum_to
 from tensorgrad.ops.matmul import mm
-from tensorgrad.ops import (cross_entropy, dropout, gelu, layer_norm, log_softmax, rms_norm,
+from tensorgrad.ops import (cross_entropy, dropout, gelu, layer_norm, log_softmax, qkv_attention, rms_norm,
                             rotary_embedding, scaled_dot_product_attention, silu, softmax)
 from tensorgrad.ops import embedding as _embedding
 
@@ -32,7 +33,7 @@ class LinearFn(Function):
         g2 = g.reshape(-1, g.shape[-1])                # (N, out)
         dx = mm(g2, self.w).reshape(self.x_shape) if need_x else None # (..., in)
         dw = mm(g2.T, self.x2) if need_w else None     # (out, in)
-        db = g2.sum(axis=0) if self.has_b and need_b else None         # (out,)
+        db = sum_to(g2, (g2.shape[1],)) if self.has_b and need_b else None   # (out,): sum over rows
         return dx, dw, db
 
 
@@ -47,4 +48,4 @@ def embedding(input, weight):
 
 
 __all__ = ["softmax", "log_softmax", "cross_entropy", "gelu", "silu", "dropout", "layer_norm", "rms_norm",
-           "linear", "embedding", "scaled_dot_product_attention", "rotary_embedding"]
+           "linear", "embedding", "scaled_dot_product_attention", "qkv_attention", "rotary_embedding"]

@@ -136,11 +136,30 @@ def generator(device):
     return g
 
 
+def philox_state():
+    """The GPU's counter-based generator (Philox, kernels/philox.cuh): a device array of
+    4 uint32 (seed low, seed high, offset, unused). Dropout kernels advance the offset
+    on the device, so a CUDA graph replaying them draws new numbers every time."""
+    s = _generators.get("philox")
+    if s is None:
+        seed = _seed if _seed is not None else int(np.random.SeedSequence().entropy)
+        seed &= (1 << 64) - 1
+        s = cupy().asarray(np.array([seed & 0xFFFFFFFF, seed >> 32, 0, 0], dtype=np.uint32))
+        _generators["philox"] = s
+    return s
+
+
 def get_rng_state():
-    """The CPU generator's state, as a JSON-able dict (for checkpoints)."""
-    return {"seed": _seed, "cpu": generator("cpu").bit_generator.state}
+    """The generators' state as a JSON-able dict (for checkpoints): the CPU generator's
+    and, once the GPU's Philox generator is in use, its offset (a read from the device)."""
+    state = {"seed": _seed, "cpu": generator("cpu").bit_generator.state}
+    if "philox" in _generators:
+        state["philox"] = [int(v) for v in _generators["philox"].get()]
+    return state
 
 
 def set_rng_state(state):
     manual_seed(state["seed"]) if state.get("seed") is not None else None
     generator("cpu").bit_generator.state = state["cpu"]
+    if state.get("philox") is not None and cuda_available():
+        philox_state()[...] = cupy().asarray(np.array(state["philox"], dtype=np.uint32))  # in place: graphs hold it

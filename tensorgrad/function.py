@@ -12,6 +12,8 @@ import contextlib
 
 import numpy as np
 
+from . import kernels
+
 _grad_enabled = True
 Tensor = None  # set by tensor.py (which imports this module) to avoid an import per call
 
@@ -50,6 +52,17 @@ class Function:
     # one bool per input, so backward can skip gradients nobody wants.
     # No __slots__ here: subclasses keep their saved arrays as attributes.
 
+    # The GPU twin of this op (a subclass whose forward/backward run CUDA kernels,
+    # registered in ops/cuda.py), or None. apply() is the one place that decides
+    # which runs: the twin when the kernels take the arrays (kernels.takes: CuPy,
+    # float32, kernels on) and the twin supports this call, else this class.
+    cuda = None
+
+    @classmethod
+    def supports(cls, *arrays, **params):
+        """On a twin: can the kernels do this call (shapes, options)? Default: yes."""
+        return True
+
     def forward(self, *args, **kwargs):
         raise NotImplementedError
 
@@ -76,6 +89,9 @@ class Function:
                 arrays.append(x)
                 needs.append(False)
         requires = _grad_enabled and any(needs)
+        twin = cls.cuda
+        if twin is not None and device == "cuda" and kernels.takes(*arrays) and twin.supports(*arrays, **kwargs):
+            fn = twin()
         fn.needs_input_grad = needs
         try:
             out = fn.forward(*arrays, **kwargs)

@@ -223,3 +223,20 @@ def test_sdpa_on_gpu_matches_cpu():
         F.scaled_dot_product_attention(q, k, v, mask=mask, is_causal=causal).sum().backward()
         for gt, ct in zip(gpu_in, (q, k, v)):
             np.testing.assert_allclose(gt.grad.get(), ct.grad, rtol=1e-3, atol=1e-4, err_msg=name)
+
+
+def test_qkv_attention_matches_reference_and_gradcheck():
+    B, T, nh, hs = 2, 5, 3, 4
+    qkv = rand64(B, T, 3 * nh * hs)
+    heads = qkv.numpy().reshape(B, T, 3, nh, hs).transpose(2, 0, 3, 1, 4)      # (3, B, nh, T, hs)
+    want = ref_sdpa(heads[0], heads[1], heads[2], causal=True).transpose(0, 2, 1, 3).reshape(B, T, nh * hs)
+    assert np.allclose(tg.qkv_attention(qkv, nh).numpy(), want)
+    check_grad(lambda x: tg.qkv_attention(x, nh), qkv, name="qkv_attention causal")
+    check_grad(lambda x: tg.qkv_attention(x, 2, is_causal=False), rand64(1, 3, 3 * 2 * 2), name="qkv_attention full")
+
+
+def test_qkv_attention_rejects_bad_shapes():
+    with pytest.raises(ValueError, match="3 \\* n_head"):
+        tg.qkv_attention(tg.zeros(2, 3, 10), 2)
+    with pytest.raises(ValueError, match="\\(B, T, 3C\\)"):
+        tg.qkv_attention(tg.zeros(3, 12), 2)

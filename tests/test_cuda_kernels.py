@@ -347,3 +347,138 @@ def test_rng_and_dropout_on_cuda():
     kept = (y.numpy() != 0).mean()
     assert 0.7 < kept < 0.8 and np.allclose(y.numpy()[y.numpy() != 0], 1 / 0.75)
     assert np.array_equal(backend.to_device(x.grad, "cpu"), y.numpy())
+
+
+# --------------------------------------------------------------- column sums
+@pytest.mark.parametrize("shape", [(1, 1), (7, 3), (5, 6), (16384, 384), (16384, 1536), (1000, 1001),
+                                   (64, 256 * 384), (3, 100_003)])
+def test_colsum(poisoned, shape):
+    cp = poisoned
+    a = (rng.standard_normal(shape) * 10).astype(np.float32)
+    relerr(kernels.colsum(cp.asarray(a)), a.astype(np.float64).sum(0), f"colsum {shape}")
+
+
+def test_colsum_misaligned_rows_and_sum_to(cp):
+    a = rng.standard_normal((9, 6)).astype(np.float32)
+    view = cp.asarray(a)[1:]                       # contiguous, 24 bytes past a 16-byte boundary
+    relerr(kernels.colsum(view), a[1:].astype(np.float64).sum(0), "colsum misaligned")
+    g = rng.standard_normal((4, 5, 8)).astype(np.float32)
+    from tensorgrad.ops.broadcast import sum_to
+    relerr(sum_to(cp.asarray(g), (8,)), g.astype(np.float64).sum((0, 1)), "sum_to leading axes")
+    relerr(sum_to(cp.asarray(g), (5, 1)), g.astype(np.float64).sum((0, 2))[:, None], "sum_to generic")
+
+
+# ------------------------------------------------------------ Philox dropout
+def test_dropout_kernel_keep_rate_and_same_mask_backward(cp):
+    x = cp.asarray(rng.standard_normal(1_000_003).astype(np.float32))
+    for p in (0.1, 0.2, 0.5):
+        slot = kernels.rng_slot()
+        y = kernels.dropout(x, p, slot)
+        kept = (y != 0).get()
+        rate = kept.mean()
+        _, scale = kernels.drop_threshold(p)
+        print(f"dropout p={p}: keep rate {rate:.4f}")
+        assert abs(rate - (1 - p)) < 3e-3
+        assert np.allclose(y.get()[kept], x.get()[kept] * scale)
+        again = kernels.dropout(x, p, slot)                     # same slot: same mask
+        assert cp.array_equal(again, y)
+        other = kernels.dropout(x, p, kernels.rng_slot())       # next slot: another mask
+        assert not cp.array_equal(other, y)
+        r = cp.asarray(rng.standard_normal(x.shape).astype(np.float32))
+        assert cp.allclose(kernels.dropout(x, p, slot, residual=r), r + y, atol=1e-6)  # fma rounding
+
+
+def test_dropout_op_on_cuda_uses_philox_and_manual_seed():
+    x = tg.ones(100_000, device="cuda", requires_grad=True)
+    tg.manual_seed(5)
+    a = tg.dropout(x, p=0.3)
+    a.sum().backward()
+    assert np.array_equal(backend.to_device(x.grad, "cpu"), a.numpy())   # backward redraws the same mask
+    tg.manual_seed(5)
+    b = tg.dropout(x, p=0.3)
+    assert np.array_equal(a.numpy(), b.numpy()), "manual_seed must repeat the dropout masks"
+    assert not np.array_equal(a.numpy(), tg.dropout(x, p=0.3).numpy())
+
+
+# ---------------------------------------------------------- fused attention
+def attention_ref(q, k, v, g, causal, scale, mask=None):
+    """float64 y, dq, dk, dv of softmax(q k^T scale) (* mask) v; mask = dropout factors."""
+    q, k, v, g = (a.astype(np.float64) for a in (q, k, v, g))
+    s = q @ k.swapaxes(-1, -2) * scale
+    T, S = s.shape[-2:]
+    if causal:
+        s = np.where(np.tri(T, S, k=S - T, dtype=bool), s, -np.inf)
+    p = np.exp(s - s.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    pd = p if mask is None else p * mask
+    y = pd @ v
+    dv = pd.swapaxes(-1, -2) @ g
+    dp = g @ v.swapaxes(-1, -2)
+    if mask is not None:
+        dp = dp * mask
+    ds = p * (dp - (dp * p).sum(-1, keepdims=True))
+    return y, ds @ k * scale, ds.swapaxes(-1, -2) @ q * scale, dv
+
+
+ATTENTION_SHAPES = [  # B, H, T, S, D, causal
+    (2, 3, 64, 64, 64, True), (1, 2, 100, 100, 32, True), (2, 2, 37, 37, 64, False), (1, 1, 1, 1, 64, True),
+    (2, 3, 17, 80, 64, True), (1, 2, 130, 130, 128, True), (2, 6, 256, 256, 64, True), (2, 1, 50, 70, 32, False),
+    (1, 2, 1, 33, 64, True)]
+
+
+@pytest.mark.parametrize("B,H,T,S,D,causal", ATTENTION_SHAPES)
+def test_attention_kernels_match_reference(poisoned, B, H, T, S, D, causal):
+    cp = poisoned
+    q, k, v = (rng.standard_normal(sh).astype(np.float32) * 2 for sh in ((B, H, T, D), (B, H, S, D), (B, H, S, D)))
+    g = rng.standard_normal((B, H, T, D)).astype(np.float32)
+    scale = 1 / np.sqrt(D)
+    qd, kd, vd, gd = (cp.asarray(a) for a in (q, k, v, g))
+    slot = backend.philox_state()
+    y = cp.empty_like(qd)
+    lse = kernels.attention_forward(qd, kd, vd, y, causal, scale, 0.0, slot)
+    dq, dk, dv = cp.empty_like(qd), cp.empty_like(kd), cp.empty_like(vd)
+    kernels.attention_backward(gd, qd, kd, vd, y, lse, causal, scale, 0.0, slot, dq, dk, dv)
+    refs = attention_ref(q, k, v, g, causal, scale)
+    for out, ref, name in zip((y, dq, dk, dv), refs, ("y", "dq", "dk", "dv")):
+        relerr(out, ref, f"attention {name} B{B} H{H} T{T} S{S} D{D} causal={causal}")
+
+
+@pytest.mark.parametrize("T,S,D", [(64, 64, 64), (100, 100, 32), (40, 90, 64)])
+def test_attention_dropout_mask_is_shared_and_gradients_match(cp, T, S, D):
+    B, H, p = 2, 3, 0.2
+    q, k, v = (rng.standard_normal(sh).astype(np.float32) for sh in ((B, H, T, D), (B, H, S, D), (B, H, S, D)))
+    g = rng.standard_normal((B, H, T, D)).astype(np.float32)
+    qd, kd, vd, gd = (cp.asarray(a) for a in (q, k, v, g))
+    slot = kernels.rng_slot()
+    y = cp.empty_like(qd)
+    lse = kernels.attention_forward(qd, kd, vd, y, True, 0.125, p, slot)
+    dq, dk, dv = cp.empty_like(qd), cp.empty_like(kd), cp.empty_like(vd)
+    kernels.attention_backward(gd, qd, kd, vd, y, lse, True, 0.125, p, slot, dq, dk, dv)
+    mask = kernels.attention_dropout_mask(B * H, T, S, p, slot).get().reshape(B, H, T, S)
+    rate = (mask != 0).mean()
+    print(f"attention dropout keep rate {rate:.4f}")
+    assert abs(rate - (1 - p)) < 0.01
+    refs = attention_ref(q, k, v, g, True, 0.125, mask.astype(np.float64))
+    for out, ref, name in zip((y, dq, dk, dv), refs, ("y", "dq", "dk", "dv")):
+        relerr(out, ref, f"attention+dropout {name} T{T} S{S} D{D}")       # forward and backward saw one mask
+
+
+@pytest.mark.parametrize("T,nh,hs", [(64, 4, 32), (50, 2, 64), (256, 6, 64)])
+def test_engine_qkv_attention_cuda_vs_cpu(T, nh, hs):
+    qkv = rng.standard_normal((2, T, 3 * nh * hs)).astype(np.float32)
+    _compare_engine(lambda a: tg.qkv_attention(a, nh), [qkv], f"qkv_attention T={T} nh={nh} hs={hs}")
+    q = rng.standard_normal((2, nh, T, hs)).astype(np.float32)
+    _compare_engine(lambda a, b, c: tg.scaled_dot_product_attention(a, b, c, is_causal=True), [q, q + 1, q * 2],
+                    f"sdpa fused T={T} hs={hs}")
+
+
+def test_qkv_attention_with_dropout_trains_like_reference_statistics():
+    """Dropout on: the fused op and the reference differ in masks, not in expectation."""
+    x = tg.tensor(rng.standard_normal((4, 64, 3 * 2 * 32)).astype(np.float32), device="cuda", requires_grad=True)
+    tg.manual_seed(0)
+    y = tg.qkv_attention(x, 2, dropout_p=0.2)
+    y.sum().backward()
+    assert np.isfinite(y.numpy()).all() and np.isfinite(backend.to_device(x.grad, "cpu")).all()
+    y0 = tg.qkv_attention(x, 2).numpy()
+    # each output row is a dropout-weighted mean of values: close to the no-dropout row on average
+    assert abs(y.numpy().mean() - y0.mean()) < 0.05

@@ -61,6 +61,40 @@ def _kernel(stem, name):
     return fn
 
 
+def launch(stem, name, grid, block, args, shared_mem=0):
+    """Run kernel `name` of <stem>.cu on the current stream: the one launch point.
+    Dynamic shared memory over 48 KiB needs the kernel's opt-in, set here once."""
+    fn = _kernel(stem, name)
+    if shared_mem > 48 * 1024 and fn.max_dynamic_shared_size_bytes < shared_mem:
+        fn.max_dynamic_shared_size_bytes = shared_mem
+    fn(tuple(grid), tuple(block), args, shared_mem=shared_mem)
+
+
+_sm_count = None
+
+
+def sm_count():
+    """Streaming multiprocessors of the current GPU (132 on an H100 SXM): grids are sized from it."""
+    global _sm_count
+    if _sm_count is None:
+        _sm_count = backend.cupy().cuda.Device().attributes["MultiProcessorCount"]
+    return _sm_count
+
+
+def takes(*arrays):
+    """The one test of whether the CUDA kernels can run: every array is a CuPy array,
+    the floating ones float32 (integer ids and boolean masks are fine), and kernels are
+    enabled. Python scalars and None are skipped. Function.apply asks it before it
+    picks an op's GPU twin (ops/cuda.py) over the NumPy reference."""
+    for a in arrays:
+        if isinstance(a, (np.ndarray, np.generic)):
+            return False
+        dt = getattr(a, "dtype", None)
+        if dt is not None and dt.kind == "f" and dt != np.float32:
+            return False
+    return enabled()
+
+
 # ----------------------------------------------------------------- arguments
 def _f32(a, what):
     """a as a contiguous CuPy float32 array, or a clear error."""
@@ -89,13 +123,12 @@ def _launch(stem, op, N, L, args):
     if N == 0 or L == 0:
         return
     if L <= _WARP_ROWS_MAX:
-        fn = _kernel(stem, op + "_warp")
         rows = _ROWS_PER_BLOCK
-        fn(((N + rows - 1) // rows,), (32 * rows,), args)
+        launch(stem, op + "_warp", ((N + rows - 1) // rows,), (32 * rows,), args)
     else:
         # ~8+ elements a thread, 128..512 threads (the kernels' __launch_bounds__ is 512)
         threads = _BLOCK_THREADS or min(512, max(128, 1 << (max(L // 8, 1) - 1).bit_length()))
-        _kernel(stem, op + "_block")((N,), (threads,), args)
+        launch(stem, op + "_block", (N,), (threads,), args)
 
 
 # ------------------------------------------------------------------- softmax
@@ -172,12 +205,12 @@ def layernorm_backward(g, x, w, mean, rstd):
     dw_part = cp.empty((tiles, C), dtype=cp.float32)
     db_part = cp.empty((tiles, C), dtype=cp.float32)
     threads = min(1024, max(64, (C + 31) // 32 * 32))  # ~one column a thread
-    _kernel("layernorm", "layernorm_backward")(
-        (tiles,), (threads,), (g, x, w, mean, rstd, dx, dw_part, db_part, np.int32(N), np.int32(C), np.int32(tile)))
+    launch("layernorm", "layernorm_backward", (tiles,), (threads,),
+           (g, x, w, mean, rstd, dx, dw_part, db_part, np.int32(N), np.int32(C), np.int32(tile)))
     dw = cp.empty((C,), dtype=cp.float32)
     db = cp.empty((C,), dtype=cp.float32)
-    _kernel("layernorm", "layernorm_dwdb_reduce")(
-        ((C + 31) // 32,), (32, 32), (dw_part, db_part, dw, db, np.int32(tiles), np.int32(C)))
+    launch("layernorm", "layernorm_dwdb_reduce", ((C + 31) // 32,), (32, 32),
+           (dw_part, db_part, dw, db, np.int32(tiles), np.int32(C)))
     return dx, dw, db
 
 
@@ -226,10 +259,13 @@ def cross_entropy_backward(x, t, keep, lse, row_scale):
 
 
 # ---------------------------------------------------------------------- gelu
+def elementwise_grid(n, threads=256, per_sm=16):
+    """Blocks for a grid-stride loop over n items: enough to fill the GPU, no more."""
+    return max(1, min((n + threads - 1) // threads, sm_count() * per_sm))
+
+
 def _elementwise_launch(name, n, args):
-    threads = 256
-    blocks = max(1, min((n + threads - 1) // threads, 132 * 16))
-    _kernel("gelu", name)((blocks,), (threads,), args)
+    launch("gelu", name, (elementwise_grid(n),), (256,), args)
 
 
 def gelu_forward(x):
@@ -251,3 +287,143 @@ def gelu_backward(g, x):
     dx = cp.empty_like(x)
     _elementwise_launch("gelu_backward", x.size, (g, x, dx, np.int64(x.size)))
     return dx
+
+
+# ------------------------------------------------------------ column sums
+def colsum(a):
+    """Sum of a contiguous float32 (R, N) CuPy array over its rows -> (N,) (colsum.cu)."""
+    cp = backend.cupy()
+    a = _f32(a, "colsum input")
+    if a.ndim != 2:
+        raise ValueError(f"colsum: expected a 2-D array, got shape {a.shape}")
+    R, N = a.shape
+    if R == 0 or N == 0:
+        return cp.zeros((N,), dtype=cp.float32)
+    width = 4 if N % 4 == 0 and a.data.ptr % 16 == 0 else 1
+    col_blocks = -(-N // (32 * width))
+    # enough (column block, row slice) blocks for ~8 per SM, each slice at least 8 rows
+    slices = max(1, min(-(-R // 8), sm_count() * 8 // col_blocks))
+    rows_per_slice = -(-R // slices)
+    slices = -(-R // rows_per_slice)
+    part = cp.empty((slices, N), dtype=cp.float32)
+    launch("colsum", f"colsum_partial{width}", (col_blocks, slices), (32, 8),
+           (a, part, np.int32(R), np.int32(N), np.int32(rows_per_slice)))
+    out = cp.empty((N,), dtype=cp.float32)
+    launch("colsum", "colsum_final", (-(-N // 256),), (256,), (part, out, np.int32(slices), np.int32(N)))
+    return out
+
+
+# ------------------------------------------------- dropout (Philox, no stored mask)
+def rng_slot():
+    """A fresh (seed, offset) slot in device memory for one dropout call: a one-thread
+    kernel copies the device's Philox state into it and advances the state, so a
+    replayed CUDA graph draws new masks each time (philox.cuh)."""
+    cp = backend.cupy()
+    slot = cp.empty(4, dtype=cp.uint32)
+    launch("dropout", "rng_advance", (1,), (1,), (backend.philox_state(), slot))
+    return slot
+
+
+def drop_threshold(p):
+    """(drop16, scale): drop an element when its 16-bit uniform is below drop16; scale the
+    kept ones by 1 / (their exact keep probability) so the expectation is unchanged."""
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"dropout: p must be in [0, 1), got {p}")
+    drop16 = min(65535, int(round(p * 65536)))
+    return np.uint32(drop16), np.float32(65536.0 / (65536 - drop16))
+
+
+def dropout(x, p, slot, residual=None):
+    """x * keep / (1 - p) (+ residual), keep drawn from `slot`; the backward of dropout is
+    the same call on the gradient with the same slot."""
+    cp = backend.cupy()
+    x = _f32(x, "dropout input")
+    drop16, scale = drop_threshold(p)
+    y = cp.empty_like(x)
+    n = x.size
+    grid = (elementwise_grid((n + 7) // 8),)
+    if residual is None:
+        launch("dropout", "dropout_apply", grid, (256,), (x, y, np.int64(n), slot, drop16, scale))
+    else:
+        r = _f32(residual, "dropout residual")
+        if r.shape != x.shape:
+            raise ValueError(f"dropout_add: residual {r.shape} and input {x.shape} differ in shape")
+        launch("dropout", "dropout_add", grid, (256,), (x, r, y, np.int64(n), slot, drop16, scale))
+    return y
+
+
+# --------------------------------------------------------- fused attention
+ATTENTION_HEAD_SIZES = (32, 64, 128)
+_TILE = 64
+
+
+def attention_supported(q, k, v, causal):
+    """Can the fused kernels take q (B, H, T, D), k, v (B, H, S, D)? float32 CuPy arrays,
+    D in ATTENTION_HEAD_SIZES, last axis contiguous, S >= T when causal."""
+    if not takes(q, k, v) or q.ndim != 4 or k.shape != v.shape or k.ndim != 4:
+        return False
+    B, H, T, D = q.shape
+    S = k.shape[2]
+    if D not in ATTENTION_HEAD_SIZES or k.shape[:2] != (B, H) or k.shape[3] != D or T == 0 or S == 0:
+        return False
+    if causal and S < T:
+        return False
+    return all(a.strides[3] == 4 for a in (q, k, v))
+
+
+def _strides(*arrays):
+    """(batch, head, time) strides in floats of each (B, H, T, D) array, flattened."""
+    return tuple(np.int64(st // 4) for a in arrays for st in a.strides[:3])
+
+
+def attention_forward(q, k, v, y, causal, scale, p, slot):
+    """Fill y (B, H, T, D), any strides with D contiguous, with softmax(q k^T * scale) v
+    (dropout p with `slot`); returns lse (B, H, T) for the backward."""
+    cp = backend.cupy()
+    B, H, T, D = q.shape
+    S = k.shape[2]
+    if y.shape != q.shape or y.strides[3] != 4:
+        raise ValueError(f"attention_forward: output {y.shape} must match q {q.shape} with a contiguous last axis")
+    lse = cp.empty((B, H, T), dtype=cp.float32)
+    drop16, dscale = drop_threshold(p)
+    shared = (3 * _TILE * (D + 1) + _TILE * (_TILE + 1)) * 4
+    launch("attention", f"attention_forward_{D}", (-(-T // _TILE), B * H), (128,),
+           (q, k, v, y, lse) + _strides(q, k, v, y) +
+           (np.int32(H), np.int32(T), np.int32(S), np.float32(scale), np.int32(causal), slot, drop16, dscale),
+           shared_mem=shared)
+    return lse
+
+
+def attention_backward(g, q, k, v, y, lse, causal, scale, p, slot, dq, dk, dv):
+    """Fill dq, dk, dv (strides of q, k, v) from g = dL/dy (strides of y) and the forward's y, lse."""
+    cp = backend.cupy()
+    B, H, T, D = q.shape
+    S = k.shape[2]
+    for grad, like, name in ((g, y, "dy"), (dq, q, "dq"), (dk, k, "dk"), (dv, v, "dv")):
+        if grad.shape != like.shape or grad.strides != like.strides:
+            raise ValueError(f"attention_backward: {name} {grad.shape} {grad.strides} needs the shape and "
+                             f"strides of its tensor, {like.shape} {like.strides}")
+    drop16, dscale = drop_threshold(p)
+    rows = B * H * T
+    dot = cp.empty((B, H, T), dtype=cp.float32)
+    ys = _strides(y)
+    launch("attention", "attention_row_dot", (-(-rows // 8),), (256,),
+           (g, y, dot) + ys + (np.int32(H), np.int32(T), np.int32(D), np.int32(rows)))
+    tail = _strides(q, k, v, y) + (np.int32(H), np.int32(T), np.int32(S), np.float32(scale), np.int32(causal),
+                                   slot, drop16, dscale)
+    tile = _TILE * (D + 1)
+    launch("attention", f"attention_backward_kv_{D}", (-(-S // _TILE), B * H), (128,),
+           (q, k, v, g, lse, dot, dk, dv) + tail, shared_mem=(4 * tile + 2 * _TILE * (_TILE + 1) + 2 * _TILE) * 4)
+    launch("attention", f"attention_backward_q_{D}", (-(-T // _TILE), B * H), (128,),
+           (q, k, v, g, lse, dot, dq) + tail, shared_mem=(4 * tile + _TILE * (_TILE + 1) + 2 * _TILE) * 4)
+
+
+def attention_dropout_mask(BH, T, S, p, slot):
+    """The dropout factors (0 or 1/keep) the attention kernels draw from `slot`, as a (BH, T, S) array (tests)."""
+    cp = backend.cupy()
+    drop16, dscale = drop_threshold(p)
+    out = cp.empty((BH, T, S), dtype=cp.float32)
+    n = BH * T * (-(-S // _TILE)) * 8
+    launch("attention", "attention_dropout_mask", (elementwise_grid(n),), (256,),
+           (out, np.int32(BH), np.int32(T), np.int32(S), slot, drop16, dscale))
+    return out

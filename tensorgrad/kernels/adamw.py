@@ -3,7 +3,7 @@ import math
 
 import numpy as np
 
-from . import _kernel
+from . import elementwise_grid, launch
 
 N_HYPER = 7  # scalars per parameter, in the order adamw.cu reads them
 
@@ -24,6 +24,4 @@ def adamw_step(p, g, m, v, hyper):
     n = p.size
     if not (g.shape == m.shape == v.shape == p.shape):
         raise ValueError(f"adamw_step: shapes differ: p {p.shape}, g {g.shape}, m {m.shape}, v {v.shape}")
-    threads = 256
-    blocks = max(1, min((n + threads - 1) // threads, 132 * 8))
-    _kernel("adamw", "adamw_step")((blocks,), (threads,), (p, g, m, v, np.int64(n), hyper))
+    launch("adamw", "adamw_step", (elementwise_grid(n, per_sm=8),), (256,), (p, g, m, v, np.int64(n), hyper))

@@ -1,6 +1,6 @@
 """All ops, and the Python operators and methods of Tensor that call them."""
 from ..tensor import Tensor
-from .attention import rotary_embedding, scaled_dot_product_attention
+from .attention import qkv_attention, rotary_embedding, scaled_dot_product_attention
 from .broadcast import sum_to
 from .elementwise import (abs, add, cast, clamp, clip, div, exp, gelu, log, masked_fill, maximum,
                           minimum, mul, neg, pow, relu, sigmoid, silu, sqrt, sub, tanh, where)
@@ -9,13 +9,15 @@ from .nn import cross_entropy, dropout, embedding, layer_norm, log_softmax, rms_
 from .reduce import argmax, max, mean, min, std, sum, var
 from .shape import (broadcast_to, cat, causal_mask, concatenate, expand, getitem, permute, reshape,
                     split, stack, swapaxes, transpose, tril, triu)
+from . import cuda  # noqa: F401  (registers the GPU twins of the fused ops)
 
 __all__ = ["sum_to", "abs", "add", "cast", "clamp", "clip", "div", "exp", "gelu", "log", "masked_fill",
            "maximum", "minimum", "mul", "neg", "pow", "relu", "sigmoid", "silu", "sqrt", "sub", "tanh",
            "where", "matmul", "cross_entropy", "dropout", "embedding", "layer_norm", "log_softmax",
            "rms_norm", "softmax", "argmax", "max", "mean", "min", "std", "sum", "var", "broadcast_to",
            "cat", "causal_mask", "concatenate", "expand", "getitem", "permute", "reshape", "split",
-           "stack", "swapaxes", "transpose", "tril", "triu", "scaled_dot_product_attention", "rotary_embedding"]
+           "stack", "swapaxes", "transpose", "tril", "triu", "scaled_dot_product_attention", "qkv_attention",
+           "rotary_embedding"]
 
 
 def _compare(op):

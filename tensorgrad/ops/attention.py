@@ -3,8 +3,8 @@
 Written as chains of small ops (matmul, scale, mask, softmax, dropout, matmul),
 attention saves five big (..., T, S) arrays and issues a dozen launches. As one
 Function it saves only the attention matrix and needs four matmuls each way.
-The NumPy/CuPy code here is the reference; on the GPU the softmax step may be
-done by a CUDA kernel (tensorgrad.kernels), tested against it.
+This NumPy/CuPy code is the reference; on the GPU, ops/cuda.py runs the same
+math in flash-style kernels that never store the (T, S) matrix at all.
 """
 import math
 
@@ -14,21 +14,6 @@ from ..backend import generator, get_array_module
 from ..function import Function, ShapeError
 from .broadcast import sum_to
 from .matmul import _mT, mm
-
-
-def _softmax_kernels(a, masked, causal, T, S):
-    """The kernel module when the fused GPU softmax can do this call, else None.
-
-    The kernel knows the causal mask but not an explicit one, and a causal
-    mask with S < T leaves rows with nothing to attend, which only the
-    reference path handles (it returns zeros there).
-    """
-    if isinstance(a, np.ndarray) or a.dtype != np.float32 or masked or (causal and S < T):
-        return None
-    from .. import kernels
-    if not (kernels.enabled() and hasattr(kernels, "softmax_forward") and hasattr(kernels, "softmax_backward")):
-        return None
-    return kernels
 
 
 class ScaledDotProductAttention(Function):
@@ -43,30 +28,24 @@ class ScaledDotProductAttention(Function):
                              f"q (..., T, hs), k (..., S, hs) and v (..., S, hv)")
         scale = 1.0 / math.sqrt(hs) if scale is None else float(scale)
         self.scale = scale
-        s = mm(q, _mT(k))                                                # (..., T, S)
-        self.kern = _softmax_kernels(q, mask is not None, is_causal, T, S)
-        if self.kern is not None:
-            att = self.kern.softmax_forward(xp.ascontiguousarray(s), scale=scale, causal=is_causal)
-        else:
-            s = s * scale
-            allowed = None                                               # True = may attend
-            if is_causal:
-                # query i sits at position i + (S - T) of the keys (a kv-cache holds the first S - T)
-                allowed = xp.tri(T, S, k=S - T, dtype=bool)              # (T, S)
-            if mask is not None:
-                if mask.dtype != np.bool_:
-                    raise ShapeError(f"scaled_dot_product_attention: mask must be boolean "
-                                     f"(True = may attend), got dtype {mask.dtype}")
-                mask = xp.asarray(mask)
-                allowed = mask if allowed is None else allowed & mask    # broadcasts to (..., T, S)
-            if allowed is not None:
-                s = xp.where(allowed, s, -xp.inf)
-            m = s.max(axis=-1, keepdims=True)                            # (..., T, 1)
-            m = xp.where(xp.isfinite(m), m, 0)                           # a fully masked row: max is -inf
-            e = xp.exp(s - m)                                            # masked entries: exp(-inf) = 0
-            den = e.sum(axis=-1, keepdims=True)
-            att = e / xp.where(den == 0, 1, den)                         # fully masked row -> zeros, no NaN
-            att = att.astype(q.dtype, copy=False)
+        s = mm(q, _mT(k)) * scale                                        # (..., T, S)
+        allowed = None                                                   # True = may attend
+        if is_causal:
+            # query i sits at position i + (S - T) of the keys (a kv-cache holds the first S - T)
+            allowed = xp.tri(T, S, k=S - T, dtype=bool)                  # (T, S)
+        if mask is not None:
+            if mask.dtype != np.bool_:
+                raise ShapeError(f"scaled_dot_product_attention: mask must be boolean "
+                                 f"(True = may attend), got dtype {mask.dtype}")
+            mask = xp.asarray(mask)
+            allowed = mask if allowed is None else allowed & mask        # broadcasts to (..., T, S)
+        if allowed is not None:
+            s = xp.where(allowed, s, -xp.inf)
+        m = s.max(axis=-1, keepdims=True)                                # (..., T, 1)
+        m = xp.where(xp.isfinite(m), m, 0)                               # a fully masked row: max is -inf
+        e = xp.exp(s - m)                                                # masked entries: exp(-inf) = 0
+        den = e.sum(axis=-1, keepdims=True)
+        att = (e / xp.where(den == 0, 1, den)).astype(q.dtype, copy=False)   # fully masked row -> zeros
         self.att = att                                                   # (..., T, S)
         self.keep = None
         if dropout_p > 0.0:
@@ -88,13 +67,38 @@ class ScaledDotProductAttention(Function):
             datt = mm(g, _mT(v))                                         # (..., T, S)
             if self.keep is not None:
                 datt = datt * self.keep * self.drop_scale
-            if self.kern is not None:
-                ds = self.kern.softmax_backward(get_array_module(datt).ascontiguousarray(datt), att, scale=self.scale)
-            else:
-                ds = att * (datt - (datt * att).sum(axis=-1, keepdims=True)) * self.scale
+            ds = att * (datt - (datt * att).sum(axis=-1, keepdims=True)) * self.scale
             dq = sum_to(mm(ds, k), q.shape) if need_q else None          # (..., T, hs)
             dk = sum_to(mm(_mT(ds), q), k.shape) if need_k else None     # (..., S, hs)
         return dq, dk, dv, None
+
+
+class QKVAttention(Function):
+    """Multi-head self-attention on a packed projection: qkv (B, T, 3C) holds q, k, v
+    side by side, each split into n_head heads of C / n_head; y (B, T, C) holds the
+    heads' outputs side by side again. The math is ScaledDotProductAttention's;
+    one Function for the whole thing lets the GPU twin read q, k, v straight from
+    qkv and write y and dqkv in place, with none of the head-split copies."""
+    def forward(self, qkv, n_head, is_causal=True, dropout_p=0.0):
+        B, T, C3 = qkv.shape
+        if C3 % 3 or (C3 // 3) % n_head:
+            raise ShapeError(f"qkv_attention: last axis {C3} of qkv {qkv.shape} must be 3 * n_head * head_size "
+                             f"(n_head={n_head})")
+        C = C3 // 3
+        q, k, v = qkv.reshape(B, T, 3, n_head, C // n_head).transpose(2, 0, 3, 1, 4)  # (B, nh, T, hs) each
+        self.attn = ScaledDotProductAttention()
+        self.attn.needs_input_grad = [True, True, True, False]
+        y = self.attn.forward(q, k, v, None, is_causal=is_causal, dropout_p=dropout_p)  # (B, nh, T, hs)
+        return y.transpose(0, 2, 1, 3).reshape(B, T, C)                # heads side by side again
+
+    def backward(self, g):
+        xp = get_array_module(g)
+        B, T, C = g.shape
+        nh = self.attn.q.shape[1]
+        gy = g.reshape(B, T, nh, C // nh).transpose(0, 2, 1, 3)         # (B, nh, T, hs)
+        dq, dk, dv, _ = self.attn.backward(gy)
+        dqkv = xp.stack([dq, dk, dv])                                    # (3, B, nh, T, hs)
+        return dqkv.transpose(1, 3, 0, 2, 4).reshape(B, T, 3 * C)        # (B, T, 3C)
 
 
 class Rotary(Function):
@@ -134,6 +138,15 @@ def scaled_dot_product_attention(q, k, v, mask=None, is_causal=False, dropout_p=
         mask = Tensor(mask, device=q.device)
     return ScaledDotProductAttention.apply(q, k, v, mask, is_causal=bool(is_causal),
                                            dropout_p=float(dropout_p), scale=scale)
+
+
+def qkv_attention(qkv, n_head, is_causal=True, dropout_p=0.0):
+    """Multi-head attention of the heads packed in qkv (B, T, 3C) -> (B, T, C) (see QKVAttention)."""
+    if not 0.0 <= dropout_p < 1.0:
+        raise ValueError(f"qkv_attention: dropout_p must be in [0, 1), got {dropout_p}")
+    if qkv.ndim != 3:
+        raise ShapeError(f"qkv_attention: qkv must be (B, T, 3C), got {qkv.shape}")
+    return QKVAttention.apply(qkv, n_head=int(n_head), is_causal=bool(is_causal), dropout_p=float(dropout_p))
 
 
 def rotary_embedding(x, cos, sin):

@@ -4,6 +4,9 @@ If x of shape (3, 1) was broadcast to (2, 3, 4) in the forward pass, every
 copy of x contributed to the output, so d(loss)/dx is the sum of the output
 gradient over the broadcast axes: the new leading axis and the size-1 axis.
 """
+import math
+
+from .. import kernels
 
 
 def sum_to(grad, shape):
@@ -16,6 +19,10 @@ def sum_to(grad, shape):
         raise ValueError(f"sum_to: gradient of shape {grad.shape} has fewer dims than {shape}")
     axes = tuple(range(lead)) + tuple(
         lead + i for i, n in enumerate(shape) if n == 1 and grad.shape[lead + i] != 1)
+    if axes == tuple(range(lead)) and grad.flags.c_contiguous and kernels.takes(grad):
+        # only leading axes (a bias gradient): on the GPU a column-sum kernel, as
+        # CuPy's generic reduction is slow for few outputs over many rows
+        return kernels.colsum(grad.reshape(-1, math.prod(shape))).reshape(shape)
     if axes:
         grad = grad.sum(axis=axes, keepdims=True)
     return grad.reshape(shape)

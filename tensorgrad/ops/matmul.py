@@ -4,9 +4,9 @@ For out = a @ b:  da = g @ b^T  and  db = a^T @ g.  A 1-D operand is treated
 as a matrix with a size-1 axis added (and removed again from the result), and
 batch axes that broadcast are summed back with sum_to.
 """
-import numpy as np
-
+from .. import kernels
 from ..function import Function, ShapeError
+from ..kernels import cublas
 from .broadcast import sum_to
 
 
@@ -17,12 +17,8 @@ def _mT(x):
 def mm(a, b):
     """a @ b on arrays. On the GPU, float32 products go through tensorgrad's own cuBLAS
     handle (kernels/cublas.py): same cuBLAS, but callable inside a CUDA-graph capture."""
-    if not isinstance(a, np.ndarray) and a.dtype == np.float32:
-        from .. import kernels
-        if kernels.enabled():
-            from ..kernels import cublas
-            if cublas.usable(a, b):
-                return cublas.matmul(a, b)
+    if kernels.takes(a, b) and cublas.usable(a, b):
+        return cublas.matmul(a, b)
     return a @ b
 
 

@@ -2,8 +2,9 @@
 
 Fusing (one op instead of a chain of exp, sum, div...) saves launches on the
 GPU and saved arrays in memory, and lets us use the numerically stable forms.
-These NumPy/CuPy versions are the reference; CUDA kernels (tensorgrad/kernels)
-replace some of them on the GPU and are tested against them.
+These NumPy/CuPy versions are the reference: plain math. Their GPU twins
+(ops/cuda.py) run the same math in hand-written kernels and are tested
+against them; Function.apply picks which one runs.
 """
 import numpy as np
 
@@ -11,22 +12,10 @@ from ..backend import generator, get_array_module, scatter_add
 from ..function import Function, ShapeError
 
 
-def _kernels(a):
-    """The CUDA kernel module when `a` is a float32 CuPy array, else None."""
-    if isinstance(a, np.ndarray) or a.dtype != np.float32:
-        return None
-    from .. import kernels
-    return kernels if kernels.enabled() else None
-
-
 class Softmax(Function):
     """y = exp(x - max) / sum(exp(x - max));  dx = y * (g - sum(g * y))"""
     def forward(self, x, axis=-1):
         self.axis = axis
-        k = _kernels(x) if axis in (-1, x.ndim - 1) else None
-        if k is not None:
-            self.y = k.softmax_forward(x)
-            return self.y
         xp = get_array_module(x)
         e = xp.exp(x - x.max(axis=axis, keepdims=True))
         self.y = e / e.sum(axis=axis, keepdims=True)
@@ -34,9 +23,6 @@ class Softmax(Function):
 
     def backward(self, g):
         y = self.y
-        k = _kernels(y) if self.axis in (-1, y.ndim - 1) else None
-        if k is not None:
-            return k.softmax_backward(g, y)
         return y * (g - (g * y).sum(axis=self.axis, keepdims=True))
 
 
@@ -64,12 +50,6 @@ class LayerNorm(Function):
             raise ShapeError(f"layer_norm: weight/bias must have shape ({C},) for input {x.shape}, "
                              f"got {getattr(w, 'shape', None)} and {getattr(b, 'shape', None)}")
         self.has_w, self.has_b = w is not None, b is not None
-        k = _kernels(x)
-        if k is not None and self.has_w and self.has_b:
-            y, self.mean, self.rstd = k.layernorm_forward(x, w, b, eps)
-            self.x, self.w, self.fused = x, w, True
-            return y
-        self.fused = False
         xp = get_array_module(x)
         mean = x.mean(axis=-1, keepdims=True)
         xc = x - mean
@@ -80,9 +60,6 @@ class LayerNorm(Function):
         return y + b if self.has_b else y
 
     def backward(self, g):
-        if self.fused:
-            from .. import kernels
-            return kernels.layernorm_backward(g, self.x, self.w, self.mean, self.rstd)
         xh, rstd = self.xh, self.rstd
         lead = tuple(range(g.ndim - 1))
         dxh = g * self.w if self.has_w else g
@@ -129,18 +106,7 @@ class CrossEntropy(Function):
         keep = t != ignore_index                                    # (N,)
         safe_t = xp.where(keep, t, 0)
         self.shape, self.reduction, self.keep, self.t = logits.shape, reduction, keep, safe_t
-        k = _kernels(x)
-        if k is not None:
-            # the kernel saves only logsumexp per row; backward recomputes softmax from it
-            losses, self.lse = k.cross_entropy_forward(x, safe_t, keep)     # (N,), (N,)
-            self.x, self.probs = x, None
-        else:
-            m = x.max(axis=1, keepdims=True)
-            e = xp.exp(x - m)
-            s = e.sum(axis=1, keepdims=True)
-            self.probs = e / s                                      # (N, V): saved for backward
-            lse = (m + xp.log(s))[:, 0]
-            losses = (lse - x[xp.arange(x.shape[0]), safe_t]) * keep
+        losses = self.row_losses(x, safe_t, keep)                   # (N,), 0 on ignored rows
         if reduction == "none":
             return losses.reshape(target.shape)
         total = losses.sum()
@@ -150,23 +116,32 @@ class CrossEntropy(Function):
         return total / self.n
 
     def backward(self, g):
-        xp = get_array_module(g)
         if self.reduction == "none":
-            scale = g.reshape(-1, 1)
+            row_scale = g.reshape(-1)                               # (N,)
         elif self.reduction == "sum":
-            scale = g
+            row_scale = g
         else:
-            scale = g / self.n
-        if self.probs is None:  # the CUDA kernel recomputes softmax instead of saving it
-            from .. import kernels
-            row_scale = xp.ascontiguousarray(xp.broadcast_to(scale.reshape(-1), self.keep.shape))
-            dx = kernels.cross_entropy_backward(self.x, self.t, self.keep, self.lse, row_scale)
-            return dx.reshape(self.shape), None
+            row_scale = g / self.n
+        return self.dlogits(row_scale).reshape(self.shape), None
+
+    def row_losses(self, x, t, keep):
+        """Per-row loss lse(x) - x[t] (0 where not keep); saves softmax for dlogits."""
+        xp = get_array_module(x)
+        m = x.max(axis=1, keepdims=True)
+        e = xp.exp(x - m)
+        s = e.sum(axis=1, keepdims=True)
+        self.probs = e / s                                          # (N, V): saved for backward
+        lse = (m + xp.log(s))[:, 0]
+        return (lse - x[xp.arange(x.shape[0]), t]) * keep
+
+    def dlogits(self, row_scale):
+        """(softmax - onehot(t)) * row_scale per row, 0 on ignored rows: (N, V)."""
+        xp = get_array_module(self.probs)
         dx = self.probs.copy()
-        rows = xp.arange(dx.shape[0])
-        dx[rows, self.t] -= 1
+        dx[xp.arange(dx.shape[0]), self.t] -= 1
+        scale = xp.reshape(row_scale, (-1, 1)) if xp.ndim(row_scale) else row_scale
         dx *= (self.keep[:, None] * scale).astype(dx.dtype)
-        return dx.reshape(self.shape), None
+        return dx
 
 
 class Embedding(Function):

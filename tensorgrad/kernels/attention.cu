@@ -1,0 +1,437 @@
+// Fused causal attention, flash style (Dao et al. 2022, FlashAttention-2's loop order).
+//
+//   forward:  s = q k^T * scale (causal: query i sees keys j <= i + S - T),
+//             p = softmax(s), y = dropout(p) v,  lse = logsumexp(s) per query row
+//   backward: D = sum(dy * y) per row (attention_row_dot),
+//             p = exp(s - lse) recomputed, pd = dropout(p), dp = dy v^T,
+//             ds = p * (dropout(dp) - D),  dv = pd^T dy,  dk = ds^T q * scale,  dq = ds k * scale
+// Nothing of size (T, S) ever reaches memory: a block holds a 64 x 64 tile of
+// scores in registers and shared memory, and keeps, per query row, a running
+// max m and sum l of exp (online softmax), rescaling its output accumulator
+// when m grows. Backward saves nothing but y and lse from the forward and
+// redraws the dropout mask from the same Philox numbers (philox.cuh).
+//
+// Layout: q, k, v, y and their gradients are read/written through strides
+// (batch, head, time) with the head dimension D contiguous, so the kernels
+// work straight on a (B, T, 3C) qkv buffer and write y as (B, T, C): no
+// permute copies. lse is (B*H, T).
+//
+// Work split: 128 threads own a 64 x 64 tile; thread (ty, tx) = (tid / 8,
+// tid % 8) owns rows 4ty..4ty+3 and columns tx, tx+8, ..., tx+56 of it, so the
+// 8 threads of a row sit in one warp (row max / sum by 3 shuffles) and shared
+// memory reads are free of bank conflicts (rows padded to D + 1 floats).
+// The backward is two kernels, both recomputing p: one per key tile for dk,
+// dv (looping over query tiles), one per query tile for dq (looping over key
+// tiles). Every sum has a fixed order: results are deterministic.
+//
+// Dropout: the 16-bit uniform of element (row i, key j) of head bh is lane
+// (j / 8) % 8 of Philox(counter = (i, (j / 64) * 8 + j % 8, bh, offset)).
+#include "philox.cuh"
+
+#define TILE 64
+#define NT 128
+#define LOG2E 1.4426950408889634f
+#define NEG_INF __int_as_float(0xff800000)
+
+struct Strides { long long b, h, t; };   // in floats; the head dimension is contiguous
+
+__device__ __forceinline__ long long base_of(const Strides& s, int bh, int H) {
+    return (long long)(bh / H) * s.b + (long long)(bh % H) * s.h;
+}
+
+// rows [row0, row0 + 64) of a (.., rows, D) operand -> shared tile (64, D + 1), zeros past n_rows
+template <int D>
+__device__ __forceinline__ void load_tile(float* tile, const float* g, long long base, long long st, int row0, int n_rows) {
+    for (int e = threadIdx.x; e < TILE * D; e += NT) {
+        const int r = e / D, d = e % D;
+        const int row = row0 + r;
+        tile[r * (D + 1) + d] = row < n_rows ? g[base + (long long)row * st + d] : 0.f;
+    }
+}
+
+// acc[i][j] += sum_d A[4ty + i][d] * B[tx + 8j][d] for a 64 x 64 tile of A B^T
+template <int D>
+__device__ __forceinline__ void tile_abt(float (&acc)[4][8], const float* A, const float* B, int ty, int tx) {
+#pragma unroll 4
+    for (int d = 0; d < D; ++d) {
+        float a[4], b[8];
+#pragma unroll
+        for (int i = 0; i < 4; ++i) a[i] = A[(4 * ty + i) * (D + 1) + d];
+#pragma unroll
+        for (int j = 0; j < 8; ++j) b[j] = B[(tx + 8 * j) * (D + 1) + d];
+#pragma unroll
+        for (int i = 0; i < 4; ++i)
+#pragma unroll
+            for (int j = 0; j < 8; ++j) acc[i][j] += a[i] * b[j];
+    }
+}
+
+// Is key j visible to query i? (causal: j <= i + S - T; always j < S, i < T)
+__device__ __forceinline__ bool visible(int i, int j, int T, int S, bool causal) {
+    return i < T && j < S && (!causal || j <= i + (S - T));
+}
+
+// dropout factor of the 8 columns tx + 8c (c = 0..7) of key tile kt in query row i
+__device__ __forceinline__ void drop_row(float (&z)[8], const unsigned int* rng, unsigned int drop16, float dscale,
+                                         int i, int kt, int tx, int bh) {
+    if (drop16 == 0) {
+#pragma unroll
+        for (int c = 0; c < 8; ++c) z[c] = 1.f;
+        return;
+    }
+    const Philox4 bits = philox_draw(rng, (unsigned int)i, (unsigned int)(kt * 8 + tx), (unsigned int)bh);
+#pragma unroll
+    for (int c = 0; c < 8; ++c) z[c] = philox_u16(bits, c) >= drop16 ? dscale : 0.f;
+}
+
+// last key tile a query tile [q0, q0 + 64) can see, plus one
+__device__ __forceinline__ int key_tiles(int q0, int T, int S, bool causal) {
+    const int last = causal ? min(S - 1, q0 + TILE - 1 + (S - T)) : S - 1;
+    return last / TILE + 1;
+}
+
+// ------------------------------------------------------------------ forward
+template <int D>
+__device__ void attention_forward_body(const float* __restrict__ q, const float* __restrict__ k,
+                                       const float* __restrict__ v, float* __restrict__ y, float* __restrict__ lse,
+                                       Strides qs, Strides ks, Strides vs, Strides ys, int H, int T, int S,
+                                       float scale, int causal, const unsigned int* rng, unsigned int drop16,
+                                       float dscale) {
+    extern __shared__ float smem[];
+    float* Q = smem;                       // (64, D + 1)
+    float* K = Q + TILE * (D + 1);         // (64, D + 1)
+    float* V = K + TILE * (D + 1);         // (64, D + 1)
+    float* P = V + TILE * (D + 1);         // (64, 65): probabilities after dropout
+    const int bh = blockIdx.y, q0 = blockIdx.x * TILE;
+    const int ty = threadIdx.x / 8, tx = threadIdx.x % 8;
+    const float sl2 = scale * LOG2E;       // scores in log2 units: exp2 is one instruction
+
+    load_tile<D>(Q, q, base_of(qs, bh, H), qs.t, q0, T);
+    float m[4], l[4], acc[4][D / 8];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        m[i] = NEG_INF; l[i] = 0.f;
+#pragma unroll
+        for (int e = 0; e < D / 8; ++e) acc[i][e] = 0.f;
+    }
+    const int nkt = key_tiles(q0, T, S, causal);
+    for (int kt = 0; kt < nkt; ++kt) {
+        const int k0 = kt * TILE;
+        __syncthreads();                   // the previous tile's K, V, P are no longer read
+        load_tile<D>(K, k, base_of(ks, bh, H), ks.t, k0, S);
+        load_tile<D>(V, v, base_of(vs, bh, H), vs.t, k0, S);
+        __syncthreads();
+        float s[4][8];
+#pragma unroll
+        for (int i = 0; i < 4; ++i)
+#pragma unroll
+            for (int j = 0; j < 8; ++j) s[i][j] = 0.f;
+        tile_abt<D>(s, Q, K, ty, tx);
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            const int row = q0 + 4 * ty + i;
+            float mx = NEG_INF;
+#pragma unroll
+            for (int j = 0; j < 8; ++j) {
+                s[i][j] = visible(row, k0 + tx + 8 * j, T, S, causal) ? s[i][j] * sl2 : NEG_INF;
+                mx = fmaxf(mx, s[i][j]);
+            }
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 4));
+            const float m_new = fmaxf(m[i], mx);
+            // a row that has seen only masked keys so far keeps m = -inf and all zeros
+            const float alpha = m_new == NEG_INF ? 1.f : exp2f(m[i] - m_new);
+            float sum = 0.f, z[8];
+#pragma unroll
+            for (int j = 0; j < 8; ++j) {
+                s[i][j] = m_new == NEG_INF ? 0.f : exp2f(s[i][j] - m_new);
+                sum += s[i][j];
+            }
+            sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+            sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+            sum += __shfl_xor_sync(0xffffffffu, sum, 4);
+            l[i] = l[i] * alpha + sum;     // the normaliser counts every p, dropped or not
+            m[i] = m_new;
+#pragma unroll
+            for (int e = 0; e < D / 8; ++e) acc[i][e] *= alpha;
+            drop_row(z, rng, drop16, dscale, row, kt, tx, bh);
+#pragma unroll
+            for (int j = 0; j < 8; ++j) P[(4 * ty + i) * (TILE + 1) + tx + 8 * j] = s[i][j] * z[j];
+        }
+        __syncthreads();
+        // acc[i][e] += sum_c P[row i][c] V[c][tx + 8e]
+#pragma unroll 4
+        for (int c = 0; c < TILE; ++c) {
+            float p[4];
+#pragma unroll
+            for (int i = 0; i < 4; ++i) p[i] = P[(4 * ty + i) * (TILE + 1) + c];
+#pragma unroll
+            for (int e = 0; e < D / 8; ++e) {
+                const float vv = V[c * (D + 1) + tx + 8 * e];
+#pragma unroll
+                for (int i = 0; i < 4; ++i) acc[i][e] += p[i] * vv;
+            }
+        }
+    }
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        const int row = q0 + 4 * ty + i;
+        if (row >= T) continue;
+        const float inv = l[i] > 0.f ? 1.f / l[i] : 0.f;
+        float* yr = y + base_of(ys, bh, H) + (long long)row * ys.t;
+#pragma unroll
+        for (int e = 0; e < D / 8; ++e) yr[tx + 8 * e] = acc[i][e] * inv;
+        if (tx == 0) lse[(long long)bh * T + row] = l[i] > 0.f ? (m[i] + log2f(l[i])) / LOG2E : NEG_INF;
+    }
+}
+
+// ----------------------------------------------------------------- backward
+// D[row] = sum_d dy[row, d] * y[row, d]; one warp a row
+extern "C" __global__ void attention_row_dot(const float* __restrict__ dy, const float* __restrict__ y,
+                                             float* __restrict__ out, long long yb, long long yh, long long yt,
+                                             int H, int T, int D, int rows) {
+    const Strides ys{yb, yh, yt};   // dy has the strides of y
+    const int r = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (r >= rows) return;
+    const int bh = r / T, t = r % T;
+    const float* a = dy + base_of(ys, bh, H) + (long long)t * ys.t;
+    const float* b = y + base_of(ys, bh, H) + (long long)t * ys.t;
+    float s = 0.f;
+    for (int d = lane; d < D; d += 32) s += a[d] * b[d];
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+    if (lane == 0) out[r] = s;
+}
+
+// p (after dropout) and ds of one 64 x 64 tile, from Q, dY tiles (rows) and K, V tiles (columns)
+template <int D>
+__device__ __forceinline__ void tile_p_ds(float (&pd)[4][8], float (&ds)[4][8], const float* Qt, const float* dYt,
+                                          const float* Kt, const float* Vt, const float* lse_t, const float* dot_t,
+                                          int q0, int k0, int kt, int ty, int tx, int bh, int T, int S, float sl2,
+                                          int causal, const unsigned int* rng, unsigned int drop16, float dscale) {
+    float dp[4][8];
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+#pragma unroll
+        for (int j = 0; j < 8; ++j) { pd[i][j] = 0.f; dp[i][j] = 0.f; }
+    tile_abt<D>(pd, Qt, Kt, ty, tx);      // scores
+    tile_abt<D>(dp, dYt, Vt, ty, tx);     // d(dropped p)
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        const int r = 4 * ty + i, row = q0 + r;
+        const float l2 = lse_t[r] * LOG2E, dot = dot_t[r];
+        float z[8];
+        drop_row(z, rng, drop16, dscale, row, kt, tx, bh);
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+            const float p = visible(row, k0 + tx + 8 * j, T, S, causal) ? exp2f(pd[i][j] * sl2 - l2) : 0.f;
+            pd[i][j] = p * z[j];
+            ds[i][j] = p * (dp[i][j] * z[j] - dot);
+        }
+    }
+}
+
+template <int D>
+__device__ void attention_backward_kv_body(const float* __restrict__ q, const float* __restrict__ k,
+                                           const float* __restrict__ v, const float* __restrict__ dy,
+                                           const float* __restrict__ lse, const float* __restrict__ dot,
+                                           float* __restrict__ dk, float* __restrict__ dv,
+                                           Strides qs, Strides ks, Strides vs, Strides ys,
+                                           int H, int T, int S, float scale, int causal, const unsigned int* rng,
+                                           unsigned int drop16, float dscale) {
+    extern __shared__ float smem[];
+    float* K = smem;                       // (64, D + 1): this block's keys
+    float* V = K + TILE * (D + 1);
+    float* Q = V + TILE * (D + 1);         // (64, D + 1): the current query tile
+    float* dY = Q + TILE * (D + 1);
+    float* Pd = dY + TILE * (D + 1);       // (64, 65)
+    float* dS = Pd + TILE * (TILE + 1);    // (64, 65)
+    float* L = dS + TILE * (TILE + 1);     // (64): lse of the query tile
+    float* Dot = L + TILE;                 // (64)
+    const int bh = blockIdx.y, kt = blockIdx.x, k0 = kt * TILE;
+    const int ty = threadIdx.x / 8, tx = threadIdx.x % 8;
+    const float sl2 = scale * LOG2E;
+    load_tile<D>(K, k, base_of(ks, bh, H), ks.t, k0, S);
+    load_tile<D>(V, v, base_of(vs, bh, H), vs.t, k0, S);
+    float dk_acc[4][D / 8], dv_acc[4][D / 8];   // rows: keys 4ty + i; columns tx + 8e
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+#pragma unroll
+        for (int e = 0; e < D / 8; ++e) { dk_acc[i][e] = 0.f; dv_acc[i][e] = 0.f; }
+    // the first query row that sees key k0: i + S - T >= k0
+    const int first = causal ? max(0, k0 - (S - T)) / TILE : 0;
+    const int nqt = (T + TILE - 1) / TILE;
+    for (int qt = first; qt < nqt; ++qt) {
+        const int q0 = qt * TILE;
+        __syncthreads();
+        load_tile<D>(Q, q, base_of(qs, bh, H), qs.t, q0, T);
+        load_tile<D>(dY, dy, base_of(ys, bh, H), ys.t, q0, T);
+        for (int r = threadIdx.x; r < TILE; r += NT) {
+            const bool in = q0 + r < T;
+            L[r] = in ? lse[(long long)bh * T + q0 + r] : 0.f;
+            Dot[r] = in ? dot[(long long)bh * T + q0 + r] : 0.f;
+        }
+        __syncthreads();
+        float pd[4][8], ds[4][8];
+        tile_p_ds<D>(pd, ds, Q, dY, K, V, L, Dot, q0, k0, kt, ty, tx, bh, T, S, sl2, causal, rng, drop16, dscale);
+#pragma unroll
+        for (int i = 0; i < 4; ++i)
+#pragma unroll
+            for (int j = 0; j < 8; ++j) {
+                Pd[(4 * ty + i) * (TILE + 1) + tx + 8 * j] = pd[i][j];
+                dS[(4 * ty + i) * (TILE + 1) + tx + 8 * j] = ds[i][j];
+            }
+        __syncthreads();
+        // dv[key][e] += sum_r Pd[r][key] dY[r][e];  dk[key][e] += sum_r dS[r][key] Q[r][e]
+#pragma unroll 2
+        for (int r = 0; r < TILE; ++r) {
+            float a[4], b[4];
+#pragma unroll
+            for (int i = 0; i < 4; ++i) {
+                a[i] = Pd[r * (TILE + 1) + 4 * ty + i];
+                b[i] = dS[r * (TILE + 1) + 4 * ty + i];
+            }
+#pragma unroll
+            for (int e = 0; e < D / 8; ++e) {
+                const float gy = dY[r * (D + 1) + tx + 8 * e], qq = Q[r * (D + 1) + tx + 8 * e];
+#pragma unroll
+                for (int i = 0; i < 4; ++i) {
+                    dv_acc[i][e] += a[i] * gy;
+                    dk_acc[i][e] += b[i] * qq;
+                }
+            }
+        }
+    }
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        const int key = k0 + 4 * ty + i;
+        if (key >= S) continue;
+        float* dkr = dk + base_of(ks, bh, H) + (long long)key * ks.t;
+        float* dvr = dv + base_of(vs, bh, H) + (long long)key * vs.t;
+#pragma unroll
+        for (int e = 0; e < D / 8; ++e) {
+            dkr[tx + 8 * e] = dk_acc[i][e] * scale;
+            dvr[tx + 8 * e] = dv_acc[i][e];
+        }
+    }
+}
+
+template <int D>
+__device__ void attention_backward_q_body(const float* __restrict__ q, const float* __restrict__ k,
+                                          const float* __restrict__ v, const float* __restrict__ dy,
+                                          const float* __restrict__ lse, const float* __restrict__ dot,
+                                          float* __restrict__ dq, Strides qs, Strides ks, Strides vs, Strides ys,
+                                          int H, int T, int S, float scale, int causal,
+                                          const unsigned int* rng, unsigned int drop16, float dscale) {
+    extern __shared__ float smem[];
+    float* Q = smem;                       // (64, D + 1): this block's queries
+    float* dY = Q + TILE * (D + 1);
+    float* K = dY + TILE * (D + 1);        // (64, D + 1): the current key tile
+    float* V = K + TILE * (D + 1);
+    float* dS = V + TILE * (D + 1);        // (64, 65)
+    float* L = dS + TILE * (TILE + 1);     // (64)
+    float* Dot = L + TILE;                 // (64)
+    const int bh = blockIdx.y, q0 = blockIdx.x * TILE;
+    const int ty = threadIdx.x / 8, tx = threadIdx.x % 8;
+    const float sl2 = scale * LOG2E;
+    load_tile<D>(Q, q, base_of(qs, bh, H), qs.t, q0, T);
+    load_tile<D>(dY, dy, base_of(ys, bh, H), ys.t, q0, T);
+    for (int r = threadIdx.x; r < TILE; r += NT) {
+        const bool in = q0 + r < T;
+        L[r] = in ? lse[(long long)bh * T + q0 + r] : 0.f;
+        Dot[r] = in ? dot[(long long)bh * T + q0 + r] : 0.f;
+    }
+    float dq_acc[4][D / 8];                // rows: queries 4ty + i
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+#pragma unroll
+        for (int e = 0; e < D / 8; ++e) dq_acc[i][e] = 0.f;
+    const int nkt = key_tiles(q0, T, S, causal);
+    for (int kt = 0; kt < nkt; ++kt) {
+        const int k0 = kt * TILE;
+        __syncthreads();
+        load_tile<D>(K, k, base_of(ks, bh, H), ks.t, k0, S);
+        load_tile<D>(V, v, base_of(vs, bh, H), vs.t, k0, S);
+        __syncthreads();
+        float pd[4][8], ds[4][8];
+        tile_p_ds<D>(pd, ds, Q, dY, K, V, L, Dot, q0, k0, kt, ty, tx, bh, T, S, sl2, causal, rng, drop16, dscale);
+#pragma unroll
+        for (int i = 0; i < 4; ++i)
+#pragma unroll
+            for (int j = 0; j < 8; ++j) dS[(4 * ty + i) * (TILE + 1) + tx + 8 * j] = ds[i][j];
+        __syncthreads();
+        // dq[row][e] += sum_c dS[row][c] K[c][e]
+#pragma unroll 4
+        for (int c = 0; c < TILE; ++c) {
+            float a[4];
+#pragma unroll
+            for (int i = 0; i < 4; ++i) a[i] = dS[(4 * ty + i) * (TILE + 1) + c];
+#pragma unroll
+            for (int e = 0; e < D / 8; ++e) {
+                const float kk = K[c * (D + 1) + tx + 8 * e];
+#pragma unroll
+                for (int i = 0; i < 4; ++i) dq_acc[i][e] += a[i] * kk;
+            }
+        }
+    }
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        const int row = q0 + 4 * ty + i;
+        if (row >= T) continue;
+        float* dqr = dq + base_of(qs, bh, H) + (long long)row * qs.t;
+#pragma unroll
+        for (int e = 0; e < D / 8; ++e) dqr[tx + 8 * e] = dq_acc[i][e] * scale;
+    }
+}
+
+// ------------------------------------------------- entry points, one per head size
+// Strides come as 12 scalars (q, k, v, y: batch, head, time); a gradient has the
+// strides of what it is the gradient of (dq of q, ..., dy of y).
+#define STRIDE_PARAMS long long qb, long long qh, long long qt, long long kb, long long kh, long long kt,     \
+                      long long vb, long long vh, long long vt, long long yb, long long yh, long long yt
+#define STRIDES Strides{qb, qh, qt}, Strides{kb, kh, kt}, Strides{vb, vh, vt}, Strides{yb, yh, yt}
+#define ATTENTION_KERNELS(D)                                                                                   \
+extern "C" __global__ void __launch_bounds__(NT) attention_forward_##D(                                        \
+        const float* q, const float* k, const float* v, float* y, float* lse, STRIDE_PARAMS, int H, int T,     \
+        int S, float scale, int causal, const unsigned int* rng, unsigned int drop16, float dscale) {          \
+    attention_forward_body<D>(q, k, v, y, lse, STRIDES, H, T, S, scale, causal, rng, drop16, dscale);         \
+}                                                                                                              \
+extern "C" __global__ void __launch_bounds__(NT) attention_backward_kv_##D(                                    \
+        const float* q, const float* k, const float* v, const float* dy, const float* lse, const float* dot,   \
+        float* dk, float* dv, STRIDE_PARAMS, int H, int T, int S, float scale, int causal,                     \
+        const unsigned int* rng, unsigned int drop16, float dscale) {                                          \
+    attention_backward_kv_body<D>(q, k, v, dy, lse, dot, dk, dv, STRIDES, H, T, S, scale, causal, rng,         \
+                                  drop16, dscale);                                                             \
+}                                                                                                              \
+extern "C" __global__ void __launch_bounds__(NT) attention_backward_q_##D(                                     \
+        const float* q, const float* k, const float* v, const float* dy, const float* lse, const float* dot,   \
+        float* dq, STRIDE_PARAMS, int H, int T, int S, float scale, int causal, const unsigned int* rng,       \
+        unsigned int drop16, float dscale) {                                                                   \
+    attention_backward_q_body<D>(q, k, v, dy, lse, dot, dq, STRIDES, H, T, S, scale, causal, rng, drop16,      \
+                                 dscale);                                                                      \
+}
+
+ATTENTION_KERNELS(32)
+ATTENTION_KERNELS(64)
+ATTENTION_KERNELS(128)
+
+// The mask the kernels draw, written out (1 / (1 - p) or 0) for tests: (B*H, T, S)
+extern "C" __global__ void attention_dropout_mask(float* out, int BH, int T, int S, const unsigned int* rng,
+                                                  unsigned int drop16, float dscale) {
+    const long long n = (long long)BH * T * ((S + TILE - 1) / TILE) * 8;   // one thread per (bh, i, kt, tx)
+    for (long long w = (long long)blockIdx.x * blockDim.x + threadIdx.x; w < n; w += (long long)gridDim.x * blockDim.x) {
+        const int tx = (int)(w % 8);
+        const long long rest = w / 8;
+        const int kt = (int)(rest % ((S + TILE - 1) / TILE));
+        const int i = (int)((rest / ((S + TILE - 1) / TILE)) % T);
+        const int bh = (int)(rest / ((S + TILE - 1) / TILE) / T);
+        float z[8];
+        drop_row(z, rng, drop16, dscale, i, kt, tx, bh);
+#pragma unroll
+        for (int c = 0; c < 8; ++c) {
+            const int j = kt * TILE + tx + 8 * c;
+            if (j < S) out[((long long)bh * T + i) * S + j] = z[c];
+        }
+    }
+}

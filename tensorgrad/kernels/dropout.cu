@@ -1,0 +1,57 @@
+// Dropout with a counter-based generator: no mask is ever stored.
+//
+//   forward:  y  = x * keep / (1 - p)
+//   backward: dx = g * keep / (1 - p)      (the same kernel, the same keep)
+// keep of element i is drawn from Philox (philox.cuh) with counter
+// (i / 8 low, i / 8 high, tag) and the call's (seed, offset) slot: one Philox
+// call gives eight 16-bit uniforms, one for each of 8 consecutive elements.
+// Backward passes the slot forward used, so it sees the same mask.
+//
+// dropout_add fuses the residual add that follows dropout in a transformer:
+//   y = r + x * keep / (1 - p).
+//
+// Launch: 1-D grid-stride loop over groups of 8 elements, 256 threads a block.
+#include "philox.cuh"
+
+#define DROPOUT_TAG 0x0D0F0A11u
+
+// One thread: copy the generator's (seed, offset) into this call's slot and
+// bump the generator's offset, so the next call (or the next replay of a
+// CUDA graph holding this launch) gets a fresh stream.
+extern "C" __global__ void rng_advance(unsigned int* state, unsigned int* slot) {
+    slot[0] = state[0];
+    slot[1] = state[1];
+    slot[2] = state[2];
+    slot[3] = 0;
+    state[2] += 1;
+}
+
+template <bool ADD>
+__device__ __forceinline__ void dropout_body(const float* __restrict__ x, const float* __restrict__ r,
+                                             float* __restrict__ y, long long n, const unsigned int* rng,
+                                             unsigned int drop16, float scale) {
+    const long long groups = (n + 7) >> 3;
+    const long long stride = (long long)gridDim.x * blockDim.x;
+    for (long long gi = (long long)blockIdx.x * blockDim.x + threadIdx.x; gi < groups; gi += stride) {
+        const Philox4 bits = philox_draw(rng, (unsigned int)gi, (unsigned int)(gi >> 32), DROPOUT_TAG);
+        const long long i0 = gi << 3;
+#pragma unroll
+        for (int u = 0; u < 8; ++u) {
+            const long long i = i0 + u;
+            if (i < n) {
+                const float z = philox_u16(bits, u) >= drop16 ? scale : 0.f;
+                y[i] = (ADD ? r[i] : 0.f) + x[i] * z;
+            }
+        }
+    }
+}
+
+extern "C" __global__ void dropout_apply(const float* x, float* y, long long n, const unsigned int* rng,
+                                         unsigned int drop16, float scale) {
+    dropout_body<false>(x, nullptr, y, n, rng, drop16, scale);
+}
+
+extern "C" __global__ void dropout_add(const float* x, const float* r, float* y, long long n,
+                                       const unsigned int* rng, unsigned int drop16, float scale) {
+    dropout_body<true>(x, r, y, n, rng, drop16, scale);
+}

@@ -1,0 +1,156 @@
+"""The GPU twins of the fused ops: the same math, run by hand-written CUDA kernels.
+
+Each class here subclasses its reference Function (ops/nn.py, ops/elementwise.py,
+ops/attention.py), keeps what the reference checks and saves, and replaces the
+array math with calls into tensorgrad.kernels. `supports` says which calls the
+kernels can do. Function.apply is the one place that picks: on CuPy float32
+arrays with the kernels enabled (kernels.takes) and a supported call, the twin
+runs; anything else (NumPy, float64, an explicit attention mask, an odd head
+size) runs the reference. The references stay plain math, and every twin is
+tested against its reference on the GPU (tests/test_cuda_kernels.py).
+"""
+import math
+
+from .. import backend, kernels
+from .attention import QKVAttention, ScaledDotProductAttention
+from .elementwise import GELU
+from .nn import CrossEntropy, Dropout, LayerNorm, Softmax
+
+
+class SoftmaxCUDA(Softmax):
+    @classmethod
+    def supports(cls, x, axis=-1):
+        return axis in (-1, x.ndim - 1)
+
+    def forward(self, x, axis=-1):
+        self.y = kernels.softmax_forward(x)
+        return self.y
+
+    def backward(self, g):
+        return kernels.softmax_backward(g, self.y)
+
+
+class LayerNormCUDA(LayerNorm):
+    @classmethod
+    def supports(cls, x, w, b, eps=1e-5):
+        C = x.shape[-1]
+        return w is not None and b is not None and w.shape == (C,) and b.shape == (C,)
+
+    def forward(self, x, w, b, eps=1e-5):
+        y, self.mean, self.rstd = kernels.layernorm_forward(x, w, b, eps)   # mean, rstd: (...,)
+        self.x, self.w = x, w
+        return y
+
+    def backward(self, g):
+        return kernels.layernorm_backward(g, self.x, self.w, self.mean, self.rstd)
+
+
+class CrossEntropyCUDA(CrossEntropy):
+    """Saves only the logsumexp of each row; backward recomputes softmax from it."""
+    def row_losses(self, x, t, keep):
+        losses, self.lse = kernels.cross_entropy_forward(x, t, keep)           # (N,), (N,)
+        self.x = x
+        return losses
+
+    def dlogits(self, row_scale):
+        xp = backend.get_array_module(self.x)
+        row_scale = xp.ascontiguousarray(xp.broadcast_to(xp.reshape(row_scale, (-1,)), self.keep.shape))
+        return kernels.cross_entropy_backward(self.x, self.t, self.keep, self.lse, row_scale)
+
+
+class GELUCUDA(GELU):
+    def forward(self, a):
+        self.a = a
+        return kernels.gelu_forward(a)
+
+    def backward(self, g):
+        return kernels.gelu_backward(g, self.a)
+
+
+class DropoutCUDA(Dropout):
+    """The mask is drawn from Philox in the kernel and drawn again in backward: never stored."""
+    def forward(self, x, p=0.5):
+        self.p, self.slot = p, kernels.rng_slot()
+        return kernels.dropout(x, p, self.slot)
+
+    def backward(self, g):
+        return kernels.dropout(g, self.p, self.slot)
+
+
+def _attention_call(fn, q, k, v, is_causal, dropout_p, scale, y):
+    """Run the fused forward into y; keep what the backward needs on fn."""
+    fn.scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    fn.causal, fn.p = is_causal, dropout_p
+    fn.slot = kernels.rng_slot() if dropout_p > 0 else backend.philox_state()   # never read when p == 0
+    fn.lse = kernels.attention_forward(q, k, v, y, is_causal, fn.scale, dropout_p, fn.slot)  # (B, H, T)
+    fn.q, fn.k, fn.v, fn.y = q, k, v, y
+
+
+class ScaledDotProductAttentionCUDA(ScaledDotProductAttention):
+    """Flash-style kernels: the (T, S) attention matrix is never stored (kernels/attention.cu)."""
+    @classmethod
+    def supports(cls, q, k, v, mask, is_causal=False, dropout_p=0.0, scale=None):
+        return mask is None and kernels.attention_supported(q, k, v, is_causal)
+
+    def forward(self, q, k, v, mask, is_causal=False, dropout_p=0.0, scale=None):
+        cp = backend.cupy()
+        if any(self.needs_input_grad[:3]):
+            # the backward writes gradients with the strides of q, k, v: give them plain ones
+            q, k, v = (cp.ascontiguousarray(a) for a in (q, k, v))
+        y = cp.empty(q.shape, dtype=q.dtype)                                    # (B, H, T, D)
+        _attention_call(self, q, k, v, is_causal, dropout_p, scale, y)
+        return y
+
+    def backward(self, g):
+        cp = backend.cupy()
+        dq, dk, dv = cp.empty_like(self.q), cp.empty_like(self.k), cp.empty_like(self.v)
+        kernels.attention_backward(cp.ascontiguousarray(g), self.q, self.k, self.v, self.y, self.lse,
+                                   self.causal, self.scale, self.p, self.slot, dq, dk, dv)
+        return dq, dk, dv, None
+
+
+def _heads(a, B, T, n, H):
+    """(B, T, n*H*D) buffer -> n views (B, H, T, D), strided, no copy."""
+    D = a.shape[-1] // (n * H)
+    return a.reshape(B, T, n, H, D).transpose(2, 0, 3, 1, 4)
+
+
+class QKVAttentionCUDA(QKVAttention):
+    """Reads q, k, v straight from the (B, T, 3C) projection, writes y as (B, T, C)
+    and the gradient as one (B, T, 3C) array: no head-split copies either way."""
+    @classmethod
+    def supports(cls, qkv, n_head, is_causal=True, dropout_p=0.0):
+        B, T, C3 = qkv.shape
+        if C3 % 3 or (C3 // 3) % n_head:
+            return False                                  # the reference raises the clear error
+        q, k, v = _heads(qkv, B, T, 3, n_head)
+        return kernels.attention_supported(q, k, v, is_causal)
+
+    def forward(self, qkv, n_head, is_causal=True, dropout_p=0.0):
+        cp = backend.cupy()
+        B, T, C3 = qkv.shape
+        qkv = cp.ascontiguousarray(qkv)
+        q, k, v = _heads(qkv, B, T, 3, n_head)                                # (B, nh, T, hs) views
+        y = cp.empty((B, T, C3 // 3), dtype=qkv.dtype)                        # (B, T, C)
+        _attention_call(self, q, k, v, is_causal, dropout_p, None, _heads(y, B, T, 1, n_head)[0])
+        self.shape, self.n_head = qkv.shape, n_head
+        return y
+
+    def backward(self, g):
+        cp = backend.cupy()
+        B, T, C3 = self.shape
+        dqkv = cp.empty(self.shape, dtype=g.dtype)                           # (B, T, 3C)
+        dq, dk, dv = _heads(dqkv, B, T, 3, self.n_head)
+        gy = _heads(cp.ascontiguousarray(g), B, T, 1, self.n_head)[0]        # strides of y
+        kernels.attention_backward(gy, self.q, self.k, self.v, self.y, self.lse, self.causal, self.scale,
+                                   self.p, self.slot, dq, dk, dv)
+        return dqkv
+
+
+# ------------------------------------------------ the registry: reference -> twin
+for _ref, _twin in ((Softmax, SoftmaxCUDA), (LayerNorm, LayerNormCUDA), (CrossEntropy, CrossEntropyCUDA),
+                    (GELU, GELUCUDA), (Dropout, DropoutCUDA),
+                    (ScaledDotProductAttention, ScaledDotProductAttentionCUDA),
+                    (QKVAttention, QKVAttentionCUDA)):
+    _ref.cuda = _twin
+    _twin.cuda = None   # a twin has no twin of its own (and is never re-dispatched)
