@@ -78,33 +78,57 @@ def time_tensorgrad(steps, warmup=5):
 
 
 def time_tensorgrad_graph(steps):
-    """The same step captured in a CUDA graph (gpt/cuda_graph.py) and replayed."""
+    """The training step as the trainer runs it on cuda (gpt/train.py make_runners):
+    captured once in a CUDA graph, then replayed on new batches."""
     import cupy as cp
     import numpy as np
 
     import nn
     import tensorgrad as tg
-    from gpt import GPT, GPTConfig
-    from gpt.cuda_graph import CudaGraphStep
+    from gpt import GPT, GPTConfig, TrainConfig
+    from gpt.train import make_runners
 
     tg.manual_seed(0)
     model = GPT(GPTConfig(**CFG)).to("cuda")
     opt = nn.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.99), weight_decay=0.1)
-    step = CudaGraphStep(model, opt, 1.0, B, CFG["block_size"])
+    tc = TrainConfig(device="cuda", batch_size=B, grad_clip=1.0, cuda_graph=True)
+    step, _, stream = make_runners(model, opt, tc, CFG["block_size"])
     rng = np.random.default_rng(0)
     batches = [(rng.integers(0, 65, (B, CFG["block_size"])), rng.integers(0, 65, (B, CFG["block_size"])))
                for _ in range(4)]
-    with step.stream:
+    with stream:
         for i in range(6):                       # warm-up, capture, first replays
             loss = step(*batches[i % 4])
-        step.stream.synchronize()
+        stream.synchronize()
         t0 = time.perf_counter()
         for i in range(steps):
             loss = step(*batches[i % 4])
-        step.stream.synchronize()
+        stream.synchronize()
         total = (time.perf_counter() - t0) / steps
         value = float(loss.item())
-    return total, value, cp.get_default_memory_pool().total_bytes()
+    # the graph's own pool plus what stays in the default pool (parameters, optimizer state)
+    mem = step.pool.total_bytes() + cp.get_default_memory_pool().total_bytes()
+    return total, value, mem
+
+
+class PeakMemory:
+    """Peak bytes in use in CuPy's default pool, tracked at every allocation
+    (comparable to torch.cuda.max_memory_allocated)."""
+
+    def __init__(self, cp):
+        self.cp, self.pool, self.peak = cp, cp.get_default_memory_pool(), 0
+
+    def malloc(self, n):
+        mem = self.pool.malloc(n)
+        self.peak = max(self.peak, self.pool.used_bytes())
+        return mem
+
+    def __enter__(self):
+        self.cp.cuda.set_allocator(self.malloc)
+        return self
+
+    def __exit__(self, *exc):
+        self.cp.cuda.set_allocator(self.pool.malloc)
 
 
 PROFILE = False
@@ -226,11 +250,14 @@ def main():
     global PROFILE
     PROFILE = args.profile
     tokens = B * CFG["block_size"]
-    ours, phases, loss, mem = time_tensorgrad(args.steps)
-    rows = [("tensorgrad (CuPy + our kernels)", ours, loss, mem)]
+    import cupy as cp
+    with PeakMemory(cp) as peak:
+        ours, phases, loss, _ = time_tensorgrad(args.steps)
+    rows = [("tensorgrad eager", ours, loss, peak.peak)]
+    cp.get_default_memory_pool().free_all_blocks()   # the graph run starts from an empty pool
     try:
         g, gl, gm = time_tensorgrad_graph(args.steps)
-        rows.append(("tensorgrad, step in a CUDA graph", g, gl, gm))
+        rows.append(("tensorgrad, CUDA graph (the trainer's default)", g, gl, gm))
     except Exception as e:  # report, keep the other rows
         print(f"CUDA graph step failed: {type(e).__name__}: {e}")
     print("tensorgrad phases (ms): " + ", ".join(f"{k} {v * 1e3:.1f}" for k, v in phases.items()))
@@ -238,6 +265,7 @@ def main():
         t, tl, tm = time_torch(args.steps)
         rows.append(("PyTorch eager (SDPA, fused AdamW off)", t, tl, tm))
     print(f"\nGPT training step, B={B} T={CFG['block_size']} 6x384, float32 + TF32, {args.steps} steps")
+    print("GPU mem: peak bytes allocated (eager, torch); the graph's reserved pool + parameters and state (graph)")
     print(f"{'implementation':40s} {'ms/step':>9s} {'tokens/s':>11s} {'vs torch':>9s} {'GPU mem':>9s}")
     ref = rows[-1][1]
     for name, t, _, m in rows:

@@ -38,8 +38,8 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=1337)
     p.add_argument("--sample-tokens", type=int, default=500)
     p.add_argument("--no-tf32", action="store_true", help="cuda: full float32 matmuls instead of TF32")
-    p.add_argument("--cuda-graph", action="store_true",
-                   help="cuda: capture the training step in a CUDA graph and replay it (faster)")
+    p.add_argument("--no-cuda-graph", action="store_true",
+                   help="cuda: run the training step and evaluation eagerly instead of replaying CUDA graphs")
     p.add_argument("--no-progress", action="store_true")
     for key in PRESETS["cuda"]:
         p.add_argument("--" + key.replace("_", "-"), type=type(PRESETS["cuda"][key]), default=None)
@@ -81,10 +81,8 @@ def main(argv=None):
     mc = GPTConfig(block_size=settings["block_size"], vocab_size=meta["vocab_size"], n_layer=settings["n_layer"],
                    n_head=settings["n_head"], n_embd=settings["n_embd"], dropout=settings["dropout"])
     out_dir = args.out_dir or f"out-shakespeare-{args.tokenizer}-{args.device}"
-    if args.cuda_graph and args.device != "cuda":
-        sys.exit("error: --cuda-graph needs --device cuda")
     tc = TrainConfig(out_dir=out_dir, device=args.device, seed=args.seed, grad_clip=args.grad_clip,
-                     cuda_graph=args.cuda_graph,
+                     cuda_graph=False if args.no_cuda_graph else None,
                      **{k: settings[k] for k in ("max_iters", "eval_interval", "eval_iters", "batch_size",
                                                  "learning_rate", "min_lr", "warmup_iters", "lr_decay_iters",
                                                  "beta2", "weight_decay")})

@@ -1,75 +1,72 @@
-"""A whole training step captured once into a CUDA graph, then replayed.
+"""Capture a call into a CUDA graph once, then replay it: the training step and evaluation.
 
-Eager, a step issues ~1000 kernels and Python + CuPy spend 20-35 us on each.
-A CUDA graph records the kernels of one step and replays them all with one
-call (measured on the H100: 39.1 -> 35.1 ms a step; what is left is GPU work,
-see bench/results.md). The matmuls go through tensorgrad's own cuBLAS handle
-(tensorgrad/kernels/cublas.py): CuPy refuses cuBLAS calls during a capture.
-A replay repeats the recorded work exactly, on
-the same memory, so everything that must change from step to step lives in
-device memory that the graph reads:
+Eager, a training step issues about a thousand kernels, and Python + CuPy
+spend 6-30 us of host time on each, so the GPU waits for the host. A CUDA
+graph records the kernels of one call and replays them all with one launch.
+The matmuls go through tensorgrad's own cuBLAS handle (kernels/cublas.py):
+CuPy refuses cuBLAS calls during a capture.
+
+A replay repeats the recorded work exactly, on the same memory, so what must
+change from call to call lives in device memory that the graph reads:
   - the batch: copied into fixed x / y buffers before each replay;
   - learning rate and Adam's bias corrections: AdamW.prepare() writes them to
-    the optimizer's device array, AdamW.apply() (captured) reads them;
-  - dropout: cuRAND states that the random kernels advance in place;
-  - the gradients, the loss and every temporary: the arrays allocated during
-    capture, kept alive by the tensors that hold them (grads, loss).
-Everything runs on one non-default stream (capture can't use the default one),
-evaluation included, so it is ordered with the replays.
+    a device array before each replay; AdamW.apply() (captured) reads them;
+  - dropout: the Philox offset in device memory, advanced by a captured
+    kernel (kernels/philox.cuh), so each replay draws new masks;
+  - outputs (loss, gradients) and temporaries: the arrays allocated during
+    capture, from a memory pool of the graph's own. A replay writes its
+    temporaries again at the addresses they had during capture, so no other
+    array may ever be given that memory: a private pool keeps it reserved
+    (and the eager warm-up's cached blocks are released first, so the graph's
+    memory replaces the eager step's instead of adding to it).
+Everything runs on one non-default stream (capture can't use the default
+one), eager work included, so it is ordered with the replays. The graph is an
+execution mode of a function, not a copy of it: GraphedCall(fn) runs fn.
 """
 import numpy as np
 
-import nn
 import tensorgrad as tg
 from tensorgrad import backend
 
 
-class CudaGraphStep:
-    """step(x, y) -> loss: forward, backward, clipping and AdamW for one batch.
+class GraphedCall:
+    """call(x, y) -> fn(X, Y, graphed) where X, Y are device buffers holding the host arrays x, y.
 
-    The first `warmup` calls run eagerly (they compile kernels, create the
-    optimizer state and fill the memory pool); the next one is captured.
+    The first `warmup` calls run fn(X, Y, False) eagerly (they compile kernels,
+    create the optimizer state and fill the memory pool); the next one is
+    captured as fn(X, Y, True), and every later call replays that capture.
+    `before()` runs on the host ahead of the capture and of every replay,
+    outside the graph (the optimizer's per-step scalars).
     """
 
-    def __init__(self, model, optimizer, grad_clip, batch_size, block_size, warmup=3):
-        if not isinstance(optimizer, nn.optim.AdamW):
-            raise TypeError("CudaGraphStep needs nn.optim.AdamW (its update reads device-side scalars)")
+    def __init__(self, fn, batch_shape, stream, before=None, warmup=2):
+        self.fn, self.before, self.warmup, self.stream = fn, before, warmup, stream
         cp = backend.cupy()
-        self.cp = cp
-        self.model, self.opt, self.grad_clip, self.warmup = model, optimizer, grad_clip, warmup
-        self.stream = cp.cuda.Stream(non_blocking=True)
-        with self.stream:
-            self.x = tg.zeros(batch_size, block_size, dtype=np.int64, device="cuda")   # (B, T) input buffer
-            self.y = tg.zeros(batch_size, block_size, dtype=np.int64, device="cuda")   # (B, T) target buffer
-        self.graph, self.loss, self.calls = None, None, 0
-
-    def _forward_backward(self):
-        _, loss = self.model(self.x, self.y)
-        self.opt.zero_grad()
-        loss.backward()
-        if self.grad_clip > 0:
-            nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
-        return loss
+        with stream:
+            self.x = tg.Tensor(cp.zeros(batch_shape, dtype=np.int64))   # (B, T) input buffer
+            self.y = tg.Tensor(cp.zeros(batch_shape, dtype=np.int64))   # (B, T) target buffer
+        self.graph, self.out, self.calls = None, None, 0
+        self.pool = cp.cuda.MemoryPool()       # the graph's memory, see the module docstring
 
     def __call__(self, x, y):
-        """x, y: (B, T) integer NumPy arrays. Returns the loss tensor (read it with .item())."""
         s = self.stream
         self.x.data.set(np.ascontiguousarray(x, dtype=np.int64), stream=s)
         self.y.data.set(np.ascontiguousarray(y, dtype=np.int64), stream=s)
         with s:
             if self.graph is None and self.calls < self.warmup:
                 self.calls += 1
-                loss = self._forward_backward()
-                self.opt.step()
-                return loss
-            self.opt.prepare()                      # host: step counts, lr -> device scalars
+                return self.fn(self.x, self.y, False)
+            if self.before is not None:
+                self.before()
             if self.graph is None:
+                cp = backend.cupy()
                 s.synchronize()
-                s.begin_capture()                   # CuPy's default mode is relaxed: the pool may still cudaMalloc
-                try:
-                    self.loss = self._forward_backward()
-                    self.opt.apply()                # device: the fused AdamW kernels
-                finally:
-                    self.graph = s.end_capture()    # recorded, not yet run
+                cp.get_default_memory_pool().free_all_blocks()   # the eager calls' cached blocks
+                with cp.cuda.using_allocator(self.pool.malloc):
+                    s.begin_capture()           # CuPy's relaxed mode: the pool may still cudaMalloc
+                    try:
+                        self.out = self.fn(self.x, self.y, True)
+                    finally:
+                        self.graph = s.end_capture()    # recorded, not yet run
             self.graph.launch(s)
-        return self.loss
+        return self.out

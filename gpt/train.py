@@ -41,7 +41,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     device: str = "cpu"
     seed: int = 1337
-    cuda_graph: bool = False  # cuda: capture the training step in a CUDA graph (gpt/cuda_graph.py)
+    cuda_graph: bool = None   # capture the step and evaluation in CUDA graphs (gpt/cuda_graph.py); None: on cuda
 
 
 def configure_optimizer(model, tc):
@@ -53,17 +53,66 @@ def configure_optimizer(model, tc):
                           lr=tc.learning_rate, betas=(tc.beta1, tc.beta2))
 
 
-def estimate_loss(model, data, tc, block_size, rng):
-    """Mean loss over eval_iters batches of each split, in eval mode, with no graph."""
+def train_step(model, optimizer, x, y, grad_clip, update=None):
+    """One optimisation step on the batch (x, y): forward, backward, clipping, update.
+
+    The eager loop and the CUDA-graph step both run this function. A captured
+    step passes update=optimizer.apply: the update's host half (AdamW.prepare,
+    step counts and learning rate) runs before each replay, outside the graph.
+    """
+    _, loss = model(x, y)
+    optimizer.zero_grad()
+    loss.backward()
+    if grad_clip > 0:
+        nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    (update or optimizer.step)()
+    return loss
+
+
+def use_cuda_graph(tc):
+    """cuda_graph None means: on for cuda. On cpu it is an error to ask for it."""
+    if tc.cuda_graph and tc.device != "cuda":
+        raise ValueError("cuda_graph=True needs device='cuda'")
+    return tc.device == "cuda" if tc.cuda_graph is None else bool(tc.cuda_graph)
+
+
+def make_runners(model, opt, tc, block_size):
+    """(step, evaluate, stream): step(x, y) trains on host batches x, y (B, T) and returns
+    the loss tensor; evaluate(x, y) returns the loss of a batch without a graph of
+    gradients. With CUDA graphs both are captured once and replayed, on one stream."""
+    if not use_cuda_graph(tc):
+        def step(x, y):
+            return train_step(model, opt, tg.tensor(x, device=tc.device), tg.tensor(y, device=tc.device),
+                              tc.grad_clip)
+
+        def evaluate(x, y):
+            return model(tg.tensor(x, device=tc.device), tg.tensor(y, device=tc.device))[1]
+        return step, evaluate, contextlib.nullcontext()
+    from .cuda_graph import GraphedCall
+    stream = tg.backend.cupy().cuda.Stream(non_blocking=True)
+    shape = (tc.batch_size, block_size)
+    step = GraphedCall(lambda x, y, graphed: train_step(model, opt, x, y, tc.grad_clip,
+                                                        update=opt.apply if graphed else None),
+                       shape, stream, before=opt.prepare)
+    evaluate = GraphedCall(lambda x, y, graphed: model(x, y)[1], shape, stream)
+    return step, evaluate, stream
+
+
+def estimate_loss(model, data, tc, block_size, rng, evaluate=None):
+    """Mean loss over eval_iters batches of each split, in eval mode, with no graph.
+    evaluate(x, y) -> loss tensor (make_runners'); default: the eager forward."""
+    if evaluate is None:
+        def evaluate(x, y):
+            return model(tg.tensor(x, device=tc.device), tg.tensor(y, device=tc.device))[1]
     out = {}
     model.eval()
     with tg.no_grad():
         for split in ("train", "val"):
             total = None
             for _ in range(tc.eval_iters):
-                x, y = data.get_batch(split, tc.batch_size, block_size, tc.device, rng)
-                _, loss = model(x, y)
-                total = loss.data if total is None else total + loss.data   # stays on the device
+                x, y = data.get_batch_arrays(split, tc.batch_size, block_size, rng)
+                loss = evaluate(x, y).data
+                total = loss.copy() if total is None else total + loss   # stays on the device
             out[split] = float(total) / tc.eval_iters
     model.train()
     return out
@@ -102,12 +151,7 @@ def train(model_config, tc, data_dir, resume=False, progress=True):
         start_it, best_val = extra["iteration"], extra["best_val_loss"]
         rng.bit_generator.state = extra["batch_rng"]
         tg.backend.set_rng_state(extra["tg_rng"])
-    graph_step = None
-    if tc.cuda_graph:
-        if tc.device != "cuda":
-            raise ValueError("cuda_graph=True needs device='cuda'")
-        from .cuda_graph import CudaGraphStep
-        graph_step = CudaGraphStep(model, opt, tc.grad_clip, tc.batch_size, model_config.block_size)
+    step, evaluate, stream = make_runners(model, opt, tc, model_config.block_size)
     (out / "config.json").write_text(json.dumps({"model": asdict(model_config), "train": asdict(tc),
                                                  "data_dir": str(data_dir)}, indent=1))
     metrics = open(out / "metrics.jsonl", "a")
@@ -118,12 +162,12 @@ def train(model_config, tc, data_dir, resume=False, progress=True):
     t0, last_loss, it, next_it = time.time(), float("nan"), start_it, start_it
     evaluated = start_it if resume else None  # a checkpoint at iteration i was written after its evaluation
     summary = {"stopped": "finished"}
-    # with a CUDA graph, all work (evaluation too) runs on its stream, ordered with the replays
-    with (graph_step.stream if graph_step is not None else contextlib.nullcontext()):
+    # with CUDA graphs, all work (checkpoints too) runs on their stream, ordered with the replays
+    with stream:
         try:
             for it in bar:
                 if (it % tc.eval_interval == 0 or it == tc.max_iters) and it != evaluated:
-                    losses = estimate_loss(model, data, tc, model_config.block_size, rng)
+                    losses = estimate_loss(model, data, tc, model_config.block_size, rng, evaluate)
                     bpc = losses["val"] / chars_per_token / math.log(2)
                     record = {"iter": it, "train_loss": losses["train"], "val_loss": losses["val"],
                               "val_bpc": bpc, "lr": opt.param_groups[0]["lr"], "time": time.time() - t0}
@@ -140,16 +184,7 @@ def train(model_config, tc, data_dir, resume=False, progress=True):
                                                      tc.lr_decay_iters)
                 for group in opt.param_groups:
                     group["lr"] = lr
-                if graph_step is not None:
-                    loss = graph_step(*data.get_batch_arrays("train", tc.batch_size, model_config.block_size, rng))
-                else:
-                    x, y = data.get_batch("train", tc.batch_size, model_config.block_size, tc.device, rng)
-                    _, loss = model(x, y)
-                    opt.zero_grad()
-                    loss.backward()
-                    if tc.grad_clip > 0:
-                        nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-                    opt.step()
+                loss = step(*data.get_batch_arrays("train", tc.batch_size, model_config.block_size, rng))
                 next_it = it + 1
                 if it % tc.log_interval == 0:
                     last_loss = loss.item()  # the only read of a device value per log interval

@@ -246,7 +246,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypa
 
 def test_ctrl_c_saves_a_checkpoint_that_resumes(tmp_path, monkeypatch):
     cfg, tc = _small_run(tmp_path)
-    real = TokenData.get_batch
+    real = TokenData.get_batch_arrays
     calls = {"n": 0}
 
     def interrupt_at_9th_train_batch(self, split, *a, **k):  # evaluation draws train batches too
@@ -255,11 +255,11 @@ def test_ctrl_c_saves_a_checkpoint_that_resumes(tmp_path, monkeypatch):
             if calls["n"] == 9:
                 raise KeyboardInterrupt
         return real(self, split, *a, **k)
-    monkeypatch.setattr(TokenData, "get_batch", interrupt_at_9th_train_batch)
+    monkeypatch.setattr(TokenData, "get_batch_arrays", interrupt_at_9th_train_batch)
     _, summary = train(cfg, tc, tmp_path / "d", progress=False)
     assert summary["stopped"] == "interrupted"
     # 2 eval batches at iter 0, 5 steps, then the evaluation at iter 5 is interrupted
     assert nn.load(tmp_path / "out" / "last.npz")["iteration"] == 5
-    monkeypatch.setattr(TokenData, "get_batch", real)
+    monkeypatch.setattr(TokenData, "get_batch_arrays", real)
     _, summary = train(cfg, tc, tmp_path / "d", resume=True, progress=False)
     assert summary["stopped"] == "finished" and summary["iterations"] == 20

@@ -101,7 +101,7 @@ def test_gelu_kernel_matches_numpy(shape):
 
 
 def _graph_vs_eager(dropout, steps=8):
-    from gpt.cuda_graph import CudaGraphStep
+    from gpt.train import TrainConfig, make_runners
     cfg = GPTConfig(block_size=64, vocab_size=65, n_layer=2, n_head=4, n_embd=64, dropout=dropout)
     rng = np.random.default_rng(0)
     batches = [(rng.integers(0, 65, (8, 64)), rng.integers(0, 65, (8, 64))) for _ in range(steps)]
@@ -112,8 +112,9 @@ def _graph_vs_eager(dropout, steps=8):
         opt = nn.optim.AdamW(model.parameters(), lr=3e-3, betas=(0.9, 0.99), weight_decay=0.1)
         losses = []
         if mode == "graph":
-            step = CudaGraphStep(model, opt, 1.0, 8, 64, warmup=2)
-            with step.stream:
+            tc = TrainConfig(device="cuda", batch_size=8, grad_clip=1.0, cuda_graph=True)
+            step, _, stream = make_runners(model, opt, tc, 64)
+            with stream:
                 for i, (x, y) in enumerate(batches):
                     for group in opt.param_groups:
                         group["lr"] = 3e-3 * (i + 1) / steps          # a schedule: must reach the graph
@@ -146,15 +147,46 @@ def test_cuda_graph_step_matches_eager():
 
 
 def test_cuda_graph_dropout_changes_every_replay():
-    from gpt.cuda_graph import CudaGraphStep
+    from gpt.train import TrainConfig, make_runners
     tg.manual_seed(0)
     model = GPT(GPTConfig(block_size=32, vocab_size=65, n_layer=1, n_head=2, n_embd=32, dropout=0.5)).to("cuda")
     opt = nn.optim.AdamW(model.parameters(), lr=0.0, weight_decay=0.0)   # lr 0: the weights stay put
-    step = CudaGraphStep(model, opt, 0.0, 4, 32, warmup=1)
+    step, evaluate, stream = make_runners(model, opt, TrainConfig(device="cuda", batch_size=4, grad_clip=0.0), 32)
     x = np.random.default_rng(0).integers(0, 65, (4, 32))
-    with step.stream:
-        losses = [step(x, x).item() for _ in range(5)]
-    assert step.graph is not None and len(set(losses[1:])) == 4, losses  # new masks on each replay
+    with stream:
+        losses = [step(x, x).item() for _ in range(6)]
+        assert step.graph is not None and len(set(losses[2:])) == 4, losses  # new masks on each replay
+        model.eval()
+        with tg.no_grad():
+            evals = [evaluate(x, x).item() for _ in range(4)]                 # eager, eager, capture, replay
+        model.train()
+    assert evaluate.graph is not None and len(set(evals)) == 1, evals        # no dropout in eval mode
+
+
+def test_graph_memory_is_private_and_evaluation_does_not_clobber_training():
+    """The eval graph's temporaries must never be handed to arrays that live on (Adam state):
+    graphs own private pools. Train eagerly and graphed side by side with evaluations between."""
+    from gpt.train import TrainConfig, make_runners
+    cfg = GPTConfig(block_size=32, vocab_size=65, n_layer=2, n_head=2, n_embd=64, dropout=0.0)
+    rng = np.random.default_rng(1)
+    batches = [(rng.integers(0, 65, (4, 32)), rng.integers(0, 65, (4, 32))) for _ in range(8)]
+    results = {}
+    for graph in (False, True):
+        tg.manual_seed(0)
+        model = GPT(cfg).to("cuda")
+        opt = nn.optim.AdamW(model.parameters(), lr=1e-3)
+        step, evaluate, stream = make_runners(model, opt, TrainConfig(device="cuda", batch_size=4,
+                                                                      cuda_graph=graph), 32)
+        losses = []
+        with stream:
+            for i, (x, y) in enumerate(batches):
+                model.eval()
+                with tg.no_grad():
+                    losses.append(evaluate(*batches[0]).item())   # evaluate first: its graph is made early
+                model.train()
+                losses.append(step(x, y).item())
+        results[graph] = np.array(losses)
+    np.testing.assert_allclose(results[True], results[False], rtol=1e-4)
 
 
 @pytest.mark.parametrize("sa,sb,ta,tb", [((7, 5), (5, 3), False, False), ((64, 384), (384, 1152), False, True),
