@@ -42,7 +42,8 @@ class RotaryEmbedding(Module):
         self._build(self.cos.dtype, self.cos.device)
 
     def forward(self, x, positions=None):
-        """x: (..., T, head_dim); positions: T integer positions (default 0..T-1)."""
+        """x: (..., T, head_dim). positions: integer positions, (T,) shared by every sequence
+        or (B, T), one row per sequence, for x (B, ..., T, head_dim); default 0..T-1."""
         T = x.shape[-2]
         cos, sin = self.cos.data, self.sin.data                          # (max_seq_len, hs/2)
         if positions is None:
@@ -54,12 +55,20 @@ class RotaryEmbedding(Module):
             pos = positions.data if isinstance(positions, Tensor) else positions
             xp = backend.get_array_module(cos)
             pos = xp.asarray(pos)
-            if pos.shape[-1:] != (T,):
-                raise ValueError(f"RotaryEmbedding: got {pos.shape} positions for {T} tokens")
+            per_sequence = pos.ndim == 2 and x.ndim >= 3 and pos.shape == (x.shape[0], T)
+            if not (pos.shape == (T,) or per_sequence) or pos.dtype.kind not in "iu":
+                raise ValueError(f"RotaryEmbedding: positions must be integers of shape (T,) = ({T},) or "
+                                 f"(B, T) = ({x.shape[0]}, {T}) for x of shape {x.shape} (B, ..., T, head_dim); "
+                                 f"got {pos.dtype} positions of shape {pos.shape}")
             if isinstance(pos, np.ndarray) and pos.size and (pos.min() < 0 or pos.max() >= self.max_seq_len):
                 raise IndexError(f"RotaryEmbedding: positions from {pos.min()} to {pos.max()} are outside "
                                  f"[0, {self.max_seq_len}); build it with a larger max_seq_len")
-            cos, sin = cos[pos], sin[pos]                                # (T, hs/2)
+            cos, sin = cos[pos], sin[pos]                                # (T, hs/2) or (B, T, hs/2)
+            if per_sequence:
+                # (B, 1, ..., T, hs/2): one row per sequence, shared by the axes between B and T
+                # (the heads); without the 1s, B would line up with the heads axis
+                lead = (pos.shape[0],) + (1,) * (x.ndim - 3)
+                cos, sin = cos.reshape(lead + cos.shape[-2:]), sin.reshape(lead + sin.shape[-2:])
         if cos.dtype != x.dtype:
             cos, sin = cos.astype(x.dtype), sin.astype(x.dtype)
         return F.rotary_embedding(x, cos, sin)                           # (..., T, head_dim)

@@ -143,6 +143,23 @@ def test_rope_matches_reference_and_gradcheck():
     assert list(rope.state_dict()) == []                             # a cache, never saved
 
 
+def test_rope_per_sequence_positions():
+    # B == n_head == 2: a (B, T) table broadcast against the heads axis would go unnoticed
+    rope = nn.RotaryEmbedding(8, max_seq_len=32)
+    x = rand64(2, 2, 3, 8)                                           # (B, nh, T, hs)
+    pos = np.array([[0, 1, 2], [9, 4, 30]])                          # (B, T)
+    out = rope(x, pos).data
+    for b in range(2):
+        np.testing.assert_allclose(out[b], ref_rope(x.data[b], pos[b]), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(rope(x, tg.tensor(pos)).data, out)
+    np.testing.assert_allclose(rope(x[:, 0], pos).data, out[:, 0])  # (B, T, hs): no heads axis
+    check_grad(lambda x: rope(x, pos), rand64(2, 2, 3, 8), name="RoPE (B, T) positions")
+    for bad in (np.zeros((3, 3), int), np.zeros((2, 1), int), np.zeros((2, 2, 3), int),
+                np.zeros(4, int), np.zeros(3) + 0.5):
+        with pytest.raises(ValueError, match=r"\(T,\).*\(B, T\)"):
+            rope(x, bad)
+
+
 def test_rope_scores_depend_only_on_relative_position():
     rope = nn.RotaryEmbedding(4, max_seq_len=64)
     q, k = rand64(1, 4), rand64(1, 4)

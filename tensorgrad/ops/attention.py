@@ -108,8 +108,11 @@ class Rotary(Function):
         h = x.shape[-1] // 2
         if x.shape[-1] % 2 or cos.shape[-1] != h:
             raise ShapeError(f"rotary: last axis of x {x.shape} must be even and twice that of cos {cos.shape}")
+        if cos.ndim < 2 or cos.ndim > x.ndim or cos.shape[-2] != x.shape[-2] or sin.shape != cos.shape:
+            raise ShapeError(f"rotary: cos and sin {cos.shape}, {sin.shape} must be (..., T, hs/2) "
+                             f"for x {x.shape} (..., T, hs)")
         xp = get_array_module(x)
-        self.cos, self.sin = cos, sin                                    # (T, hs/2)
+        self.cos, self.sin = cos, sin                                    # (T, hs/2) or (B, 1, T, hs/2)
         x1, x2 = x[..., :h], x[..., h:]                                  # (..., T, hs/2) each
         return xp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
 
