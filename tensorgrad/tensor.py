@@ -156,10 +156,21 @@ class Tensor:
     def long(self):
         return Tensor._make(self.data.astype(np.int64), False)
 
-    def __bool__(self):
+    def _one(self, what):
+        """The value of a one-element tensor for float()/int()/bool() (reads the device)."""
         if self.data.size != 1:
-            raise ValueError(f"the truth value of a tensor with {self.data.size} elements is ambiguous")
-        return bool(self.data)
+            raise ValueError(f"{what}() needs a one-element tensor, got {self.data.size} elements "
+                             f"(shape {self.shape}); reduce it first (e.g. .sum(), .any()) or index one element")
+        return self.data.reshape(()).item()
+
+    def __bool__(self):
+        return bool(self._one("bool"))
+
+    def __float__(self):
+        return float(self._one("float"))
+
+    def __int__(self):
+        return int(self._one("int"))
 
     def __hash__(self):
         return id(self)

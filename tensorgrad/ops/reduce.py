@@ -4,6 +4,7 @@ Backward puts the reduced axes back (as size 1) and broadcasts the gradient
 over them: every input element that fed an output element gets its gradient.
 """
 import builtins
+from collections import namedtuple
 
 from ..backend import get_array_module
 from ..function import Function, ShapeError
@@ -100,35 +101,74 @@ class Var(Function):
         return g * self.centered * (2.0 / self.denom)
 
 
-def sum(a, axis=None, keepdims=False):  # noqa: A001
+# PyTorch's spellings (dim=, keepdim=) are accepted beside NumPy's (axis=, keepdims=).
+def _spelling(op, axis, dim, keepdims, keepdim):
+    """(axis, keepdims) from either spelling; giving both of a pair is an error."""
+    if dim is not None:
+        if axis is not None:
+            raise TypeError(f"{op}: give axis= (NumPy) or dim= (PyTorch), not both")
+        axis = dim
+    if keepdim is not None:
+        if keepdims:
+            raise TypeError(f"{op}: give keepdims= (NumPy) or keepdim= (PyTorch), not both")
+        keepdims = keepdim
+    return axis, bool(keepdims)
+
+
+# What max(dim=...) and min(dim=...) return, as torch.max(x, dim) does.
+MaxMin = namedtuple("MaxMin", ["values", "indices"])
+
+
+def sum(a, axis=None, keepdims=False, *, dim=None, keepdim=None):  # noqa: A001
+    axis, keepdims = _spelling("sum", axis, dim, keepdims, keepdim)
     return Sum.apply(a, axis=axis, keepdims=keepdims)
 
 
-def mean(a, axis=None, keepdims=False):
+def mean(a, axis=None, keepdims=False, *, dim=None, keepdim=None):
+    axis, keepdims = _spelling("mean", axis, dim, keepdims, keepdim)
     return Mean.apply(a, axis=axis, keepdims=keepdims)
 
 
-def max(a, axis=None, keepdims=False):  # noqa: A001
-    return Max.apply(a, axis=axis, keepdims=keepdims)
+def _max_min(op, a, axis, keepdims, dim, keepdim, sign):
+    torch_style = dim is not None
+    axis, keepdims = _spelling(op, axis, dim, keepdims, keepdim)
+    values = Max.apply(a, axis=axis, keepdims=keepdims, sign=sign)
+    if not torch_style:
+        return values                                  # NumPy: the values alone
+    # PyTorch: max(dim=d) is (values, indices) over one dim, so `v, i = x.max(dim=1)` works
+    if not isinstance(dim, int):
+        raise TypeError(f"{op}(dim=...) takes one int dim (it also returns indices, as in PyTorch); "
+                        f"for several axes use axis={dim!r}, which returns the values only")
+    from ..tensor import Tensor
+    pick = a.data.argmax if sign == 1 else a.data.argmin
+    return MaxMin(values, Tensor._make(pick(axis=dim, keepdims=keepdims), False))
 
 
-def min(a, axis=None, keepdims=False):  # noqa: A001
-    return Max.apply(a, axis=axis, keepdims=keepdims, sign=-1)
+def max(a, axis=None, keepdims=False, *, dim=None, keepdim=None):  # noqa: A001
+    """Largest value over axis (NumPy: values). With dim= (PyTorch) over one dim: (values, indices)."""
+    return _max_min("max", a, axis, keepdims, dim, keepdim, 1)
 
 
-def var(a, axis=None, keepdims=False, correction=1, unbiased=None):
+def min(a, axis=None, keepdims=False, *, dim=None, keepdim=None):  # noqa: A001
+    """Smallest value over axis (NumPy: values). With dim= (PyTorch) over one dim: (values, indices)."""
+    return _max_min("min", a, axis, keepdims, dim, keepdim, -1)
+
+
+def var(a, axis=None, keepdims=False, correction=1, unbiased=None, *, dim=None, keepdim=None):
     """Variance; correction=1 (the default, as in PyTorch) divides by n - 1."""
+    axis, keepdims = _spelling("var", axis, dim, keepdims, keepdim)
     if unbiased is not None:
         correction = 1 if unbiased else 0
     return Var.apply(a, axis=axis, keepdims=keepdims, correction=correction)
 
 
-def std(a, axis=None, keepdims=False, correction=1):
+def std(a, axis=None, keepdims=False, correction=1, unbiased=None, *, dim=None, keepdim=None):
     from .elementwise import sqrt
-    return sqrt(var(a, axis=axis, keepdims=keepdims, correction=correction))
+    return sqrt(var(a, axis, keepdims, correction, unbiased, dim=dim, keepdim=keepdim))
 
 
-def argmax(a, axis=None, keepdims=False):
+def argmax(a, axis=None, keepdims=False, *, dim=None, keepdim=None):
     """Index of the maximum (not differentiable)."""
     from ..tensor import Tensor
+    axis, keepdims = _spelling("argmax", axis, dim, keepdims, keepdim)
     return Tensor._make(a.data.argmax(axis=axis, keepdims=keepdims), False)
