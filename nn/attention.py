@@ -3,7 +3,7 @@ import numpy as np
 
 from tensorgrad import backend
 from tensorgrad.ops import cat
-from tensorgrad.tensor import Tensor
+from tensorgrad.tensor import Tensor, get_default_dtype
 
 from . import functional as F
 from .layers import Dropout, Linear
@@ -27,15 +27,15 @@ class RotaryEmbedding(Module):
         # a cache, rebuilt from the config (never saved): non-persistent buffers
         self.register_buffer("cos", None, persistent=False)
         self.register_buffer("sin", None, persistent=False)
-        self._build(np.float32, device)
+        self._build(get_default_dtype(), device)
 
     def _build(self, dtype, device):
         """cos and sin of pos * theta^(-2i/hs), computed in float64 and stored in `dtype`."""
         hs = self.head_dim
         inv_freq = self.theta ** (-np.arange(0, hs, 2, dtype=np.float64) / hs)            # (hs/2,)
         angles = np.arange(self.max_seq_len, dtype=np.float64)[:, None] * inv_freq[None, :]  # (max_seq_len, hs/2)
-        self.cos = Tensor(np.cos(angles).astype(dtype), device=device)
-        self.sin = Tensor(np.sin(angles).astype(dtype), device=device)
+        self.cos = Tensor(np.cos(angles), device=device, dtype=dtype)
+        self.sin = Tensor(np.sin(angles), device=device, dtype=dtype)
 
     def _after_to(self):
         # .double() cast the float32 cache: recompute it so float64 (gradcheck) is exact

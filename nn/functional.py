@@ -7,6 +7,7 @@ reshape + transpose + matmul + add.
 from tensorgrad.function import Function
 from tensorgrad.ops.broadcast import sum_to
 from tensorgrad.ops.matmul import mm
+from tensorgrad.ops.promote import same_float_dtype
 from tensorgrad.ops import (cross_entropy, dropout, gelu, layer_norm, log_softmax, qkv_attention, rms_norm,
                             rotary_embedding, scaled_dot_product_attention, silu, softmax)
 from tensorgrad.ops import embedding as _embedding
@@ -39,6 +40,8 @@ class LinearFn(Function):
 
 def linear(x, weight, bias=None):
     """x (..., in) @ weight (out, in)^T + bias (out,) -> (..., out)."""
+    if x.data.dtype != weight.data.dtype or bias is not None and bias.data.dtype != weight.data.dtype:
+        same_float_dtype("linear", input=x, weight=weight, bias=bias)   # raises: no silent cast
     return LinearFn.apply(x, weight, bias)
 
 

@@ -5,24 +5,24 @@ where the same model built in PyTorch would (GPT code re-initialises anyway).
 """
 import math
 
-import numpy as np
-
 from tensorgrad import backend
+from tensorgrad.tensor import Tensor, get_default_dtype
 
 from . import functional as F
 from . import init
 from .module import Module, Parameter
 
 
-def _empty(*shape, device=None, dtype=np.float32):
+def _empty(*shape, device=None, dtype=None):
+    """An uninitialised tensor; dtype None is the default dtype (tg.get_default_dtype())."""
     xp = backend.xp_of_device(backend.parse_device(device))
-    return xp.empty(shape, dtype=dtype)
+    return Tensor._make(xp.empty(shape, dtype=dtype or get_default_dtype()), False)
 
 
 class Linear(Module):
     """y = x @ weight^T + bias; weight (out, in), any leading dims on x."""
 
-    def __init__(self, in_features, out_features, bias=True, device=None, dtype=np.float32):
+    def __init__(self, in_features, out_features, bias=True, device=None, dtype=None):
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
         self.weight = Parameter(_empty(out_features, in_features, device=device, dtype=dtype))
@@ -46,7 +46,7 @@ class Linear(Module):
 class Embedding(Module):
     """A lookup table: integer ids (any shape) -> rows of weight (num_embeddings, embedding_dim)."""
 
-    def __init__(self, num_embeddings, embedding_dim, device=None, dtype=np.float32):
+    def __init__(self, num_embeddings, embedding_dim, device=None, dtype=None):
         super().__init__()
         self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
         self.weight = Parameter(_empty(num_embeddings, embedding_dim, device=device, dtype=dtype))
@@ -92,7 +92,7 @@ class SiLU(Module):
 class SwiGLU(Module):
     """LLaMA's feed-forward: w2(silu(w1 x) * w3 x), no biases."""
 
-    def __init__(self, d_model, d_ff, device=None, dtype=np.float32):
+    def __init__(self, d_model, d_ff, device=None, dtype=None):
         super().__init__()
         self.w1 = Linear(d_model, d_ff, bias=False, device=device, dtype=dtype)
         self.w2 = Linear(d_ff, d_model, bias=False, device=device, dtype=dtype)

@@ -11,7 +11,7 @@ from collections import OrderedDict, namedtuple
 import numpy as np
 
 from tensorgrad import backend
-from tensorgrad.tensor import Tensor
+from tensorgrad.tensor import Tensor, get_default_dtype
 
 IncompatibleKeys = namedtuple("IncompatibleKeys", ["missing_keys", "unexpected_keys"])
 
@@ -21,11 +21,11 @@ class Parameter(Tensor):
     __slots__ = ()
 
     def __init__(self, data, requires_grad=True):
-        if isinstance(data, Tensor):
-            data = data.data
+        # a Tensor keeps its dtype; anything else follows tensor()'s rule (float64 arrays and
+        # Python floats get the default dtype), and integers become floats: parameters are floats
         dtype = None
         if getattr(data, "dtype", None) is None or data.dtype.kind != "f":
-            dtype = np.float32  # lists, ints: parameters are floats
+            dtype = get_default_dtype()
         super().__init__(data, requires_grad=requires_grad, dtype=dtype)
 
     def __repr__(self):

@@ -1,21 +1,21 @@
 """Normalisation layers over the last axis: LayerNorm (GPT-2) and RMSNorm (LLaMA)."""
-import numpy as np
-
 from tensorgrad import backend
+from tensorgrad.tensor import Tensor, get_default_dtype
 
 from . import functional as F
 from .module import Module, Parameter
 
 
 def _filled(value, n, device, dtype):
+    """(n,) tensor of value; dtype None is the default dtype (tg.get_default_dtype())."""
     xp = backend.xp_of_device(backend.parse_device(device))
-    return xp.full((n,), value, dtype=dtype)
+    return Tensor._make(xp.full((n,), value, dtype=dtype or get_default_dtype()), False)
 
 
 class LayerNorm(Module):
     """(x - mean) / sqrt(var + eps) * weight + bias over the last axis (dim features)."""
 
-    def __init__(self, dim, eps=1e-5, bias=True, device=None, dtype=np.float32):
+    def __init__(self, dim, eps=1e-5, bias=True, device=None, dtype=None):
         super().__init__()
         self.dim, self.eps = dim, eps
         self.weight = Parameter(_filled(1.0, dim, device, dtype))
@@ -31,7 +31,7 @@ class LayerNorm(Module):
 class RMSNorm(Module):
     """x / sqrt(mean(x^2) + eps) * weight over the last axis (no centering, no bias)."""
 
-    def __init__(self, dim, eps=1e-5, device=None, dtype=np.float32):
+    def __init__(self, dim, eps=1e-5, device=None, dtype=None):
         super().__init__()
         self.dim, self.eps = dim, eps
         self.weight = Parameter(_filled(1.0, dim, device, dtype))

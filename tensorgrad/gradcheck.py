@@ -31,21 +31,33 @@ class GradcheckError(AssertionError):
 def gradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-3, seed=0, raise_exception=True):
     """Compare backward() of fn(*inputs) with finite differences.
 
-    inputs: Tensors (float64 for a meaningful check; those with requires_grad
-    are checked) or other arguments passed through unchanged.
+    inputs: Tensors (those with requires_grad are checked) or other arguments passed
+    through unchanged. A float64 leaf is perturbed in place (and restored), so a module
+    parameter passed in is checked where the module uses it; any other tensor that
+    requires grad (a float32 one, a non-leaf) is checked as a fresh float64 leaf copy:
+    finite differences in float32 would be noise.
     Passes when |analytic - numeric| <= atol + rtol * |numeric| everywhere.
     Returns a GradcheckResult; raises GradcheckError naming the worst element.
     """
-    # Fresh leaves (copies), so any tensor works as an input and the caller's arrays stay untouched.
-    inputs = [Tensor._make(x.data.copy(), True) if isinstance(x, Tensor) and x.requires_grad else x
-              for x in inputs]
+    inputs, kept_grads = list(inputs), []
+    for i, x in enumerate(inputs):
+        if not (isinstance(x, Tensor) and x.requires_grad):
+            continue
+        if x.is_leaf and x.dtype == np.float64 and x.data.flags.c_contiguous:
+            kept_grads.append((x, x.grad))                 # the caller's .grad comes back afterwards
+        else:
+            inputs[i] = Tensor._make(x.data.astype(np.float64), True)   # a copy: the caller's array stays
     tensors = [x for x in inputs if isinstance(x, Tensor) and x.requires_grad]
     if not tensors:
         raise ValueError("gradcheck: no input has requires_grad=True")
-    for t in tensors:
-        if t.dtype != np.float64:
-            raise TypeError(f"gradcheck: inputs must be float64 for finite differences to be accurate, got {t.dtype}")
+    try:
+        return _check(fn, inputs, tensors, eps, atol, rtol, seed, raise_exception)
+    finally:
+        for t, g in kept_grads:
+            t.grad = g
 
+
+def _check(fn, inputs, tensors, eps, atol, rtol, seed, raise_exception):
     out = fn(*inputs)
     xp = get_array_module(out.data)
     R = xp.asarray(np.random.default_rng(seed).standard_normal(out.shape))   # fixed random weights

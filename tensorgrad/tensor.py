@@ -32,25 +32,56 @@ def _dtype_of(dtype):
     return None if dtype is None else np.dtype(dtype)
 
 
+# ------------------------------------------------------------ default dtype
+# The dtype of floating tensors made without dtype=: from Python floats, from float64
+# arrays (NumPy's default, which would otherwise make every op run in float64 without
+# a word), by the factories (zeros, randn, ...) and by the layers. float32, as in PyTorch.
+_default_dtype = np.dtype(np.float32)
+
+
+def get_default_dtype():
+    """The floating dtype tensors get unless dtype= says otherwise (float32 to start with)."""
+    return _default_dtype.type
+
+
+def set_default_dtype(dtype):
+    """Set the floating dtype of new tensors and layers, e.g. tg.set_default_dtype(tg.float64)."""
+    global _default_dtype
+    d = np.dtype(dtype)
+    if d.kind != "f":
+        raise TypeError(f"set_default_dtype: only floating dtypes can be the default, got {d}")
+    _default_dtype = d
+
+
+def _check_kind(arr, data):
+    # tensors hold numbers: NumPy would happily make arrays of strings or Python objects
+    if arr.dtype.kind not in "biuf":
+        shown = repr(data) if len(repr(data)) < 60 else repr(data)[:57] + "..."
+        raise TypeError(f"tensor: cannot make a tensor from {shown} (array dtype {arr.dtype}); "
+                        "tensors hold numbers: bool, integers or floats")
+
+
 class Tensor:
     __slots__ = ("data", "grad", "requires_grad", "_ctx", "_device", "__weakref__")
     __array_priority__ = 1000  # numpy scalars defer to our operators (np.float32(2) * t)
 
     def __init__(self, data, requires_grad=False, device=None, dtype=None):
-        if isinstance(data, Tensor):
-            data = data.data
         dtype = _dtype_of(dtype)
+        if isinstance(data, Tensor):
+            dtype = dtype or data.dtype          # a tensor keeps its dtype unless asked
+            data = data.data
         dev = backend.parse_device(device) if device is not None else None
         if backend.is_cupy_array(data):
             arr = data if dev in (None, "cuda") else data.get()
             dev = dev or "cuda"
         else:
             arr = np.asarray(data)
-            if dtype is None and arr.dtype == np.float64 and not isinstance(data, (np.ndarray, np.generic)):
-                dtype = np.dtype(np.float32)  # Python floats become float32, like torch
             dev = dev or "cpu"
-            if dev == "cuda":
-                arr = backend.cupy().asarray(arr)
+        _check_kind(arr, data)
+        if dtype is None and arr.dtype == np.float64:
+            dtype = _default_dtype               # Python floats and float64 arrays: the default dtype
+        if dev == "cuda" and not backend.is_cupy_array(arr):
+            arr = backend.cupy().asarray(arr if dtype is None else arr.astype(dtype, copy=False))
         if dtype is not None and arr.dtype != dtype:
             arr = arr.astype(dtype)
         self._init(arr, bool(requires_grad), dev)
@@ -262,7 +293,7 @@ def _topological_order(root):
 def tensor(data, dtype=None, device=None, requires_grad=False):
     """A new leaf tensor from a list, scalar or array (copied)."""
     if isinstance(data, Tensor):
-        data = data.data
+        data, dtype = data.data, dtype or data.dtype       # a tensor keeps its dtype
     if isinstance(data, np.ndarray):
         data = data.copy()
     return Tensor(data, requires_grad=requires_grad, device=device, dtype=dtype)
@@ -273,7 +304,7 @@ def _factory(fill, shape, dtype, device, requires_grad):
     xp = backend.xp_of_device(dev)
     if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
         shape = tuple(shape[0])
-    arr = fill(xp, tuple(int(s) for s in shape), np.dtype(dtype or np.float32))
+    arr = fill(xp, tuple(int(s) for s in shape), np.dtype(dtype or _default_dtype))
     t = Tensor._make(arr, False)
     t._device = dev
     return t.requires_grad_(requires_grad) if requires_grad else t
@@ -316,7 +347,7 @@ def arange(start, stop=None, step=1, dtype=None, device=None):
     xp = backend.xp_of_device(dev)
     if dtype is None:
         is_int = all(isinstance(v, (int, np.integer)) for v in (start, stop, step))
-        dtype = np.int64 if is_int else np.float32
+        dtype = np.int64 if is_int else _default_dtype
     return Tensor._make(xp.arange(start, stop, step, dtype=dtype), False)
 
 
@@ -332,14 +363,13 @@ def manual_seed(seed):
     backend.manual_seed(seed)
 
 
-def as_tensor(x, like=None):
-    """x as a Tensor (no copy); scalars stay Python scalars for the ops."""
+def as_tensor(x, dtype=None, device=None):
+    """x as a Tensor, without a copy where it already is one (of that dtype and device)."""
     if isinstance(x, Tensor):
-        return x
-    if like is not None:
-        return Tensor(x, device=like.device, dtype=like.dtype if not isinstance(x, np.ndarray) else None)
-    return Tensor(x)
+        return x.to(device=device, dtype=dtype)
+    return Tensor(x, device=device, dtype=dtype)
 
 
 __all__ = ["Tensor", "tensor", "zeros", "ones", "full", "randn", "rand", "randint", "arange",
-           "zeros_like", "ones_like", "manual_seed", "is_grad_enabled", "as_tensor"]
+           "zeros_like", "ones_like", "manual_seed", "is_grad_enabled", "as_tensor", "get_default_dtype",
+           "set_default_dtype"]

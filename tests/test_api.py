@@ -45,3 +45,63 @@ def test_python_number_conversions():
     for conv in (float, int, bool):
         with pytest.raises(ValueError, match=f"{conv.__name__}\\(\\) needs a one-element tensor.*shape \\(2,\\)"):
             conv(tg.tensor([1.0, 2.0]))
+
+
+# --------------------------------------------------- default dtype, promotion
+def test_default_dtype_for_python_floats_and_float64_arrays():
+    assert tg.get_default_dtype() is tg.float32
+    for data in (1.5, [1.0, 2.0], np.ones(3), np.float64(2.0), [1, 2.5]):
+        assert tg.tensor(data).dtype == np.float32, data
+    assert tg.tensor(np.ones(3), dtype=tg.float64).dtype == np.float64
+    assert tg.tensor([1, 2]).dtype == np.int64 and tg.tensor([True]).dtype == np.bool_
+    assert tg.tensor(np.ones(2, np.float16)).dtype == np.float16   # other widths are kept as given
+    try:
+        tg.set_default_dtype(tg.float64)
+        assert tg.tensor([1.0]).dtype == tg.zeros(2).dtype == tg.randn(2).dtype == np.float64
+        import nn
+        assert nn.Linear(2, 3).weight.dtype == np.float64
+        with pytest.raises(TypeError, match="floating"):
+            tg.set_default_dtype(tg.int64)
+    finally:
+        tg.set_default_dtype(tg.float32)
+
+
+@pytest.mark.parametrize("data", ["abc", ["a", "b"], [object()], np.array(["x"]), [1 + 2j]])
+def test_strings_and_objects_are_refused(data):
+    with pytest.raises(TypeError, match="tensors hold numbers"):
+        tg.tensor(data)
+
+
+def test_elementwise_promotion_rule():
+    i, f32 = tg.tensor([1, 2]), tg.tensor([0.5, 0.5])
+    f64 = tg.tensor([0.5, 0.5], dtype=tg.float64)
+    assert (i + f32).dtype == np.float32                            # NumPy would say float64
+    assert (f32 * i).dtype == np.float32 and (i / 2.0).dtype == np.float32 and (i * 0.5).dtype == np.float32
+    assert (f32 + f64).dtype == np.float64 and (f64 - f32).dtype == np.float64    # the wider float
+    assert (f32 + np.ones(2)).dtype == np.float32                   # a raw float64 array: tensor()'s rule
+    assert (f32 * np.float64(3)).dtype == np.float32 and (3.0 * f32).dtype == np.float32
+    assert tg.maximum(f32, f64).dtype == tg.where(f32 > 0, f32, f64).dtype == np.float64
+    assert tg.cat([f32, f64]).dtype == np.float64 and tg.stack([i, f32]).dtype == np.float32
+    # the casts are differentiable: each input gets its gradient in its own dtype
+    a = tg.tensor([1.0, 2.0], requires_grad=True)
+    b = tg.tensor([3.0, 4.0], dtype=tg.float64, requires_grad=True)
+    (a * b).sum().backward()
+    assert a.grad.dtype == np.float32 and b.grad.dtype == np.float64
+    np.testing.assert_array_equal(a.grad, [3, 4])
+    check_grad(lambda x: x * tg.tensor([1.5, -2.0]), rand64(3, 2), name="float64 * float32 constant")
+
+
+def test_matmul_linear_and_norms_refuse_mixed_float_dtypes():
+    import nn
+    lin = nn.Linear(3, 2)
+    x64 = tg.tensor(np.ones((4, 3)), dtype=tg.float64)
+    with pytest.raises(TypeError, match="linear: input is float64 but weight is float32"):
+        lin(x64)
+    with pytest.raises(TypeError, match="matmul: a is float64 but b is float32"):
+        x64 @ lin.weight.T
+    with pytest.raises(TypeError, match="layer_norm: input is float64 but weight is float32"):
+        nn.LayerNorm(3)(x64)
+    with pytest.raises(TypeError, match="rms_norm"):
+        nn.RMSNorm(3)(x64)
+    assert lin(x64.float()).dtype == np.float32 and lin(tg.tensor(np.ones((4, 3)))).dtype == np.float32
+    assert lin.double()(x64).dtype == np.float64

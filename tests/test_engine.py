@@ -157,7 +157,7 @@ def test_norms_and_cross_entropy_values():
     t = np.array([1, 5, -100])
     lse = np.log(np.exp(x).sum(-1))
     ref = np.mean([lse[0] - x[0, 1], lse[1] - x[1, 5]])
-    assert tg.cross_entropy(tg.tensor(x), tg.tensor(t)).item() == pytest.approx(ref, rel=1e-12)
+    assert tg.cross_entropy(tg.tensor(x, dtype=tg.float64), tg.tensor(t)).item() == pytest.approx(ref, rel=1e-12)
 
 
 def test_softmax_and_cross_entropy_are_stable_for_large_inputs():
@@ -181,11 +181,12 @@ def test_dropout_seeded_and_identity():
     assert tg.dropout(x, 0.0) is x and tg.dropout(x, 0.5, training=False) is x
 
 
-def test_float32_default_and_float64_kept():
+def test_float32_default_and_float64_on_request():
     assert tg.tensor([1.0, 2.0]).dtype == np.float32
     assert tg.zeros(2, 3).dtype == np.float32 and tg.randn(4).dtype == np.float32
-    x64 = tg.tensor(np.ones(3))
-    assert x64.dtype == np.float64
+    assert tg.tensor(np.ones(3)).dtype == np.float32                 # NumPy's float64 too (issue 12)
+    x64 = tg.tensor(np.ones(3), dtype=np.float64)
+    assert x64.dtype == np.float64 and tg.tensor(x64).dtype == np.float64   # a tensor keeps its dtype
     assert (tg.tensor([1.0]) * np.float64(2.0)).dtype == np.float32  # NumPy scalars don't upcast
     assert (tg.tensor([1.0]) * 2.5).dtype == np.float32
 

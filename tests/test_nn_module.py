@@ -175,7 +175,8 @@ def test_repr_is_a_tree():
 def test_parameter_is_float_leaf_tensor():
     p = nn.Parameter([1, 2, 3])
     assert isinstance(p, tg.Tensor) and p.requires_grad and p.dtype == np.float32 and p.is_leaf
-    assert nn.Parameter(np.zeros(2)).dtype == np.float64            # float arrays keep their dtype
+    assert nn.Parameter(np.zeros(2)).dtype == np.float32            # tensor()'s rule: the default dtype
+    assert nn.Parameter(tg.zeros(2, dtype=tg.float64)).dtype == np.float64   # a tensor keeps its dtype
     assert repr(p).startswith("Parameter containing:")
 
 

@@ -16,7 +16,7 @@ REF_FILE = Path(__file__).parent / "data" / "optim_reference.npz"
 def test_adamw_first_steps_match_closed_form():
     rng = np.random.default_rng(0)
     p0 = rng.standard_normal((3, 4))
-    p = nn.Parameter(p0.copy())                                      # float64: compare tightly
+    p = nn.Parameter(tg.tensor(p0, dtype=tg.float64))                # float64: compare tightly
     lr, (b1, b2), eps, wd = 0.1, (0.9, 0.99), 1e-8, 0.05
     opt = nn.optim.AdamW([p], lr=lr, betas=(b1, b2), eps=eps, weight_decay=wd)
     expect, m, v = p0.copy(), np.zeros_like(p0), np.zeros_like(p0)

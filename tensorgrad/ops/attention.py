@@ -12,6 +12,7 @@ import numpy as np
 
 from ..backend import generator, get_array_module
 from ..function import Function, ShapeError
+from .promote import same_float_dtype
 from .broadcast import sum_to
 from .matmul import _mT, mm
 
@@ -139,6 +140,8 @@ def scaled_dot_product_attention(q, k, v, mask=None, is_causal=False, dropout_p=
         raise ValueError(f"scaled_dot_product_attention: dropout_p must be in [0, 1), got {dropout_p}")
     if mask is not None and not isinstance(mask, Tensor):
         mask = Tensor(mask, device=q.device)
+    if not q.data.dtype == k.data.dtype == v.data.dtype:
+        same_float_dtype("scaled_dot_product_attention", q=q, k=k, v=v)   # raises: no silent cast
     return ScaledDotProductAttention.apply(q, k, v, mask, is_causal=bool(is_causal),
                                            dropout_p=float(dropout_p), scale=scale)
 

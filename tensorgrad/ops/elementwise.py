@@ -10,6 +10,7 @@ import numpy as np
 from ..backend import get_array_module
 from ..function import Function
 from .broadcast import meta, unbroadcast
+from .promote import operands
 
 
 # ---------------------------------------------------------------- arithmetic
@@ -264,12 +265,13 @@ def _scalar(x):
     return x.item() if isinstance(x, np.generic) else x
 
 
-def add(a, b): return Add.apply(a, _scalar(b))
-def sub(a, b): return Sub.apply(a, _scalar(b))
-def mul(a, b): return Mul.apply(a, _scalar(b))
-def div(a, b): return Div.apply(a, _scalar(b))
+# Binary ops cast their operands by one rule first (ops/promote.py: PyTorch's).
+def add(a, b): return Add.apply(*operands(a, b))
+def sub(a, b): return Sub.apply(*operands(a, b))
+def mul(a, b): return Mul.apply(*operands(a, b))
+def div(a, b): return Div.apply(*operands(a, b))
 def neg(a): return Neg.apply(a)
-def pow(a, b): return Pow.apply(a, _scalar(b))  # noqa: A001 (shadows builtin inside this module only)
+def pow(a, b): return Pow.apply(*operands(a, b))  # noqa: A001 (shadows builtin inside this module only)
 def exp(a): return Exp.apply(a)
 def log(a): return Log.apply(a)
 def sqrt(a): return Sqrt.apply(a)
@@ -279,8 +281,8 @@ def relu(a): return ReLU.apply(a)
 def gelu(a): return GELU.apply(a)
 def silu(a): return SiLU.apply(a)
 def abs(a): return Abs.apply(a)  # noqa: A001
-def maximum(a, b): return Maximum.apply(a, _scalar(b))
-def minimum(a, b): return Minimum.apply(a, _scalar(b))
+def maximum(a, b): return Maximum.apply(*operands(a, b))
+def minimum(a, b): return Minimum.apply(*operands(a, b))
 def cast(a, dtype): return Cast.apply(a, dtype=np.dtype(dtype))
 
 
@@ -299,6 +301,8 @@ def where(cond, a, b):
     c = cond.data if isinstance(cond, Tensor) else cond
     if c.dtype != bool:
         raise TypeError(f"where: condition must be boolean, got dtype {c.dtype}")
+    if isinstance(a, Tensor) or isinstance(b, Tensor) or hasattr(a, "dtype") or hasattr(b, "dtype"):
+        a, b = operands(a, b)
     return Where.apply(Tensor._make(c, False), _scalar(a), _scalar(b))
 
 

@@ -7,6 +7,8 @@ batch axes that broadcast are summed back with sum_to.
 from .. import kernels
 from ..function import Function, ShapeError
 from ..kernels import cublas
+from ..tensor import Tensor
+from .promote import same_float_dtype
 from .broadcast import sum_to
 
 
@@ -63,4 +65,10 @@ class MatMul(Function):
 
 
 def matmul(a, b):
+    if not isinstance(a, Tensor):
+        a = Tensor(a, device=b.device)                   # tensor()'s rule: float64 arrays -> default dtype
+    elif not isinstance(b, Tensor):
+        b = Tensor(b, device=a.device)
+    if a.data.dtype != b.data.dtype:                     # as in PyTorch: no silent cast of either side
+        same_float_dtype("matmul", a=a, b=b)
     return MatMul.apply(a, b)

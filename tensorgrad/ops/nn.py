@@ -10,6 +10,7 @@ import numpy as np
 
 from ..backend import generator, get_array_module, scatter_add
 from ..function import Function, ShapeError
+from .promote import same_float_dtype
 
 
 class Softmax(Function):
@@ -184,10 +185,14 @@ def log_softmax(x, axis=-1, dim=None):
 
 
 def layer_norm(x, weight=None, bias=None, eps=1e-5):
+    if weight is not None and weight.data.dtype != x.data.dtype or bias is not None and bias.data.dtype != x.data.dtype:
+        same_float_dtype("layer_norm", input=x, weight=weight, bias=bias)   # raises: no silent cast
     return LayerNorm.apply(x, weight, bias, eps=eps)
 
 
 def rms_norm(x, weight=None, eps=1e-5):
+    if weight is not None and weight.data.dtype != x.data.dtype:
+        same_float_dtype("rms_norm", input=x, weight=weight)                # raises: no silent cast
     return RMSNorm.apply(x, weight, eps=eps)
 
 

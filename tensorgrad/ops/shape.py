@@ -8,6 +8,7 @@ import numpy as np
 from ..backend import get_array_module, scatter_add
 from ..function import Function, ShapeError
 from .broadcast import sum_to
+from .promote import common
 
 
 class Reshape(Function):
@@ -178,7 +179,7 @@ def cat(tensors, axis=0, dim=None):
     tensors = list(tensors)
     if not tensors:
         raise ValueError("cat: needs at least one tensor")
-    return Cat.apply(*tensors, axis=axis if dim is None else dim)
+    return Cat.apply(*common(tensors), axis=axis if dim is None else dim)
 
 
 concatenate = cat
@@ -188,7 +189,7 @@ def stack(tensors, axis=0, dim=None):
     tensors = list(tensors)
     if not tensors:
         raise ValueError("stack: needs at least one tensor")
-    return Stack.apply(*tensors, axis=axis if dim is None else dim)
+    return Stack.apply(*common(tensors), axis=axis if dim is None else dim)
 
 
 def split(a, split_size_or_sections, axis=0, dim=None):
