@@ -7,11 +7,12 @@
 from . import functional, init, optim, schedules, utils
 from .attention import KVCache, MultiHeadSelfAttention, RotaryEmbedding
 from .checkpoint import load, save
-from .layers import GELU, Dropout, Embedding, Linear, SiLU, SwiGLU
+from .layers import GELU, Dropout, Embedding, LeakyReLU, Linear, ReLU, Sigmoid, SiLU, Softmax, SwiGLU, Tanh
 from .module import Module, ModuleDict, ModuleList, Parameter, Sequential
 from .norm import LayerNorm, RMSNorm
 
 __all__ = ["Module", "Parameter", "ModuleList", "ModuleDict", "Sequential", "Linear", "Embedding",
-           "LayerNorm", "RMSNorm", "Dropout", "GELU", "SiLU", "SwiGLU", "RotaryEmbedding",
+           "LayerNorm", "RMSNorm", "Dropout", "GELU", "SiLU", "ReLU", "LeakyReLU", "Tanh", "Sigmoid",
+           "Softmax", "SwiGLU", "RotaryEmbedding",
            "MultiHeadSelfAttention", "KVCache", "functional", "init", "optim", "utils", "schedules",
            "save", "load"]

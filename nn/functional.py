@@ -8,8 +8,9 @@ from tensorgrad.function import Function
 from tensorgrad.ops.broadcast import sum_to
 from tensorgrad.ops.matmul import mm
 from tensorgrad.ops.promote import same_float_dtype
-from tensorgrad.ops import (cross_entropy, dropout, gelu, layer_norm, log_softmax, qkv_attention, rms_norm,
-                            rotary_embedding, scaled_dot_product_attention, silu, softmax)
+from tensorgrad.ops import (binary_cross_entropy_with_logits, cross_entropy, dropout, gelu, layer_norm,
+                            leaky_relu, log_softmax, mse_loss, nll_loss, qkv_attention, relu, rms_norm,
+                            rotary_embedding, scaled_dot_product_attention, sigmoid, silu, softmax, tanh)
 from tensorgrad.ops import embedding as _embedding
 
 
@@ -50,5 +51,6 @@ def embedding(input, weight):
     return _embedding(input, weight)
 
 
-__all__ = ["softmax", "log_softmax", "cross_entropy", "gelu", "silu", "dropout", "layer_norm", "rms_norm",
+__all__ = ["softmax", "log_softmax", "cross_entropy", "nll_loss", "mse_loss", "binary_cross_entropy_with_logits",
+           "gelu", "silu", "relu", "leaky_relu", "tanh", "sigmoid", "dropout", "layer_norm", "rms_norm",
            "linear", "embedding", "scaled_dot_product_attention", "qkv_attention", "rotary_embedding"]

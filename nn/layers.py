@@ -1,4 +1,5 @@
-"""Basic layers: Linear, Embedding, Dropout, GELU, SiLU, SwiGLU.
+"""Basic layers: Linear, Embedding, Dropout, the activations (ReLU, LeakyReLU, Tanh, Sigmoid,
+GELU, SiLU, Softmax) and SwiGLU.
 
 Initialisation follows PyTorch's defaults so that a model built here starts
 where the same model built in PyTorch would (GPT code re-initialises anyway).
@@ -87,6 +88,53 @@ class SiLU(Module):
 
     def forward(self, x):
         return F.silu(x)
+
+
+class ReLU(Module):
+    """max(x, 0)."""
+
+    def forward(self, x):
+        return F.relu(x)
+
+
+class LeakyReLU(Module):
+    """x where x > 0, negative_slope * x elsewhere."""
+
+    def __init__(self, negative_slope=0.01):
+        super().__init__()
+        self.negative_slope = negative_slope
+
+    def forward(self, x):
+        return F.leaky_relu(x, self.negative_slope)
+
+    def extra_repr(self):
+        return f"negative_slope={self.negative_slope}"
+
+
+class Tanh(Module):
+    def forward(self, x):
+        return F.tanh(x)
+
+
+class Sigmoid(Module):
+    """1 / (1 + e^-x)."""
+
+    def forward(self, x):
+        return F.sigmoid(x)
+
+
+class Softmax(Module):
+    """softmax over axis `dim` (no default: the axis of the classes is not guessed)."""
+
+    def __init__(self, dim):
+        super().__init__()
+        self.dim = dim
+
+    def forward(self, x):
+        return F.softmax(x, dim=self.dim)
+
+    def extra_repr(self):
+        return f"dim={self.dim}"
 
 
 class SwiGLU(Module):

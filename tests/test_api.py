@@ -105,3 +105,128 @@ def test_matmul_linear_and_norms_refuse_mixed_float_dtypes():
         nn.RMSNorm(3)(x64)
     assert lin(x64.float()).dtype == np.float32 and lin(tg.tensor(np.ones((4, 3)))).dtype == np.float32
     assert lin.double()(x64).dtype == np.float64
+
+
+# ------------------------------------------------------- activation modules
+def _sigmoid(x):
+    return 1 / (1 + np.exp(-x))
+
+
+def _softmax(x, axis):
+    e = np.exp(x - x.max(axis, keepdims=True))
+    return e / e.sum(axis, keepdims=True)
+
+
+ACTIVATIONS = {
+    "ReLU": (lambda nn: nn.ReLU(), lambda x: np.maximum(x, 0)),
+    "LeakyReLU": (lambda nn: nn.LeakyReLU(0.2), lambda x: np.where(x > 0, x, 0.2 * x)),
+    "LeakyReLU default": (lambda nn: nn.LeakyReLU(), lambda x: np.where(x > 0, x, 0.01 * x)),
+    "Tanh": (lambda nn: nn.Tanh(), np.tanh),
+    "Sigmoid": (lambda nn: nn.Sigmoid(), _sigmoid),
+    "Softmax": (lambda nn: nn.Softmax(dim=1), lambda x: _softmax(x, 1)),
+    "Softmax last": (lambda nn: nn.Softmax(dim=-1), lambda x: _softmax(x, -1)),
+}
+
+
+@pytest.mark.parametrize("name", list(ACTIVATIONS))
+def test_activation_modules(name):
+    import nn
+    make, ref = ACTIVATIONS[name]
+    layer = make(nn)
+    x = rand64(2, 3, 5)
+    x.data[np.abs(x.data) < 0.05] += 0.1                             # keep away from the kinks
+    np.testing.assert_allclose(layer(x).data, ref(x.data), rtol=1e-12)
+    check_grad(layer, x, name=name)
+    assert layer(tg.tensor(x.data)).dtype == np.float32
+    assert list(layer.parameters()) == []
+
+
+# ------------------------------------------------------------------ losses
+def _reduce(v, reduction):
+    return v if reduction == "none" else v.sum() if reduction == "sum" else v.mean()
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_mse_loss(reduction):
+    import nn.functional as F
+    x, y = rand64(3, 4), rand64(3, 4)
+    np.testing.assert_allclose(F.mse_loss(x, y, reduction=reduction).data,
+                               _reduce((x.data - y.data) ** 2, reduction), rtol=1e-12)
+    check_grad(lambda a, b: F.mse_loss(a, b, reduction=reduction), x, y, name=f"mse_loss {reduction}")
+    with pytest.raises(ValueError, match=r"mse_loss: input \(3, 4\) and target \(3, 1\)"):
+        F.mse_loss(x, rand64(3, 1))
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_nll_loss(reduction):
+    import nn.functional as F
+    x = rand64(5, 4)
+    t = np.array([0, 3, -100, 1, 3])
+    logp = x.log_softmax(-1)
+    keep = t != -100
+    picked = np.where(keep, -logp.data[np.arange(5), np.where(keep, t, 0)], 0.0)
+    ref = picked if reduction == "none" else picked.sum() if reduction == "sum" else picked.sum() / keep.sum()
+    np.testing.assert_allclose(F.nll_loss(logp, t, reduction=reduction).data, ref, rtol=1e-12)
+    np.testing.assert_allclose(F.nll_loss(logp, t, reduction=reduction).data,
+                               F.cross_entropy(x, t, reduction=reduction).data, rtol=1e-12)
+    check_grad(lambda a: F.nll_loss(a, t, reduction=reduction), x, name=f"nll_loss {reduction}")
+    check_grad(lambda a: F.nll_loss(a.log_softmax(-1), np.array([[0, 3], [1, 2]]), ignore_index=3), rand64(2, 2, 4),
+               name="nll_loss 3-D, ignore_index=3")
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_binary_cross_entropy_with_logits(reduction):
+    import nn.functional as F
+    x, y = rand64(3, 5, scale=3), rand64(3, 5, low=0.0)              # targets in [0, 1)
+    s = _sigmoid(x.data)
+    ref = _reduce(-(y.data * np.log(s) + (1 - y.data) * np.log(1 - s)), reduction)
+    np.testing.assert_allclose(F.binary_cross_entropy_with_logits(x, y, reduction=reduction).data, ref, rtol=1e-10)
+    check_grad(lambda a, b: F.binary_cross_entropy_with_logits(a, b, reduction=reduction), x, y,
+               name=f"binary_cross_entropy_with_logits {reduction}")
+
+
+def test_binary_cross_entropy_with_logits_is_stable():
+    import nn.functional as F
+    x = tg.tensor([1000.0, -1000.0, 1000.0, -1000.0, 40.0], requires_grad=True)
+    y = tg.tensor([0, 1, 1, 0, 0])                                   # integer labels are fine
+    loss = F.binary_cross_entropy_with_logits(x, y, reduction="none")
+    np.testing.assert_allclose(loss.data, [1000, 1000, 0, 0, 40], rtol=1e-6)
+    loss.sum().backward()
+    np.testing.assert_allclose(x.grad, [1, -1, 0, 0, 1], atol=1e-6)
+    assert loss.dtype == np.float32
+
+
+def _smoothed_ce(x, t, eps, ignore_index=-100):
+    """PyTorch's cross_entropy(x, t, ignore_index, label_smoothing=eps) with reduction='mean'."""
+    V = x.shape[-1]
+    x, t = x.reshape(-1, V), t.reshape(-1)
+    keep = t != ignore_index
+    logp = x - x.max(1, keepdims=True)
+    logp = logp - np.log(np.exp(logp).sum(1, keepdims=True))
+    q = (1 - eps) * np.eye(V)[np.where(keep, t, 0)] + eps / V         # the smoothed target distribution
+    return -(q * logp).sum(1)[keep].sum() / keep.sum()
+
+
+@pytest.mark.parametrize("eps", [0.0, 0.1, 1.0])
+def test_cross_entropy_label_smoothing_and_ignore_index(eps):
+    import nn.functional as F
+    x = rand64(2, 3, 5, scale=2)
+    t = np.array([[1, 4, -1], [0, -1, 2]])
+    got = F.cross_entropy(x, t, ignore_index=-1, label_smoothing=eps)
+    np.testing.assert_allclose(got.data, _smoothed_ce(x.data, t, eps, -1), rtol=1e-12)
+    check_grad(lambda a: F.cross_entropy(a, t, ignore_index=-1, label_smoothing=eps), x, name=f"ce smoothing {eps}")
+    check_grad(lambda a: F.cross_entropy(a, t, ignore_index=-1, label_smoothing=eps, reduction="none"), x,
+               name=f"ce smoothing {eps} none")
+    rows = F.cross_entropy(x, t, ignore_index=-1, label_smoothing=eps, reduction="none").data
+    assert rows[0, 2] == rows[1, 1] == 0                             # ignored rows add nothing
+    np.testing.assert_allclose(rows.sum(), F.cross_entropy(x, t, -1, "sum", eps).data, rtol=1e-12)
+    with pytest.raises(ValueError, match="label_smoothing"):
+        F.cross_entropy(x, t, label_smoothing=1.5)
+
+
+def test_cross_entropy_twin_declines_label_smoothing():
+    from tensorgrad.ops.nn import CrossEntropy
+    twin = CrossEntropy.cuda
+    x, t = np.zeros((2, 3), np.float32), np.zeros(2, np.int64)
+    assert twin.supports(x, t, ignore_index=-1, reduction="mean", label_smoothing=0.0)   # the kernel masks ignored rows
+    assert not twin.supports(x, t, ignore_index=-1, reduction="mean", label_smoothing=0.1)

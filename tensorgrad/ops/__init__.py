@@ -2,22 +2,23 @@
 from ..tensor import Tensor
 from .attention import qkv_attention, rotary_embedding, scaled_dot_product_attention
 from .broadcast import sum_to
-from .elementwise import (abs, add, cast, clamp, clip, div, exp, gelu, log, masked_fill, maximum,
+from .elementwise import (abs, add, cast, clamp, clip, div, exp, gelu, leaky_relu, log, masked_fill, maximum,
                           minimum, mul, neg, pow, relu, sigmoid, silu, sqrt, sub, tanh, where)
 from .matmul import matmul
-from .nn import cross_entropy, dropout, embedding, layer_norm, log_softmax, rms_norm, softmax
+from .nn import (binary_cross_entropy_with_logits, cross_entropy, dropout, embedding, layer_norm, log_softmax,
+                 mse_loss, nll_loss, rms_norm, softmax)
 from .reduce import argmax, max, mean, min, std, sum, var
 from .shape import (broadcast_to, cat, causal_mask, concatenate, expand, getitem, permute, reshape,
                     split, stack, swapaxes, transpose, tril, triu)
 from . import cuda  # noqa: F401  (registers the GPU twins of the fused ops)
 
-__all__ = ["sum_to", "abs", "add", "cast", "clamp", "clip", "div", "exp", "gelu", "log", "masked_fill",
-           "maximum", "minimum", "mul", "neg", "pow", "relu", "sigmoid", "silu", "sqrt", "sub", "tanh",
-           "where", "matmul", "cross_entropy", "dropout", "embedding", "layer_norm", "log_softmax",
-           "rms_norm", "softmax", "argmax", "max", "mean", "min", "std", "sum", "var", "broadcast_to",
-           "cat", "causal_mask", "concatenate", "expand", "getitem", "permute", "reshape", "split",
-           "stack", "swapaxes", "transpose", "tril", "triu", "scaled_dot_product_attention", "qkv_attention",
-           "rotary_embedding"]
+__all__ = ["sum_to", "abs", "add", "cast", "clamp", "clip", "div", "exp", "gelu", "leaky_relu", "log",
+           "masked_fill", "maximum", "minimum", "mul", "neg", "pow", "relu", "sigmoid", "silu", "sqrt", "sub",
+           "tanh", "where", "matmul", "binary_cross_entropy_with_logits", "cross_entropy", "dropout",
+           "embedding", "layer_norm", "log_softmax", "mse_loss", "nll_loss", "rms_norm", "softmax", "argmax",
+           "max", "mean", "min", "std", "sum", "var", "broadcast_to", "cat", "causal_mask", "concatenate",
+           "expand", "getitem", "permute", "reshape", "split", "stack", "swapaxes", "transpose", "tril", "triu",
+           "scaled_dot_product_attention", "qkv_attention", "rotary_embedding"]
 
 
 def _compare(op):
@@ -47,7 +48,7 @@ def _bind():
     T.__ge__ = _compare(lambda a, b: a >= b)
     T.__eq__ = _compare(lambda a, b: a == b)
     T.__ne__ = _compare(lambda a, b: a != b)
-    for f in (exp, log, sqrt, tanh, sigmoid, relu, gelu, silu, abs, clamp, clip, maximum, minimum,
+    for f in (exp, log, sqrt, tanh, sigmoid, relu, leaky_relu, gelu, silu, abs, clamp, clip, maximum, minimum,
               matmul, sum, mean, max, min, var, std, argmax, permute, transpose, swapaxes, expand,
               broadcast_to, split, tril, triu, softmax, log_softmax, masked_fill):
         setattr(T, f.__name__, f)

@@ -46,7 +46,13 @@ class LayerNormCUDA(LayerNorm):
 
 
 class CrossEntropyCUDA(CrossEntropy):
-    """Saves only the logsumexp of each row; backward recomputes softmax from it."""
+    """Saves only the logsumexp of each row; backward recomputes softmax from it.
+    The kernels leave out ignore_index rows (the keep mask) but know nothing of label
+    smoothing: a smoothed loss runs the reference."""
+    @classmethod
+    def supports(cls, logits, target, ignore_index=-100, reduction="mean", label_smoothing=0.0):
+        return label_smoothing == 0.0
+
     def row_losses(self, x, t, keep):
         losses, self.lse = kernels.cross_entropy_forward(x, t, keep)           # (N,), (N,)
         self.x = x

@@ -166,6 +166,16 @@ class ReLU(Function):
         return g * self.mask
 
 
+class LeakyReLU(Function):
+    """out = a if a > 0 else slope * a;  da = g * (1 if a > 0 else slope)"""
+    def forward(self, a, slope=0.01):
+        self.factor = get_array_module(a).where(a > 0, a.dtype.type(1), a.dtype.type(slope))
+        return a * self.factor
+
+    def backward(self, g):
+        return g * self.factor
+
+
 _GELU_C = math.sqrt(2.0 / math.pi)
 
 
@@ -278,6 +288,7 @@ def sqrt(a): return Sqrt.apply(a)
 def tanh(a): return Tanh.apply(a)
 def sigmoid(a): return Sigmoid.apply(a)
 def relu(a): return ReLU.apply(a)
+def leaky_relu(a, negative_slope=0.01): return LeakyReLU.apply(a, slope=float(negative_slope))
 def gelu(a): return GELU.apply(a)
 def silu(a): return SiLU.apply(a)
 def abs(a): return Abs.apply(a)  # noqa: A001

@@ -91,58 +91,119 @@ class RMSNorm(Function):
         return dx, dw
 
 
-class CrossEntropy(Function):
-    """loss = mean over kept rows of (logsumexp(x) - x[target]);
-    dx = (softmax(x) - onehot(target)) * g / n_kept, zero on ignored rows"""
-    def forward(self, logits, target, ignore_index=-100, reduction="mean"):
-        xp = get_array_module(logits)
-        V = logits.shape[-1]
-        if target.shape != logits.shape[:-1]:
-            raise ShapeError(f"cross_entropy: logits {logits.shape} need targets of shape "
-                             f"{logits.shape[:-1]}, got {target.shape}")
+class _ClassLoss(Function):
+    """What cross_entropy and nll_loss share: scores (..., V) with integer targets (...),
+    rows whose target is ignore_index left out, and the mean over the rows kept."""
+    def _rows(self, op, scores, target, ignore_index, reduction):
+        """-> (x (N, V), safe targets (N,), keep (N,)); saves what backward needs."""
+        xp = get_array_module(scores)
+        V = scores.shape[-1]
+        if target.shape != scores.shape[:-1]:
+            raise ShapeError(f"{op}: {'logits' if op == 'cross_entropy' else 'input'} {scores.shape} needs targets of shape "
+                             f"{scores.shape[:-1]}, got {target.shape}")
         if target.dtype.kind not in "iu":
-            raise ShapeError(f"cross_entropy: targets must be integer class ids, got dtype {target.dtype}")
-        x = logits.reshape(-1, V)                                   # (N, V)
+            raise ShapeError(f"{op}: targets must be integer class ids, got dtype {target.dtype}")
+        x = scores.reshape(-1, V)                                   # (N, V)
         t = target.reshape(-1)                                      # (N,)
         keep = t != ignore_index                                    # (N,)
         safe_t = xp.where(keep, t, 0)
-        self.shape, self.reduction, self.keep, self.t = logits.shape, reduction, keep, safe_t
-        losses = self.row_losses(x, safe_t, keep)                   # (N,), 0 on ignored rows
-        if reduction == "none":
-            return losses.reshape(target.shape)
+        self.shape, self.reduction, self.keep, self.t = scores.shape, reduction, keep, safe_t
+        return x, safe_t, keep
+
+    def _reduce(self, losses, target_shape):
+        """losses (N,), 0 on ignored rows -> 'none': target_shape, 'sum', or 'mean' over kept rows."""
+        xp = get_array_module(losses)
+        if self.reduction == "none":
+            return losses.reshape(target_shape)
         total = losses.sum()
-        if reduction == "sum":
+        if self.reduction == "sum":
             return total
-        self.n = xp.maximum(keep.sum(), 1).astype(x.dtype)         # no host sync: stays on device
+        self.n = xp.maximum(self.keep.sum(), 1).astype(losses.dtype)   # no host sync: stays on device
         return total / self.n
 
-    def backward(self, g):
+    def _row_scale(self, g):
+        """The output gradient as each row's factor: (N,) for 'none', else a 0-d array."""
         if self.reduction == "none":
-            row_scale = g.reshape(-1)                               # (N,)
-        elif self.reduction == "sum":
-            row_scale = g
-        else:
-            row_scale = g / self.n
-        return self.dlogits(row_scale).reshape(self.shape), None
+            return g.reshape(-1)                                    # (N,)
+        return g if self.reduction == "sum" else g / self.n
+
+
+class CrossEntropy(_ClassLoss):
+    """loss = mean over kept rows of (1 - e)(lse(x) - x[target]) + e (lse(x) - mean(x)), e = label_smoothing;
+    dx = (softmax(x) - (1 - e) onehot(target) - e / V) * g / n_kept, zero on ignored rows"""
+    def forward(self, logits, target, ignore_index=-100, reduction="mean", label_smoothing=0.0):
+        x, safe_t, keep = self._rows("cross_entropy", logits, target, ignore_index, reduction)
+        self.eps = label_smoothing
+        losses = self.row_losses(x, safe_t, keep)                   # (N,), 0 on ignored rows
+        return self._reduce(losses, target.shape)
+
+    def backward(self, g):
+        return self.dlogits(self._row_scale(g)).reshape(self.shape), None
 
     def row_losses(self, x, t, keep):
-        """Per-row loss lse(x) - x[t] (0 where not keep); saves softmax for dlogits."""
+        """Per-row loss (0 where not keep); saves softmax for dlogits."""
         xp = get_array_module(x)
         m = x.max(axis=1, keepdims=True)
         e = xp.exp(x - m)
         s = e.sum(axis=1, keepdims=True)
         self.probs = e / s                                          # (N, V): saved for backward
         lse = (m + xp.log(s))[:, 0]
-        return (lse - x[xp.arange(x.shape[0]), t]) * keep
+        loss = lse - x[xp.arange(x.shape[0]), t]                    # -log p[t]
+        if self.eps:
+            # smoothing: the target is (1 - e) onehot + e / V, so e times the mean of -log p is added
+            loss = (1 - self.eps) * loss + self.eps * (lse - x.mean(axis=1))
+        return loss * keep
 
     def dlogits(self, row_scale):
-        """(softmax - onehot(t)) * row_scale per row, 0 on ignored rows: (N, V)."""
+        """(softmax - target distribution) * row_scale per row, 0 on ignored rows: (N, V)."""
         xp = get_array_module(self.probs)
         dx = self.probs.copy()
-        dx[xp.arange(dx.shape[0]), self.t] -= 1
+        dx[xp.arange(dx.shape[0]), self.t] -= 1 - self.eps
+        if self.eps:
+            dx -= self.eps / dx.shape[1]
         scale = xp.reshape(row_scale, (-1, 1)) if xp.ndim(row_scale) else row_scale
         dx *= (self.keep[:, None] * scale).astype(dx.dtype)
         return dx
+
+
+class NLLLoss(_ClassLoss):
+    """loss = mean over kept rows of -logp[target];  dlogp = -onehot(target) * g / n_kept, zero on ignored rows"""
+    def forward(self, logp, target, ignore_index=-100, reduction="mean"):
+        xp = get_array_module(logp)
+        x, safe_t, keep = self._rows("nll_loss", logp, target, ignore_index, reduction)
+        self.dtype = x.dtype
+        losses = -x[xp.arange(x.shape[0]), safe_t] * keep           # (N,)
+        return self._reduce(losses, target.shape)
+
+    def backward(self, g):
+        xp = get_array_module(g)
+        N, V = self.keep.shape[0], self.shape[-1]
+        dx = xp.zeros((N, V), dtype=self.dtype)
+        dx[xp.arange(N), self.t] = -(self.keep * self._row_scale(g))
+        return dx.reshape(self.shape), None
+
+
+class BCEWithLogits(Function):
+    """loss = max(x, 0) - x y + log(1 + e^-|x|)  (= -[y log s(x) + (1 - y) log(1 - s(x))], s = sigmoid,
+    written so that e^ never overflows);  dx = (s(x) - y) g,  dy = -x g"""
+    def forward(self, x, y, reduction="mean"):
+        if x.shape != y.shape:
+            raise ShapeError(f"binary_cross_entropy_with_logits: input {x.shape} and target {y.shape} "
+                             "must have the same shape")
+        xp = get_array_module(x)
+        self.x, self.y, self.reduction = x, y, reduction
+        losses = xp.maximum(x, 0) - x * y + xp.log1p(xp.exp(-xp.abs(x)))
+        if reduction == "none":
+            return losses
+        return losses.sum() if reduction == "sum" else losses.mean()
+
+    def backward(self, g):
+        xp = get_array_module(g)
+        if self.reduction == "mean":
+            g = g / max(self.x.size, 1)
+        dx = (0.5 * (1 + xp.tanh(0.5 * self.x)) - self.y) * g      # sigmoid as in ops/elementwise: no overflow
+        dy = -self.x * g if self.needs_input_grad[1] else None
+        return dx, dy
 
 
 class Embedding(Function):
@@ -196,14 +257,65 @@ def rms_norm(x, weight=None, eps=1e-5):
     return RMSNorm.apply(x, weight, eps=eps)
 
 
-def cross_entropy(logits, target, ignore_index=-100, reduction="mean"):
-    """Cross-entropy from logits (..., V) and integer targets (...)."""
-    from ..tensor import Tensor
+def _check_reduction(op, reduction):
     if reduction not in ("mean", "sum", "none"):
-        raise ValueError(f"cross_entropy: reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+        raise ValueError(f"{op}: reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+
+
+def _targets(target, like):
+    from ..tensor import Tensor
+    return target if isinstance(target, Tensor) else Tensor(target, device=like.device)
+
+
+def cross_entropy(logits, target, ignore_index=-100, reduction="mean", label_smoothing=0.0):
+    """Cross-entropy from logits (..., V) (classes on the last axis) and integer targets (...).
+
+    Targets equal to ignore_index are left out, and 'mean' averages over the rest (PyTorch's
+    rule). label_smoothing e in [0, 1] mixes the one-hot target with the uniform distribution:
+    the target becomes (1 - e) onehot + e / V, as in PyTorch."""
+    _check_reduction("cross_entropy", reduction)
+    if not 0.0 <= label_smoothing <= 1.0:
+        raise ValueError(f"cross_entropy: label_smoothing must be in [0, 1], got {label_smoothing}")
+    return CrossEntropy.apply(logits, _targets(target, logits), ignore_index=int(ignore_index),
+                              reduction=reduction, label_smoothing=float(label_smoothing))
+
+
+def nll_loss(input, target, ignore_index=-100, reduction="mean"):  # noqa: A002 (PyTorch's name)
+    """Negative log-likelihood of log-probabilities input (..., V) (e.g. log_softmax) at integer
+    targets (...): -input[target], averaged over the targets that are not ignore_index.
+    Classes are on the last axis, as in cross_entropy here (PyTorch puts them on axis 1,
+    which is the same thing for (N, V) inputs)."""
+    _check_reduction("nll_loss", reduction)
+    return NLLLoss.apply(input, _targets(target, input), ignore_index=int(ignore_index), reduction=reduction)
+
+
+def binary_cross_entropy_with_logits(input, target, reduction="mean"):  # noqa: A002
+    """Binary cross-entropy of sigmoid(input) against targets in [0, 1] of the same shape,
+    computed from the logits so that large |input| neither overflows nor loses precision."""
+    _check_reduction("binary_cross_entropy_with_logits", reduction)
+    from ..tensor import Tensor
     if not isinstance(target, Tensor):
-        target = Tensor(target, device=logits.device)
-    return CrossEntropy.apply(logits, target, ignore_index=ignore_index, reduction=reduction)
+        target = Tensor(target, device=input.device, dtype=input.dtype)
+    elif target.dtype != input.dtype:
+        if target.dtype.kind == "f":
+            same_float_dtype("binary_cross_entropy_with_logits", input=input, target=target)   # raises
+        target = target.to(dtype=input.dtype)                       # 0/1 labels given as ints or bools
+    return BCEWithLogits.apply(input, target, reduction=reduction)
+
+
+def mse_loss(input, target, reduction="mean"):  # noqa: A002
+    """Mean squared error (input - target)^2 (no broadcasting: the shapes must agree).
+    Composed of differentiable ops, so both sides get gradients."""
+    from .elementwise import mul, sub
+    from .reduce import mean, sum
+    _check_reduction("mse_loss", reduction)
+    target = _targets(target, input)
+    if input.shape != target.shape:
+        raise ShapeError(f"mse_loss: input {input.shape} and target {target.shape} "
+                         "must have the same shape (broadcasting them is almost always a bug)")
+    d = sub(input, target)
+    sq = mul(d, d)
+    return sq if reduction == "none" else sum(sq) if reduction == "sum" else mean(sq)
 
 
 def embedding(idx, weight):
