@@ -28,13 +28,15 @@ class GPTConfig:
     mlp: str = "gelu"           # or "swiglu"
     pos: str = "learned"        # or "rope"
     tie_weights: bool = True    # lm_head.weight is wte.weight
+    gelu_approximate: str = "tanh"  # the MLP's GELU: "tanh" (GPT-2's) or "none" (exact erf, PyTorch's default)
 
     def __post_init__(self):
         if self.n_embd % self.n_head:
             raise ValueError(f"GPTConfig: n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
         for name, value, allowed in (("norm", self.norm, ("layernorm", "rmsnorm")),
                                      ("mlp", self.mlp, ("gelu", "swiglu")),
-                                     ("pos", self.pos, ("learned", "rope"))):
+                                     ("pos", self.pos, ("learned", "rope")),
+                                     ("gelu_approximate", self.gelu_approximate, ("tanh", "none"))):
             if value not in allowed:
                 raise ValueError(f"GPTConfig: {name}={value!r}, expected one of {allowed}")
 
@@ -112,9 +114,10 @@ class MLP(nn.Module):
         self.c_fc = nn.Linear(C, 4 * C, bias=config.bias)
         self.c_proj = nn.Linear(4 * C, C, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
+        self.approximate = config.gelu_approximate
 
     def forward(self, x):
-        return self.dropout(self.c_proj(F.gelu(self.c_fc(x))))
+        return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate=self.approximate)))
 
 
 class SwiGLUMLP(nn.Module):

@@ -77,10 +77,19 @@ class Dropout(Module):
 
 
 class GELU(Module):
-    """GPT-2's GELU (tanh approximation)."""
+    """GELU: approximate='none' (PyTorch's default) is exact (erf), 'tanh' is GPT-2's approximation."""
+
+    def __init__(self, approximate="none"):
+        super().__init__()
+        if approximate not in ("none", "tanh"):
+            raise ValueError(f"GELU: approximate must be 'none' (exact, erf) or 'tanh', got {approximate!r}")
+        self.approximate = approximate
 
     def forward(self, x):
-        return F.gelu(x)
+        return F.gelu(x, approximate=self.approximate)
+
+    def extra_repr(self):
+        return f"approximate={self.approximate!r}"
 
 
 class SiLU(Module):

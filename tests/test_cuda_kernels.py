@@ -11,6 +11,7 @@ Skipped where no GPU is present (the `cuda` marker, see conftest.py).
 import numpy as np
 import pytest
 
+import nn
 import tensorgrad as tg
 from tensorgrad import backend, kernels
 
@@ -260,6 +261,53 @@ def test_wrappers_reject_wrong_dtypes(cp):
         kernels.softmax_forward(np.zeros((2, 3), np.float32))
 
 
+# ---------------------------------------------------------------------- GELU
+@pytest.mark.parametrize("approximate", ["none", "tanh"])
+@pytest.mark.parametrize("shape", [(1,), (7,), (65, 33), (4, 256, 1536), (3, 100_003)])
+def test_gelu_kernels_both_forms(poisoned, approximate, shape):
+    """Both forms of the one kernel template against the engine's NumPy op in float64."""
+    cp = poisoned
+    x = (rng.standard_normal(shape) * 4).astype(np.float32)
+    g = rng.standard_normal(shape).astype(np.float32)
+    ref_in = tg.tensor(x, dtype=np.float64, requires_grad=True)       # NumPy, float64: the reference
+    ref_out = tg.gelu(ref_in, approximate=approximate)
+    ref_out.backward(g.astype(np.float64))
+    relerr(kernels.gelu_forward(cp.asarray(x), approximate), ref_out.data, f"gelu {approximate} forward {shape}")
+    relerr(kernels.gelu_backward(cp.asarray(g), cp.asarray(x), approximate), ref_in.grad,
+           f"gelu {approximate} backward {shape}")
+
+
+def test_gelu_forms_differ_and_bad_form_is_refused(cp):
+    x = cp.asarray(np.array([-3.0, -1.0, 0.5, 2.0], np.float32))
+    exact, approx = kernels.gelu_forward(x, "none").get(), kernels.gelu_forward(x, "tanh").get()
+    assert 1e-5 < np.abs(exact - approx).max() < 1e-2                 # close, yet not the same function
+    with pytest.raises(ValueError, match="approximate"):
+        kernels.gelu_forward(x, "erf")
+
+
+@pytest.mark.parametrize("approximate", ["none", "tanh"])
+def test_engine_gelu_cuda_vs_cpu(approximate):
+    x = (rng.standard_normal((5, 37, 129)) * 3).astype(np.float32)
+    out = tg.gelu(tg.tensor(x, device="cuda", requires_grad=True), approximate=approximate)
+    assert type(out._ctx).__name__ == "GELUCUDA"                      # the kernel ran, with the form asked for
+    _compare_engine(lambda a: tg.gelu(a, approximate=approximate), [x], f"gelu {approximate}")
+    _compare_engine(nn.GELU(approximate=approximate), [x], f"nn.GELU({approximate!r})")
+
+
+def test_engine_cross_entropy_label_smoothing_runs_the_reference_on_cuda():
+    from tensorgrad.ops.nn import CrossEntropy
+    logits = (rng.standard_normal((4, 16, 100)) * 5).astype(np.float32)
+    t = rng.integers(0, 100, (4, 16))
+    t[1, :3] = -1
+    fn = lambda a, tt: tg.cross_entropy(a, tt, ignore_index=-1, label_smoothing=0.1)
+    out = fn(tg.tensor(logits, device="cuda", requires_grad=True), tg.tensor(t, device="cuda"))
+    assert type(out._ctx) is CrossEntropy                              # the kernels know no smoothing
+    _compare_engine(fn, [logits, t], "cross_entropy label_smoothing=0.1")
+    plain = tg.cross_entropy(tg.tensor(logits, device="cuda", requires_grad=True), tg.tensor(t, device="cuda"),
+                             ignore_index=-1)
+    assert type(plain._ctx).__name__ == "CrossEntropyCUDA"             # ignore_index alone: the kernels mask it
+
+
 # ------------------------------------------------- the engine, cuda vs cpu
 def _run_both(fn, *arrays):
     """fn on cpu and on cuda (float32, kernels on); returns (outputs, grads) of each."""
@@ -322,7 +370,9 @@ def test_gradcheck_on_cupy_with_kernels_off(monkeypatch):
     t = tg.tensor(cp.asarray([1, 0, -100, 3]), device="cuda")
     tg.gradcheck(lambda p: tg.cross_entropy(p, t), [_cuda64(4, 5, scale=2)])
     tg.gradcheck(lambda p: tg.cross_entropy(p, t, reduction="none"), [_cuda64(4, 5, scale=2)])
-    tg.gradcheck(lambda p: tg.gelu(p), [_cuda64(3, 4, scale=2)])
+    tg.gradcheck(lambda p: tg.gelu(p), [_cuda64(3, 4, scale=2)])                        # exact (erf)
+    tg.gradcheck(lambda p: tg.gelu(p, approximate="tanh"), [_cuda64(3, 4, scale=2)])
+    tg.gradcheck(lambda p: tg.cross_entropy(p, t, label_smoothing=0.2), [_cuda64(4, 5, scale=2)])
     idx = tg.tensor(cp.asarray([0, 2, 2, 1, 0]), device="cuda")
     tg.gradcheck(lambda p: tg.getitem(p, idx), [_cuda64(4, 3)])           # repeated rows accumulate
     tg.gradcheck(lambda p: tg.embedding(idx, p), [_cuda64(4, 3)])

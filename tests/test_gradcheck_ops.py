@@ -42,7 +42,7 @@ def test_pow_tensor_exponent(shape):
 UNARY = {
     "neg": (lambda x: -x, None), "exp": (tg.exp, None), "log": (tg.log, 0.2), "sqrt": (tg.sqrt, 0.2),
     "tanh": (tg.tanh, None), "sigmoid": (tg.sigmoid, None), "relu": (tg.relu, None),
-    "gelu": (tg.gelu, None), "silu": (tg.silu, None), "abs": (tg.abs, None),
+    "gelu": (tg.gelu, None), "gelu_tanh": (lambda x: tg.gelu(x, approximate="tanh"), None), "silu": (tg.silu, None), "abs": (tg.abs, None),
     "clamp": (lambda x: tg.clamp(x, -0.5, 0.7), None), "clamp_min": (lambda x: x.clamp(min=0.1), None),
 }
 

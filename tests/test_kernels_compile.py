@@ -21,7 +21,7 @@ KERNELS = {
     "cross_entropy": ["cross_entropy_forward_warp", "cross_entropy_forward_block",
                       "cross_entropy_backward_warp", "cross_entropy_backward_block"],
     "adamw": ["adamw_step"],
-    "gelu": ["gelu_forward", "gelu_backward"],
+    "gelu": ["gelu_forward_erf", "gelu_forward_tanh", "gelu_backward_erf", "gelu_backward_tanh"],
 }
 
 

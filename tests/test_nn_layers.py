@@ -88,8 +88,13 @@ def test_activations_and_swiglu():
     np.testing.assert_allclose(nn.SiLU()(x).data, x.data / (1 + np.exp(-x.data)), rtol=1e-12)
     xd = x.data
     gelu = 0.5 * xd * (1 + np.tanh(math.sqrt(2 / math.pi) * (xd + 0.044715 * xd ** 3)))
-    np.testing.assert_allclose(nn.GELU()(x).data, gelu, rtol=1e-12)
+    np.testing.assert_allclose(nn.GELU(approximate="tanh")(x).data, gelu, rtol=1e-12)
+    exact = 0.5 * xd * (1 + np.vectorize(math.erf)(xd / math.sqrt(2)))
+    np.testing.assert_allclose(nn.GELU()(x).data, exact, rtol=1e-12)   # PyTorch's default: exact
     layer_gradcheck(nn.GELU(), x)
+    layer_gradcheck(nn.GELU(approximate="tanh"), x)
+    with pytest.raises(ValueError, match="approximate"):
+        nn.GELU(approximate="erf")
     layer_gradcheck(nn.SiLU(), x)
     tg.manual_seed(0)
     ff = nn.SwiGLU(4, 6)

@@ -268,24 +268,36 @@ def _elementwise_launch(name, n, args):
     launch("gelu", name, (elementwise_grid(n),), (256,), args)
 
 
-def gelu_forward(x):
-    """GPT-2's tanh-approximation GELU of x, elementwise."""
+_GELU_KERNEL = {"none": "erf", "tanh": "tanh"}   # PyTorch's approximate= -> the kernels' suffix
+
+
+def _gelu_form(approximate):
+    form = _GELU_KERNEL.get(approximate)
+    if form is None:
+        raise ValueError(f"gelu: approximate must be 'none' (exact, erf) or 'tanh', got {approximate!r}")
+    return form
+
+
+def gelu_forward(x, approximate="tanh"):
+    """GELU of x, elementwise: the exact erf form (approximate='none') or GPT-2's tanh one."""
     cp = backend.cupy()
+    form = _gelu_form(approximate)
     x = _f32(x, "gelu input")
     y = cp.empty_like(x)
-    _elementwise_launch("gelu_forward", x.size, (x, y, np.int64(x.size)))
+    _elementwise_launch("gelu_forward_" + form, x.size, (x, y, np.int64(x.size)))
     return y
 
 
-def gelu_backward(g, x):
-    """dx = g * gelu'(x)."""
+def gelu_backward(g, x, approximate="tanh"):
+    """dx = g * gelu'(x), of the same form as the forward."""
     cp = backend.cupy()
+    form = _gelu_form(approximate)
     g = _f32(g, "gelu gradient")
     x = _f32(x, "gelu input")
     if g.shape != x.shape:
         raise ValueError(f"gelu_backward: gradient {g.shape} and input {x.shape} differ in shape")
     dx = cp.empty_like(x)
-    _elementwise_launch("gelu_backward", x.size, (g, x, dx, np.int64(x.size)))
+    _elementwise_launch("gelu_backward_" + form, x.size, (g, x, dx, np.int64(x.size)))
     return dx
 
 

@@ -1,31 +1,64 @@
-// GELU, GPT-2's tanh approximation, forward and backward in one pass each.
+// GELU in PyTorch's two forms, forward and backward in one pass each.
 //
+// Exact (approximate='none', PyTorch's default), with Phi the normal CDF:
+//   y  = x Phi(x) = x/2 (1 + erf(x / sqrt 2))
+//   dx = g (Phi(x) + x phi(x)),  phi(x) = exp(-x^2 / 2) / sqrt(2 pi)
+// Tanh approximation (approximate='tanh', GPT-2's):
 //   y  = x/2 (1 + t),  t = tanh(c (x + 0.044715 x^3)),  c = sqrt(2/pi)
 //   dx = g (1/2 (1 + t) + x/2 (1 - t^2) c (1 + 3 * 0.044715 x^2))
-// Composed from array ops, the forward takes 8 passes over memory and the
-// backward about 12; here each reads its inputs once and writes once. The
-// backward recomputes t from x rather than saving it (one array less to keep).
+// One template body serves both (the form is the EXACT parameter, fixed at
+// compile time, so neither kernel pays a branch). Composed from array ops, the
+// forward takes 8 passes over memory and the backward about 12; here each reads
+// its inputs once and writes once. The backward recomputes the CDF (or t) from
+// x rather than saving it (one array less to keep).
 //
 // Launch: 1-D grid-stride loop, 256 threads a block; n may exceed 2^31.
-#define GELU_C 0.7978845608028654f
+#define GELU_C 0.7978845608028654f      // sqrt(2 / pi)
 #define GELU_K 0.044715f
+#define INV_SQRT2 0.7071067811865476f   // 1 / sqrt(2)
+#define INV_SQRT_2PI 0.3989422804014327f  // 1 / sqrt(2 pi)
 
-extern "C" __global__ void gelu_forward(const float* __restrict__ x, float* __restrict__ y, long long n) {
-    long long stride = (long long)gridDim.x * blockDim.x;
-    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
-        float a = x[i];
-        float t = tanhf(GELU_C * (a + GELU_K * a * a * a));
-        y[i] = 0.5f * a * (1.0f + t);
-    }
+template <bool EXACT>
+__device__ __forceinline__ float gelu_value(float a) {
+    if constexpr (EXACT) return 0.5f * a * (1.0f + erff(a * INV_SQRT2));
+    const float t = tanhf(GELU_C * (a + GELU_K * a * a * a));
+    return 0.5f * a * (1.0f + t);
 }
 
-extern "C" __global__ void gelu_backward(const float* __restrict__ g, const float* __restrict__ x,
-                                         float* __restrict__ dx, long long n) {
+template <bool EXACT>
+__device__ __forceinline__ float gelu_slope(float a) {
+    if constexpr (EXACT) return 0.5f * (1.0f + erff(a * INV_SQRT2)) + a * INV_SQRT_2PI * expf(-0.5f * a * a);
+    const float t = tanhf(GELU_C * (a + GELU_K * a * a * a));
+    return 0.5f * (1.0f + t) + 0.5f * a * (1.0f - t * t) * GELU_C * (1.0f + 3.0f * GELU_K * a * a);
+}
+
+template <bool EXACT>
+__device__ __forceinline__ void gelu_forward_loop(const float* __restrict__ x, float* __restrict__ y, long long n) {
     long long stride = (long long)gridDim.x * blockDim.x;
-    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
-        float a = x[i];
-        float t = tanhf(GELU_C * (a + GELU_K * a * a * a));
-        float d = 0.5f * (1.0f + t) + 0.5f * a * (1.0f - t * t) * GELU_C * (1.0f + 3.0f * GELU_K * a * a);
-        dx[i] = g[i] * d;
-    }
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride)
+        y[i] = gelu_value<EXACT>(x[i]);
+}
+
+template <bool EXACT>
+__device__ __forceinline__ void gelu_backward_loop(const float* __restrict__ g, const float* __restrict__ x,
+                                                   float* __restrict__ dx, long long n) {
+    long long stride = (long long)gridDim.x * blockDim.x;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride)
+        dx[i] = g[i] * gelu_slope<EXACT>(x[i]);
+}
+
+extern "C" __global__ void gelu_forward_erf(const float* x, float* y, long long n) {
+    gelu_forward_loop<true>(x, y, n);
+}
+
+extern "C" __global__ void gelu_forward_tanh(const float* x, float* y, long long n) {
+    gelu_forward_loop<false>(x, y, n);
+}
+
+extern "C" __global__ void gelu_backward_erf(const float* g, const float* x, float* dx, long long n) {
+    gelu_backward_loop<true>(g, x, dx, n);
+}
+
+extern "C" __global__ void gelu_backward_tanh(const float* g, const float* x, float* dx, long long n) {
+    gelu_backward_loop<false>(g, x, dx, n);
 }

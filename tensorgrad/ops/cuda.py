@@ -65,12 +65,13 @@ class CrossEntropyCUDA(CrossEntropy):
 
 
 class GELUCUDA(GELU):
-    def forward(self, a):
-        self.a = a
-        return kernels.gelu_forward(a)
+    """Both forms: one kernel template (kernels/gelu.cu), the form a compile-time flag."""
+    def forward(self, a, approximate="none"):
+        self.a, self.approximate = a, approximate
+        return kernels.gelu_forward(a, approximate)
 
     def backward(self, g):
-        return kernels.gelu_backward(g, self.a)
+        return kernels.gelu_backward(g, self.a, self.approximate)
 
 
 class DropoutCUDA(Dropout):
