@@ -6,6 +6,7 @@ Modern options: RMSNorm, SwiGLU MLP, rotary positions, no biases, untied head.
 Parameter names follow GPT-2's so its checkpoints map onto the model.
 """
 import math
+import warnings
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -181,11 +182,20 @@ class GPT(nn.Module):
             else:
                 nn.init.ones_(p)  # norm weights
 
-    def num_params(self, non_embedding=True):
-        n = sum(p.numel() for p in self.parameters())
-        if non_embedding and self.config.pos == "learned":
+    def num_parameters(self, exclude_position_embeddings=False):
+        """Parameters of the model, a tied weight counted once (nn.Module's count).
+        exclude_position_embeddings=True leaves out wpe: nanoGPT's "non-embedding" count,
+        the size usually quoted (the token embedding stays: it is also the output layer)."""
+        n = super().num_parameters()
+        if exclude_position_embeddings and self.config.pos == "learned":
             n -= self.transformer.wpe.weight.numel()
         return n
+
+    def num_params(self, non_embedding=True):
+        """Deprecated: num_parameters(exclude_position_embeddings=...) is the one name."""
+        warnings.warn("GPT.num_params() is deprecated; use num_parameters(exclude_position_embeddings=True)",
+                      DeprecationWarning, stacklevel=2)
+        return self.num_parameters(exclude_position_embeddings=non_embedding)
 
     def forward(self, idx, targets=None, cache=None):
         """idx (B, T) int token ids -> (logits (B, T, V), mean cross-entropy loss or None).

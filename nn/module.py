@@ -164,6 +164,7 @@ class Module:
             p.grad = None
 
     def num_parameters(self):
+        """How many numbers the parameters hold (a tied Parameter counted once)."""
         return sum(p.numel() for p in self.parameters())
 
     # ------------------------------------------------------------ device, dtype
