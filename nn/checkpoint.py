@@ -22,8 +22,9 @@ VERSION = 1
 
 def save(path, model=None, optimizer=None, **extra):
     """Write model.state_dict(), optimizer.state_dict() and extra (JSON-able values or
-    NumPy arrays: iteration, config, RNG state, ...) to `path` atomically."""
-    path = os.fspath(path)
+    NumPy arrays: iteration, config, RNG state, ...) to `path` atomically.
+    `path` may also be an open binary file (as torch.save takes): written there, not atomically."""
+    path = path if hasattr(path, "write") else os.fspath(path)
     arrays = {}
     meta = {"format": FORMAT, "version": VERSION, "has_model": model is not None, "extra": {}}
     if model is not None:
@@ -51,6 +52,9 @@ def save(path, model=None, optimizer=None, **extra):
                         f"or NumPy arrays: {e}") from None
     arrays["__meta__"] = np.frombuffer(blob.encode("utf-8"), dtype=np.uint8)
 
+    if hasattr(path, "write"):            # an open file: the caller owns where it goes
+        np.savez(path, **arrays)
+        return
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=os.path.basename(path) + ".", suffix=".tmp")
     try:
@@ -103,8 +107,8 @@ def load(path, model=None, optimizer=None, strict=True):
     """Restore model and optimizer from `path` (in place) and return the extras as a dict.
 
     Errors name every missing, unexpected or wrong-shaped key; a truncated or
-    corrupted file gives a ValueError naming the file."""
-    path = os.fspath(path)
+    corrupted file gives a ValueError naming the file. `path` may also be an open binary file."""
+    path = path if hasattr(path, "read") else os.fspath(path)
     files, meta = _read(path)
     if model is not None:
         if not meta.get("has_model"):

@@ -230,3 +230,32 @@ def test_cross_entropy_twin_declines_label_smoothing():
     x, t = np.zeros((2, 3), np.float32), np.zeros(2, np.int64)
     assert twin.supports(x, t, ignore_index=-1, reduction="mean", label_smoothing=0.0)   # the kernel masks ignored rows
     assert not twin.supports(x, t, ignore_index=-1, reduction="mean", label_smoothing=0.1)
+
+
+# ------------------------------------------------------------- checkpoints
+def test_save_and_load_take_open_binary_files(tmp_path):
+    import io
+
+    import nn
+    tg.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.GELU(), nn.Linear(4, 2))
+    opt = nn.optim.AdamW(model.parameters(), lr=1e-2)
+    model(tg.randn(5, 3)).sum().backward()
+    opt.step()
+    buf = io.BytesIO()
+    nn.save(buf, model=model, optimizer=opt, iteration=7, note="in memory")
+    buf.seek(0)
+    tg.manual_seed(1)
+    other = nn.Sequential(nn.Linear(3, 4), nn.GELU(), nn.Linear(4, 2))
+    other_opt = nn.optim.AdamW(other.parameters(), lr=1e-2)
+    extra = nn.load(buf, model=other, optimizer=other_opt)
+    assert extra == {"iteration": 7, "note": "in memory"} and not buf.closed
+    for (k, a), (_, b) in zip(model.state_dict().items(), other.state_dict().items()):
+        np.testing.assert_array_equal(a, b, err_msg=k)
+    with open(tmp_path / "ckpt.npz", "wb") as f:                       # a real file, opened by the caller
+        nn.save(f, model=model, iteration=8)
+    with open(tmp_path / "ckpt.npz", "rb") as f:
+        assert nn.load(f, model=other)["iteration"] == 8
+    assert nn.load(tmp_path / "ckpt.npz")["iteration"] == 8           # and readable by path
+    with pytest.raises(ValueError, match="not a valid tensorgrad checkpoint"):
+        nn.load(io.BytesIO(b"not a zip file"), model=other)
