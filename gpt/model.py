@@ -197,11 +197,14 @@ class GPT(nn.Module):
                       DeprecationWarning, stacklevel=2)
         return self.num_parameters(exclude_position_embeddings=non_embedding)
 
-    def forward(self, idx, targets=None, cache=None):
-        """idx (B, T) int token ids -> (logits (B, T, V), mean cross-entropy loss or None).
+    def forward(self, idx, targets=None, cache=None, all_logits=False):
+        """idx (B, T) int token ids -> (logits, loss).
 
-        With a KVCache (generation), idx holds only the new tokens and the logits
-        of the last position alone are computed.
+        With targets (B, T): logits (B, T, V) and the mean cross-entropy (targets of -1
+        are left out). Without: logits of the last position only, (B, 1, V), and None,
+        as nanoGPT does: generation needs no more, and the head over every position is
+        the largest matmul of the model. all_logits=True gives every position's (B, T, V)
+        (scoring, evaluation). With a KVCache (generation), idx holds only the new tokens.
         """
         idx = idx if isinstance(idx, tg.Tensor) else tg.tensor(np.asarray(idx), device=self.device)
         if idx.ndim != 2:
@@ -223,6 +226,8 @@ class GPT(nn.Module):
             cache.length += T
         x = self.transformer.ln_f(x)                                         # (B, T, C)
         if targets is None:
+            if all_logits:
+                return self.lm_head(x), None                                 # (B, T, V)
             return self.lm_head(x[:, -1:, :]), None                          # (B, 1, V): only what sampling needs
         targets = targets if isinstance(targets, tg.Tensor) else tg.tensor(np.asarray(targets), device=self.device)
         logits = self.lm_head(x)                                             # (B, T, V)

@@ -39,3 +39,18 @@ def test_gelu_form_comes_from_the_config(form):
         GPTConfig(**TINY, gelu_approximate="erf")
 
 
+
+
+def test_forward_without_targets_gives_the_last_position_unless_asked():
+    tg.manual_seed(0)
+    model = GPT(GPTConfig(**TINY)).eval()
+    idx = np.array([[1, 4, 2, 7, 3], [0, 1, 2, 3, 4]])
+    last, loss = model(idx)
+    assert last.shape == (2, 1, 11) and loss is None
+    every, _ = model(idx, all_logits=True)
+    assert every.shape == (2, 5, 11)
+    np.testing.assert_allclose(every.numpy()[:, -1:], last.numpy(), rtol=1e-6)
+    with_targets, loss = model(idx, idx)                               # training: every position, and the loss
+    np.testing.assert_allclose(with_targets.numpy(), every.numpy(), rtol=1e-6)
+    ref = F.cross_entropy(every, idx).item()
+    assert loss.item() == pytest.approx(ref, rel=1e-6)
