@@ -8,6 +8,7 @@ Parameter names follow GPT-2's so its checkpoints map onto the model.
 import math
 import warnings
 from dataclasses import asdict, dataclass
+from typing import Optional
 
 import numpy as np
 
@@ -18,18 +19,24 @@ import tensorgrad as tg
 
 @dataclass
 class GPTConfig:
+    # Every field is saved in checkpoints (asdict) and becomes a training flag; a field added
+    # later needs a default that rebuilds the models saved before it (old configs lack it).
     block_size: int = 1024      # longest context
     vocab_size: int = 50257
     n_layer: int = 12
     n_head: int = 12
     n_embd: int = 768
-    dropout: float = 0.0
+    dropout: float = 0.0        # on the embeddings; also attention and residual dropout unless set below
     bias: bool = True           # biases in Linear and LayerNorm (GPT-2: True)
     norm: str = "layernorm"     # or "rmsnorm"
     mlp: str = "gelu"           # or "swiglu"
     pos: str = "learned"        # or "rope"
     tie_weights: bool = True    # lm_head.weight is wte.weight
     gelu_approximate: str = "tanh"  # the MLP's GELU: "tanh" (GPT-2's) or "none" (exact erf, PyTorch's default)
+    d_ff: Optional[int] = None  # MLP hidden width; None: 4 * n_embd (gelu), 8/3 * n_embd rounded up to 64 (swiglu)
+    rope_theta: float = 10000.0  # RoPE base: pair i turns at pos * rope_theta^(-2i/head_dim)
+    attn_dropout: Optional[float] = None   # on the attention weights; None: dropout
+    resid_dropout: Optional[float] = None  # on each block's attention and MLP output; None: dropout
 
     def __post_init__(self):
         if self.n_embd % self.n_head:
@@ -40,8 +47,30 @@ class GPTConfig:
                                      ("gelu_approximate", self.gelu_approximate, ("tanh", "none"))):
             if value not in allowed:
                 raise ValueError(f"GPTConfig: {name}={value!r}, expected one of {allowed}")
+        for name in ("dropout", "attn_dropout", "resid_dropout"):
+            p = getattr(self, name)
+            if p is not None and not 0.0 <= p < 1.0:
+                raise ValueError(f"GPTConfig: {name}={p}, expected a probability in [0, 1)")
+        if self.d_ff is not None and self.d_ff < 1:
+            raise ValueError(f"GPTConfig: d_ff={self.d_ff}, expected a positive width (or None for the default)")
+        if self.rope_theta <= 0:
+            raise ValueError(f"GPTConfig: rope_theta={self.rope_theta}, expected a positive base")
 
     to_dict = asdict
+
+    def mlp_width(self):
+        """The MLP's hidden width: d_ff, or the default of the MLP kind."""
+        if self.d_ff is not None:
+            return self.d_ff
+        if self.mlp == "swiglu":
+            # 8/3 C (rounded up to 64) keeps the parameter count of the 4C GELU MLP with three matrices
+            return 64 * math.ceil(8 * self.n_embd / 3 / 64)
+        return 4 * self.n_embd
+
+    def dropouts(self):
+        """(attention, residual) dropout probabilities, each falling back to dropout."""
+        return (self.dropout if self.attn_dropout is None else self.attn_dropout,
+                self.dropout if self.resid_dropout is None else self.resid_dropout)
 
 
 def _norm(config):
@@ -81,11 +110,12 @@ class CausalSelfAttention(nn.Module):
     def __init__(self, config):
         super().__init__()
         C = config.n_embd
-        self.n_head, self.dropout = config.n_head, config.dropout
+        attn_p, resid_p = config.dropouts()
+        self.n_head, self.dropout = config.n_head, attn_p
         self.c_attn = nn.Linear(C, 3 * C, bias=config.bias)    # q, k, v for all heads at once
         self.c_proj = nn.Linear(C, C, bias=config.bias)
-        self.resid_dropout = nn.Dropout(config.dropout)
-        self.rope = (nn.RotaryEmbedding(C // config.n_head, config.block_size)
+        self.resid_dropout = nn.Dropout(resid_p)
+        self.rope = (nn.RotaryEmbedding(C // config.n_head, config.block_size, theta=config.rope_theta)
                      if config.pos == "rope" else None)
 
     def forward(self, x, positions=None, cache=None, layer=0, block_size=None):
@@ -109,12 +139,13 @@ class CausalSelfAttention(nn.Module):
 
 
 class MLP(nn.Module):
+    """GPT-2's MLP: c_fc (C -> d_ff, 4C by default), GELU, c_proj (d_ff -> C)."""
     def __init__(self, config):
         super().__init__()
-        C = config.n_embd
-        self.c_fc = nn.Linear(C, 4 * C, bias=config.bias)
-        self.c_proj = nn.Linear(4 * C, C, bias=config.bias)
-        self.dropout = nn.Dropout(config.dropout)
+        C, H = config.n_embd, config.mlp_width()
+        self.c_fc = nn.Linear(C, H, bias=config.bias)
+        self.c_proj = nn.Linear(H, C, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropouts()[1])
         self.approximate = config.gelu_approximate
 
     def forward(self, x):
@@ -122,12 +153,11 @@ class MLP(nn.Module):
 
 
 class SwiGLUMLP(nn.Module):
-    """LLaMA's MLP; hidden width 8/3 * C (rounded to 64) keeps the parameter count of 4C GELU."""
+    """LLaMA's MLP, hidden width d_ff (by default 8/3 C rounded up to 64: see GPTConfig.mlp_width)."""
     def __init__(self, config):
         super().__init__()
-        hidden = 64 * math.ceil(8 * config.n_embd / 3 / 64)
-        self.swiglu = nn.SwiGLU(config.n_embd, hidden)
-        self.dropout = nn.Dropout(config.dropout)
+        self.swiglu = nn.SwiGLU(config.n_embd, config.mlp_width())
+        self.dropout = nn.Dropout(config.dropouts()[1])
 
     def forward(self, x):
         return self.dropout(self.swiglu(x))
