@@ -68,7 +68,7 @@ class Tensor:
     def __init__(self, data, requires_grad=False, device=None, dtype=None):
         dtype = _dtype_of(dtype)
         if isinstance(data, Tensor):
-            dtype = dtype or data.dtype          # a tensor keeps its dtype unless asked
+            dtype = data.dtype if dtype is None else dtype   # a tensor keeps its dtype unless asked
             data = data.data
         dev = backend.parse_device(device) if device is not None else None
         if backend.is_cupy_array(data):
@@ -293,7 +293,7 @@ def _topological_order(root):
 def tensor(data, dtype=None, device=None, requires_grad=False):
     """A new leaf tensor from a list, scalar or array (copied)."""
     if isinstance(data, Tensor):
-        data, dtype = data.data, dtype or data.dtype       # a tensor keeps its dtype
+        data, dtype = data.data, data.dtype if dtype is None else dtype   # a tensor keeps its dtype
     if isinstance(data, np.ndarray):
         data = data.copy()
     return Tensor(data, requires_grad=requires_grad, device=device, dtype=dtype)
@@ -304,7 +304,7 @@ def _factory(fill, shape, dtype, device, requires_grad):
     xp = backend.xp_of_device(dev)
     if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
         shape = tuple(shape[0])
-    arr = fill(xp, tuple(int(s) for s in shape), np.dtype(dtype or _default_dtype))
+    arr = fill(xp, tuple(int(s) for s in shape), np.dtype(_default_dtype if dtype is None else dtype))
     t = Tensor._make(arr, False)
     t._device = dev
     return t.requires_grad_(requires_grad) if requires_grad else t
@@ -352,11 +352,11 @@ def arange(start, stop=None, step=1, dtype=None, device=None):
 
 
 def zeros_like(t, dtype=None, requires_grad=False):
-    return zeros(*t.shape, dtype=dtype or t.dtype, device=t.device, requires_grad=requires_grad)
+    return zeros(*t.shape, dtype=t.dtype if dtype is None else dtype, device=t.device, requires_grad=requires_grad)
 
 
 def ones_like(t, dtype=None, requires_grad=False):
-    return ones(*t.shape, dtype=dtype or t.dtype, device=t.device, requires_grad=requires_grad)
+    return ones(*t.shape, dtype=t.dtype if dtype is None else dtype, device=t.device, requires_grad=requires_grad)
 
 
 def manual_seed(seed):
