@@ -4,6 +4,7 @@ from .attention import qkv_attention, rotary_embedding, scaled_dot_product_atten
 from .broadcast import sum_to
 from .elementwise import (abs, add, cast, clamp, clip, div, exp, gelu, log, masked_fill, maximum,
                           minimum, mul, neg, pow, relu, sigmoid, silu, sqrt, sub, tanh, where)
+from .linear import linear
 from .matmul import matmul
 from .nn import cross_entropy, dropout, embedding, layer_norm, log_softmax, rms_norm, softmax
 from .reduce import argmax, max, mean, min, std, sum, var
@@ -13,7 +14,7 @@ from . import cuda  # noqa: F401  (registers the GPU twins of the fused ops)
 
 __all__ = ["sum_to", "abs", "add", "cast", "clamp", "clip", "div", "exp", "gelu", "log", "masked_fill",
            "maximum", "minimum", "mul", "neg", "pow", "relu", "sigmoid", "silu", "sqrt", "sub", "tanh",
-           "where", "matmul", "cross_entropy", "dropout", "embedding", "layer_norm", "log_softmax",
+           "where", "linear", "matmul", "cross_entropy", "dropout", "embedding", "layer_norm", "log_softmax",
            "rms_norm", "softmax", "argmax", "max", "mean", "min", "std", "sum", "var", "broadcast_to",
            "cat", "causal_mask", "concatenate", "expand", "getitem", "permute", "reshape", "split",
            "stack", "swapaxes", "transpose", "tril", "triu", "scaled_dot_product_attention", "qkv_attention",
