@@ -5,8 +5,13 @@ A subclass implements
     backward(self, grad) -> tuple of arrays         (one gradient per input)
 and may save what backward needs on `self`. `apply` runs forward and, when a
 gradient is needed, records the node in the graph: the output tensor points to
-its Function (`_ctx`), the Function to its inputs. Positional inputs may be
-Tensors or plain Python scalars (constants: their gradient is ignored).
+its Function (`_ctx`), the Function to where its inputs came from, their
+"edges": the Function that made an input, or the input itself when it is a
+leaf (a parameter). Not the input tensors: a Function holds no array it did
+not save, so an intermediate result nobody saved is freed as soon as the user
+drops it, as in PyTorch (holding every op's inputs would keep every activation
+of a network alive until backward ends). Positional inputs may be Tensors or
+plain Python scalars (constants: their gradient is ignored).
 """
 import contextlib
 
@@ -48,9 +53,13 @@ def enable_grad():
 
 
 class Function:
-    # inputs: the positional inputs (Tensors or constants); needs_input_grad:
-    # one bool per input, so backward can skip gradients nobody wants.
+    # inputs: one edge per positional input (its Function, or the leaf Tensor
+    # itself, or None when no gradient flows to it); input_meta: (shape, dtype)
+    # of each input, to check the gradients backward returns; needs_input_grad:
+    # one bool per input, so backward can skip gradients nobody wants; freed:
+    # set when backward() released the saved arrays.
     # No __slots__ here: subclasses keep their saved arrays as attributes.
+    freed = False
 
     # The GPU twin of this op (a subclass whose forward/backward run CUDA kernels,
     # registered in ops/cuda.py), or None. apply() is the one place that decides
@@ -106,7 +115,8 @@ class Function:
         requires = requires and out.dtype.kind == "f"
         t = Tensor._make(out, requires)
         if requires:
-            fn.inputs = inputs
+            fn.inputs = tuple((x._ctx or x) if isinstance(x, Tensor) and x.requires_grad else None for x in inputs)
+            fn.input_meta = tuple((x.data.shape, x.data.dtype) if isinstance(x, Tensor) else None for x in inputs)
             t._ctx = fn
         return t
 

@@ -19,15 +19,6 @@ int64 = np.int64
 bool_ = np.bool_
 
 
-class _Freed:
-    """Stands in for a Function whose saved arrays were released by backward()."""
-    def __repr__(self):
-        return "<freed graph>"
-
-
-_FREED = _Freed()
-
-
 def _dtype_of(dtype):
     return None if dtype is None else np.dtype(dtype)
 
@@ -227,37 +218,43 @@ class Tensor:
             if tuple(grad.shape) != self.shape:
                 raise ValueError(f"backward(): gradient shape {tuple(grad.shape)} does not match output shape {self.shape}")
 
-        order = _topological_order(self)
-        grads = {id(self): grad}
+        if self._ctx is None:            # a leaf: its gradient is grad itself
+            self.grad = grad.copy() if self.grad is None else self.grad + grad
+            return
+        # graph nodes are Functions and leaf Tensors (see function.py); run each
+        # Function's backward once all gradients flowing into its output are summed
+        order = _topological_order(self._ctx)
+        grads = {id(self._ctx): grad}
         for node in reversed(order):
             g = grads.pop(id(node), None)
             if g is None:
                 continue
-            fn = node._ctx
-            if fn is None:  # a leaf: keep the sum
+            if isinstance(node, Tensor):  # a leaf: keep the sum
                 if node.grad is None:
                     node.grad = g.copy()  # g may be shared with other grads: own it
                 else:
                     node.grad += g
                 continue
-            if fn is _FREED:
+            fn = node
+            if fn.freed:
                 raise RuntimeError("backward(): the graph was already freed by an earlier backward(); "
                                    "pass retain_graph=True to the first call to go through it twice")
             in_grads = fn.backward(g)
             if not isinstance(in_grads, tuple):
                 in_grads = (in_grads,)
-            for inp, ig in zip(fn.inputs, in_grads):
-                if ig is None or not isinstance(inp, Tensor) or not inp.requires_grad:
+            for edge, meta, ig in zip(fn.inputs, fn.input_meta, in_grads):
+                if ig is None or edge is None:
                     continue
                 if isinstance(ig, np.generic):
                     ig = np.asarray(ig)
-                if ig.shape != inp.data.shape or ig.dtype != inp.data.dtype:
+                if ig.shape != meta[0] or ig.dtype != meta[1]:
                     raise RuntimeError(f"internal error: {type(fn).__name__}.backward returned a gradient of "
-                                       f"shape {ig.shape} {ig.dtype} for an input of shape {inp.data.shape} {inp.data.dtype}")
-                prev = grads.get(id(inp))
-                grads[id(inp)] = ig if prev is None else prev + ig
+                                       f"shape {ig.shape} {ig.dtype} for an input of shape {meta[0]} {meta[1]}")
+                prev = grads.get(id(edge))
+                grads[id(edge)] = ig if prev is None else prev + ig
             if not retain_graph:
-                node._ctx = _FREED  # drop the Function and the arrays it saved
+                fn.__dict__.clear()   # drop the arrays it saved (and its edges)
+                fn.freed = True
 
     # --------------------------------------------------------------- operators
     # (bound at the end of ops/__init__.py, next to the ops themselves)
@@ -269,7 +266,8 @@ _function.Tensor = Tensor
 
 
 def _topological_order(root):
-    """Nodes that need a gradient, inputs before outputs (iterative DFS)."""
+    """Graph nodes (Functions and leaf Tensors) that lead to root, inputs before outputs
+    (iterative DFS)."""
     order, visited = [], set()
     stack = [(root, False)]
     while stack:
@@ -281,11 +279,10 @@ def _topological_order(root):
             continue
         visited.add(id(node))
         stack.append((node, True))
-        fn = node._ctx
-        if fn is not None and fn is not _FREED:
-            for inp in fn.inputs:
-                if isinstance(inp, Tensor) and inp.requires_grad and id(inp) not in visited:
-                    stack.append((inp, False))
+        if not isinstance(node, Tensor):
+            for edge in getattr(node, "inputs", ()):   # a freed Function has no edges left
+                if edge is not None and id(edge) not in visited:
+                    stack.append((edge, False))
     return order
 
 

@@ -436,6 +436,12 @@ def test_dropout_kernel_keep_rate_and_same_mask_backward(cp):
         assert not cp.array_equal(other, y)
         r = cp.asarray(rng.standard_normal(x.shape).astype(np.float32))
         assert cp.allclose(kernels.dropout(x, p, slot, residual=r), r + y, atol=1e-6)  # fma rounding
+        # a view 4 bytes off a 16-byte boundary takes the scalar path: the same mask per index
+        big = cp.asarray(rng.standard_normal(x.size + 1).astype(np.float32))
+        view = big[1:]
+        assert view.data.ptr % 16 and cp.array_equal(kernels.dropout(view, p, slot),
+                                                     kernels.dropout(view.copy(), p, slot))
+        assert cp.array_equal(kernels.dropout(view, p, slot, residual=r), kernels.dropout(view.copy(), p, slot, residual=r))
 
 
 def test_dropout_op_on_cuda_uses_philox_and_manual_seed():
@@ -532,3 +538,39 @@ def test_qkv_attention_with_dropout_trains_like_reference_statistics():
     y0 = tg.qkv_attention(x, 2).numpy()
     # each output row is a dropout-weighted mean of values: close to the no-dropout row on average
     assert abs(y.numpy().mean() - y0.mean()) < 0.05
+
+
+# ------------------------------------------------ linear: bias in the cuBLASLt epilogue
+@pytest.mark.parametrize("shape", [((7, 12), 20), ((64, 256, 384), 1152), ((3, 5, 64), 4), ((1, 128), 256)])
+def test_linear_bias_epilogue_matches_reference(cp, monkeypatch, shape):
+    """LinearCUDA (bias added by cuBLASLt) against x @ w^T + b in float64, full float32 (TF32 off)."""
+    from tensorgrad.kernels import cublaslt
+    from tensorgrad.ops.cuda import LinearCUDA
+    monkeypatch.setenv("CUPY_TF32", "0")
+    xs, out_f = shape
+    x = rng.standard_normal(xs).astype(np.float32)
+    w = rng.standard_normal((out_f, xs[-1])).astype(np.float32)
+    b = (10 * rng.standard_normal(out_f)).astype(np.float32)      # large: a missing bias shows
+    assert LinearCUDA.supports(cp.asarray(x), cp.asarray(w), cp.asarray(b))
+    y = cublaslt.linear_bias(cp.asarray(x.reshape(-1, xs[-1])), cp.asarray(w), cp.asarray(b))
+    ref = x.reshape(-1, xs[-1]).astype(np.float64) @ w.T.astype(np.float64) + b
+    assert np.linalg.norm(y.get() - ref) / np.linalg.norm(ref) < TOL
+    # through the engine: forward and the three gradients equal the CPU's
+    xt, wt, bt = (tg.tensor(a, requires_grad=True) for a in (x, w, b))
+    xg, wg, bg = (tg.tensor(a, requires_grad=True, device="cuda") for a in (x, w, b))
+    yc, yg = tg.linear(xt, wt, bt), tg.linear(xg, wg, bg)
+    g = rng.standard_normal(yc.shape).astype(np.float32)
+    yc.backward(tg.tensor(g))
+    yg.backward(tg.tensor(g, device="cuda"))
+    cpu = lambda a: backend.to_device(a, "cpu")  # noqa: E731
+    for a, c in ((yg.numpy(), yc.numpy()), (cpu(xg.grad), xt.grad), (cpu(wg.grad), wt.grad), (cpu(bg.grad), bt.grad)):
+        assert np.linalg.norm(a - c) / np.linalg.norm(c) < 1e-4
+
+
+def test_linear_without_bias_or_odd_sizes_uses_reference(cp):
+    from tensorgrad.ops.cuda import LinearCUDA
+    x, w = cp.ones((4, 6), dtype=cp.float32), cp.ones((5, 6), dtype=cp.float32)
+    assert not LinearCUDA.supports(x, w, None)
+    assert not LinearCUDA.supports(x, w, cp.ones(5, dtype=cp.float32))       # 5 outputs, 6 inputs: not x4
+    y = tg.linear(tg.tensor(x), tg.tensor(w), tg.tensor(cp.ones(5, dtype=cp.float32)))
+    assert np.allclose(y.numpy(), 7.0)

@@ -70,14 +70,28 @@ def test_graph_is_freed_and_second_pass_is_an_error():
 
 
 def test_backward_frees_saved_arrays():
+    x = tg.tensor(rng.standard_normal(100), requires_grad=True)
+    h = x.exp()
+    fn = h._ctx
+    assert any(isinstance(v, np.ndarray) for v in vars(fn).values())
+    h.sum().backward()
+    assert fn.freed and not vars(fn).get("inputs") and not any(isinstance(v, np.ndarray) for v in vars(fn).values())
+
+
+def test_graph_holds_no_unsaved_intermediate():
+    """A Function keeps edges to where its inputs came from, not the input tensors:
+    an intermediate that no op saved is freed when the user drops it (as in PyTorch)."""
     import gc
     import weakref
     x = tg.tensor(rng.standard_normal(100), requires_grad=True)
-    h = x.exp()
-    fn_ref = weakref.ref(h._ctx)
-    h.sum().backward()
+    h = x * 2.0                       # Mul saves x (a leaf) and the constant, not its output
+    ref = weakref.ref(h.data)
+    y = (h + 1.0).sum()               # Add saves nothing of h
+    del h
     gc.collect()
-    assert fn_ref() is None  # the Exp node and its saved output are gone
+    assert ref() is None
+    y.backward()
+    np.testing.assert_allclose(x.grad, np.full(100, 2.0))
 
 
 def test_detach_and_integer_tensors():

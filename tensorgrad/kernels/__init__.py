@@ -355,12 +355,14 @@ def dropout(x, p, slot, residual=None):
     n = x.size
     grid = (elementwise_grid((n + 7) // 8),)
     if residual is None:
-        launch("dropout", "dropout_apply", grid, (256,), (x, y, np.int64(n), slot, drop16, scale))
+        vec = np.int32(x.data.ptr % 16 == 0 and y.data.ptr % 16 == 0)
+        launch("dropout", "dropout_apply", grid, (256,), (x, y, np.int64(n), slot, drop16, scale, vec))
     else:
         r = _f32(residual, "dropout residual")
         if r.shape != x.shape:
             raise ValueError(f"dropout_add: residual {r.shape} and input {x.shape} differ in shape")
-        launch("dropout", "dropout_add", grid, (256,), (x, r, y, np.int64(n), slot, drop16, scale))
+        vec = np.int32(x.data.ptr % 16 == 0 and y.data.ptr % 16 == 0 and r.data.ptr % 16 == 0)
+        launch("dropout", "dropout_add", grid, (256,), (x, r, y, np.int64(n), slot, drop16, scale, vec))
     return y
 
 
@@ -383,6 +385,19 @@ def attention_supported(q, k, v, causal):
     return all(a.strides[3] == 4 for a in (q, k, v))
 
 
+def _vec4(*arrays):
+    """Do all arrays start on 16 bytes with (batch, head, time) strides of whole float4s?
+    Then the kernels read them as float4s; otherwise one float at a time."""
+    return all(a.data.ptr % 16 == 0 and all(st % 16 == 0 for st in a.strides[:3]) for a in arrays)
+
+
+def _check_out(**arrays):
+    """Outputs are written as float4s: they must be 16-byte aligned (fresh arrays and their head views are)."""
+    for name, a in arrays.items():
+        if not _vec4(a):
+            raise ValueError(f"attention: output {name} {a.shape} {a.strides} is not 16-byte aligned")
+
+
 def _strides(*arrays):
     """(batch, head, time) strides in floats of each (B, H, T, D) array, flattened."""
     return tuple(np.int64(st // 4) for a in arrays for st in a.strides[:3])
@@ -396,13 +411,14 @@ def attention_forward(q, k, v, y, causal, scale, p, slot):
     S = k.shape[2]
     if y.shape != q.shape or y.strides[3] != 4:
         raise ValueError(f"attention_forward: output {y.shape} must match q {q.shape} with a contiguous last axis")
+    _check_out(y=y)
     lse = cp.empty((B, H, T), dtype=cp.float32)
     drop16, dscale = drop_threshold(p)
-    shared = (3 * _TILE * (D + 1) + _TILE * (_TILE + 1)) * 4
+    shared = (3 * _TILE * (D + 4) + _TILE * (_TILE + 4)) * 4
     launch("attention", f"attention_forward_{D}", (-(-T // _TILE), B * H), (128,),
            (q, k, v, y, lse) + _strides(q, k, v, y) +
-           (np.int32(H), np.int32(T), np.int32(S), np.float32(scale), np.int32(causal), slot, drop16, dscale),
-           shared_mem=shared)
+           (np.int32(H), np.int32(T), np.int32(S), np.float32(scale), np.int32(causal), slot, drop16, dscale,
+            np.int32(_vec4(q, k, v))), shared_mem=shared)
     return lse
 
 
@@ -415,6 +431,7 @@ def attention_backward(g, q, k, v, y, lse, causal, scale, p, slot, dq, dk, dv):
         if grad.shape != like.shape or grad.strides != like.strides:
             raise ValueError(f"attention_backward: {name} {grad.shape} {grad.strides} needs the shape and "
                              f"strides of its tensor, {like.shape} {like.strides}")
+    _check_out(dq=dq, dk=dk, dv=dv)
     drop16, dscale = drop_threshold(p)
     rows = B * H * T
     dot = cp.empty((B, H, T), dtype=cp.float32)
@@ -422,12 +439,12 @@ def attention_backward(g, q, k, v, y, lse, causal, scale, p, slot, dq, dk, dv):
     launch("attention", "attention_row_dot", (-(-rows // 8),), (256,),
            (g, y, dot) + ys + (np.int32(H), np.int32(T), np.int32(D), np.int32(rows)))
     tail = _strides(q, k, v, y) + (np.int32(H), np.int32(T), np.int32(S), np.float32(scale), np.int32(causal),
-                                   slot, drop16, dscale)
-    tile = _TILE * (D + 1)
+                                   slot, drop16, dscale, np.int32(_vec4(q, k, v, g)))
+    tile, ptile = _TILE * (D + 4), _TILE * (_TILE + 4)
     launch("attention", f"attention_backward_kv_{D}", (-(-S // _TILE), B * H), (128,),
-           (q, k, v, g, lse, dot, dk, dv) + tail, shared_mem=(4 * tile + 2 * _TILE * (_TILE + 1) + 2 * _TILE) * 4)
+           (q, k, v, g, lse, dot, dk, dv) + tail, shared_mem=(4 * tile + 2 * ptile + 2 * _TILE) * 4)
     launch("attention", f"attention_backward_q_{D}", (-(-T // _TILE), B * H), (128,),
-           (q, k, v, g, lse, dot, dq) + tail, shared_mem=(4 * tile + _TILE * (_TILE + 1) + 2 * _TILE) * 4)
+           (q, k, v, g, lse, dot, dq) + tail, shared_mem=(4 * tile + ptile + 2 * _TILE) * 4)
 
 
 def attention_dropout_mask(BH, T, S, p, slot):

@@ -17,9 +17,13 @@
 // permute copies. lse is (B*H, T).
 //
 // Work split: 128 threads own a 64 x 64 tile; thread (ty, tx) = (tid / 8,
-// tid % 8) owns rows 4ty..4ty+3 and columns tx, tx+8, ..., tx+56 of it, so the
-// 8 threads of a row sit in one warp (row max / sum by 3 shuffles) and shared
-// memory reads are free of bank conflicts (rows padded to D + 1 floats).
+// tid % 8) owns rows 4ty..4ty+3 and columns tx, tx+8, ..., tx+56 of a score
+// tile, so the 8 threads of a row sit in one warp (row max / sum by 3
+// shuffles). Of a (64, D) output tile it owns rows 4ty..4ty+3 and the columns
+// 4tx..4tx+3 + 32m, so it stores float4s. Shared tiles keep global memory's
+// layout (rows of D floats, padded to D + 4): every inner-loop read is a
+// 16-byte float4, a quarter of the load instructions of scalar reads, and the
+// 8 threads of a quarter-warp read 8 different float4s of 32 distinct banks.
 // The backward is two kernels, both recomputing p: one per key tile for dk,
 // dv (looping over query tiles), one per query tile for dq (looping over key
 // tiles). Every sum has a fixed order: results are deterministic.
@@ -30,6 +34,7 @@
 
 #define TILE 64
 #define NT 128
+#define LP (TILE + 4)                      // row stride of a (64, 64) probability tile in shared memory
 #define LOG2E 1.4426950408889634f
 #define NEG_INF __int_as_float(0xff800000)
 
@@ -39,31 +44,99 @@ __device__ __forceinline__ long long base_of(const Strides& s, int bh, int H) {
     return (long long)(bh / H) * s.b + (long long)(bh % H) * s.h;
 }
 
-// rows [row0, row0 + 64) of a (.., rows, D) operand -> shared tile (64, D + 1), zeros past n_rows
+__device__ __forceinline__ float4 ld4(const float* p) { return *reinterpret_cast<const float4*>(p); }
+__device__ __forceinline__ float at(const float4& v, int u) { return u == 0 ? v.x : u == 1 ? v.y : u == 2 ? v.z : v.w; }
+
+// rows [row0, row0 + 64) of a (.., rows, D) operand -> shared tile (64, D + 4), zeros past n_rows.
+// vec: the operand's base and row stride are 16-byte aligned, so rows can be read as float4s.
 template <int D>
-__device__ __forceinline__ void load_tile(float* tile, const float* g, long long base, long long st, int row0, int n_rows) {
+__device__ __forceinline__ void load_tile(float* tile, const float* g, long long base, long long st, int row0,
+                                          int n_rows, bool vec) {
+    if (vec) {
+        for (int e = threadIdx.x; e < TILE * D / 4; e += NT) {
+            const int r = e / (D / 4), d = e % (D / 4) * 4;
+            const int row = row0 + r;
+            *reinterpret_cast<float4*>(tile + r * (D + 4) + d) =
+                row < n_rows ? ld4(g + base + (long long)row * st + d) : make_float4(0.f, 0.f, 0.f, 0.f);
+        }
+        return;
+    }
     for (int e = threadIdx.x; e < TILE * D; e += NT) {
         const int r = e / D, d = e % D;
         const int row = row0 + r;
-        tile[r * (D + 1) + d] = row < n_rows ? g[base + (long long)row * st + d] : 0.f;
+        tile[r * (D + 4) + d] = row < n_rows ? g[base + (long long)row * st + d] : 0.f;
     }
 }
 
-// acc[i][j] += sum_d A[4ty + i][d] * B[tx + 8j][d] for a 64 x 64 tile of A B^T
+// acc[i][j] += sum_d A[4ty + i][d] * B[tx + 8j][d] for a 64 x 64 tile of A B^T (A, B: (64, D + 4))
 template <int D>
 __device__ __forceinline__ void tile_abt(float (&acc)[4][8], const float* A, const float* B, int ty, int tx) {
-#pragma unroll 4
-    for (int d = 0; d < D; ++d) {
-        float a[4], b[8];
+#pragma unroll 2
+    for (int d = 0; d < D; d += 4) {
+        float4 a[4], b[8];
 #pragma unroll
-        for (int i = 0; i < 4; ++i) a[i] = A[(4 * ty + i) * (D + 1) + d];
+        for (int i = 0; i < 4; ++i) a[i] = ld4(A + (4 * ty + i) * (D + 4) + d);
 #pragma unroll
-        for (int j = 0; j < 8; ++j) b[j] = B[(tx + 8 * j) * (D + 1) + d];
+        for (int j = 0; j < 8; ++j) b[j] = ld4(B + (tx + 8 * j) * (D + 4) + d);
 #pragma unroll
         for (int i = 0; i < 4; ++i)
 #pragma unroll
-            for (int j = 0; j < 8; ++j) acc[i][j] += a[i] * b[j];
+            for (int j = 0; j < 8; ++j) {
+                acc[i][j] += a[i].x * b[j].x; acc[i][j] += a[i].y * b[j].y;
+                acc[i][j] += a[i].z * b[j].z; acc[i][j] += a[i].w * b[j].w;
+            }
     }
+}
+
+// acc[i][4m + u] += sum_c P[4ty + i][c] * M[c][4tx + 32m + u]   (P: (64, LP), M: (64, D + 4))
+template <int D>
+__device__ __forceinline__ void tile_pm(float (&acc)[4][D / 8], const float* P, const float* M, int ty, int tx) {
+#pragma unroll 2
+    for (int c = 0; c < TILE; c += 4) {
+        float4 p[4];
+#pragma unroll
+        for (int i = 0; i < 4; ++i) p[i] = ld4(P + (4 * ty + i) * LP + c);
+#pragma unroll
+        for (int u = 0; u < 4; ++u)
+#pragma unroll
+            for (int m = 0; m < D / 32; ++m) {
+                const float4 x = ld4(M + (c + u) * (D + 4) + 4 * tx + 32 * m);
+#pragma unroll
+                for (int i = 0; i < 4; ++i) {
+                    const float pi = at(p[i], u);
+                    acc[i][4 * m] += pi * x.x; acc[i][4 * m + 1] += pi * x.y;
+                    acc[i][4 * m + 2] += pi * x.z; acc[i][4 * m + 3] += pi * x.w;
+                }
+            }
+    }
+}
+
+// acc[i][4m + u] += sum_r P[r][4ty + i] * M[r][4tx + 32m + u]   (the transpose of P; P: (64, LP))
+template <int D>
+__device__ __forceinline__ void tile_ptm(float (&acc)[4][D / 8], const float* P, const float* M, int ty, int tx) {
+#pragma unroll 4
+    for (int r = 0; r < TILE; ++r) {
+        const float4 p = ld4(P + r * LP + 4 * ty);
+#pragma unroll
+        for (int m = 0; m < D / 32; ++m) {
+            const float4 x = ld4(M + r * (D + 4) + 4 * tx + 32 * m);
+#pragma unroll
+            for (int i = 0; i < 4; ++i) {
+                const float pi = at(p, i);
+                acc[i][4 * m] += pi * x.x; acc[i][4 * m + 1] += pi * x.y;
+                acc[i][4 * m + 2] += pi * x.z; acc[i][4 * m + 3] += pi * x.w;
+            }
+        }
+    }
+}
+
+// row `row` of a (.., rows, D) output <- acc[i] (the columns tile_pm / tile_ptm give a thread), times f
+template <int D>
+__device__ __forceinline__ void store_row(float* out, const float (&acc)[D / 8], float f, int tx) {
+#pragma unroll
+    for (int m = 0; m < D / 32; ++m)
+        *reinterpret_cast<float4*>(out + 4 * tx + 32 * m) =
+            make_float4(acc[4 * m] * f, acc[4 * m + 1] * f, acc[4 * m + 2] * f, acc[4 * m + 3] * f);
 }
 
 // Is key j visible to query i? (causal: j <= i + S - T; always j < S, i < T)
@@ -96,17 +169,17 @@ __device__ void attention_forward_body(const float* __restrict__ q, const float*
                                        const float* __restrict__ v, float* __restrict__ y, float* __restrict__ lse,
                                        Strides qs, Strides ks, Strides vs, Strides ys, int H, int T, int S,
                                        float scale, int causal, const unsigned int* rng, unsigned int drop16,
-                                       float dscale) {
-    extern __shared__ float smem[];
-    float* Q = smem;                       // (64, D + 1)
-    float* K = Q + TILE * (D + 1);         // (64, D + 1)
-    float* V = K + TILE * (D + 1);         // (64, D + 1)
-    float* P = V + TILE * (D + 1);         // (64, 65): probabilities after dropout
+                                       float dscale, int vec) {
+    extern __shared__ __align__(16) float smem[];
+    float* Q = smem;                       // (64, D + 4)
+    float* K = Q + TILE * (D + 4);         // (64, D + 4)
+    float* V = K + TILE * (D + 4);         // (64, D + 4)
+    float* P = V + TILE * (D + 4);         // (64, LP): probabilities after dropout
     const int bh = blockIdx.y, q0 = blockIdx.x * TILE;
     const int ty = threadIdx.x / 8, tx = threadIdx.x % 8;
     const float sl2 = scale * LOG2E;       // scores in log2 units: exp2 is one instruction
 
-    load_tile<D>(Q, q, base_of(qs, bh, H), qs.t, q0, T);
+    load_tile<D>(Q, q, base_of(qs, bh, H), qs.t, q0, T, vec);
     float m[4], l[4], acc[4][D / 8];
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
@@ -118,8 +191,8 @@ __device__ void attention_forward_body(const float* __restrict__ q, const float*
     for (int kt = 0; kt < nkt; ++kt) {
         const int k0 = kt * TILE;
         __syncthreads();                   // the previous tile's K, V, P are no longer read
-        load_tile<D>(K, k, base_of(ks, bh, H), ks.t, k0, S);
-        load_tile<D>(V, v, base_of(vs, bh, H), vs.t, k0, S);
+        load_tile<D>(K, k, base_of(ks, bh, H), ks.t, k0, S, vec);
+        load_tile<D>(V, v, base_of(vs, bh, H), vs.t, k0, S, vec);
         __syncthreads();
         float s[4][8];
 #pragma unroll
@@ -157,31 +230,16 @@ __device__ void attention_forward_body(const float* __restrict__ q, const float*
             for (int e = 0; e < D / 8; ++e) acc[i][e] *= alpha;
             drop_row(z, rng, drop16, dscale, row, kt, tx, bh);
 #pragma unroll
-            for (int j = 0; j < 8; ++j) P[(4 * ty + i) * (TILE + 1) + tx + 8 * j] = s[i][j] * z[j];
+            for (int j = 0; j < 8; ++j) P[(4 * ty + i) * LP + tx + 8 * j] = s[i][j] * z[j];
         }
         __syncthreads();
-        // acc[i][e] += sum_c P[row i][c] V[c][tx + 8e]
-#pragma unroll 4
-        for (int c = 0; c < TILE; ++c) {
-            float p[4];
-#pragma unroll
-            for (int i = 0; i < 4; ++i) p[i] = P[(4 * ty + i) * (TILE + 1) + c];
-#pragma unroll
-            for (int e = 0; e < D / 8; ++e) {
-                const float vv = V[c * (D + 1) + tx + 8 * e];
-#pragma unroll
-                for (int i = 0; i < 4; ++i) acc[i][e] += p[i] * vv;
-            }
-        }
+        tile_pm<D>(acc, P, V, ty, tx);     // acc += P V
     }
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
         const int row = q0 + 4 * ty + i;
         if (row >= T) continue;
-        const float inv = l[i] > 0.f ? 1.f / l[i] : 0.f;
-        float* yr = y + base_of(ys, bh, H) + (long long)row * ys.t;
-#pragma unroll
-        for (int e = 0; e < D / 8; ++e) yr[tx + 8 * e] = acc[i][e] * inv;
+        store_row<D>(y + base_of(ys, bh, H) + (long long)row * ys.t, acc[i], l[i] > 0.f ? 1.f / l[i] : 0.f, tx);
         if (tx == 0) lse[(long long)bh * T + row] = l[i] > 0.f ? (m[i] + log2f(l[i])) / LOG2E : NEG_INF;
     }
 }
@@ -239,22 +297,22 @@ __device__ void attention_backward_kv_body(const float* __restrict__ q, const fl
                                            float* __restrict__ dk, float* __restrict__ dv,
                                            Strides qs, Strides ks, Strides vs, Strides ys,
                                            int H, int T, int S, float scale, int causal, const unsigned int* rng,
-                                           unsigned int drop16, float dscale) {
-    extern __shared__ float smem[];
-    float* K = smem;                       // (64, D + 1): this block's keys
-    float* V = K + TILE * (D + 1);
-    float* Q = V + TILE * (D + 1);         // (64, D + 1): the current query tile
-    float* dY = Q + TILE * (D + 1);
-    float* Pd = dY + TILE * (D + 1);       // (64, 65)
-    float* dS = Pd + TILE * (TILE + 1);    // (64, 65)
-    float* L = dS + TILE * (TILE + 1);     // (64): lse of the query tile
+                                           unsigned int drop16, float dscale, int vec) {
+    extern __shared__ __align__(16) float smem[];
+    float* K = smem;                       // (64, D + 4): this block's keys
+    float* V = K + TILE * (D + 4);
+    float* Q = V + TILE * (D + 4);         // (64, D + 4): the current query tile
+    float* dY = Q + TILE * (D + 4);
+    float* Pd = dY + TILE * (D + 4);       // (64, LP): [query][key]
+    float* dS = Pd + TILE * LP;            // (64, LP): [query][key]
+    float* L = dS + TILE * LP;             // (64): lse of the query tile
     float* Dot = L + TILE;                 // (64)
     const int bh = blockIdx.y, kt = blockIdx.x, k0 = kt * TILE;
     const int ty = threadIdx.x / 8, tx = threadIdx.x % 8;
     const float sl2 = scale * LOG2E;
-    load_tile<D>(K, k, base_of(ks, bh, H), ks.t, k0, S);
-    load_tile<D>(V, v, base_of(vs, bh, H), vs.t, k0, S);
-    float dk_acc[4][D / 8], dv_acc[4][D / 8];   // rows: keys 4ty + i; columns tx + 8e
+    load_tile<D>(K, k, base_of(ks, bh, H), ks.t, k0, S, vec);
+    load_tile<D>(V, v, base_of(vs, bh, H), vs.t, k0, S, vec);
+    float dk_acc[4][D / 8], dv_acc[4][D / 8];   // rows: keys 4ty + i
 #pragma unroll
     for (int i = 0; i < 4; ++i)
 #pragma unroll
@@ -265,8 +323,8 @@ __device__ void attention_backward_kv_body(const float* __restrict__ q, const fl
     for (int qt = first; qt < nqt; ++qt) {
         const int q0 = qt * TILE;
         __syncthreads();
-        load_tile<D>(Q, q, base_of(qs, bh, H), qs.t, q0, T);
-        load_tile<D>(dY, dy, base_of(ys, bh, H), ys.t, q0, T);
+        load_tile<D>(Q, q, base_of(qs, bh, H), qs.t, q0, T, vec);
+        load_tile<D>(dY, dy, base_of(ys, bh, H), ys.t, q0, T, vec);
         for (int r = threadIdx.x; r < TILE; r += NT) {
             const bool in = q0 + r < T;
             L[r] = in ? lse[(long long)bh * T + q0 + r] : 0.f;
@@ -279,41 +337,19 @@ __device__ void attention_backward_kv_body(const float* __restrict__ q, const fl
         for (int i = 0; i < 4; ++i)
 #pragma unroll
             for (int j = 0; j < 8; ++j) {
-                Pd[(4 * ty + i) * (TILE + 1) + tx + 8 * j] = pd[i][j];
-                dS[(4 * ty + i) * (TILE + 1) + tx + 8 * j] = ds[i][j];
+                Pd[(4 * ty + i) * LP + tx + 8 * j] = pd[i][j];
+                dS[(4 * ty + i) * LP + tx + 8 * j] = ds[i][j];
             }
         __syncthreads();
-        // dv[key][e] += sum_r Pd[r][key] dY[r][e];  dk[key][e] += sum_r dS[r][key] Q[r][e]
-#pragma unroll 2
-        for (int r = 0; r < TILE; ++r) {
-            float a[4], b[4];
-#pragma unroll
-            for (int i = 0; i < 4; ++i) {
-                a[i] = Pd[r * (TILE + 1) + 4 * ty + i];
-                b[i] = dS[r * (TILE + 1) + 4 * ty + i];
-            }
-#pragma unroll
-            for (int e = 0; e < D / 8; ++e) {
-                const float gy = dY[r * (D + 1) + tx + 8 * e], qq = Q[r * (D + 1) + tx + 8 * e];
-#pragma unroll
-                for (int i = 0; i < 4; ++i) {
-                    dv_acc[i][e] += a[i] * gy;
-                    dk_acc[i][e] += b[i] * qq;
-                }
-            }
-        }
+        tile_ptm<D>(dv_acc, Pd, dY, ty, tx);   // dv += Pd^T dY
+        tile_ptm<D>(dk_acc, dS, Q, ty, tx);    // dk += dS^T Q (times scale at the end)
     }
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
         const int key = k0 + 4 * ty + i;
         if (key >= S) continue;
-        float* dkr = dk + base_of(ks, bh, H) + (long long)key * ks.t;
-        float* dvr = dv + base_of(vs, bh, H) + (long long)key * vs.t;
-#pragma unroll
-        for (int e = 0; e < D / 8; ++e) {
-            dkr[tx + 8 * e] = dk_acc[i][e] * scale;
-            dvr[tx + 8 * e] = dv_acc[i][e];
-        }
+        store_row<D>(dk + base_of(ks, bh, H) + (long long)key * ks.t, dk_acc[i], scale, tx);
+        store_row<D>(dv + base_of(vs, bh, H) + (long long)key * vs.t, dv_acc[i], 1.f, tx);
     }
 }
 
@@ -323,20 +359,20 @@ __device__ void attention_backward_q_body(const float* __restrict__ q, const flo
                                           const float* __restrict__ lse, const float* __restrict__ dot,
                                           float* __restrict__ dq, Strides qs, Strides ks, Strides vs, Strides ys,
                                           int H, int T, int S, float scale, int causal,
-                                          const unsigned int* rng, unsigned int drop16, float dscale) {
-    extern __shared__ float smem[];
-    float* Q = smem;                       // (64, D + 1): this block's queries
-    float* dY = Q + TILE * (D + 1);
-    float* K = dY + TILE * (D + 1);        // (64, D + 1): the current key tile
-    float* V = K + TILE * (D + 1);
-    float* dS = V + TILE * (D + 1);        // (64, 65)
-    float* L = dS + TILE * (TILE + 1);     // (64)
+                                          const unsigned int* rng, unsigned int drop16, float dscale, int vec) {
+    extern __shared__ __align__(16) float smem[];
+    float* Q = smem;                       // (64, D + 4): this block's queries
+    float* dY = Q + TILE * (D + 4);
+    float* K = dY + TILE * (D + 4);        // (64, D + 4): the current key tile
+    float* V = K + TILE * (D + 4);
+    float* dS = V + TILE * (D + 4);        // (64, LP)
+    float* L = dS + TILE * LP;             // (64)
     float* Dot = L + TILE;                 // (64)
     const int bh = blockIdx.y, q0 = blockIdx.x * TILE;
     const int ty = threadIdx.x / 8, tx = threadIdx.x % 8;
     const float sl2 = scale * LOG2E;
-    load_tile<D>(Q, q, base_of(qs, bh, H), qs.t, q0, T);
-    load_tile<D>(dY, dy, base_of(ys, bh, H), ys.t, q0, T);
+    load_tile<D>(Q, q, base_of(qs, bh, H), qs.t, q0, T, vec);
+    load_tile<D>(dY, dy, base_of(ys, bh, H), ys.t, q0, T, vec);
     for (int r = threadIdx.x; r < TILE; r += NT) {
         const bool in = q0 + r < T;
         L[r] = in ? lse[(long long)bh * T + q0 + r] : 0.f;
@@ -351,37 +387,22 @@ __device__ void attention_backward_q_body(const float* __restrict__ q, const flo
     for (int kt = 0; kt < nkt; ++kt) {
         const int k0 = kt * TILE;
         __syncthreads();
-        load_tile<D>(K, k, base_of(ks, bh, H), ks.t, k0, S);
-        load_tile<D>(V, v, base_of(vs, bh, H), vs.t, k0, S);
+        load_tile<D>(K, k, base_of(ks, bh, H), ks.t, k0, S, vec);
+        load_tile<D>(V, v, base_of(vs, bh, H), vs.t, k0, S, vec);
         __syncthreads();
         float pd[4][8], ds[4][8];
         tile_p_ds<D>(pd, ds, Q, dY, K, V, L, Dot, q0, k0, kt, ty, tx, bh, T, S, sl2, causal, rng, drop16, dscale);
 #pragma unroll
         for (int i = 0; i < 4; ++i)
 #pragma unroll
-            for (int j = 0; j < 8; ++j) dS[(4 * ty + i) * (TILE + 1) + tx + 8 * j] = ds[i][j];
+            for (int j = 0; j < 8; ++j) dS[(4 * ty + i) * LP + tx + 8 * j] = ds[i][j];
         __syncthreads();
-        // dq[row][e] += sum_c dS[row][c] K[c][e]
-#pragma unroll 4
-        for (int c = 0; c < TILE; ++c) {
-            float a[4];
-#pragma unroll
-            for (int i = 0; i < 4; ++i) a[i] = dS[(4 * ty + i) * (TILE + 1) + c];
-#pragma unroll
-            for (int e = 0; e < D / 8; ++e) {
-                const float kk = K[c * (D + 1) + tx + 8 * e];
-#pragma unroll
-                for (int i = 0; i < 4; ++i) dq_acc[i][e] += a[i] * kk;
-            }
-        }
+        tile_pm<D>(dq_acc, dS, K, ty, tx);     // dq += dS K (times scale at the end)
     }
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
         const int row = q0 + 4 * ty + i;
-        if (row >= T) continue;
-        float* dqr = dq + base_of(qs, bh, H) + (long long)row * qs.t;
-#pragma unroll
-        for (int e = 0; e < D / 8; ++e) dqr[tx + 8 * e] = dq_acc[i][e] * scale;
+        if (row < T) store_row<D>(dq + base_of(qs, bh, H) + (long long)row * qs.t, dq_acc[i], scale, tx);
     }
 }
 
@@ -394,22 +415,22 @@ __device__ void attention_backward_q_body(const float* __restrict__ q, const flo
 #define ATTENTION_KERNELS(D)                                                                                   \
 extern "C" __global__ void __launch_bounds__(NT) attention_forward_##D(                                        \
         const float* q, const float* k, const float* v, float* y, float* lse, STRIDE_PARAMS, int H, int T,     \
-        int S, float scale, int causal, const unsigned int* rng, unsigned int drop16, float dscale) {          \
-    attention_forward_body<D>(q, k, v, y, lse, STRIDES, H, T, S, scale, causal, rng, drop16, dscale);         \
+        int S, float scale, int causal, const unsigned int* rng, unsigned int drop16, float dscale, int vec) { \
+    attention_forward_body<D>(q, k, v, y, lse, STRIDES, H, T, S, scale, causal, rng, drop16, dscale, vec);    \
 }                                                                                                              \
 extern "C" __global__ void __launch_bounds__(NT) attention_backward_kv_##D(                                    \
         const float* q, const float* k, const float* v, const float* dy, const float* lse, const float* dot,   \
         float* dk, float* dv, STRIDE_PARAMS, int H, int T, int S, float scale, int causal,                     \
-        const unsigned int* rng, unsigned int drop16, float dscale) {                                          \
+        const unsigned int* rng, unsigned int drop16, float dscale, int vec) {                                 \
     attention_backward_kv_body<D>(q, k, v, dy, lse, dot, dk, dv, STRIDES, H, T, S, scale, causal, rng,         \
-                                  drop16, dscale);                                                             \
+                                  drop16, dscale, vec);                                                        \
 }                                                                                                              \
 extern "C" __global__ void __launch_bounds__(NT) attention_backward_q_##D(                                     \
         const float* q, const float* k, const float* v, const float* dy, const float* lse, const float* dot,   \
         float* dq, STRIDE_PARAMS, int H, int T, int S, float scale, int causal, const unsigned int* rng,       \
-        unsigned int drop16, float dscale) {                                                                   \
+        unsigned int drop16, float dscale, int vec) {                                                          \
     attention_backward_q_body<D>(q, k, v, dy, lse, dot, dq, STRIDES, H, T, S, scale, causal, rng, drop16,      \
-                                 dscale);                                                                      \
+                                 dscale, vec);                                                                 \
 }
 
 ATTENTION_KERNELS(32)

@@ -13,7 +13,9 @@ import math
 
 from .. import backend, kernels
 from .attention import QKVAttention, ScaledDotProductAttention
+from ..kernels import cublaslt
 from .elementwise import GELU
+from .linear import LinearFn
 from .nn import CrossEntropy, Dropout, LayerNorm, Softmax
 
 
@@ -154,10 +156,22 @@ class QKVAttentionCUDA(QKVAttention):
         return dqkv
 
 
+class LinearCUDA(LinearFn):
+    """The bias is added by the matrix product's epilogue (kernels/cublaslt.py), not by
+    a second pass over y; the backward is the reference's (two GEMMs and a column sum)."""
+    @classmethod
+    def supports(cls, x, w, b):
+        return (b is not None and x.flags.c_contiguous and x.ndim >= 1 and w.ndim == 2
+                and cublaslt.usable(x.reshape(-1, x.shape[-1]), w, b))
+
+    def product(self, x2, w, b):
+        return cublaslt.linear_bias(x2, w, b)
+
+
 # ------------------------------------------------ the registry: reference -> twin
 for _ref, _twin in ((Softmax, SoftmaxCUDA), (LayerNorm, LayerNormCUDA), (CrossEntropy, CrossEntropyCUDA),
                     (GELU, GELUCUDA), (Dropout, DropoutCUDA),
                     (ScaledDotProductAttention, ScaledDotProductAttentionCUDA),
-                    (QKVAttention, QKVAttentionCUDA)):
+                    (QKVAttention, QKVAttentionCUDA), (LinearFn, LinearCUDA)):
     _ref.cuda = _twin
     _twin.cuda = None   # a twin has no twin of its own (and is never re-dispatched)
