@@ -66,7 +66,8 @@ def common(tensors):
     to = tensors[0].dtype
     for t in tensors[1:]:
         if t.dtype != to:
-            to = _result(to, t.dtype) or np.result_type(to, t.dtype)
+            meet = _result(to, t.dtype)
+            to = np.result_type(to, t.dtype) if meet is None else meet
     return [_cast(t, to) for t in tensors]
 
 
