@@ -9,6 +9,7 @@ import pytest
 import nn
 import tensorgrad as tg
 from gpt import GPT, GPTConfig, TokenData, TrainConfig, prepare, train
+from gpt.errors import ConfigError, DataError
 from gpt.pretrained import write_safetensors
 
 TINY = dict(block_size=16, vocab_size=11, n_layer=2, n_head=2, n_embd=16)
@@ -123,8 +124,41 @@ def test_prepare_and_batches(tmp_path):
     assert bpe["vocab_size"] <= 300 and bpe["val_chars_per_token"] > 1.5
     with pytest.raises(ValueError, match="block_size"):
         data.get_batch("val", 2, 10_000)
-    with pytest.raises(FileNotFoundError, match="does not exist"):
+    with pytest.raises(DataError, match="does not exist"):
         prepare(tmp_path / "missing.txt", tmp_path / "x")
+    (tmp_path / "empty.txt").write_text("")
+    with pytest.raises(DataError, match="empty"):
+        prepare(tmp_path / "empty.txt", tmp_path / "x")
+    (tmp_path / "latin1.txt").write_bytes("café ".encode("latin-1") * 50)
+    with pytest.raises(DataError, match="not UTF-8"):
+        prepare(tmp_path / "latin1.txt", tmp_path / "x")
+
+
+def _token_folder(tmp_path, n):
+    """A prepared folder whose train split is the tokens 0, 1, ..., n - 1."""
+    d = tmp_path / f"tokens{n}"
+    d.mkdir(exist_ok=True)
+    np.arange(n, dtype=np.uint16).tofile(d / "train.bin")
+    np.arange(n, dtype=np.uint16).tofile(d / "val.bin")
+    (d / "meta.json").write_text(json.dumps({"dtype": "uint16", "vocab_size": n}))
+    return TokenData(d)
+
+
+def test_every_window_start_is_drawn(tmp_path):
+    """A split of n tokens has n - block_size windows of block_size + 1 tokens; all are drawn."""
+    data = _token_folder(tmp_path, 20)
+    rng = np.random.default_rng(0)
+    starts = set()
+    for _ in range(50):
+        x, y = data.get_batch_arrays("train", 8, 5, rng)
+        starts.update(x[:, 0].tolist())
+        np.testing.assert_array_equal(y, x + 1)
+    assert starts == set(range(20 - 5))
+    # the shortest usable split: exactly one window
+    x, y = _token_folder(tmp_path, 6).get_batch_arrays("train", 3, 5, rng)
+    assert x.tolist() == [[0, 1, 2, 3, 4]] * 3 and y[0, -1] == 5
+    with pytest.raises(ConfigError, match="block_size \\+ 1 = 7"):
+        _token_folder(tmp_path, 6).get_batch_arrays("train", 3, 6, rng)
 
 
 def _tc(tmp_path, **kw):
