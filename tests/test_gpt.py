@@ -1,6 +1,7 @@
 """GPT model, generation, GPT-2 weights, data files, the training loop and the example."""
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -250,13 +251,13 @@ def test_offline_download_names_url_and_flag(tmp_path, monkeypatch):
     assert not (tmp_path / "x.txt").exists()
 
 
-def _small_run(tmp_path):
+def _small_run(tmp_path, dropout=0.0, **train_settings):
     src = tmp_path / "t.txt"
     src.write_text(_text())
     prepare(src, tmp_path / "d", tokenizer="char")
     cfg = GPTConfig(block_size=16, vocab_size=TokenData(tmp_path / "d").meta["vocab_size"], n_layer=1,
-                    n_head=2, n_embd=16)
-    return cfg, _tc(tmp_path, max_iters=20, eval_interval=5, log_interval=1)
+                    n_head=2, n_embd=16, dropout=dropout)
+    return cfg, _tc(tmp_path, **{**dict(max_iters=20, eval_interval=5, log_interval=1), **train_settings})
 
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
@@ -278,22 +279,141 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypa
     assert extra["iteration"] == 5  # the evaluation before the NaN, untouched afterwards
 
 
-def test_ctrl_c_saves_a_checkpoint_that_resumes(tmp_path, monkeypatch):
-    cfg, tc = _small_run(tmp_path)
+def _interrupted_run(tmp_path, monkeypatch, cfg, tc, at_call):
+    """Train with a Ctrl-C (a real SIGINT) delivered during the at_call-th batch read,
+    whether a training step or an evaluation reads it."""
+    import signal
     real = TokenData.get_batch_arrays
     calls = {"n": 0}
 
-    def interrupt_at_9th_train_batch(self, split, *a, **k):  # evaluation draws train batches too
-        if split == "train":
-            calls["n"] += 1
-            if calls["n"] == 9:
-                raise KeyboardInterrupt
-        return real(self, split, *a, **k)
-    monkeypatch.setattr(TokenData, "get_batch_arrays", interrupt_at_9th_train_batch)
-    _, summary = train(cfg, tc, tmp_path / "d", progress=False)
-    assert summary["stopped"] == "interrupted"
-    # 2 eval batches at iter 0, 5 steps, then the evaluation at iter 5 is interrupted
-    assert nn.load(tmp_path / "out" / "last.npz")["iteration"] == 5
-    monkeypatch.setattr(TokenData, "get_batch_arrays", real)
-    _, summary = train(cfg, tc, tmp_path / "d", resume=True, progress=False)
-    assert summary["stopped"] == "finished" and summary["iterations"] == 20
+    def ctrl_c_at(self, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == at_call:
+            signal.raise_signal(signal.SIGINT)
+        return real(self, *a, **k)
+    monkeypatch.setattr(TokenData, "get_batch_arrays", ctrl_c_at)
+    try:
+        return train(cfg, tc, tmp_path / "d", progress=False)
+    finally:
+        monkeypatch.setattr(TokenData, "get_batch_arrays", real)
+
+
+@pytest.fixture(scope="module")
+def straight_run(tmp_path_factory):
+    """One uninterrupted run (dropout on, so tensorgrad's RNG matters too) to compare with."""
+    tmp_path = tmp_path_factory.mktemp("straight")
+    cfg, tc = _small_run(tmp_path, max_iters=12, eval_interval=5, log_interval=1, dropout=0.1)
+    model, summary = train(cfg, tc, tmp_path / "d", progress=False)
+    return model, summary, [json.loads(line) for line in open(tmp_path / "out" / "metrics.jsonl")]
+
+
+# Batch reads: evaluation at 0 (reads 1-4), steps 0-4 (5-9), evaluation at 5 (10-13), steps 5-9 (14-18),
+# evaluation at 10 (19-22), steps 10-11 (23-24), evaluation at 12.
+@pytest.mark.parametrize("at_call, stops_at, evaluated", [
+    (1, 0, -1),    # during the first evaluation: nothing evaluated yet, no best.npz
+    (7, 3, 0),     # during the step at 2: stops before step 3
+    (11, 5, 0),    # during the evaluation at 5: redone on resume
+    (18, 10, 5),   # during the step at 9: the evaluation at 10 is still to do
+])
+def test_interrupted_and_resumed_run_is_bit_identical(tmp_path, monkeypatch, straight_run, at_call,
+                                                      stops_at, evaluated):
+    cfg, tc = _small_run(tmp_path, max_iters=12, eval_interval=5, log_interval=1, dropout=0.1)
+    _, summary = _interrupted_run(tmp_path, monkeypatch, cfg, tc, at_call)
+    assert summary["stopped"] == "interrupted" and summary["iterations"] == stops_at
+    saved = nn.load(tmp_path / "out" / "last.npz")
+    assert (saved["iteration"], saved["evaluated"]) == (stops_at, evaluated)
+    if evaluated < 0:   # nothing measured yet: null in JSON, not NaN or Infinity
+        assert summary["best_val_loss"] is None and summary["last_train_loss"] is None
+        assert "NaN" not in json.dumps(summary) and "Infinity" not in json.dumps(summary)
+    model, resumed = train(cfg, tc, tmp_path / "d", resume=True, progress=False)
+    straight, expected, expected_metrics = straight_run
+    for (n, p), (_, q) in zip(straight.named_parameters(), model.named_parameters()):
+        np.testing.assert_array_equal(p.numpy(), q.numpy(), err_msg=n)
+    metrics = [json.loads(line) for line in open(tmp_path / "out" / "metrics.jsonl")]
+    assert [(m["iter"], m["train_loss"], m["val_loss"], m["lr"]) for m in metrics] == \
+        [(m["iter"], m["train_loss"], m["val_loss"], m["lr"]) for m in expected_metrics]
+    assert resumed["best_val_loss"] == expected["best_val_loss"]
+    assert resumed["last_train_loss"] == expected["last_train_loss"]
+
+
+def test_resume_says_where_and_drops_stale_temp_files(tmp_path, capsys):
+    cfg, tc = _small_run(tmp_path, max_iters=5)
+    train(cfg, tc, tmp_path / "d", progress=False)
+    stale = tmp_path / "out" / "last.npz.k3j2_x.tmp"     # what a checkpoint write killed by SIGKILL leaves
+    stale.write_bytes(b"PK half a file")
+    tc.max_iters = 8
+    train(cfg, tc, tmp_path / "d", resume=True, progress=False)
+    assert f"resumed from {tmp_path / 'out' / 'last.npz'} at iteration 5" in capsys.readouterr().out
+    assert not stale.exists()
+
+
+def test_a_run_is_never_overwritten_unasked(tmp_path):
+    cfg, tc = _small_run(tmp_path, max_iters=5)
+    train(cfg, tc, tmp_path / "d", progress=False)
+    out = tmp_path / "out"
+    before = {name: (out / name).read_bytes() for name in ("best.npz", "last.npz", "metrics.jsonl")}
+    with pytest.raises(ConfigError, match="already holds a run.*--resume.*--overwrite.*--out-dir"):
+        train(cfg, tc, tmp_path / "d", progress=False)
+    assert before == {name: (out / name).read_bytes() for name in before}
+    _, summary = train(cfg, tc, tmp_path / "d", progress=False, overwrite=True)
+    assert summary["stopped"] == "finished"
+    assert [json.loads(line)["iter"] for line in open(out / "metrics.jsonl")] == [0, 5]   # no old rows
+
+
+def test_out_dir_and_resume_mistakes(tmp_path):
+    cfg, tc = _small_run(tmp_path, max_iters=3)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ConfigError, match="is a file"):
+        train(cfg, _tc(tmp_path, out_dir=str(tmp_path / "file")), tmp_path / "d", progress=False)
+    with pytest.raises(ConfigError, match="--resume: no checkpoint at"):
+        train(cfg, tc, tmp_path / "d", resume=True, progress=False)
+    assert not (tmp_path / "out").exists()                              # refused before writing anything
+    train(cfg, tc, tmp_path / "d", progress=False)
+    other = GPTConfig(**{**cfg.to_dict(), "n_layer": 2, "dropout": 0.1})
+    with pytest.raises(ConfigError) as e:
+        train(other, tc, tmp_path / "d", resume=True, progress=False)
+    assert "--n-layer 1 in the checkpoint, 2 now" in str(e.value) and "--dropout" in str(e.value)
+    assert "--n-embd" not in str(e.value)                               # only the keys that differ
+    (tmp_path / "out" / "last.npz").write_text("not a checkpoint")
+    with pytest.raises(nn.checkpoint.CheckpointError, match="not a valid tensorgrad checkpoint"):
+        train(cfg, tc, tmp_path / "d", resume=True, progress=False)
+
+
+@pytest.mark.parametrize("setting, value, message", [
+    ("batch_size", 0, "--batch-size must be at least 1 (got 0)"),
+    ("batch_size", -3, "--batch-size must be at least 1"),
+    ("max_iters", -1, "--max-iters must be at least 0"),
+    ("eval_interval", 0, "--eval-interval must be at least 1"),
+    ("eval_iters", 0, "--eval-iters must be at least 1"),
+    ("log_interval", 0, "--log-interval must be at least 1"),
+    ("learning_rate", 0.0, "--learning-rate must be a positive number"),
+    ("learning_rate", float("nan"), "--learning-rate must be a positive number"),
+    ("min_lr", -1e-4, "--min-lr must be 0 or more"),
+    ("warmup_iters", -1, "--warmup-iters must be at least 0"),
+    ("beta2", 1.0, "--beta2 must be in [0, 1)"),
+    ("weight_decay", -0.1, "--weight-decay must be 0 or more"),
+    ("grad_clip", -1.0, "--grad-clip must be 0 (off) or more"),
+    ("dropout", 1.0, "--dropout must be in [0, 1)"),
+    ("dropout", -0.1, "--dropout must be in [0, 1)"),
+    ("block_size", 0, "--block-size must be at least 1"),
+    ("n_layer", 0, "--n-layer must be at least 1"),
+    ("n_head", 0, "--n-head must be at least 1"),
+    ("n_embd", 0, "--n-embd must be at least 1"),
+    ("n_head", 3, "--n-embd (16) must be divisible by --n-head (3)"),
+    ("block_size", 100_000, "--block-size 100000 needs about .*iB for the attention matrices .* more than"),
+    ("norm", "batchnorm", "norm='batchnorm'"),
+])
+def test_every_setting_is_checked_before_anything_is_written(tmp_path, setting, value, message):
+    from gpt.train import check_settings
+    model = dict(block_size=16, vocab_size=11, n_layer=1, n_head=2, n_embd=16)
+    tc = _tc(tmp_path)
+    if setting in model or setting in ("dropout", "norm"):
+        model[setting] = value
+    else:
+        setattr(tc, setting, value)
+    problems = check_settings(model, tc)
+    assert len(problems) == 1 and (message in problems[0] or re.search(message, problems[0])), problems
+    assert not (tmp_path / "out").exists()
+    # several mistakes: one line each
+    tc.batch_size, tc.eval_iters = 0, 0
+    assert len(check_settings({**model, "n_layer": 0}, tc)) >= 3
