@@ -107,7 +107,11 @@ def parse_with_typed(parser, argv, names):
 
 
 # ----------------------------------------------------------------------------- errors and devices
-class DeviceError(RuntimeError):
+class ScriptError(RuntimeError):
+    """Something on this machine stops a script: a missing optional package, ... (exit status 1)."""
+
+
+class DeviceError(ScriptError):
     """The asked-for device cannot run here (exit status 1)."""
 
 
@@ -146,7 +150,7 @@ def run(main, argv=None):
         return main(argv)
     except ConfigError as e:
         return _error(e, 2)
-    except (DataError, nn.checkpoint.CheckpointError, DeviceError) as e:
+    except (DataError, nn.checkpoint.CheckpointError, ScriptError) as e:
         return _error(e, 1)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -381,6 +381,9 @@ def train(model_config, tc, data_dir, resume=False, progress=True, overwrite=Fal
     t0, last_loss, it = time.time(), None, start_it
     summary = {"stopped": "finished"}
 
+    def lr_at(i):
+        return nn.schedules.cosine_with_warmup(i, tc.learning_rate, tc.min_lr, tc.warmup_iters, tc.lr_decay_iters)
+
     def save_last(at):
         _checkpoint(out / "last.npz", model, opt, at, best_val, model_config, tc, rng, evaluated)
 
@@ -403,8 +406,9 @@ def train(model_config, tc, data_dir, resume=False, progress=True, overwrite=Fal
                     clock.evaluated(time.time() - t_eval)
                     evaluated = it
                     bpc = losses["val"] / chars_per_token / math.log(2)
+                    # lr: the schedule's at this iteration (the optimizer's still holds the step before's)
                     record = {"iter": it, "train_loss": losses["train"], "val_loss": losses["val"],
-                              "val_bpc": bpc, "lr": opt.param_groups[0]["lr"], "time": time.time() - t0}
+                              "val_bpc": bpc, "lr": lr_at(it), "time": time.time() - t0}
                     metrics.write(json.dumps(record) + "\n")
                     metrics.flush()
                     bar.write(f"iter {it}: train {losses['train']:.4f}, val {losses['val']:.4f} ({bpc:.3f} bits/char)")
@@ -414,8 +418,7 @@ def train(model_config, tc, data_dir, resume=False, progress=True, overwrite=Fal
                     save_last(it)
                 if it == tc.max_iters:
                     break
-                lr = nn.schedules.cosine_with_warmup(it, tc.learning_rate, tc.min_lr, tc.warmup_iters,
-                                                     tc.lr_decay_iters)
+                lr = lr_at(it)
                 for group in opt.param_groups:
                     group["lr"] = lr
                 loss = step(*data.get_batch_arrays("train", tc.batch_size, model_config.block_size, rng))
