@@ -53,11 +53,15 @@ def plot(rows, png):
     plt.close(fig)
 
 
-def main(argv=None):
+def build_parser():
     p = Parser(description=__doc__)
     p.add_argument("run_dir", help="a run's out dir (or its metrics.jsonl)")
     p.add_argument("--out", default=None, help="PNG file to write (default: <run_dir>/metrics.png)")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
     rows = read_metrics(args.run_dir)
     run_dir = Path(args.run_dir)
     png = Path(args.out) if args.out else (run_dir if run_dir.is_dir() else run_dir.parent) / "metrics.png"

@@ -13,7 +13,7 @@ from pathlib import Path
 from _cli import Parser, check_device, run, start_ids
 
 
-def parse_args(argv=None):
+def build_parser():
     import tensorgrad as tg
     p = Parser(description=__doc__)
     p.add_argument("--ckpt", required=True, help="a run's out dir, or a .npz checkpoint in it")
@@ -32,7 +32,11 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=1337, help="sample i uses seed + i")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if tg.cuda_available() else "cpu",
                    help="cuda when a GPU is usable, else cpu (this machine: %(default)s)")
-    return p.parse_args(argv)
+    return p
+
+
+def parse_args(argv=None):
+    return build_parser().parse_args(argv)
 
 
 def check(args):

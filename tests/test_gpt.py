@@ -222,19 +222,21 @@ def test_train_shakespeare_example_end_to_end(tmp_path, capsys):
     assert len(capsys.readouterr().out) > 20
 
 
-def test_example_bad_input(tmp_path):
+def test_example_bad_input(tmp_path, capsys):
+    """More in test_cli.py: mistakes are one line `error: ...` with exit status 2 or 1."""
     import sys
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+    import _cli
     import train_shakespeare
-    with pytest.raises(SystemExit, match="does not exist"):
-        train_shakespeare.main(["--device", "cpu", "--data", str(tmp_path / "nope.txt")])
+    assert _cli.run(train_shakespeare.exit_status, ["--device", "cpu", "--data", str(tmp_path / "nope.txt")]) == 1
+    assert "does not exist" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         train_shakespeare.main(["--device", "tpu"])
     src = tmp_path / "small.txt"
     src.write_text(_text(2000))
-    with pytest.raises(SystemExit, match="block_size"):
-        train_shakespeare.main(["--device", "cpu", "--data", str(src), "--block-size", "5000",
-                                "--out-dir", str(tmp_path / "o")])
+    assert _cli.run(train_shakespeare.exit_status, ["--device", "cpu", "--data", str(src), "--block-size", "5000",
+                                                     "--out-dir", str(tmp_path / "o")]) == 2
+    assert "--block-size 5000 does not fit" in capsys.readouterr().err
 
 
 def test_offline_download_names_url_and_flag(tmp_path, monkeypatch):
