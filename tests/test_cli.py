@@ -403,3 +403,31 @@ def test_plot_metrics_without_matplotlib_says_what_to_install(tmp_path, capsys, 
     monkeypatch.setitem(sys.modules, "matplotlib", None)          # import matplotlib raises ImportError
     got, err, _ = _status(capsys, plot_metrics.main, [str(trained), "--out", str(tmp_path / "x.png")])
     assert got == 1 and err == ['error: plotting needs matplotlib: pip install -e ".[plot]" (or pip install matplotlib)']
+
+
+# ----------------------------------------------------------------------------- README
+def test_readme_commands_parse_and_sample_the_run_just_trained():
+    """Every example command in the README parses, and each sample/plot command reads the out
+    dir of the training command before it (a cpu user is not sent to the cuda run's folder)."""
+    import shlex
+
+    from tokenizer.__main__ import _parser as tokenizer_parser
+    trained_dir, checked = None, 0
+    for line in (ROOT / "README.md").read_text().splitlines():
+        line = line.split("  #")[0].strip()
+        for command in line.split("&&"):
+            if not command.strip().startswith("python "):
+                continue
+            words = shlex.split(command)
+            if words[:2] == ["python", "examples/train_shakespeare.py"]:
+                trained_dir = train_shakespeare.parse_args(words[2:])[0].out_dir
+            elif words[:2] == ["python", "examples/sample.py"]:
+                assert sample.parse_args(words[2:]).ckpt == trained_dir, line
+            elif words[:2] == ["python", "examples/plot_metrics.py"]:
+                assert plot_metrics.build_parser().parse_args(words[2:]).run_dir == trained_dir, line
+            elif words[:3] == ["python", "-m", "tokenizer"] and len(words) > 3:
+                tokenizer_parser().parse_args(words[3:])
+            else:
+                continue
+            checked += 1
+    assert checked >= 8
