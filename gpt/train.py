@@ -384,8 +384,12 @@ def train(model_config, tc, data_dir, resume=False, progress=True, overwrite=Fal
     def lr_at(i):
         return nn.schedules.cosine_with_warmup(i, tc.learning_rate, tc.min_lr, tc.warmup_iters, tc.lr_decay_iters)
 
+    saved_at = start_it if resume else None    # the iteration last.npz holds
+
     def save_last(at):
+        nonlocal saved_at
         _checkpoint(out / "last.npz", model, opt, at, best_val, model_config, tc, rng, evaluated)
+        saved_at = at
 
     # with CUDA graphs, all work (checkpoints too) runs on their stream, ordered with the replays
     with stream, _CtrlC() as ctrl_c:
@@ -436,8 +440,8 @@ def train(model_config, tc, data_dir, resume=False, progress=True, overwrite=Fal
                 save_last(it)
                 bar.write(f"interrupted at iteration {it}: saved {out / 'last.npz'}; continue with --resume")
             else:                  # a second Ctrl-C, mid-step: this state is no checkpoint
-                bar.write(f"stopped at once at iteration {it}; {out / 'last.npz'} is from iteration "
-                          f"{max(evaluated, start_it)}")
+                bar.write(f"stopped at once at iteration {it}; " + ("nothing was saved" if saved_at is None else
+                          f"{out / 'last.npz'} is from iteration {saved_at}"))
         finally:
             bar.close()
             metrics.close()

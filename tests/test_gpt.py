@@ -419,3 +419,23 @@ def test_every_setting_is_checked_before_anything_is_written(tmp_path, setting, 
     # several mistakes: one line each
     tc.batch_size, tc.eval_iters = 0, 0
     assert len(check_settings({**model, "n_layer": 0}, tc)) >= 3
+
+
+def test_second_ctrl_c_stops_at_once_and_keeps_the_last_checkpoint(tmp_path, monkeypatch, capsys):
+    import signal
+    cfg, tc = _small_run(tmp_path, max_iters=12, eval_interval=5, log_interval=1)
+    real = TokenData.get_batch_arrays
+    calls = {"n": 0}
+
+    def twice_at_7th(self, *a, **k):           # the 7th batch read is the step at iteration 2
+        calls["n"] += 1
+        if calls["n"] == 7:
+            signal.raise_signal(signal.SIGINT)   # asks for a stop at the next boundary
+            signal.raise_signal(signal.SIGINT)   # the user insists: stop now, mid-step
+        return real(self, *a, **k)
+    monkeypatch.setattr(TokenData, "get_batch_arrays", twice_at_7th)
+    _, summary = train(cfg, tc, tmp_path / "d", progress=False)
+    assert summary["stopped"] == "interrupted"
+    assert "stopped at once at iteration 2" in capsys.readouterr().out
+    assert nn.load(tmp_path / "out" / "last.npz")["iteration"] == 0   # the mid-step state was not saved
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler given back
