@@ -439,3 +439,25 @@ def test_second_ctrl_c_stops_at_once_and_keeps_the_last_checkpoint(tmp_path, mon
     assert "stopped at once at iteration 2" in capsys.readouterr().out
     assert nn.load(tmp_path / "out" / "last.npz")["iteration"] == 0   # the mid-step state was not saved
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler given back
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("cuda_graph", [None, False])
+def test_interrupted_and_resumed_run_on_cuda(tmp_path, monkeypatch, cuda_graph):
+    """The same check as on the CPU: the state saved on Ctrl-C (model, optimizer, batch RNG,
+    Philox offset of the dropout kernels) resumes the run exactly, graphed or eager."""
+    def run(name, at_call=None, resume=False):
+        cfg, tc = _small_run(tmp_path, max_iters=12, eval_interval=5, log_interval=1, dropout=0.1,
+                             device="cuda", cuda_graph=cuda_graph, out_dir=str(tmp_path / name))
+        cfg = GPTConfig(**{**cfg.to_dict(), "n_embd": 64})     # head size 32: the fused attention kernels
+        if at_call and not resume:
+            return _interrupted_run(tmp_path, monkeypatch, cfg, tc, at_call)
+        return train(cfg, tc, tmp_path / "d", resume=resume, progress=False)
+    straight, s1 = run("a")
+    for at_call in (7, 11, 18):
+        _, si = run(f"b{at_call}", at_call)
+        assert si["stopped"] == "interrupted"
+        resumed, s2 = run(f"b{at_call}", resume=True)
+        for (n, p), (_, q) in zip(straight.named_parameters(), resumed.named_parameters()):
+            np.testing.assert_array_equal(p.numpy(), q.numpy(), err_msg=f"{n}, Ctrl-C at batch read {at_call}")
+        assert s1["best_val_loss"] == s2["best_val_loss"]
