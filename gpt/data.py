@@ -113,12 +113,27 @@ def copy_tokenizer(data_dir, out_dir):
     src, dst = Path(data_dir), Path(out_dir)
     if src.resolve() == dst.resolve():
         return
+    old = dst / "tokenizer"                 # the one there may be of the other kind (file or folder)
+    if old.is_dir():
+        shutil.rmtree(old)
+    else:
+        old.unlink(missing_ok=True)
     if (src / "tokenizer").is_dir():        # byte-level BPE: vocab.json, merges.txt, ...
-        shutil.rmtree(dst / "tokenizer", ignore_errors=True)
-        shutil.copytree(src / "tokenizer", dst / "tokenizer")
+        shutil.copytree(src / "tokenizer", old)
     else:                                   # character-level: one JSON file
-        shutil.copyfile(src / "tokenizer", dst / "tokenizer")
+        shutil.copyfile(src / "tokenizer", old)
     shutil.copyfile(src / "meta.json", dst / "meta.json")
+
+
+def same_tokenizer(a, b):
+    """Do folders a and b hold the same tokenizer, byte for byte? (None where one has none.)"""
+    def files(folder):
+        t = Path(folder) / "tokenizer"
+        if t.is_dir():
+            return {p.name: p.read_bytes() for p in sorted(t.iterdir())}
+        return {"": t.read_bytes()} if t.is_file() else None
+    fa, fb = files(a), files(b)
+    return None if fa is None or fb is None else fa == fb
 
 
 class TokenData:

@@ -28,7 +28,7 @@ from tqdm import tqdm
 import nn
 import tensorgrad as tg
 
-from .data import TokenData, copy_tokenizer
+from .data import TokenData, copy_tokenizer, same_tokenizer
 from .errors import ConfigError
 from .model import GPT, GPTConfig
 
@@ -342,6 +342,9 @@ def train(model_config, tc, data_dir, resume=False, progress=True, overwrite=Fal
         differences = config_differences(saved["model_config"], model_config)
         if differences:
             raise ConfigError(f"--resume: {out / 'last.npz'} is another model: " + "; ".join(differences))
+        if same_tokenizer(out, data_dir) is False:   # same vocabulary size, other tokens: silent garbage
+            raise ConfigError(f"--resume: the tokenizer of {data_dir} is not the one the run in {out} was "
+                              f"trained with (another --data or --tokenizer?)")
     # nothing was written so far; from here on the out dir is this run's
     out.mkdir(parents=True, exist_ok=True)
     if overwrite:

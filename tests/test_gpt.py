@@ -376,6 +376,11 @@ def test_out_dir_and_resume_mistakes(tmp_path):
         train(other, tc, tmp_path / "d", resume=True, progress=False)
     assert "--n-layer 1 in the checkpoint, 2 now" in str(e.value) and "--dropout" in str(e.value)
     assert "--n-embd" not in str(e.value)                               # only the keys that differ
+    # data with as many distinct characters, but other ones: the tokenizer is another
+    (tmp_path / "t2.txt").write_text(_text().replace("q", "z"))
+    prepare(tmp_path / "t2.txt", tmp_path / "d2", tokenizer="char")
+    with pytest.raises(ConfigError, match="is not the one the run in .* was trained with"):
+        train(cfg, tc, tmp_path / "d2", resume=True, progress=False)
     (tmp_path / "out" / "last.npz").write_text("not a checkpoint")
     with pytest.raises(nn.checkpoint.CheckpointError, match="not a valid tensorgrad checkpoint"):
         train(cfg, tc, tmp_path / "d", resume=True, progress=False)
