@@ -66,7 +66,10 @@ def find_tokenizer(ckpt):
         return load_tokenizer(folder)
     config = folder / "config.json"
     if config.is_file() and "data_dir" in json.loads(config.read_text()):
-        return load_tokenizer(Path(folder, json.loads(config.read_text())["data_dir"]))
+        data_dir = Path(json.loads(config.read_text())["data_dir"])   # relative to where training ran
+        for candidate in (data_dir, folder.parent / data_dir):
+            if (candidate / "meta.json").is_file():
+                return load_tokenizer(candidate)
     raise DataError(f"{folder} has no tokenizer (meta.json and tokenizer, written by train_shakespeare.py)")
 
 
