@@ -3,15 +3,19 @@
     python examples/train_shakespeare.py --device cuda     # the shakespeare-char setup, ~1.47 val loss
     python examples/train_shakespeare.py --device cpu      # a small model for a 2-core machine, ~1.9
 
-Any preset value can be overridden with a flag (--n-layer 2 --max-iters 100 ...).
+Every preset value can be changed with a flag (--n-layer 2 --max-iters 100 ...);
+`--device cpu --help` shows the cpu preset. nanoGPT's spellings work too
+(--max_iters=3000, --batch_size 32). Ctrl-C saves last.npz; continue with --resume
+(which keeps the run's settings; flags you type change training settings, e.g.
+--max-iters to train longer). An out dir holding a run is never overwritten
+unless you pass --overwrite.
 """
-import argparse
 import json
 import os
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+from _cli import Parser, add_dataclass_flags, check_device, parse_with_typed, run, start_ids
 
 PRESETS = {
     # nanoGPT's shakespeare-char configuration
@@ -22,85 +26,159 @@ PRESETS = {
                 learning_rate=1e-3, min_lr=1e-4, warmup_iters=100, lr_decay_iters=2000, max_iters=2000,
                 beta2=0.99, weight_decay=0.1, eval_interval=250, eval_iters=20),
 }
+# help for GPTConfig fields that carry no comment in gpt/model.py (a commented field uses its comment)
+MODEL_HELP = {"n_layer": "transformer blocks", "n_head": "attention heads in a block",
+              "n_embd": "width of the residual stream (a multiple of --n-head)",
+              "dropout": "dropout probability, in [0, 1)"}
+MODEL_SKIP = ("vocab_size",)                         # set by the data's tokenizer
+TRAIN_SKIP = ("out_dir", "device", "cuda_graph")     # flags of their own below
+
+
+def default_device():
+    import tensorgrad as tg
+    return "cuda" if tg.cuda_available() else "cpu"
+
+
+def build_parser(device, tokenizer):
+    """The full parser; defaults are the preset of `device` (help shows them, and the other preset's)."""
+    from gpt import GPTConfig, TrainConfig
+    preset, other = PRESETS.get(device, PRESETS["cpu"]), "cpu" if device == "cuda" else "cuda"
+
+    def note(name):
+        return f", the {device} preset; {other}: {PRESETS[other][name]}" if name in preset else ""
+
+    p = Parser(description=__doc__)
+    run_group = p.add_argument_group("run")
+    run_group.add_argument("--device", choices=["cpu", "cuda"], default=device,
+                           help="cuda when a GPU is usable, else cpu (this machine: %(default)s)")
+    run_group.add_argument("--out-dir", default=f"out-shakespeare-{tokenizer}-{device}",
+                           help="checkpoints, metrics.jsonl, config.json and the tokenizer")
+    run_group.add_argument("--resume", action="store_true",
+                           help="continue the run in --out-dir from its last.npz, with its settings")
+    run_group.add_argument("--overwrite", action="store_true",
+                           help="start afresh in an --out-dir that holds a run, deleting its checkpoints and metrics")
+    run_group.add_argument("--sample-tokens", type=int, default=500, metavar="N",
+                           help="tokens of the sample printed at the end (0: none)")
+    run_group.add_argument("--no-tf32", action="store_true", help="cuda: full float32 matmuls instead of TF32")
+    run_group.add_argument("--no-cuda-graph", action="store_true",
+                           help="cuda: run the training step and evaluation eagerly instead of replaying CUDA graphs")
+    run_group.add_argument("--no-progress", action="store_true",
+                           help="log lines (loss, tokens/s, time left) instead of a progress bar")
+    data_group = p.add_argument_group("data")
+    data_group.add_argument("--data", default="data/tinyshakespeare.txt",
+                            help="UTF-8 text file; the default is downloaded when missing")
+    data_group.add_argument("--tokenizer", choices=["char", "bpe"], default=tokenizer,
+                            help="characters, or byte-level BPE trained on the training split")
+    data_group.add_argument("--bpe-vocab-size", type=int, default=1024, metavar="N",
+                            help="vocabulary size of the BPE tokenizer (at least 256)")
+    data_group.add_argument("--data-cache", default=None, metavar="DIR",
+                            help="folder for the prepared token files (default: <out-dir>/data)")
+    model_names = add_dataclass_flags(p.add_argument_group("model (GPTConfig)"), GPTConfig, skip=MODEL_SKIP,
+                                      defaults=preset, help=MODEL_HELP, note=note)
+    train_names = add_dataclass_flags(p.add_argument_group("training (TrainConfig)"), TrainConfig,
+                                      skip=TRAIN_SKIP, defaults=preset, aliases={"learning_rate": ["--lr"]},
+                                      note=note)
+    return p, model_names, train_names
 
 
 def parse_args(argv=None):
-    import tensorgrad as tg
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--device", choices=["cpu", "cuda"], default=None,
-                   help="default: cuda when a GPU is usable, else cpu")
-    p.add_argument("--tokenizer", choices=["char", "bpe"], default="char")
-    p.add_argument("--bpe-vocab-size", type=int, default=1024)
-    p.add_argument("--data", default="data/tinyshakespeare.txt",
-                   help="text file; the default is downloaded when missing")
-    p.add_argument("--out-dir", default=None, help="default: out-shakespeare-<tokenizer>-<device>")
-    p.add_argument("--resume", action="store_true", help="continue from <out-dir>/last.npz")
-    p.add_argument("--seed", type=int, default=1337)
-    p.add_argument("--sample-tokens", type=int, default=500)
-    p.add_argument("--no-tf32", action="store_true", help="cuda: full float32 matmuls instead of TF32")
-    p.add_argument("--no-cuda-graph", action="store_true",
-                   help="cuda: run the training step and evaluation eagerly instead of replaying CUDA graphs")
-    p.add_argument("--no-progress", action="store_true")
-    for key in PRESETS["cuda"]:
-        p.add_argument("--" + key.replace("_", "-"), type=type(PRESETS["cuda"][key]), default=None)
-    p.add_argument("--grad-clip", type=float, default=1.0)
-    args = p.parse_args(argv)
-    if args.device is None:
-        args.device = "cuda" if tg.cuda_available() else "cpu"
-    return args
+    """Two passes: --device and --tokenizer first (they choose the defaults), then everything.
+    Returns (args, model setting names, training setting names, the names the user typed)."""
+    first = Parser(add_help=False)
+    first.add_argument("--device", default=None)
+    first.add_argument("--tokenizer", default="char")
+    known, _ = first.parse_known_args(argv)
+    device = known.device if known.device in PRESETS else default_device()
+    tokenizer = known.tokenizer if known.tokenizer in ("char", "bpe") else "char"
+    parser, model_names, train_names = build_parser(device, tokenizer)
+    args, typed = parse_with_typed(parser, argv, model_names + train_names)
+    return args, model_names, train_names, typed
+
+
+def settings_of_run(args, model_names, train_names, typed):
+    """(model settings, training settings). On --resume the untyped ones come from the
+    checkpoint, so `--resume` alone continues the run as it was started."""
+    import nn
+    from gpt.errors import ConfigError
+    from gpt.train import check_out_dir
+    check_out_dir(args.out_dir, args.resume, args.overwrite)
+    model = {k: getattr(args, k) for k in model_names}
+    train = {k: getattr(args, k) for k in train_names}
+    if args.resume:
+        saved = nn.load(Path(args.out_dir) / "last.npz")     # metadata: the settings it was trained with
+        changed = [f"--{k.replace('_', '-')} {saved['model_config'][k]} in the checkpoint, {model[k]} now"
+                   for k in sorted(typed & set(model)) if saved["model_config"].get(k, model[k]) != model[k]]
+        if changed:
+            raise ConfigError(f"--resume: {Path(args.out_dir) / 'last.npz'} is another model: " + "; ".join(changed))
+        model.update({k: v for k, v in saved["model_config"].items() if k in model and k not in typed})
+        train.update({k: v for k, v in saved["train_config"].items() if k in train and k not in typed})
+    return model, train
+
+
+def check_script_settings(args):
+    problems = []
+    if args.tokenizer == "bpe" and args.bpe_vocab_size < 256:
+        problems.append(f"--bpe-vocab-size must be at least 256, one token per byte (got {args.bpe_vocab_size})")
+    if args.sample_tokens < 0:
+        problems.append(f"--sample-tokens must be 0 or more (got {args.sample_tokens})")
+    return problems
 
 
 def main(argv=None):
-    args = parse_args(argv)
+    """Train; returns the summary (summary['stopped'] says how the run ended)."""
+    args, model_names, train_names, typed = parse_args(argv)
+    check_device(args.device)
     if args.device == "cuda" and not args.no_tf32:
         os.environ.setdefault("CUPY_TF32", "1")  # read at the first matmul: set it before
-    import tensorgrad as tg
     from gpt import GPTConfig, TrainConfig, prepare, train
     from gpt.data import TINYSHAKESPEARE_URL, download, load_tokenizer
+    from gpt.errors import ConfigError, DataError
+    from gpt.train import check_settings, load_model
 
-    tg.backend.parse_device(args.device)  # a clear error now if cuda is not usable
-    settings = dict(PRESETS[args.device])
-    for key in settings:
-        if getattr(args, key) is not None:
-            settings[key] = getattr(args, key)
+    # everything a user can get wrong is checked before anything is written
+    model_settings, train_settings = settings_of_run(args, model_names, train_names, typed)
+    tc = TrainConfig(out_dir=args.out_dir, device=args.device, cuda_graph=False if args.no_cuda_graph else None,
+                     **train_settings)
+    problems = check_script_settings(args) + check_settings(model_settings, tc)
+    if problems:
+        raise ConfigError("\n".join(problems))
 
     data_path = Path(args.data)
     if not data_path.is_file():
         if args.data != "data/tinyshakespeare.txt":
-            sys.exit(f"error: data file {data_path} does not exist")
+            raise DataError(f"data file {data_path} does not exist")
         print(f"downloading tinyshakespeare from {TINYSHAKESPEARE_URL}")
         try:
             download(TINYSHAKESPEARE_URL, data_path)
         except RuntimeError as e:
-            sys.exit(f"error: {e}")
-    data_dir = data_path.parent / f"{data_path.stem}-{args.tokenizer}"
+            raise DataError(str(e)) from None
+    data_dir = Path(args.data_cache or Path(args.out_dir) / "data")
     meta = prepare(data_path, data_dir, tokenizer=args.tokenizer, vocab_size=args.bpe_vocab_size)
     print(f"data: {meta['train_tokens']:,} train / {meta['val_tokens']:,} val tokens, "
-          f"vocabulary {meta['vocab_size']} ({args.tokenizer})")
+          f"vocabulary {meta['vocab_size']} ({args.tokenizer}), prepared in {data_dir}")
 
-    mc = GPTConfig(block_size=settings["block_size"], vocab_size=meta["vocab_size"], n_layer=settings["n_layer"],
-                   n_head=settings["n_head"], n_embd=settings["n_embd"], dropout=settings["dropout"])
-    out_dir = args.out_dir or f"out-shakespeare-{args.tokenizer}-{args.device}"
-    tc = TrainConfig(out_dir=out_dir, device=args.device, seed=args.seed, grad_clip=args.grad_clip,
-                     cuda_graph=False if args.no_cuda_graph else None,
-                     **{k: settings[k] for k in ("max_iters", "eval_interval", "eval_iters", "batch_size",
-                                                 "learning_rate", "min_lr", "warmup_iters", "lr_decay_iters",
-                                                 "beta2", "weight_decay")})
-    if settings["block_size"] + 2 > meta["val_tokens"]:
-        sys.exit(f"error: block_size {settings['block_size']} is larger than the validation split "
-                 f"({meta['val_tokens']} tokens)")
-    model, summary = train(mc, tc, data_dir, resume=args.resume, progress=not args.no_progress)
+    mc = GPTConfig(vocab_size=meta["vocab_size"], **model_settings)
+    model, summary = train(mc, tc, data_dir, resume=args.resume, overwrite=args.overwrite,
+                           progress=not args.no_progress)
     print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in summary.items()}))
-
-    from gpt.train import load_model
-    best, _ = load_model(Path(out_dir) / "best.npz", device=args.device)
-    tok = load_tokenizer(data_dir)
-    prompt = tok.encode("\n")
-    ids = best.generate([prompt], args.sample_tokens, temperature=0.8, top_k=200, seed=args.seed)
-    print("-" * 60)
-    print(tok.decode(ids[0].tolist()))
+    if summary["stopped"] == "interrupted":
+        return summary                   # saved; no time spent loading best.npz or sampling
+    if args.sample_tokens:
+        best, _ = load_model(args.out_dir, device=args.device)
+        tok = load_tokenizer(args.out_dir)
+        ids = best.generate([start_ids(tok)], args.sample_tokens, temperature=0.8, top_k=200, seed=tc.seed)
+        print("-" * 60)
+        print(tok.decode(ids[0].tolist()))
+        print("-" * 60)
+    print(f"sample more: python examples/sample.py --ckpt {args.out_dir} --prompt \"ROMEO:\"")
     return summary
 
 
+def exit_status(argv=None):
+    """0 when training finished, 130 after Ctrl-C (saved), 1 when the loss went non-finite."""
+    stopped = main(argv)["stopped"]
+    return {"finished": 0, "interrupted": 130}.get(stopped, 1)
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(run(exit_status))

@@ -7,6 +7,7 @@ np.memmap, so the token files never have to fit in memory.
 """
 import hashlib
 import json
+import shutil
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -14,6 +15,8 @@ from pathlib import Path
 import numpy as np
 
 import tensorgrad as tg
+
+from .errors import ConfigError, DataError
 
 TINYSHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 
@@ -37,21 +40,23 @@ def download(url, path):
 def read_text(path):
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"data file {path} does not exist")
+        raise DataError(f"data file {path} does not exist" + (" (it is a folder)" if path.is_dir() else ""))
     try:
         return path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
-        raise ValueError(f"data file {path} is not UTF-8 text ({e})") from None
+        raise DataError(f"data file {path} is not UTF-8 text ({e})") from None
 
 
 def prepare(text_path, out_dir, tokenizer="char", vocab_size=1024, val_fraction=0.1):
     """Tokenize text_path into out_dir/{train,val}.bin + meta.json (reused when up to date)."""
     text_path, out_dir = Path(text_path), Path(out_dir)
     if tokenizer not in ("char", "bpe"):
-        raise ValueError(f"unknown tokenizer {tokenizer!r}: expected 'char' or 'bpe'")
+        raise ConfigError(f"unknown tokenizer {tokenizer!r}: expected 'char' or 'bpe'")
     text = read_text(text_path)
+    if not text.strip():
+        raise DataError(f"data file {text_path} is empty" + (" (only white space)" if text else ""))
     if len(text) < 100:
-        raise ValueError(f"data file {text_path} has only {len(text)} characters; need at least 100")
+        raise DataError(f"data file {text_path} has only {len(text)} characters; need at least 100")
     key = {"sha1": hashlib.sha1(text.encode()).hexdigest(), "tokenizer": tokenizer,
            "vocab_size": vocab_size if tokenizer == "bpe" else None, "val_fraction": val_fraction}
     meta_path = out_dir / "meta.json"
@@ -60,6 +65,7 @@ def prepare(text_path, out_dir, tokenizer="char", vocab_size=1024, val_fraction=
         if meta.get("key") == key and (out_dir / "train.bin").is_file() and (out_dir / "val.bin").is_file():
             return meta
     out_dir.mkdir(parents=True, exist_ok=True)
+    meta_path.unlink(missing_ok=True)  # meta.json is written last: its presence says the files are whole
     n = int(len(text) * (1 - val_fraction))
     train_text, val_text = text[:n], text[n:]
     if tokenizer == "char":
@@ -86,13 +92,48 @@ def prepare(text_path, out_dir, tokenizer="char", vocab_size=1024, val_fraction=
     return meta
 
 
-def load_tokenizer(data_dir):
-    meta = json.loads((Path(data_dir) / "meta.json").read_text())
+def load_tokenizer(folder):
+    """The tokenizer of a prepared data folder, or of a training out dir (train() copies
+    meta.json and the tokenizer there, so an out dir is enough to sample from)."""
+    folder = Path(folder)
+    meta_path = folder / "meta.json"
+    if not meta_path.is_file() or not (folder / "tokenizer").exists():
+        raise DataError(f"{folder} has no tokenizer (meta.json and tokenizer, written by "
+                        f"gpt.data.prepare or train())")
+    meta = json.loads(meta_path.read_text())
     if meta["tokenizer"] == "char":
         from tokenizer import CharTokenizer
-        return CharTokenizer.load(Path(data_dir) / "tokenizer")
+        return CharTokenizer.load(folder / "tokenizer")
     from tokenizer import Tokenizer
-    return Tokenizer.load(Path(data_dir) / "tokenizer")
+    return Tokenizer.load(folder / "tokenizer")
+
+
+def copy_tokenizer(data_dir, out_dir):
+    """Copy meta.json and the tokenizer of a prepared folder into out_dir (load_tokenizer reads them)."""
+    src, dst = Path(data_dir), Path(out_dir)
+    if src.resolve() == dst.resolve():
+        return
+    old = dst / "tokenizer"                 # the one there may be of the other kind (file or folder)
+    if old.is_dir():
+        shutil.rmtree(old)
+    else:
+        old.unlink(missing_ok=True)
+    if (src / "tokenizer").is_dir():        # byte-level BPE: vocab.json, merges.txt, ...
+        shutil.copytree(src / "tokenizer", old)
+    else:                                   # character-level: one JSON file
+        shutil.copyfile(src / "tokenizer", old)
+    shutil.copyfile(src / "meta.json", dst / "meta.json")
+
+
+def same_tokenizer(a, b):
+    """Do folders a and b hold the same tokenizer, byte for byte? (None where one has none.)"""
+    def files(folder):
+        t = Path(folder) / "tokenizer"
+        if t.is_dir():
+            return {p.name: p.read_bytes() for p in sorted(t.iterdir())}
+        return {"": t.read_bytes()} if t.is_file() else None
+    fa, fb = files(a), files(b)
+    return None if fa is None or fb is None else fa == fb
 
 
 class TokenData:
@@ -102,7 +143,7 @@ class TokenData:
         data_dir = Path(data_dir)
         meta_path = data_dir / "meta.json"
         if not meta_path.is_file():
-            raise FileNotFoundError(f"{data_dir} has no meta.json: run gpt.data.prepare first")
+            raise DataError(f"{data_dir} has no meta.json: run gpt.data.prepare first")
         self.meta = json.loads(meta_path.read_text())
         self.splits = {s: np.memmap(data_dir / f"{s}.bin", dtype=self.meta["dtype"], mode="r")
                        for s in ("train", "val")}
@@ -115,11 +156,13 @@ class TokenData:
     def get_batch_arrays(self, split, batch_size, block_size, rng=None):
         """The same windows as NumPy int64 arrays (for a CUDA graph's input buffers)."""
         data = self.splits[split]
-        if len(data) <= block_size + 1:
-            raise ValueError(f"the {split} split has {len(data)} tokens, fewer than block_size + 2 = "
-                             f"{block_size + 2}: use a smaller --block-size or more data")
+        if len(data) < block_size + 1:      # one window: block_size inputs and the token after the last
+            raise ConfigError(f"the {split} split has {len(data)} tokens, fewer than block_size + 1 = "
+                              f"{block_size + 1}: use a smaller --block-size or more data")
         rng = rng or np.random.default_rng()
-        ix = rng.integers(0, len(data) - block_size - 1, size=batch_size)
+        # a window starting at i reads data[i : i + block_size + 1], so the last valid start is
+        # len - block_size - 1; integers' upper bound is exclusive
+        ix = rng.integers(0, len(data) - block_size, size=batch_size)
         offsets = ix[:, None] + np.arange(block_size + 1)                  # (B, T + 1)
         chunk = data[offsets].astype(np.int64)                             # one gather from the memmap
         return chunk[:, :-1], chunk[:, 1:]

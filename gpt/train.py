@@ -3,12 +3,21 @@
 Checkpoints (nn.save: atomic, no pickle): `last.npz` at every evaluation and
 on Ctrl-C, `best.npz` when the validation loss improves. `resume=True`
 continues from last.npz exactly where it stopped (model, optimizer, iteration,
-and the batch sampler's RNG), so a resumed run gives the same losses.
+the batch sampler's RNG and tensorgrad's dropout RNG), so on the CPU a resumed
+run is bit-identical to one that was never stopped, wherever it was stopped.
 Metrics go to metrics.jsonl, one JSON object per evaluation.
+
+Nothing a user saved is lost: an out dir holding a run is refused unless the
+call asks to resume it or to overwrite it, and every setting is checked before
+anything is written. The out dir is self-contained: beside the checkpoints it
+holds config.json, meta.json and the tokenizer, enough to sample from.
 """
 import contextlib
 import json
 import math
+import os
+import signal
+import threading
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -19,28 +28,29 @@ from tqdm import tqdm
 import nn
 import tensorgrad as tg
 
-from .data import TokenData
+from .data import TokenData, copy_tokenizer, same_tokenizer
+from .errors import ConfigError
 from .model import GPT, GPTConfig
 
 
 @dataclass
 class TrainConfig:
-    out_dir: str = "out"
-    max_iters: int = 2000
-    eval_interval: int = 250
-    eval_iters: int = 50
-    log_interval: int = 10
-    batch_size: int = 12
-    learning_rate: float = 1e-3
-    min_lr: float = 1e-4
-    warmup_iters: int = 100
-    lr_decay_iters: int = 2000
-    beta1: float = 0.9
-    beta2: float = 0.99
-    weight_decay: float = 0.1
-    grad_clip: float = 1.0
+    out_dir: str = "out"          # checkpoints, metrics.jsonl, config.json and the tokenizer
+    max_iters: int = 2000         # training steps
+    eval_interval: int = 250      # evaluate (and write last.npz) every this many steps
+    eval_iters: int = 50          # batches of each split in one evaluation
+    log_interval: int = 10        # read the loss back and log it every this many steps
+    batch_size: int = 12          # sequences in a step
+    learning_rate: float = 1e-3   # peak learning rate, reached after the warmup
+    min_lr: float = 1e-4          # learning rate at the end of the cosine decay
+    warmup_iters: int = 100       # steps of linear warmup from 0
+    lr_decay_iters: int = 2000    # step where the cosine decay reaches min_lr
+    beta1: float = 0.9            # AdamW's decay of the gradient average
+    beta2: float = 0.99           # AdamW's decay of the squared-gradient average
+    weight_decay: float = 0.1     # AdamW's decoupled weight decay, on matrices only
+    grad_clip: float = 1.0        # clip the gradient norm to this (0: no clipping)
     device: str = "cpu"
-    seed: int = 1337
+    seed: int = 1337              # initialization, batches, dropout
     cuda_graph: bool = None   # capture the step and evaluation in CUDA graphs (gpt/cuda_graph.py); None: on cuda
 
 
@@ -118,74 +128,307 @@ def estimate_loss(model, data, tc, block_size, rng, evaluate=None):
     return out
 
 
-def _checkpoint(path, model, opt, it, best_val, mc, tc, rng):
-    nn.save(path, model=model, optimizer=opt, iteration=it, best_val_loss=best_val,
+# ----------------------------------------------------------------------------- settings
+def flag(name):
+    """The command-line spelling of a setting: batch_size -> --batch-size."""
+    return "--" + name.replace("_", "-")
+
+
+# (setting, test, what it must be). Each failing one is reported on its own line.
+_RULES = {
+    "block_size": (lambda v: v >= 1, "at least 1"),
+    "vocab_size": (lambda v: v >= 1, "at least 1"),
+    "n_layer": (lambda v: v >= 1, "at least 1"),
+    "n_head": (lambda v: v >= 1, "at least 1"),
+    "n_embd": (lambda v: v >= 1, "at least 1"),
+    "dropout": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "max_iters": (lambda v: v >= 0, "at least 0"),
+    "eval_interval": (lambda v: v >= 1, "at least 1"),
+    "eval_iters": (lambda v: v >= 1, "at least 1"),
+    "log_interval": (lambda v: v >= 1, "at least 1"),
+    "batch_size": (lambda v: v >= 1, "at least 1"),
+    "learning_rate": (lambda v: 0 < v < math.inf, "a positive number"),
+    "min_lr": (lambda v: 0 <= v < math.inf, "0 or more"),
+    "warmup_iters": (lambda v: v >= 0, "at least 0"),
+    "lr_decay_iters": (lambda v: v >= 0, "at least 0"),
+    "beta1": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "beta2": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "weight_decay": (lambda v: 0 <= v < math.inf, "0 or more"),
+    "grad_clip": (lambda v: 0 <= v < math.inf, "0 (off) or more"),
+}
+
+
+def check_settings(model_settings, tc):
+    """Every model setting (a dict of GPTConfig's fields) or training setting that cannot
+    work, one line each; [] when all can. Run before anything is written."""
+    settings = {**model_settings, **asdict(tc)}
+    problems = [f"{flag(k)} must be {what} (got {settings[k]})"
+                for k, (ok, what) in _RULES.items() if k in settings and not ok(settings[k])]
+    n_embd, n_head = settings.get("n_embd", 1), settings.get("n_head", 1)
+    if n_embd >= 1 and n_head >= 1 and n_embd % n_head:
+        problems.append(f"--n-embd ({n_embd}) must be divisible by --n-head ({n_head})")
+    if not problems and settings["min_lr"] > settings["learning_rate"]:
+        problems.append(f"--min-lr ({settings['min_lr']}) must not exceed the learning rate "
+                        f"({settings['learning_rate']})")
+    if not problems:
+        try:
+            problems += _memory_problems(GPTConfig(**model_settings), tc)
+        except ValueError as e:       # GPTConfig's own checks (norm, mlp, pos, ...)
+            problems.append(str(e))
+    return problems
+
+
+def attention_bytes(mc, batch_size, device):
+    """Memory of the attention matrices a training step keeps: the reference attention
+    (NumPy, or CuPy for head sizes the fused kernels do not take) stores one (B, n_head, T, T)
+    float32 array per layer for backward, plus one being computed. The fused GPU kernels
+    store none."""
+    from tensorgrad.kernels import ATTENTION_HEAD_SIZES
+    if device == "cuda" and mc.n_embd // mc.n_head in ATTENTION_HEAD_SIZES:
+        return 0
+    return (mc.n_layer + 1) * batch_size * mc.n_head * mc.block_size ** 2 * 4
+
+
+def available_memory(device):
+    """Bytes the device could give a run (None when unknown): RAM not in use on the CPU
+    (MemAvailable), the GPU's total memory on cuda."""
+    if device == "cuda":
+        return tg.backend.cupy().cuda.Device().mem_info[1]
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _memory_problems(mc, tc):
+    """Refuse a block size whose attention matrices cannot fit, instead of dying in the allocator."""
+    need, have = attention_bytes(mc, tc.batch_size, tc.device), available_memory(tc.device)
+    if have is None or need <= have:
+        return []
+    return [f"--block-size {mc.block_size} needs about {_bytes(need)} for the attention matrices "
+            f"({mc.n_layer + 1} x batch {tc.batch_size} x {mc.n_head} heads x {mc.block_size}^2 floats), "
+            f"more than the {_bytes(have)} this {tc.device} has: use a smaller --block-size or --batch-size"]
+
+
+def _bytes(n):
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.3g} {unit}"
+        n /= 1024
+
+
+def _duration(seconds):
+    seconds = int(round(seconds))
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
+# ----------------------------------------------------------------------------- the out dir
+RUN_FILES = ("last.npz", "best.npz", "metrics.jsonl")   # a run's results: never replaced unasked
+
+
+def check_out_dir(out_dir, resume=False, overwrite=False):
+    """Refuse an out dir where this run would lose a user's files, with the ways out."""
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out-dir {out} is a file, not a folder: choose another --out-dir")
+    if resume and overwrite:
+        raise ConfigError("--resume continues the run in the out dir and --overwrite deletes it: give one")
+    if resume:
+        if not (out / "last.npz").is_file():
+            raise ConfigError(f"--resume: no checkpoint at {out / 'last.npz'}; leave out --resume to "
+                              f"start a run there")
+        return
+    held = [name for name in RUN_FILES if (out / name).exists()]
+    if held and not overwrite:
+        raise ConfigError(f"{out} already holds a run ({', '.join(held)}): continue it with --resume, or "
+                          f"start a new one with --overwrite (deletes those files) or another --out-dir")
+
+
+def config_differences(saved, mc):
+    """'name: saved -> asked' for each model setting that differs from a checkpoint's.
+    Settings the checkpoint predates count as their defaults."""
+    saved = {**asdict(GPTConfig()), **saved}
+    asked = asdict(mc)
+    return [f"{flag(k)} {saved.get(k)} in the checkpoint, {asked.get(k)} now"
+            for k in asked if saved.get(k) != asked.get(k)]
+
+
+def _remove_stale_temp_files(out):
+    """A checkpoint write killed mid-way (SIGKILL, power cut) leaves its temporary file
+    (nn.save writes NAME.npz.XXXX.tmp, then renames it); the checkpoint itself is whole."""
+    for tmp in out.glob("*.npz.*.tmp"):
+        tmp.unlink(missing_ok=True)
+
+
+def _keep_metrics_until(path, last_evaluated):
+    """On resume: drop rows written after the checkpoint (a run killed between writing a
+    row and last.npz), so metrics.jsonl matches a run that was never stopped."""
+    if not path.is_file():
+        return
+    lines = [line for line in path.read_text().splitlines(keepends=True) if line.strip()]
+    kept = [line for line in lines if json.loads(line)["iter"] <= last_evaluated]
+    if len(kept) != len(lines):
+        path.write_text("".join(kept))
+
+
+def _checkpoint(path, model, opt, it, best_val, mc, tc, rng, evaluated):
+    """evaluated: the last iteration whose evaluation is done (-1: none), so a resumed run
+    evaluates at `it` exactly when the uninterrupted one would have."""
+    nn.save(path, model=model, optimizer=opt, iteration=it, best_val_loss=best_val, evaluated=evaluated,
             model_config=asdict(mc), train_config=asdict(tc), batch_rng=rng.bit_generator.state,
             tg_rng=tg.backend.get_rng_state())
 
 
-def train(model_config, tc, data_dir, resume=False, progress=True):
-    """Train a GPT on the prepared token files in data_dir; returns a summary dict."""
+# ----------------------------------------------------------------------------- Ctrl-C
+class _CtrlC:
+    """Ctrl-C during training asks for a stop at the next iteration boundary, where the
+    model, optimizer and RNGs agree with the iteration number, so the saved last.npz
+    resumes exactly. During an evaluation (which changes no training state) it stops at
+    once; a second Ctrl-C also stops at once, saving nothing. Outside the main thread
+    (no signal handlers there) Ctrl-C cannot reach the loop anyway."""
+
+    def __init__(self):
+        self.requested = False
+        self.evaluating = False
+        self._previous = None
+
+    def _handler(self, signum, frame):
+        if self.evaluating or self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+# ----------------------------------------------------------------------------- the loop
+def train(model_config, tc, data_dir, resume=False, progress=True, overwrite=False):
+    """Train a GPT on the prepared token files in data_dir; returns (model, summary).
+
+    resume: continue from out_dir/last.npz. overwrite: delete the run files already in
+    out_dir (otherwise a run there is refused). summary["stopped"] is "finished",
+    "interrupted" (Ctrl-C; last.npz saved) or "non-finite loss"."""
+    problems = check_settings(asdict(model_config), tc)
+    if problems:
+        raise ConfigError("\n".join(problems))
+    check_out_dir(tc.out_dir, resume, overwrite)
     out = Path(tc.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     data = TokenData(data_dir)
     if model_config.vocab_size < data.meta["vocab_size"]:
-        raise ValueError(f"model vocab_size {model_config.vocab_size} < tokenizer's {data.meta['vocab_size']}")
+        raise ConfigError(f"model vocab_size {model_config.vocab_size} < tokenizer's {data.meta['vocab_size']}")
+    for split, tokens in data.splits.items():
+        if len(tokens) < model_config.block_size + 1:
+            raise ConfigError(f"--block-size {model_config.block_size} does not fit the {split} split "
+                              f"({len(tokens)} tokens; a window needs block_size + 1): use a smaller one "
+                              f"or more data")
+    saved = None
+    if resume:
+        saved = nn.load(out / "last.npz")  # metadata first: refuse another model's checkpoint by name
+        differences = config_differences(saved["model_config"], model_config)
+        if differences:
+            raise ConfigError(f"--resume: {out / 'last.npz'} is another model: " + "; ".join(differences))
+        if same_tokenizer(out, data_dir) is False:   # same vocabulary size, other tokens: silent garbage
+            raise ConfigError(f"--resume: the tokenizer of {data_dir} is not the one the run in {out} was "
+                              f"trained with (another --data or --tokenizer?)")
+    # nothing was written so far; from here on the out dir is this run's
+    out.mkdir(parents=True, exist_ok=True)
+    if overwrite:
+        for name in RUN_FILES:
+            (out / name).unlink(missing_ok=True)
+    _remove_stale_temp_files(out)
+    copy_tokenizer(data_dir, out)
+
     if tc.device == "cpu":
         tg.backend.keep_freed_memory()  # temporaries reuse heap memory: ~30% faster steps on CPU
     tg.manual_seed(tc.seed)
     rng = np.random.default_rng(tc.seed)
     model = GPT(model_config).to(tc.device)
-    print(f"model: {model.num_params() / 1e6:.2f}M parameters, device {tc.device}")
     opt = configure_optimizer(model, tc)
-    start_it, best_val = 0, float("inf")
+    start_it, best_val, evaluated = 0, math.inf, -1
     if resume:
-        ckpt = out / "last.npz"
-        if not ckpt.is_file():
-            raise FileNotFoundError(f"--resume: no checkpoint at {ckpt}")
-        extra = nn.load(ckpt)  # metadata first: refuse another model's checkpoint by name
-        if extra["model_config"] != asdict(model_config):
-            raise ValueError(f"--resume: {ckpt} was trained with model config {extra['model_config']}, "
-                             f"not {asdict(model_config)}")
-        nn.load(ckpt, model=model, optimizer=opt)
-        start_it, best_val = extra["iteration"], extra["best_val_loss"]
-        rng.bit_generator.state = extra["batch_rng"]
-        tg.backend.set_rng_state(extra["tg_rng"])
+        nn.load(out / "last.npz", model=model, optimizer=opt)
+        start_it, best_val = saved["iteration"], saved["best_val_loss"]
+        evaluated = saved.get("evaluated", start_it)  # checkpoints before this field: saved after an evaluation
+        rng.bit_generator.state = saved["batch_rng"]
+        tg.backend.set_rng_state(saved["tg_rng"])
+        _keep_metrics_until(out / "metrics.jsonl", evaluated)
+        print(f"resumed from {out / 'last.npz'} at iteration {start_it}")
+    tokens_per_iter = tc.batch_size * model_config.block_size
+    print(f"model: {model.num_params() / 1e6:.2f}M parameters, device {tc.device}; "
+          f"{tokens_per_iter:,} tokens per iteration (batch {tc.batch_size} x block {model_config.block_size}), "
+          f"{tc.max_iters - start_it} iterations to go")
     step, evaluate, stream = make_runners(model, opt, tc, model_config.block_size)
     (out / "config.json").write_text(json.dumps({"model": asdict(model_config), "train": asdict(tc),
-                                                 "data_dir": str(data_dir)}, indent=1))
+                                                 "data_dir": str(Path(data_dir).resolve()),
+                                                 "data": data.meta.get("source")}, indent=1))
     metrics = open(out / "metrics.jsonl", "a")
     chars_per_token = data.meta["val_chars_per_token"]
-    tokens_per_iter = tc.batch_size * model_config.block_size
     bar = tqdm(range(start_it, tc.max_iters + 1), initial=start_it, total=tc.max_iters + 1,
                disable=not progress, dynamic_ncols=True)
-    t0, last_loss, it, next_it = time.time(), float("nan"), start_it, start_it
-    evaluated = start_it if resume else None  # a checkpoint at iteration i was written after its evaluation
+    clock = _Clock(tc, tokens_per_iter, start_it)
+    t0, last_loss, it = time.time(), None, start_it
     summary = {"stopped": "finished"}
+
+    def lr_at(i):
+        return nn.schedules.cosine_with_warmup(i, tc.learning_rate, tc.min_lr, tc.warmup_iters, tc.lr_decay_iters)
+
+    saved_at = start_it if resume else None    # the iteration last.npz holds
+
+    def save_last(at):
+        nonlocal saved_at
+        _checkpoint(out / "last.npz", model, opt, at, best_val, model_config, tc, rng, evaluated)
+        saved_at = at
+
     # with CUDA graphs, all work (checkpoints too) runs on their stream, ordered with the replays
-    with stream:
+    with stream, _CtrlC() as ctrl_c:
         try:
             for it in bar:
+                if ctrl_c.requested:  # here model, optimizer and RNGs are those of iteration `it`
+                    save_last(it)
+                    bar.write(f"interrupted at iteration {it}: saved {out / 'last.npz'}; continue with --resume")
+                    summary["stopped"] = "interrupted"
+                    break
                 if (it % tc.eval_interval == 0 or it == tc.max_iters) and it != evaluated:
-                    losses = estimate_loss(model, data, tc, model_config.block_size, rng, evaluate)
+                    ctrl_c.evaluating = True   # Ctrl-C stops at once: an evaluation changes no state
+                    t_eval = time.time()
+                    # its own RNG, fixed by the iteration: evaluating never moves the training batches
+                    losses = estimate_loss(model, data, tc, model_config.block_size,
+                                           np.random.default_rng([tc.seed, it]), evaluate)
+                    ctrl_c.evaluating = False
+                    clock.evaluated(time.time() - t_eval)
+                    evaluated = it
                     bpc = losses["val"] / chars_per_token / math.log(2)
+                    # lr: the schedule's at this iteration (the optimizer's still holds the step before's)
                     record = {"iter": it, "train_loss": losses["train"], "val_loss": losses["val"],
-                              "val_bpc": bpc, "lr": opt.param_groups[0]["lr"], "time": time.time() - t0}
+                              "val_bpc": bpc, "lr": lr_at(it), "time": time.time() - t0}
                     metrics.write(json.dumps(record) + "\n")
                     metrics.flush()
                     bar.write(f"iter {it}: train {losses['train']:.4f}, val {losses['val']:.4f} ({bpc:.3f} bits/char)")
                     if losses["val"] < best_val:
                         best_val = losses["val"]
-                        _checkpoint(out / "best.npz", model, opt, it, best_val, model_config, tc, rng)
-                    _checkpoint(out / "last.npz", model, opt, it, best_val, model_config, tc, rng)
+                        _checkpoint(out / "best.npz", model, opt, it, best_val, model_config, tc, rng, evaluated)
+                    save_last(it)
                 if it == tc.max_iters:
                     break
-                lr = nn.schedules.cosine_with_warmup(it, tc.learning_rate, tc.min_lr, tc.warmup_iters,
-                                                     tc.lr_decay_iters)
+                lr = lr_at(it)
                 for group in opt.param_groups:
                     group["lr"] = lr
                 loss = step(*data.get_batch_arrays("train", tc.batch_size, model_config.block_size, rng))
-                next_it = it + 1
                 if it % tc.log_interval == 0:
                     last_loss = loss.item()  # the only read of a device value per log interval
                     if not math.isfinite(last_loss):
@@ -193,28 +436,81 @@ def train(model_config, tc, data_dir, resume=False, progress=True):
                         bar.write(f"iter {it}: loss is {last_loss}; stopping. The last good checkpoint "
                                   f"({out / 'last.npz'}) is untouched. Try a lower --lr or --grad-clip.")
                         break
-                    dt = time.time() - t0
-                    bar.set_postfix(loss=f"{last_loss:.4f}", lr=f"{lr:.2e}",
-                                    tok_s=f"{(it + 1 - start_it) * tokens_per_iter / max(dt, 1e-9):.0f}")
+                    clock.logged(it, last_loss, lr, bar, progress)
         except KeyboardInterrupt:
-            _checkpoint(out / "last.npz", model, opt, next_it, best_val, model_config, tc, rng)
-            bar.write(f"interrupted at iter {next_it}: saved {out / 'last.npz'}; continue with --resume")
             summary["stopped"] = "interrupted"
+            if ctrl_c.evaluating:  # the evaluation at `it` was cut short; the state is that of `it`
+                save_last(it)
+                bar.write(f"interrupted at iteration {it}: saved {out / 'last.npz'}; continue with --resume")
+            else:                  # a second Ctrl-C, mid-step: this state is no checkpoint
+                bar.write(f"stopped at once at iteration {it}; " + ("nothing was saved" if saved_at is None else
+                          f"{out / 'last.npz'} is from iteration {saved_at}"))
         finally:
             bar.close()
             metrics.close()
-    summary.update(best_val_loss=best_val, best_val_bpc=best_val / chars_per_token / math.log(2),
-                   iterations=it, wall_time_s=time.time() - t0, last_train_loss=last_loss)
+    finite = math.isfinite(best_val)
+    summary.update(best_val_loss=best_val if finite else None,
+                   best_val_bpc=best_val / chars_per_token / math.log(2) if finite else None,
+                   iterations=it, wall_time_s=time.time() - t0,
+                   last_train_loss=last_loss if last_loss is None or math.isfinite(last_loss) else None)
     return model, summary
 
 
+class _Clock:
+    """Tokens per second and the time left, from the steps between log points (the loss
+    read at a log point waits for the GPU, so these intervals are true) and the
+    evaluations' own time. Prints the estimated total once, after the first interval."""
+
+    def __init__(self, tc, tokens_per_iter, start_it):
+        self.tc, self.tokens_per_iter = tc, tokens_per_iter
+        self.origin = None          # (iteration, time, evaluation seconds so far) at the first log point
+        self.eval_s, self.eval_count, self.estimated = 0.0, 0, False
+        self.evals_left = len([i for i in range(start_it, tc.max_iters + 1)
+                               if i % tc.eval_interval == 0 or i == tc.max_iters])
+
+    def evaluated(self, seconds):
+        self.eval_s += seconds
+        self.eval_count += 1
+        self.evals_left -= 1
+
+    def logged(self, it, loss, lr, bar, progress):
+        now = time.time()
+        if self.origin is None:     # the first step also compiled or captured: time from here
+            self.origin = (it, now, self.eval_s)
+            bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
+            return
+        o_it, o_time, o_eval = self.origin
+        step_s = (now - o_time - (self.eval_s - o_eval)) / (it - o_it)
+        one_eval = self.eval_s / self.eval_count if self.eval_count else 2 * self.tc.eval_iters * step_s / 3
+        left = (self.tc.max_iters - it - 1) * step_s + max(self.evals_left, 0) * one_eval
+        tok_s = self.tokens_per_iter / max(step_s, 1e-9)
+        if not self.estimated:
+            self.estimated = True
+            bar.write(f"estimated time to finish: {_duration(left)} ({step_s * 1e3:.0f} ms a step, "
+                      f"{one_eval:.1f} s an evaluation)")
+        if progress:
+            bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{tok_s:,.0f}")
+        else:
+            bar.write(f"iter {it}: loss {loss:.4f}, lr {lr:.2e}, {tok_s:,.0f} tok/s, {_duration(left)} left")
+
+
+# ----------------------------------------------------------------------------- loading
+def find_checkpoint(path):
+    """The checkpoint a user means: a .npz file, or a run's out dir (best.npz, else last.npz)."""
+    p = Path(path)
+    if p.is_dir():
+        for name in ("best.npz", "last.npz"):
+            if (p / name).is_file():
+                return p / name
+        raise ConfigError(f"{path} holds no checkpoint (best.npz or last.npz)")
+    if not p.exists():
+        raise ConfigError(f"no checkpoint at {path}: no such file or folder")
+    return p
+
+
 def load_model(ckpt_path, device="cpu"):
-    """A GPT from a checkpoint written by train() (best.npz or last.npz)."""
-    path = Path(ckpt_path)
-    if path.is_dir():
-        path = path / "best.npz"
-    if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {path}")
+    """A GPT from a checkpoint written by train() (a .npz file, or an out dir: best.npz, else last.npz)."""
+    path = find_checkpoint(ckpt_path)
     extra = nn.load(path)  # metadata only
     allowed = {f.name for f in fields(GPTConfig)}
     config = GPTConfig(**{k: v for k, v in extra["model_config"].items() if k in allowed})

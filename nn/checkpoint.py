@@ -20,6 +20,11 @@ FORMAT = "tensorgrad-checkpoint"
 VERSION = 1
 
 
+class CheckpointError(ValueError):
+    """A file that is not a readable tensorgrad checkpoint (truncated, corrupted, another
+    format). Scripts print it as one line; it is a ValueError for code that catches those."""
+
+
 def save(path, model=None, optimizer=None, **extra):
     """Write model.state_dict(), optimizer.state_dict() and extra (JSON-able values or
     NumPy arrays: iteration, config, RNG state, ...) to `path` atomically.
@@ -84,22 +89,33 @@ def _fsync_dir(directory):
 
 
 def _read(path):
+    bad = f"{path} is not a valid tensorgrad checkpoint"
+    is_file = hasattr(path, "read")       # an open binary file: no path to check, a position to keep
+    start = path.tell() if is_file else None
+    if not is_file and not os.path.exists(path):
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    if not is_file and os.path.isdir(path):
+        raise CheckpointError(f"{bad}: it is a folder")
+    if not zipfile.is_zipfile(path):   # a text file, say: say so before NumPy guesses at other formats
+        raise CheckpointError(f"{bad}: it is not an .npz archive (truncated, or another kind of file)")
+    if is_file:
+        path.seek(start)                  # is_zipfile moved it
     try:
         with np.load(path, allow_pickle=False) as z:
             files = {k: z[k] for k in z.files}
         meta = json.loads(bytes(files.pop("__meta__")).decode("utf-8"))
-    except FileNotFoundError:
-        raise
     except KeyError:
-        raise ValueError(f"{path} is not a valid tensorgrad checkpoint: it has no __meta__ entry") from None
+        raise CheckpointError(f"{bad}: it has no __meta__ entry") from None
     except (zipfile.BadZipFile, ValueError, EOFError, OSError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path} is not a valid tensorgrad checkpoint (truncated or corrupted?): "
-                         f"{type(e).__name__}: {e}") from None
+        # NumPy refuses object arrays with a message about pickle; we never load those, so say it plainly
+        detail = "it holds Python objects, which are never loaded" if "pickle" in str(e) else \
+            f"{type(e).__name__}: {e}"
+        raise CheckpointError(f"{bad} (truncated or corrupted?): {detail}") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise ValueError(f"{path} is not a valid tensorgrad checkpoint: unknown format {meta.get('format')!r}")
+        raise CheckpointError(f"{bad}: unknown format {meta.get('format') if isinstance(meta, dict) else None!r}")
     if meta.get("version", 0) > VERSION:
-        raise ValueError(f"{path}: checkpoint format version {meta['version']} is newer than this "
-                         f"tensorgrad understands ({VERSION}); upgrade tensorgrad")
+        raise CheckpointError(f"{path}: checkpoint format version {meta['version']} is newer than this "
+                              f"tensorgrad understands ({VERSION}); upgrade tensorgrad")
     return files, meta
 
 
@@ -112,7 +128,7 @@ def load(path, model=None, optimizer=None, strict=True):
     files, meta = _read(path)
     if model is not None:
         if not meta.get("has_model"):
-            raise ValueError(f"{path}: this checkpoint holds no model")
+            raise CheckpointError(f"{path}: this checkpoint holds no model")
         state = {k[len("model/"):]: v for k, v in files.items() if k.startswith("model/")}
         try:
             model.load_state_dict(state, strict=strict)
@@ -120,7 +136,7 @@ def load(path, model=None, optimizer=None, strict=True):
             raise RuntimeError(f"{path}: {e}") from None
     if optimizer is not None:
         if "optim" not in meta:
-            raise ValueError(f"{path}: this checkpoint holds no optimizer state")
+            raise CheckpointError(f"{path}: this checkpoint holds no optimizer state")
         state = {}
         for i, nums in meta["optim"]["numbers"].items():
             state.setdefault(int(i), {}).update(nums)
@@ -131,7 +147,7 @@ def load(path, model=None, optimizer=None, strict=True):
         try:
             optimizer.load_state_dict({"state": state, "param_groups": meta["optim"]["param_groups"]})
         except ValueError as e:
-            raise ValueError(f"{path}: {e}") from None
+            raise CheckpointError(f"{path}: {e}") from None
     extra = dict(meta["extra"])
     for k, v in files.items():
         if k.startswith("extra/"):

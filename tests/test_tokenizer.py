@@ -492,8 +492,8 @@ def test_cli_train_encode_decode(small_corpus, tmp_path, capsys):
     assert cli(["encode", "--tokenizer", str(out), "--text", "To be" + EOT]) == 0
     ids = [int(x) for x in capsys.readouterr().out.split()]
     assert ids == tok.encode("To be" + EOT)
-    assert cli(["decode", "--tokenizer", str(out)] + [str(i) for i in ids]) == 0
-    assert capsys.readouterr().out == "To be" + EOT + "\n"
+    assert cli(["decode", "--tokenizer", str(out), "--newline"] + [str(i) for i in ids]) == 0
+    assert capsys.readouterr().out == "To be" + EOT + "\n"   # no newline unless asked: test_cli.py
     assert cli(["encode", "--tokenizer", str(out), "--input", str(path), "--out",
                 str(tmp_path / "t.bin"), "--quiet"]) == 0
     assert np.fromfile(tmp_path / "t.bin", np.uint16).tolist() == tok.encode(text)

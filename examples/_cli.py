@@ -1,0 +1,174 @@
+"""What the example scripts share: argparse as users expect it, one-line errors, the device check.
+
+Not an example itself: train_shakespeare.py, sample.py and plot_metrics.py import it.
+"""
+import argparse
+import glob
+import inspect
+import shutil
+import sys
+import typing
+from dataclasses import MISSING, fields
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the description's layout and shows each option's default, unless it has none."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "%(default)" in text or action.default in (None, False, argparse.SUPPRESS):
+            return text
+        return text + " (default: %(default)s)"
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse without prefix matching (`--lr 3` must not mean `--lr-decay-iters 3`), and
+    with nanoGPT's underscore spellings (`--max_iters=3000`) read as the dashed flags."""
+
+    def __init__(self, **kwargs):
+        super().__init__(allow_abbrev=False, formatter_class=HelpFormatter, **kwargs)
+
+    def parse_known_args(self, args=None, namespace=None):
+        args = sys.argv[1:] if args is None else list(args)
+        return super().parse_known_args([self._dashed(a) for a in args], namespace)
+
+    def _dashed(self, arg):
+        name, eq, value = arg.partition("=")
+        if name.startswith("--") and "_" in name:
+            dashed = "--" + name[2:].replace("_", "-")
+            if dashed in self._option_string_actions:   # only spellings of flags that exist
+                return dashed + eq + value
+        return arg
+
+
+# ----------------------------------------------------------------------------- dataclass flags
+def field_comments(cls):
+    """{field: the comment beside it in the class's source}: the help text of its flag."""
+    comments = {}
+    for line in inspect.getsource(cls).splitlines():
+        code, _, comment = line.partition("#")
+        name = code.strip().split(":")[0].strip()
+        if comment.strip() and ":" in code and name.isidentifier():
+            comments[name] = comment.strip()
+    return comments
+
+
+def field_type(cls, f):
+    """int, float, bool or str: the type a flag converts to (Optional[int] -> int); None otherwise."""
+    t = typing.get_type_hints(cls).get(f.name, f.type)
+    args = [a for a in typing.get_args(t) if a is not type(None)]
+    if args and len(args) == 1:          # Optional[X], X | None
+        t = args[0]
+    return t if t in (int, float, bool, str) else None
+
+
+def add_dataclass_flags(group, cls, skip=(), defaults=None, help=None, aliases=None, note=None):
+    """One flag per field of the dataclass cls (--n-layer for n_layer), so a field added to
+    the class shows up on the command line by itself. Help text: help[name], else the
+    comment beside the field. note(name) -> extra text for the help (e.g. preset values).
+    Returns the names of the fields that got a flag."""
+    defaults, help, aliases = defaults or {}, help or {}, aliases or {}
+    comments = field_comments(cls)
+    names = []
+    for f in fields(cls):
+        kind = field_type(cls, f)
+        if f.name in skip or kind is None:
+            continue
+        default = defaults.get(f.name, f.default if f.default is not MISSING else None)
+        text = help.get(f.name) or comments.get(f.name) or f"{cls.__name__}.{f.name}"
+        if text.startswith("or ") and isinstance(default, str):   # "norm: or rmsnorm" -> "layernorm or rmsnorm"
+            text = f"{default} {text}".replace('"', "")
+        if note and note(f.name):
+            text = f"{text} (default: %(default)s{note(f.name)})"
+        spellings = ["--" + f.name.replace("_", "-")] + aliases.get(f.name, [])
+        if kind is bool:
+            group.add_argument(*spellings, dest=f.name, action=argparse.BooleanOptionalAction,
+                               default=default, help=text)
+        else:
+            group.add_argument(*spellings, dest=f.name, type=kind, default=default, help=text,
+                               metavar={int: "N", float: "X"}.get(kind, f.name.upper()))
+        names.append(f.name)
+    return names
+
+
+def parse_with_typed(parser, argv, names):
+    """Parse argv; also return which of `names` the user typed (on --resume the others come
+    from the checkpoint). argparse fills in a default only where the namespace has no
+    value yet, so a marker left in place means: not typed."""
+    unset = object()
+    args = parser.parse_args(argv, namespace=argparse.Namespace(**{n: unset for n in names}))
+    typed = {n for n in names if getattr(args, n) is not unset}
+    for n in set(names) - typed:
+        setattr(args, n, parser.get_default(n))
+    return args, typed
+
+
+# ----------------------------------------------------------------------------- errors and devices
+class ScriptError(RuntimeError):
+    """Something on this machine stops a script: a missing optional package, ... (exit status 1)."""
+
+
+class DeviceError(ScriptError):
+    """The asked-for device cannot run here (exit status 1)."""
+
+
+def check_device(device):
+    """A one-line DeviceError when --device cuda cannot run here, saying why."""
+    import tensorgrad as tg
+    if device != "cuda" or tg.cuda_available():
+        return
+    try:
+        import cupy  # noqa: F401
+    except ImportError:
+        raise DeviceError("--device cuda needs CuPy: pip install -e '.[cuda]' (cupy-cuda13x; cupy-cuda12x "
+                          "for a CUDA 12 driver), or use --device cpu") from None
+    if not gpu_present():
+        raise DeviceError("--device cuda: no GPU was found on this machine; use --device cpu")
+    raise DeviceError(f"--device cuda: CuPy cannot use the GPU ({tg.backend._cupy_error}); check that "
+                      f"`nvidia-smi` works and that the CuPy package matches the driver's CUDA version, "
+                      f"or use --device cpu")
+
+
+def gpu_present():
+    """Is there an NVIDIA GPU at all (whatever the state of its driver)? CuPy without one reports
+    a driver error, which sends people to reinstall drivers for a GPU they do not have."""
+    if sys.platform.startswith("linux"):
+        return bool(glob.glob("/dev/nvidia[0-9]*"))
+    return shutil.which("nvidia-smi") is not None
+
+
+def run(main, argv=None):
+    """Call main(argv) -> exit status as a shell user expects: a mistake they can fix is one
+    line `error: ...` (status 2 for a setting, 1 for a file or the machine), Ctrl-C is
+    status 130, and only bugs keep their traceback."""
+    import nn
+    from gpt.errors import ConfigError, DataError
+    try:
+        return main(argv)
+    except ConfigError as e:
+        return _error(e, 2)
+    except (DataError, nn.checkpoint.CheckpointError, ScriptError) as e:
+        return _error(e, 1)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:          # `... | head`: the reader left
+        return 0
+
+
+def _error(e, status):
+    for line in str(e).splitlines():  # several problems: one line each
+        print(f"error: {line}", file=sys.stderr)
+    return status
+
+
+def start_ids(tok):
+    """Token ids to start a sample from when no prompt is given: a newline, as in nanoGPT,
+    when the tokenizer has one (a text without '\\n' has none), else the first token."""
+    try:
+        return tok.encode("\n")
+    except ValueError:
+        return [0]
