@@ -221,12 +221,6 @@ class GPT(nn.Module):
             n -= self.transformer.wpe.weight.numel()
         return n
 
-    def num_params(self, non_embedding=True):
-        """Deprecated: num_parameters(exclude_position_embeddings=...) is the one name."""
-        warnings.warn("GPT.num_params() is deprecated; use num_parameters(exclude_position_embeddings=True)",
-                      DeprecationWarning, stacklevel=2)
-        return self.num_parameters(exclude_position_embeddings=non_embedding)
-
     def forward(self, idx, targets=None, cache=None, all_logits=False):
         """idx (B, T) int token ids -> (logits, loss).
 

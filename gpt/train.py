@@ -369,7 +369,7 @@ def train(model_config, tc, data_dir, resume=False, progress=True, overwrite=Fal
         _keep_metrics_until(out / "metrics.jsonl", evaluated)
         print(f"resumed from {out / 'last.npz'} at iteration {start_it}")
     tokens_per_iter = tc.batch_size * model_config.block_size
-    print(f"model: {model.num_params() / 1e6:.2f}M parameters, device {tc.device}; "
+    print(f"model: {model.num_parameters(exclude_position_embeddings=True) / 1e6:.2f}M parameters, device {tc.device}; "
           f"{tokens_per_iter:,} tokens per iteration (batch {tc.batch_size} x block {model_config.block_size}), "
           f"{tc.max_iters - start_it} iterations to go")
     step, evaluate, stream = make_runners(model, opt, tc, model_config.block_size)

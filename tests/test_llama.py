@@ -21,8 +21,7 @@ def test_num_parameters_is_the_one_count():
     assert model.num_parameters(exclude_position_embeddings=True) == every - 16 * 16
     rope = GPT(GPTConfig(**TINY, pos="rope"))
     assert rope.num_parameters(exclude_position_embeddings=True) == rope.num_parameters()   # no wpe
-    with pytest.warns(DeprecationWarning, match="num_parameters"):
-        assert model.num_params() == every - 16 * 16                  # the old name, until callers move
+    assert not hasattr(model, "num_params")                            # one name only
 
 
 @pytest.mark.parametrize("form", ["tanh", "none"])
