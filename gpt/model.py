@@ -6,7 +6,6 @@ Modern options: RMSNorm, SwiGLU MLP, rotary positions, no biases, untied head.
 Parameter names follow GPT-2's so its checkpoints map onto the model.
 """
 import math
-import warnings
 from dataclasses import asdict, dataclass
 from typing import Optional
 
