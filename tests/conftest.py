@@ -24,6 +24,18 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+@pytest.fixture(autouse=True)
+def _keep_tf32_setting():
+    """The training CLI turns TF32 on for its whole process (CUPY_TF32 in os.environ);
+    a test that runs it in-process must not leave later GPU tests on TF32."""
+    before = os.environ.get("CUPY_TF32")
+    yield
+    if before is None:
+        os.environ.pop("CUPY_TF32", None)
+    else:
+        os.environ["CUPY_TF32"] = before
+
+
 def pytest_terminal_summary(terminalreporter):
     r = GRADCHECK_RECORD
     if r["count"]:

@@ -39,14 +39,14 @@ def poisoned(cp, monkeypatch):
     return cp
 
 
-def relerr(out, ref, what):
+def relerr(out, ref, what, tol=TOL):
     out = backend.cupy().asnumpy(out).astype(np.float64) if not isinstance(out, np.ndarray) else out.astype(np.float64)
     assert out.shape == ref.shape, f"{what}: shape {out.shape}, expected {ref.shape}"
     assert np.isfinite(out).all(), f"{what}: {np.count_nonzero(~np.isfinite(out))} non-finite (unwritten?) elements"
     den = np.linalg.norm(ref)
     e = np.linalg.norm(out - ref) / (den if den > 0 else 1.0)
     print(f"{what:55s} rel err {e:.2e}")
-    assert e < TOL, f"{what}: relative error {e:.3e} >= {TOL}"
+    assert e < tol, f"{what}: relative error {e:.3e} >= {tol}"
     return e
 
 
@@ -310,23 +310,25 @@ def test_engine_cross_entropy_label_smoothing_runs_the_reference_on_cuda():
 
 # ------------------------------------------------- the engine, cuda vs cpu
 def _run_both(fn, *arrays):
-    """fn on cpu and on cuda (float32, kernels on); returns (outputs, grads) of each."""
+    """fn on cpu in float64 (the reference) and on cuda in float32 (kernels on);
+    returns (outputs, grads) of each."""
     results = []
-    for dev in ("cpu", "cuda"):
-        ts = [tg.tensor(a, device=dev, requires_grad=a.dtype.kind == "f") for a in arrays]
+    for dev, dt in (("cpu", np.float64), ("cuda", np.float32)):
+        ts = [tg.tensor(a.astype(dt), dtype=dt, device=dev, requires_grad=True) if a.dtype.kind == "f"
+              else tg.tensor(a, device=dev) for a in arrays]
         out = fn(*ts)
-        R = np.random.default_rng(7).standard_normal(out.shape).astype(np.float32)
+        R = np.random.default_rng(7).standard_normal(out.shape).astype(dt)
         (out * tg.tensor(R, device=dev)).sum().backward()
         results.append((out.numpy(), [t.grad if t.grad is None else backend.to_device(t.grad, "cpu")
                                       for t in ts if t.requires_grad]))
     return results
 
 
-def _compare_engine(fn, arrays, what):
+def _compare_engine(fn, arrays, what, grad_tol=TOL):
     (o_cpu, g_cpu), (o_gpu, g_gpu) = _run_both(fn, *arrays)
     relerr(o_gpu, o_cpu.astype(np.float64), f"engine {what} out")
     for i, (a, b) in enumerate(zip(g_gpu, g_cpu)):
-        relerr(a, b.astype(np.float64), f"engine {what} grad {i}")
+        relerr(a, b.astype(np.float64), f"engine {what} grad {i}", grad_tol)
 
 
 def test_engine_softmax_layernorm_cross_entropy_cuda_vs_cpu():
@@ -524,8 +526,10 @@ def test_engine_qkv_attention_cuda_vs_cpu(T, nh, hs):
     qkv = rng.standard_normal((2, T, 3 * nh * hs)).astype(np.float32)
     _compare_engine(lambda a: tg.qkv_attention(a, nh), [qkv], f"qkv_attention T={T} nh={nh} hs={hs}")
     q = rng.standard_normal((2, nh, T, hs)).astype(np.float32)
+    # k = q + 1 makes scores q.q / 8 of about 8: peaked rows whose dq = sum p (dp - D) k cancels,
+    # so float32 rounding in dq shows near 1e-5 there (the output stays near 1e-7)
     _compare_engine(lambda a, b, c: tg.scaled_dot_product_attention(a, b, c, is_causal=True), [q, q + 1, q * 2],
-                    f"sdpa fused T={T} hs={hs}")
+                    f"sdpa fused T={T} hs={hs}", grad_tol=5e-5)
 
 
 def test_qkv_attention_with_dropout_trains_like_reference_statistics():

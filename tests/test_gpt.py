@@ -449,8 +449,8 @@ def test_second_ctrl_c_stops_at_once_and_keeps_the_last_checkpoint(tmp_path, mon
 @pytest.mark.cuda
 @pytest.mark.parametrize("cuda_graph", [None, False])
 def test_interrupted_and_resumed_run_on_cuda(tmp_path, monkeypatch, cuda_graph):
-    """The same check as on the CPU: the state saved on Ctrl-C (model, optimizer, batch RNG,
-    Philox offset of the dropout kernels) resumes the run exactly, graphed or eager."""
+    """The check of the CPU test on cuda: the state saved on Ctrl-C (model, optimizer, batch RNG,
+    Philox offset of the dropout kernels) resumes the run, graphed or eager, to float32 rounding."""
     def run(name, at_call=None, resume=False):
         cfg, tc = _small_run(tmp_path, max_iters=12, eval_interval=5, log_interval=1, dropout=0.1,
                              device="cuda", cuda_graph=cuda_graph, out_dir=str(tmp_path / name))
@@ -463,6 +463,12 @@ def test_interrupted_and_resumed_run_on_cuda(tmp_path, monkeypatch, cuda_graph):
         _, si = run(f"b{at_call}", at_call)
         assert si["stopped"] == "interrupted"
         resumed, s2 = run(f"b{at_call}", resume=True)
+        # not bit-identical on cuda: the embedding backward adds rows with atomics (cupy
+        # scatter_add), whose order varies, so sums differ in the last bits; the rest resumes exactly
+        worst = 0.0
         for (n, p), (_, q) in zip(straight.named_parameters(), resumed.named_parameters()):
-            np.testing.assert_array_equal(p.numpy(), q.numpy(), err_msg=f"{n}, Ctrl-C at batch read {at_call}")
-        assert s1["best_val_loss"] == s2["best_val_loss"]
+            np.testing.assert_allclose(q.numpy(), p.numpy(), rtol=1e-4, atol=1e-5,
+                                       err_msg=f"{n}, Ctrl-C at batch read {at_call}")
+            worst = max(worst, float(np.abs(q.numpy() - p.numpy()).max()))
+        print(f"cuda resume, Ctrl-C at batch read {at_call}: largest weight difference {worst:.2e}")
+        assert s2["best_val_loss"] == pytest.approx(s1["best_val_loss"], rel=1e-4)
