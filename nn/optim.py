@@ -130,6 +130,15 @@ class AdamW(Optimizer):
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay))
         self._hyper = None  # GPU: (n_params, 7) device array of per-step scalars, see prepare()
 
+    def _state_of(self, p):
+        """p's AdamW state, made on first use (the one place it is created, for both paths):
+        step count, and the two moments on p's device."""
+        state = self.state.setdefault(id(p), {})
+        if not state:
+            xp = backend.get_array_module(p.data)
+            state.update(step=0, exp_avg=xp.zeros_like(p.data), exp_avg_sq=xp.zeros_like(p.data))
+        return state
+
     # ------------------------------------------------------------ fused GPU path
     # On the GPU each parameter is updated by one kernel (tensorgrad/kernels/adamw.cu)
     # whose scalars (learning rate, bias corrections) sit in device memory. prepare()
@@ -162,11 +171,7 @@ class AdamW(Optimizer):
             self._hyper = xp.zeros((n_all, N_HYPER), dtype=np.float32)
         host = np.zeros((n_all, N_HYPER), dtype=np.float32)
         for i, p, group in params:
-            state = self.state.setdefault(id(p), {})
-            if not state:
-                state["step"] = 0
-                state["exp_avg"] = xp.zeros_like(p.data)
-                state["exp_avg_sq"] = xp.zeros_like(p.data)
+            state = self._state_of(p)
             state["step"] += 1
             (b1, b2) = group["betas"]
             host[i] = hyper_row(group["lr"], b1, b2, group["eps"], group["weight_decay"], state["step"])
@@ -191,10 +196,7 @@ class AdamW(Optimizer):
     def _update(self, p, g, state, group):
         xp = backend.get_array_module(p.data)
         lr, (b1, b2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
-        if not state:
-            state["step"] = 0
-            state["exp_avg"] = xp.zeros_like(p.data)
-            state["exp_avg_sq"] = xp.zeros_like(p.data)
+        state = self._state_of(p)
         state["step"] += 1
         t = state["step"]
         m, v = state["exp_avg"], state["exp_avg_sq"]
