@@ -73,8 +73,7 @@ def time_tensorgrad(steps, warmup=5):
         profile_ops(lambda i: step(i, False), cp)
     for i in range(10):  # a separate, synchronised pass for the phase split
         step(i, True)
-    pool = cp.get_default_memory_pool()
-    return total, {k: v / 10 for k, v in phases.items()}, float(loss.item()), pool.total_bytes()
+    return total, {k: v / 10 for k, v in phases.items()}, float(loss.item())
 
 
 def time_tensorgrad_graph(steps):
@@ -276,7 +275,7 @@ def main():
     tokens = B * CFG["block_size"]
     import cupy as cp
     with PeakMemory(cp) as peak:
-        ours, phases, loss, _ = time_tensorgrad(args.steps)
+        ours, phases, loss = time_tensorgrad(args.steps)
     rows = [("tensorgrad eager", ours, loss, peak.peak)]
     cp.get_default_memory_pool().free_all_blocks()   # the graph run starts from an empty pool
     print("tensorgrad phases (ms): " + ", ".join(f"{k} {v * 1e3:.1f}" for k, v in phases.items()))

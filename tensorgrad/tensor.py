@@ -218,13 +218,11 @@ class Tensor:
             if tuple(grad.shape) != self.shape:
                 raise ValueError(f"backward(): gradient shape {tuple(grad.shape)} does not match output shape {self.shape}")
 
-        if self._ctx is None:            # a leaf: its gradient is grad itself
-            self.grad = grad.copy() if self.grad is None else self.grad + grad
-            return
         # graph nodes are Functions and leaf Tensors (see function.py); run each
         # Function's backward once all gradients flowing into its output are summed
-        order = _topological_order(self._ctx)
-        grads = {id(self._ctx): grad}
+        root = self._ctx or self         # a leaf is its own node
+        order = _topological_order(root)
+        grads = {id(root): grad}
         for node in reversed(order):
             g = grads.pop(id(node), None)
             if g is None:

@@ -29,16 +29,17 @@ _WORKSPACE_BYTES = 32 << 20
 _state = {}                       # lib, handle, workspace (kept alive), alpha/beta
 
 
-def _library():
-    """The libcublas that CuPy loaded (found in this process's memory map)."""
+def mapped_library(stem):
+    """The library `stem` ("libcublas", "libcublasLt") that CuPy loaded, found in this
+    process's memory map (libcublasLt comes in with libcublas)."""
     cp = backend.cupy()
     cp.ones((1, 1), dtype=cp.float32) @ cp.ones((1, 1), dtype=cp.float32)  # makes CuPy load cuBLAS
     with open("/proc/self/maps") as f:
-        paths = {line.split()[-1] for line in f if "libcublas.so" in line and "Lt" not in line.split()[-1]}
+        paths = {line.split()[-1] for line in f if os.path.basename(line.split()[-1]).startswith(stem + ".so")}
     for path in sorted(paths):
         if os.path.exists(path):
             return ctypes.CDLL(path)
-    return ctypes.CDLL("libcublas.so")
+    return ctypes.CDLL(stem + ".so")
 
 
 def _check(status, what):
@@ -60,7 +61,7 @@ def _init():
 
 def _create():
     cp = backend.cupy()
-    lib = _library()
+    lib = mapped_library("libcublas")
     handle = ctypes.c_void_p()
     _check(lib.cublasCreate_v2(ctypes.byref(handle)), "cublasCreate")
     workspace = cp.empty(_WORKSPACE_BYTES, dtype=cp.uint8)  # capture needs a workspace it doesn't allocate

@@ -19,6 +19,7 @@ import os
 import numpy as np
 
 from .. import backend
+from .cublas import mapped_library
 
 _OP_N, _OP_T = 0, 1
 _R_32F = 0
@@ -32,18 +33,6 @@ _HEURISTIC_BYTES = 96            # sizeof(cublasLtMatmulHeuristicResult_t); the 
 _state = {}                      # lib, handle, workspace, plans {(N, in, out, compute): plan}
 
 
-def _library():
-    """The libcublasLt next to the libcublas CuPy loaded (found in this process's memory map)."""
-    cp = backend.cupy()
-    cp.ones((1, 1), dtype=cp.float32) @ cp.ones((1, 1), dtype=cp.float32)  # makes CuPy load cuBLAS (and Lt)
-    with open("/proc/self/maps") as f:
-        paths = {line.split()[-1] for line in f if "libcublasLt.so" in line}
-    for path in sorted(paths):
-        if os.path.exists(path):
-            return ctypes.CDLL(path)
-    return ctypes.CDLL("libcublasLt.so")
-
-
 def _check(status, what):
     if status != 0:
         raise RuntimeError(f"tensorgrad.kernels.cublaslt: {what} failed with cuBLAS status {status}")
@@ -54,7 +43,7 @@ def available():
     if not _state:
         try:
             cp = backend.cupy()
-            lib = _library()
+            lib = mapped_library("libcublasLt")
             handle = ctypes.c_void_p()
             _check(lib.cublasLtCreate(ctypes.byref(handle)), "cublasLtCreate")
             _state.update(lib=lib, handle=handle, cp=cp, plans={},
