@@ -1,10 +1,11 @@
 """Time one GPT training step (forward, backward, clip, AdamW) on the GPU: tensorgrad vs PyTorch.
 
-    PYTHONPATH=. python bench/train_step.py [--steps 30] [--no-torch]
+    PYTHONPATH=. python bench/train_step.py [--steps 30] [--no-torch] [--dtype both] [--no-compile]
 
 Both run the shakespeare-char model (6 layers, 6 heads, 384 wide, block 256,
-batch 64, vocab 65, dropout 0.2) in float32 with TF32 matmuls, in one process,
-on the same random batches. PyTorch is the reference only: the project never
+batch 64, vocab 65, dropout 0.2), in one process, on the same random batches:
+float32 with TF32 matmuls, and bfloat16 mixed precision (tensorgrad's autocast
+against torch.autocast, eager and under torch.compile). PyTorch is the reference only: the project never
 imports it.
 """
 import argparse
@@ -76,7 +77,7 @@ def time_tensorgrad(steps, warmup=5):
     return total, {k: v / 10 for k, v in phases.items()}, float(loss.item())
 
 
-def time_tensorgrad_graph(steps):
+def time_tensorgrad_graph(steps, dtype="float32"):
     """The training step as the trainer runs it on cuda (gpt/train.py make_runners):
     captured once in a CUDA graph, then replayed on new batches."""
     import cupy as cp
@@ -90,7 +91,7 @@ def time_tensorgrad_graph(steps):
     tg.manual_seed(0)
     model = GPT(GPTConfig(**CFG)).to("cuda")
     opt = nn.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.99), weight_decay=0.1)
-    tc = TrainConfig(device="cuda", batch_size=B, grad_clip=1.0, cuda_graph=True)
+    tc = TrainConfig(device="cuda", batch_size=B, grad_clip=1.0, cuda_graph=True, dtype=dtype)
     step, _, stream = make_runners(model, opt, tc, CFG["block_size"])
     rng = np.random.default_rng(0)
     batches = [(rng.integers(0, 65, (B, CFG["block_size"])), rng.integers(0, 65, (B, CFG["block_size"])))
@@ -195,12 +196,13 @@ def profile_ops(step, cp, steps=3):
         print(f"{key[0] + '.' + key[1]:32s} {counts[key] / steps:10.0f} {t / steps * 1e3:8.2f}")
 
 
-def time_torch(steps, warmup=5):
+def time_torch(steps, warmup=5, dtype="float32", compile=False):
     import torch
     import torch.nn as tnn
     import torch.nn.functional as TF
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.manual_seed(0)
+    torch.cuda.reset_peak_memory_stats()
     C, nh, T, V, L, p = CFG["n_embd"], CFG["n_head"], CFG["block_size"], CFG["vocab_size"], CFG["n_layer"], CFG["dropout"]
 
     class Block(tnn.Module):
@@ -238,13 +240,15 @@ def time_torch(steps, warmup=5):
 
     model = Model().cuda()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.99), weight_decay=0.1)
+    forward = torch.compile(model) if compile else model
     g = torch.Generator().manual_seed(0)
     batches = [(torch.randint(0, V, (B, T), generator=g).cuda(), torch.randint(0, V, (B, T), generator=g).cuda())
                for _ in range(4)]
 
     def step(i):
         x, y = batches[i % 4]
-        loss = model(x, y)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=dtype == "bfloat16"):
+            loss = forward(x, y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -265,6 +269,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--no-torch", action="store_true")
+    ap.add_argument("--dtype", choices=["float32", "bfloat16", "both"], default="both")
+    ap.add_argument("--no-compile", action="store_true", help="leave out the PyTorch bf16 + torch.compile row")
     ap.add_argument("--rounds", type=int, default=2, help="alternate the graphed step and PyTorch this many times")
     ap.add_argument("--profile", action="store_true", help="also print synchronised time per op type")
     ap.add_argument("--kernels", action="store_true",
@@ -276,30 +282,37 @@ def main():
     import cupy as cp
     with PeakMemory(cp) as peak:
         ours, phases, loss = time_tensorgrad(args.steps)
-    rows = [("tensorgrad eager", ours, loss, peak.peak)]
+    rows = [("tensorgrad float32 eager", ours, loss, peak.peak)]
     cp.get_default_memory_pool().free_all_blocks()   # the graph run starts from an empty pool
     print("tensorgrad phases (ms): " + ", ".join(f"{k} {v * 1e3:.1f}" for k, v in phases.items()))
     # PyTorch's eager step is host-bound and varies from run to run on a shared host:
     # alternate the graphed step and PyTorch, `rounds` times each, and show every run
-    for r in range(args.rounds):
-        try:
-            g, gl, gm = time_tensorgrad_graph(args.steps)
-            rows.append((f"tensorgrad, CUDA graph (default) #{r + 1}", g, gl, gm))
-        except Exception as e:  # report, keep the other rows
-            print(f"CUDA graph step failed: {type(e).__name__}: {e}")
-        KERNELS = False
-        cp.get_default_memory_pool().free_all_blocks()
-        if not args.no_torch:
-            t, tl, tm = time_torch(args.steps)
-            rows.append((f"PyTorch eager (SDPA) #{r + 1}", t, tl, tm))
-    print(f"\nGPT training step, B={B} T={CFG['block_size']} 6x384, float32 + TF32, {args.steps} steps")
+    for dtype in (("float32", "bfloat16") if args.dtype == "both" else (args.dtype,)):
+        tag = "float32" if dtype == "float32" else "bf16"
+        for r in range(args.rounds):
+            try:
+                g, gl, gm = time_tensorgrad_graph(args.steps, dtype)
+                rows.append((f"tensorgrad {tag}, CUDA graph #{r + 1}", g, gl, gm))
+            except Exception as e:  # report, keep the other rows
+                print(f"CUDA graph step ({dtype}) failed: {type(e).__name__}: {e}")
+            KERNELS = False
+            cp.get_default_memory_pool().free_all_blocks()
+            if not args.no_torch:
+                t, tl, tm = time_torch(args.steps, dtype=dtype)
+                rows.append((f"PyTorch {tag} eager #{r + 1}", t, tl, tm))
+        if dtype == "bfloat16" and not args.no_torch and not args.no_compile:
+            t, tl, tm = time_torch(args.steps, warmup=10, dtype=dtype, compile=True)
+            rows.append((f"PyTorch {tag} + torch.compile", t, tl, tm))
+    print(f"\nGPT training step, B={B} T={CFG['block_size']} 6x384, {args.steps} steps; float32 rows use TF32 "
+          "matmuls, bf16 rows autocast (bf16 products, float32 weights)")
     print("GPU mem: peak bytes allocated (eager, torch); the graph's reserved pool + parameters and state (graph)")
-    print(f"{'implementation':40s} {'ms/step':>9s} {'tokens/s':>11s} {'vs torch':>9s} {'GPU mem':>9s}")
-    torch_times = sorted(t for name, t, _, _ in rows if name.startswith("PyTorch"))
-    ref = torch_times[len(torch_times) // 2] if torch_times else rows[0][1]   # "vs torch": its median run
-    for name, t, _, m in rows:
-        print(f"{name:40s} {t * 1e3:9.1f} {tokens / t:11,.0f} {ref / t:8.2f}x {m / 2**30:8.2f}G")
-
+    print("vs torch: the median PyTorch eager run of the same precision over this row's time")
+    print(f"{'implementation':40s} {'ms/step':>9s} {'tokens/s':>11s} {'vs torch':>9s} {'GPU mem':>9s} {'loss':>7s}")
+    for name, t, loss, m in rows:
+        tag = "bf16" if "bf16" in name else "float32"
+        torch_times = sorted(t2 for n2, t2, _, _ in rows if n2.startswith(f"PyTorch {tag} eager"))
+        ref = torch_times[len(torch_times) // 2] if torch_times else rows[0][1]
+        print(f"{name:40s} {t * 1e3:9.1f} {tokens / t:11,.0f} {ref / t:8.2f}x {m / 2**30:8.2f}G {loss:7.3f}")
 
 if __name__ == "__main__":
     main()

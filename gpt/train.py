@@ -52,6 +52,7 @@ class TrainConfig:
     device: str = "cpu"
     seed: int = 1337              # initialization, batches, dropout
     cuda_graph: bool = None   # capture the step and evaluation in CUDA graphs (gpt/cuda_graph.py); None: on cuda
+    dtype: str = None             # float32 or bfloat16 (autocast: bf16 products, float32 weights); default: bfloat16 on a GPU that has it
 
 
 def configure_optimizer(model, tc):
@@ -63,14 +64,32 @@ def configure_optimizer(model, tc):
                           lr=tc.learning_rate, betas=(tc.beta1, tc.beta2))
 
 
-def train_step(model, optimizer, x, y, grad_clip, update=None):
+def training_dtype(tc):
+    """The precision of the step's products: tc.dtype, or by default bfloat16 on a GPU that
+    has it (compute capability 8.0 and up, as nanoGPT decides) and float32 elsewhere."""
+    if tc.dtype is not None:
+        return tc.dtype
+    if tc.device == "cuda" and tg.backend.bfloat16 is not None:
+        if int(tg.backend.cupy().cuda.Device().compute_capability) >= 80:
+            return "bfloat16"
+    return "float32"
+
+
+def forward_loss(model, x, y, dtype):
+    """The model's loss on (x, y); in tg.autocast when dtype is 'bfloat16' (tensorgrad/autocast.py)."""
+    with tg.autocast("cuda", enabled=dtype == "bfloat16"):
+        return model(x, y)[1]
+
+
+def train_step(model, optimizer, x, y, grad_clip, update=None, dtype="float32"):
     """One optimisation step on the batch (x, y): forward, backward, clipping, update.
 
     The eager loop and the CUDA-graph step both run this function. A captured
     step passes update=optimizer.apply: the update's host half (AdamW.prepare,
     step counts and learning rate) runs before each replay, outside the graph.
+    dtype 'bfloat16' runs the forward in autocast; backward follows its dtypes.
     """
-    _, loss = model(x, y)
+    loss = forward_loss(model, x, y, dtype)
     optimizer.zero_grad()
     loss.backward()
     if grad_clip > 0:
@@ -90,21 +109,22 @@ def make_runners(model, opt, tc, block_size):
     """(step, evaluate, stream): step(x, y) trains on host batches x, y (B, T) and returns
     the loss tensor; evaluate(x, y) returns the loss of a batch without a graph of
     gradients. With CUDA graphs both are captured once and replayed, on one stream."""
+    dtype = training_dtype(tc)
     if not use_cuda_graph(tc):
         def step(x, y):
             return train_step(model, opt, tg.tensor(x, device=tc.device), tg.tensor(y, device=tc.device),
-                              tc.grad_clip)
+                              tc.grad_clip, dtype=dtype)
 
         def evaluate(x, y):
-            return model(tg.tensor(x, device=tc.device), tg.tensor(y, device=tc.device))[1]
+            return forward_loss(model, tg.tensor(x, device=tc.device), tg.tensor(y, device=tc.device), dtype)
         return step, evaluate, contextlib.nullcontext()
     from .cuda_graph import GraphedCall
     stream = tg.backend.cupy().cuda.Stream(non_blocking=True)
     shape = (tc.batch_size, block_size)
     step = GraphedCall(lambda x, y, graphed: train_step(model, opt, x, y, tc.grad_clip,
-                                                        update=opt.apply if graphed else None),
+                                                        update=opt.apply if graphed else None, dtype=dtype),
                        shape, stream, before=opt.prepare)
-    evaluate = GraphedCall(lambda x, y, graphed: model(x, y)[1], shape, stream)
+    evaluate = GraphedCall(lambda x, y, graphed: forward_loss(model, x, y, dtype), shape, stream)
     return step, evaluate, stream
 
 
@@ -113,7 +133,8 @@ def estimate_loss(model, data, tc, block_size, rng, evaluate=None):
     evaluate(x, y) -> loss tensor (make_runners'); default: the eager forward."""
     if evaluate is None:
         def evaluate(x, y):
-            return model(tg.tensor(x, device=tc.device), tg.tensor(y, device=tc.device))[1]
+            return forward_loss(model, tg.tensor(x, device=tc.device), tg.tensor(y, device=tc.device),
+                                training_dtype(tc))
     out = {}
     model.eval()
     with tg.no_grad():
@@ -167,6 +188,7 @@ def check_settings(model_settings, tc):
     n_embd, n_head = settings.get("n_embd", 1), settings.get("n_head", 1)
     if n_embd >= 1 and n_head >= 1 and n_embd % n_head:
         problems.append(f"--n-embd ({n_embd}) must be divisible by --n-head ({n_head})")
+    problems += _dtype_problems(tc)
     if not problems and settings["min_lr"] > settings["learning_rate"]:
         problems.append(f"--min-lr ({settings['min_lr']}) must not exceed the learning rate "
                         f"({settings['learning_rate']})")
@@ -176,6 +198,18 @@ def check_settings(model_settings, tc):
         except ValueError as e:       # GPTConfig's own checks (norm, mlp, pos, ...)
             problems.append(str(e))
     return problems
+
+
+def _dtype_problems(tc):
+    if tc.dtype is None or tc.dtype == "float32":
+        return []
+    if tc.dtype != "bfloat16":
+        return [f"--dtype must be float32 or bfloat16 (got {tc.dtype})"]
+    if tc.device != "cuda":
+        return ["--dtype bfloat16 needs --device cuda (bfloat16 is a GPU feature; the CPU path is float32)"]
+    if tg.backend.bfloat16 is None:
+        return ["--dtype bfloat16 needs the ml_dtypes package: pip install ml_dtypes (or the [cuda] extra)"]
+    return []
 
 
 def attention_bytes(mc, batch_size, device):
@@ -369,7 +403,8 @@ def train(model_config, tc, data_dir, resume=False, progress=True, overwrite=Fal
         _keep_metrics_until(out / "metrics.jsonl", evaluated)
         print(f"resumed from {out / 'last.npz'} at iteration {start_it}")
     tokens_per_iter = tc.batch_size * model_config.block_size
-    print(f"model: {model.num_parameters(exclude_position_embeddings=True) / 1e6:.2f}M parameters, device {tc.device}; "
+    print(f"model: {model.num_parameters(exclude_position_embeddings=True) / 1e6:.2f}M parameters, device {tc.device} "
+          f"({training_dtype(tc)}); "
           f"{tokens_per_iter:,} tokens per iteration (batch {tc.batch_size} x block {model_config.block_size}), "
           f"{tc.max_iters - start_it} iterations to go")
     step, evaluate, stream = make_runners(model, opt, tc, model_config.block_size)

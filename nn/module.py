@@ -24,7 +24,7 @@ class Parameter(Tensor):
         # a Tensor keeps its dtype; anything else follows tensor()'s rule (float64 arrays and
         # Python floats get the default dtype), and integers become floats: parameters are floats
         dtype = None
-        if getattr(data, "dtype", None) is None or data.dtype.kind != "f":
+        if getattr(data, "dtype", None) is None or not backend.is_floating(data.dtype):
             dtype = get_default_dtype()
         super().__init__(data, requires_grad=requires_grad, dtype=dtype)
 
@@ -183,7 +183,7 @@ class Module:
                     continue
                 if dev is not None:
                     arr = backend.to_device(arr, dev)
-                if dtype is not None and arr.dtype.kind == "f":
+                if dtype is not None and backend.is_floating(arr.dtype):
                     arr = arr.astype(dtype, copy=False)
                 setattr(t, attr, arr)
             if dev is not None:

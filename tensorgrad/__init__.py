@@ -5,12 +5,13 @@ from .function import Function, enable_grad, is_grad_enabled, no_grad
 from .gradcheck import GradcheckError, gradcheck
 from .ops import *  # noqa: F401,F403  (every op, and Tensor's operators)
 from .ops import __all__ as _ops_all
-from .tensor import (Tensor, arange, as_tensor, bool_, float16, float32, float64, full, get_default_dtype, int32,
+from .autocast import autocast    # after ops: the ops import autocast.py, which uses their cast
+from .tensor import (Tensor, arange, as_tensor, bfloat16, bool_, float16, float32, float64, full, get_default_dtype, int32,
                      int64, manual_seed, set_default_dtype, ones, ones_like, rand, randint, randn, tensor, zeros, zeros_like)
 
 __version__ = "0.1.0"
 
-__all__ = ["backend", "cuda_available", "get_array_module", "Function", "enable_grad", "is_grad_enabled",
-           "no_grad", "GradcheckError", "gradcheck", "Tensor", "arange", "as_tensor", "bool_", "float16",
+__all__ = ["autocast", "backend", "cuda_available", "get_array_module", "Function", "enable_grad", "is_grad_enabled",
+           "no_grad", "GradcheckError", "gradcheck", "Tensor", "arange", "as_tensor", "bfloat16", "bool_", "float16",
            "float32", "float64", "full", "int32", "int64", "manual_seed", "ones", "ones_like", "rand",
            "randint", "randn", "tensor", "zeros", "zeros_like", "get_default_dtype", "set_default_dtype"] + list(_ops_all)

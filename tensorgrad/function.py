@@ -18,6 +18,7 @@ import contextlib
 import numpy as np
 
 from . import kernels
+from .backend import is_floating
 
 _grad_enabled = True
 Tensor = None  # set by tensor.py (which imports this module) to avoid an import per call
@@ -112,7 +113,7 @@ class Function:
         if isinstance(out, np.generic):  # NumPy returns scalars for 0-d results; keep arrays
             out = np.asarray(out)
         # Integer and boolean results (argmax, comparisons) are never differentiable.
-        requires = requires and out.dtype.kind == "f"
+        requires = requires and is_floating(out.dtype)
         t = Tensor._make(out, requires)
         if requires:
             fn.inputs = tuple((x._ctx or x) if isinstance(x, Tensor) and x.requires_grad else None for x in inputs)

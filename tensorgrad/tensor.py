@@ -14,6 +14,7 @@ from .function import is_grad_enabled
 float32 = np.float32
 float64 = np.float64
 float16 = np.float16
+bfloat16 = backend.bfloat16   # None without ml_dtypes
 int32 = np.int32
 int64 = np.int64
 bool_ = np.bool_
@@ -46,7 +47,7 @@ def set_default_dtype(dtype):
 
 def _check_kind(arr, data):
     # tensors hold numbers: NumPy would happily make arrays of strings or Python objects
-    if arr.dtype.kind not in "biuf":
+    if arr.dtype.kind not in "biuf" and not backend.is_floating(arr.dtype):
         shown = repr(data) if len(repr(data)) < 60 else repr(data)[:57] + "..."
         raise TypeError(f"tensor: cannot make a tensor from {shown} (array dtype {arr.dtype}); "
                         "tensors hold numbers: bool, integers or floats")
@@ -78,7 +79,7 @@ class Tensor:
         self._init(arr, bool(requires_grad), dev)
 
     def _init(self, arr, requires_grad, device):
-        if requires_grad and arr.dtype.kind != "f":
+        if requires_grad and not backend.is_floating(arr.dtype):
             raise TypeError(f"only floating-point tensors can require grad (got dtype {arr.dtype}); "
                             "convert with .float() first")
         self.data = arr
@@ -138,7 +139,7 @@ class Tensor:
         return Tensor._make(self.data, False)
 
     def requires_grad_(self, flag=True):
-        if flag and self.data.dtype.kind != "f":
+        if flag and not backend.is_floating(self.data.dtype):
             raise TypeError(f"only floating-point tensors can require grad (got dtype {self.dtype})")
         self.requires_grad = bool(flag)
         return self

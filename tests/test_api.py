@@ -259,3 +259,17 @@ def test_save_and_load_take_open_binary_files(tmp_path):
     assert nn.load(tmp_path / "ckpt.npz")["iteration"] == 8           # and readable by path
     with pytest.raises(ValueError, match="not a valid tensorgrad checkpoint"):
         nn.load(io.BytesIO(b"not a zip file"), model=other)
+
+
+def test_bfloat16_is_refused_on_cpu_with_one_line():
+    """bf16 is a GPU feature: autocast and the training setting say so instead of running slowly or wrongly."""
+    from gpt.train import TrainConfig, check_settings
+    with pytest.raises(ValueError, match="device_type must be 'cuda'"):
+        with tg.autocast("cpu"):
+            pass
+    problems = check_settings({}, TrainConfig(device="cpu", dtype="bfloat16"))
+    assert problems == ["--dtype bfloat16 needs --device cuda (bfloat16 is a GPU feature; the CPU path is float32)"]
+    assert check_settings({}, TrainConfig(device="cpu", dtype="float16")) == [
+        "--dtype must be float32 or bfloat16 (got float16)"]
+    with tg.autocast("cuda", enabled=False):      # a disabled block is a no-op anywhere
+        assert (tg.ones(2) @ tg.ones(2)).dtype == np.float32

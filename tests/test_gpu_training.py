@@ -100,7 +100,7 @@ def test_gelu_kernel_matches_numpy(shape):
     assert _rel(xt.grad.get(), xc.grad) < 1e-5
 
 
-def _graph_vs_eager(dropout, steps=8):
+def _graph_vs_eager(dropout, steps=8, dtype="float32"):
     from gpt.train import TrainConfig, make_runners
     cfg = GPTConfig(block_size=64, vocab_size=65, n_layer=2, n_head=4, n_embd=64, dropout=dropout)
     rng = np.random.default_rng(0)
@@ -112,7 +112,7 @@ def _graph_vs_eager(dropout, steps=8):
         opt = nn.optim.AdamW(model.parameters(), lr=3e-3, betas=(0.9, 0.99), weight_decay=0.1)
         losses = []
         if mode == "graph":
-            tc = TrainConfig(device="cuda", batch_size=8, grad_clip=1.0, cuda_graph=True)
+            tc = TrainConfig(device="cuda", batch_size=8, grad_clip=1.0, cuda_graph=True, dtype=dtype)
             step, _, stream = make_runners(model, opt, tc, 64)
             with stream:
                 for i, (x, y) in enumerate(batches):
@@ -124,7 +124,8 @@ def _graph_vs_eager(dropout, steps=8):
             for i, (x, y) in enumerate(batches):
                 for group in opt.param_groups:
                     group["lr"] = 3e-3 * (i + 1) / steps
-                _, loss = model(tg.tensor(x, device="cuda"), tg.tensor(y, device="cuda"))
+                with tg.autocast("cuda", enabled=dtype == "bfloat16"):
+                    _, loss = model(tg.tensor(x, device="cuda"), tg.tensor(y, device="cuda"))
                 opt.zero_grad()
                 loss.backward()
                 nn.utils.clip_grad_norm_(model.parameters(), 1.0)

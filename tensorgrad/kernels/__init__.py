@@ -6,9 +6,11 @@ This module compiles each file once per process (NVRTC; CuPy also caches the
 binary on disk), checks arguments and launches. The NumPy/CuPy expressions in
 tensorgrad/ops are the reference these kernels are tested against.
 
-Every wrapper takes CuPy float32 arrays (any shape whose last axis is the row)
-and makes them contiguous first: RawKernel ignores strides, so a transposed
-view would otherwise be read as garbage. Nothing here reads a device value
+Every wrapper takes CuPy arrays of float32 or bfloat16 (any shape whose last
+axis is the row) and makes them contiguous first: RawKernel ignores strides,
+so a transposed view would otherwise be read as garbage. Each source is
+compiled once per element type (the `floatX` switch of common.cuh): bfloat16
+arrays get the same kernels with bf16 loads and stores and float math. Nothing here reads a device value
 back to the host, so the ops can be captured in a CUDA graph.
 
 Set TENSORGRAD_KERNELS=0 to run the generic CuPy path instead (for debugging
@@ -22,8 +24,10 @@ import numpy as np
 from .. import backend
 
 _DIR = os.path.dirname(os.path.abspath(__file__))
-_modules = {}          # file stem -> cupy.RawModule
-_functions = {}        # (file stem, kernel name) -> cupy.RawKernel
+_modules = {}          # (file stem, dtype) -> cupy.RawModule
+_functions = {}        # (file stem, kernel name, dtype) -> cupy.RawKernel
+_F32 = np.dtype(np.float32)
+ELEMENT_TYPES = tuple(d for d in (_F32, backend.bfloat16) if d is not None)   # what floatX can be
 _OPTIONS = ("-std=c++17",)
 _WARP_ROWS_MAX = 1024  # rows up to this long get one warp each, longer ones a block
 _ROWS_PER_BLOCK = 8    # warps (rows) per block in warp mode: 256 threads
@@ -36,12 +40,15 @@ def enabled():
     return os.environ.get("TENSORGRAD_KERNELS", "1") != "0" and backend.cuda_available()
 
 
-def source(stem):
-    """The CUDA source of <stem>.cu with common.cuh pasted in place of its #include
-    (NVRTC compiles one string, and CuPy's disk cache keys on that string, so a
-    change to the header recompiles too)."""
+def source(stem, dtype=_F32):
+    """The CUDA source of <stem>.cu for arrays of `dtype`, with common.cuh pasted in
+    place of its #include (NVRTC compiles one string, and CuPy's disk cache keys on
+    that string, so a change to the header recompiles too). For bfloat16 a first
+    line `#define TG_BF16 1` makes common.cuh's floatX __nv_bfloat16."""
     with open(os.path.join(_DIR, stem + ".cu")) as f:
         code = f.read()
+    if np.dtype(dtype) != _F32:
+        code = "#define TG_BF16 1\n" + code
 
     def paste(m):
         with open(os.path.join(_DIR, m.group(1))) as h:
@@ -49,22 +56,23 @@ def source(stem):
     return re.sub(r'^#include "([\w.]+\.cuh)"[ \t]*$', paste, code, flags=re.M)
 
 
-def _kernel(stem, name):
-    fn = _functions.get((stem, name))
+def _kernel(stem, name, dtype):
+    key = (stem, name, dtype)
+    fn = _functions.get(key)
     if fn is None:
-        mod = _modules.get(stem)
+        mod = _modules.get((stem, dtype))
         if mod is None:
             cp = backend.cupy()
-            mod = cp.RawModule(code=source(stem), options=_OPTIONS)
-            _modules[stem] = mod
-        fn = _functions[(stem, name)] = mod.get_function(name)
+            mod = _modules[(stem, dtype)] = cp.RawModule(code=source(stem, dtype), options=_OPTIONS)
+        fn = _functions[key] = mod.get_function(name)
     return fn
 
 
-def launch(stem, name, grid, block, args, shared_mem=0):
-    """Run kernel `name` of <stem>.cu on the current stream: the one launch point.
-    Dynamic shared memory over 48 KiB needs the kernel's opt-in, set here once."""
-    fn = _kernel(stem, name)
+def launch(stem, name, grid, block, args, shared_mem=0, dtype=_F32):
+    """Run kernel `name` of <stem>.cu, built for arrays of `dtype`, on the current stream:
+    the one launch point. Dynamic shared memory over 48 KiB needs the kernel's opt-in,
+    set here once."""
+    fn = _kernel(stem, name, np.dtype(dtype))
     if shared_mem > 48 * 1024 and fn.max_dynamic_shared_size_bytes < shared_mem:
         fn.max_dynamic_shared_size_bytes = shared_mem
     fn(tuple(grid), tuple(block), args, shared_mem=shared_mem)
@@ -83,28 +91,40 @@ def sm_count():
 
 def takes(*arrays):
     """The one test of whether the CUDA kernels can run: every array is a CuPy array,
-    the floating ones float32 (integer ids and boolean masks are fine), and kernels are
-    enabled. Python scalars and None are skipped. Function.apply asks it before it
-    picks an op's GPU twin (ops/cuda.py) over the NumPy reference."""
+    the floating ones all of one element type the kernels are built for (float32 or
+    bfloat16; integer ids and boolean masks are fine), and kernels are enabled. Python
+    scalars and None are skipped. Function.apply asks it before it picks an op's GPU
+    twin (ops/cuda.py) over the NumPy reference."""
+    element = None
     for a in arrays:
         if isinstance(a, (np.ndarray, np.generic)):
             return False
         dt = getattr(a, "dtype", None)
-        if dt is not None and dt.kind == "f" and dt != np.float32:
-            return False
+        if dt is not None and backend.is_floating(dt):
+            if dt not in ELEMENT_TYPES or element not in (None, dt):
+                return False
+            element = dt
     return enabled()
 
 
 # ----------------------------------------------------------------- arguments
-def _f32(a, what):
-    """a as a contiguous CuPy float32 array, or a clear error."""
+def _arr(a, what, dtype=_F32):
+    """a as a contiguous CuPy array of `dtype`, or a clear error."""
     cp = backend.cupy()
     if not isinstance(a, cp.ndarray):
         raise TypeError(f"tensorgrad.kernels: {what} must be a CuPy array on the GPU, got {type(a).__name__}")
-    if a.dtype != np.float32:
-        raise TypeError(f"tensorgrad.kernels: {what} must be float32, got {a.dtype} "
-                        "(the CUDA kernels are float32-only; other dtypes take the generic CuPy path)")
+    if a.dtype != dtype:
+        raise TypeError(f"tensorgrad.kernels: {what} must be {np.dtype(dtype)}, got {a.dtype}")
     return cp.ascontiguousarray(a)
+
+
+def _element(a, what):
+    """The element type of the op's main input a: float32 or bfloat16, or a clear error."""
+    dt = getattr(a, "dtype", None)
+    if dt not in ELEMENT_TYPES:
+        raise TypeError(f"tensorgrad.kernels: {what} must be float32 or bfloat16, got {dt} "
+                        "(other dtypes take the generic CuPy path)")
+    return dt
 
 
 def _rows(a, what):
@@ -118,17 +138,17 @@ def _rows(a, what):
     return N, L
 
 
-def _launch(stem, op, N, L, args):
+def _launch(stem, op, N, L, args, dtype):
     """Run <op>_warp (one warp a row) or <op>_block (one block a row) over N rows of length L."""
     if N == 0 or L == 0:
         return
     if L <= _WARP_ROWS_MAX:
         rows = _ROWS_PER_BLOCK
-        launch(stem, op + "_warp", ((N + rows - 1) // rows,), (32 * rows,), args)
+        launch(stem, op + "_warp", ((N + rows - 1) // rows,), (32 * rows,), args, dtype=dtype)
     else:
         # ~8+ elements a thread, 128..512 threads (the kernels' __launch_bounds__ is 512)
         threads = _BLOCK_THREADS or min(512, max(128, 1 << (max(L // 8, 1) - 1).bit_length()))
-        launch(stem, op + "_block", (N,), (threads,), args)
+        launch(stem, op + "_block", (N,), (threads,), args, dtype=dtype)
 
 
 # ------------------------------------------------------------------- softmax
@@ -136,7 +156,8 @@ def softmax_forward(x, scale=1.0, causal=False):
     """softmax(x * scale) over the last axis; causal: x is (..., T, S) and entry
     (i, j) of each (T, S) slab is masked where j > i + (S - T)."""
     cp = backend.cupy()
-    x = _f32(x, "softmax input")
+    dt = _element(x, "softmax input")
+    x = _arr(x, "softmax input", dt)
     N, L = _rows(x, "softmax input")
     T = 0
     if causal:
@@ -145,20 +166,21 @@ def softmax_forward(x, scale=1.0, causal=False):
         T = x.shape[-2]
     y = cp.empty_like(x)
     _launch("softmax", "softmax_forward", N, L,
-            (x, y, np.int32(N), np.int32(L), np.int32(T), np.float32(scale)))
+            (x, y, np.int32(N), np.int32(L), np.int32(T), np.float32(scale)), dt)
     return y
 
 
 def softmax_backward(g, y, scale=1.0):
     """dx = scale * y * (g - sum(g * y, last axis))."""
     cp = backend.cupy()
-    g = _f32(g, "softmax gradient")
-    y = _f32(y, "softmax output")
+    dt = _element(y, "softmax output")
+    g = _arr(g, "softmax gradient", dt)
+    y = _arr(y, "softmax output", dt)
     if g.shape != y.shape:
         raise ValueError(f"softmax_backward: gradient {g.shape} and output {y.shape} differ in shape")
     N, L = _rows(y, "softmax output")
     dx = cp.empty_like(y)
-    _launch("softmax", "softmax_backward", N, L, (g, y, dx, np.int32(N), np.int32(L), np.float32(scale)))
+    _launch("softmax", "softmax_backward", N, L, (g, y, dx, np.int32(N), np.int32(L), np.float32(scale)), dt)
     return dx
 
 
@@ -167,9 +189,10 @@ def layernorm_forward(x, w, b, eps=1e-5):
     """(y, mean, rstd): y = (x - mean) * rstd * w + b over the last axis C;
     mean and rstd are float32 of shape x.shape[:-1]."""
     cp = backend.cupy()
-    x = _f32(x, "layernorm input")
-    w = _f32(w, "layernorm weight")
-    b = _f32(b, "layernorm bias")
+    dt = _element(x, "layernorm input")
+    x = _arr(x, "layernorm input", dt)
+    w = _arr(w, "layernorm weight", dt)
+    b = _arr(b, "layernorm bias", dt)
     N, C = _rows(x, "layernorm input")
     if w.shape != (C,) or b.shape != (C,):
         raise ValueError(f"layernorm_forward: weight and bias must have shape ({C},), got {w.shape} and {b.shape}")
@@ -177,18 +200,19 @@ def layernorm_forward(x, w, b, eps=1e-5):
     mean = cp.empty(x.shape[:-1], dtype=cp.float32)
     rstd = cp.empty(x.shape[:-1], dtype=cp.float32)
     _launch("layernorm", "layernorm_forward", N, C,
-            (x, w, b, y, mean, rstd, np.int32(N), np.int32(C), np.float32(eps)))
+            (x, w, b, y, mean, rstd, np.int32(N), np.int32(C), np.float32(eps)), dt)
     return y, mean, rstd
 
 
 def layernorm_backward(g, x, w, mean, rstd):
     """(dx, dw, db) of layernorm_forward; dw, db have shape (C,)."""
     cp = backend.cupy()
-    g = _f32(g, "layernorm gradient")
-    x = _f32(x, "layernorm input")
-    w = _f32(w, "layernorm weight")
-    mean = _f32(mean, "layernorm mean")
-    rstd = _f32(rstd, "layernorm rstd")
+    dt = _element(x, "layernorm input")
+    g = _arr(g, "layernorm gradient", dt)
+    x = _arr(x, "layernorm input", dt)
+    w = _arr(w, "layernorm weight", dt)
+    mean = _arr(mean, "layernorm mean")
+    rstd = _arr(rstd, "layernorm rstd")
     if g.shape != x.shape:
         raise ValueError(f"layernorm_backward: gradient {g.shape} and input {x.shape} differ in shape")
     N, C = _rows(x, "layernorm input")
@@ -197,7 +221,7 @@ def layernorm_backward(g, x, w, mean, rstd):
                          f"{N} rows, got {w.shape}, {mean.shape}, {rstd.shape}")
     dx = cp.empty_like(x)
     if N == 0 or C == 0:
-        return dx, cp.zeros((C,), cp.float32), cp.zeros((C,), cp.float32)
+        return dx, cp.zeros((C,), dt), cp.zeros((C,), dt)
     tile = _LN_TILE
     if not 1 <= tile <= 32:
         raise ValueError(f"layernorm_backward: tile of {tile} rows is outside 1..32 (MAX_ROWS in layernorm.cu)")
@@ -206,18 +230,18 @@ def layernorm_backward(g, x, w, mean, rstd):
     db_part = cp.empty((tiles, C), dtype=cp.float32)
     threads = min(1024, max(64, (C + 31) // 32 * 32))  # ~one column a thread
     launch("layernorm", "layernorm_backward", (tiles,), (threads,),
-           (g, x, w, mean, rstd, dx, dw_part, db_part, np.int32(N), np.int32(C), np.int32(tile)))
-    dw = cp.empty((C,), dtype=cp.float32)
-    db = cp.empty((C,), dtype=cp.float32)
+           (g, x, w, mean, rstd, dx, dw_part, db_part, np.int32(N), np.int32(C), np.int32(tile)), dtype=dt)
+    dw = cp.empty((C,), dtype=dt)
+    db = cp.empty((C,), dtype=dt)
     launch("layernorm", "layernorm_dwdb_reduce", ((C + 31) // 32,), (32, 32),
-           (dw_part, db_part, dw, db, np.int32(tiles), np.int32(C)))
+           (dw_part, db_part, dw, db, np.int32(tiles), np.int32(C)), dtype=dt)
     return dx, dw, db
 
 
 # ------------------------------------------------------------- cross-entropy
 def _ce_args(x, t, keep):
     cp = backend.cupy()
-    x = _f32(x, "cross_entropy logits")
+    x = _arr(x, "cross_entropy logits", _element(x, "cross_entropy logits"))
     if x.ndim != 2:
         raise ValueError(f"cross_entropy kernels: logits must be (N, V), got {x.shape}")
     N, V = _rows(x, "cross_entropy logits")
@@ -239,7 +263,8 @@ def cross_entropy_forward(x, t, keep):
         raise ValueError("cross_entropy_forward: logits have no classes (V == 0)")
     losses = cp.empty((N,), dtype=cp.float32)
     lse = cp.empty((N,), dtype=cp.float32)
-    _launch("cross_entropy", "cross_entropy_forward", N, V, (x, t, keep, losses, lse, np.int32(N), np.int32(V)))
+    _launch("cross_entropy", "cross_entropy_forward", N, V, (x, t, keep, losses, lse, np.int32(N), np.int32(V)),
+            x.dtype)
     return losses, lse
 
 
@@ -247,14 +272,14 @@ def cross_entropy_backward(x, t, keep, lse, row_scale):
     """dx (N, V) = (exp(x - lse) - onehot(t)) * row_scale[:, None], zero where not keep."""
     cp = backend.cupy()
     x, t, keep, N, V = _ce_args(x, t, keep)
-    lse = _f32(lse, "cross_entropy lse")
+    lse = _arr(lse, "cross_entropy lse")
     # the scale is g / n_kept from the engine; a cast costs nothing at (N,)
     row_scale = cp.ascontiguousarray(row_scale, dtype=cp.float32)
     if lse.size != N or row_scale.size != N:
         raise ValueError(f"cross_entropy_backward: lse and row_scale need {N} entries, got {lse.shape}, {row_scale.shape}")
     dx = cp.empty_like(x)
     _launch("cross_entropy", "cross_entropy_backward", N, V,
-            (x, t, keep, lse, row_scale, dx, np.int32(N), np.int32(V)))
+            (x, t, keep, lse, row_scale, dx, np.int32(N), np.int32(V)), x.dtype)
     return dx
 
 
@@ -264,8 +289,8 @@ def elementwise_grid(n, threads=256, per_sm=16):
     return max(1, min((n + threads - 1) // threads, sm_count() * per_sm))
 
 
-def _elementwise_launch(name, n, args):
-    launch("gelu", name, (elementwise_grid(n),), (256,), args)
+def _elementwise_launch(name, n, args, dtype):
+    launch("gelu", name, (elementwise_grid(n),), (256,), args, dtype=dtype)
 
 
 _GELU_KERNEL = {"none": "erf", "tanh": "tanh"}   # PyTorch's approximate= -> the kernels' suffix
@@ -282,9 +307,9 @@ def gelu_forward(x, approximate="tanh"):
     """GELU of x, elementwise: the exact erf form (approximate='none') or GPT-2's tanh one."""
     cp = backend.cupy()
     form = _gelu_form(approximate)
-    x = _f32(x, "gelu input")
+    x = _arr(x, "gelu input", _element(x, "gelu input"))
     y = cp.empty_like(x)
-    _elementwise_launch("gelu_forward_" + form, x.size, (x, y, np.int64(x.size)))
+    _elementwise_launch("gelu_forward_" + form, x.size, (x, y, np.int64(x.size)), x.dtype)
     return y
 
 
@@ -292,26 +317,26 @@ def gelu_backward(g, x, approximate="tanh"):
     """dx = g * gelu'(x), of the same form as the forward."""
     cp = backend.cupy()
     form = _gelu_form(approximate)
-    g = _f32(g, "gelu gradient")
-    x = _f32(x, "gelu input")
+    x = _arr(x, "gelu input", _element(x, "gelu input"))
+    g = _arr(g, "gelu gradient", x.dtype)
     if g.shape != x.shape:
         raise ValueError(f"gelu_backward: gradient {g.shape} and input {x.shape} differ in shape")
     dx = cp.empty_like(x)
-    _elementwise_launch("gelu_backward_" + form, x.size, (g, x, dx, np.int64(x.size)))
+    _elementwise_launch("gelu_backward_" + form, x.size, (g, x, dx, np.int64(x.size)), x.dtype)
     return dx
 
 
 # ------------------------------------------------------------ column sums
 def colsum(a):
-    """Sum of a contiguous float32 (R, N) CuPy array over its rows -> (N,) (colsum.cu)."""
+    """Sum of a contiguous (R, N) CuPy array over its rows -> (N,) of its dtype (colsum.cu)."""
     cp = backend.cupy()
-    a = _f32(a, "colsum input")
+    a = _arr(a, "colsum input", _element(a, "colsum input"))
     if a.ndim != 2:
         raise ValueError(f"colsum: expected a 2-D array, got shape {a.shape}")
     R, N = a.shape
     if R == 0 or N == 0:
-        return cp.zeros((N,), dtype=cp.float32)
-    width = 4 if N % 4 == 0 and a.data.ptr % 16 == 0 else 1
+        return cp.zeros((N,), dtype=a.dtype)
+    width = 4 if N % 4 == 0 and a.data.ptr % (4 * a.itemsize) == 0 else 1
     col_blocks = -(-N // (32 * width))
     # enough (column block, row slice) blocks for ~8 per SM, each slice at least 8 rows
     slices = max(1, min(-(-R // 8), sm_count() * 8 // col_blocks))
@@ -319,9 +344,10 @@ def colsum(a):
     slices = -(-R // rows_per_slice)
     part = cp.empty((slices, N), dtype=cp.float32)
     launch("colsum", f"colsum_partial{width}", (col_blocks, slices), (32, 8),
-           (a, part, np.int32(R), np.int32(N), np.int32(rows_per_slice)))
-    out = cp.empty((N,), dtype=cp.float32)
-    launch("colsum", "colsum_final", (-(-N // 256),), (256,), (part, out, np.int32(slices), np.int32(N)))
+           (a, part, np.int32(R), np.int32(N), np.int32(rows_per_slice)), dtype=a.dtype)
+    out = cp.empty((N,), dtype=a.dtype)
+    launch("colsum", "colsum_final", (-(-N // 256),), (256,), (part, out, np.int32(slices), np.int32(N)),
+           dtype=a.dtype)
     return out
 
 
@@ -349,20 +375,21 @@ def dropout(x, p, slot, residual=None):
     """x * keep / (1 - p) (+ residual), keep drawn from `slot`; the backward of dropout is
     the same call on the gradient with the same slot."""
     cp = backend.cupy()
-    x = _f32(x, "dropout input")
+    x = _arr(x, "dropout input", _element(x, "dropout input"))
     drop16, scale = drop_threshold(p)
     y = cp.empty_like(x)
     n = x.size
     grid = (elementwise_grid((n + 7) // 8),)
     if residual is None:
         vec = np.int32(x.data.ptr % 16 == 0 and y.data.ptr % 16 == 0)
-        launch("dropout", "dropout_apply", grid, (256,), (x, y, np.int64(n), slot, drop16, scale, vec))
+        launch("dropout", "dropout_apply", grid, (256,), (x, y, np.int64(n), slot, drop16, scale, vec), dtype=x.dtype)
     else:
-        r = _f32(residual, "dropout residual")
+        r = _arr(residual, "dropout residual", x.dtype)
         if r.shape != x.shape:
             raise ValueError(f"dropout_add: residual {r.shape} and input {x.shape} differ in shape")
         vec = np.int32(x.data.ptr % 16 == 0 and y.data.ptr % 16 == 0 and r.data.ptr % 16 == 0)
-        launch("dropout", "dropout_add", grid, (256,), (x, r, y, np.int64(n), slot, drop16, scale, vec))
+        launch("dropout", "dropout_add", grid, (256,), (x, r, y, np.int64(n), slot, drop16, scale, vec),
+               dtype=x.dtype)
     return y
 
 
@@ -372,8 +399,8 @@ _TILE = 64
 
 
 def attention_supported(q, k, v, causal):
-    """Can the fused kernels take q (B, H, T, D), k, v (B, H, S, D)? float32 CuPy arrays,
-    D in ATTENTION_HEAD_SIZES, last axis contiguous, S >= T when causal."""
+    """Can the fused kernels take q (B, H, T, D), k, v (B, H, S, D)? CuPy arrays of one
+    kernel element type, D in ATTENTION_HEAD_SIZES, last axis contiguous, S >= T when causal."""
     if not takes(q, k, v) or q.ndim != 4 or k.shape != v.shape or k.ndim != 4:
         return False
     B, H, T, D = q.shape
@@ -382,25 +409,27 @@ def attention_supported(q, k, v, causal):
         return False
     if causal and S < T:
         return False
-    return all(a.strides[3] == 4 for a in (q, k, v))
+    return all(a.strides[3] == a.itemsize for a in (q, k, v))
 
 
 def _vec4(*arrays):
-    """Do all arrays start on 16 bytes with (batch, head, time) strides of whole float4s?
-    Then the kernels read them as float4s; otherwise one float at a time."""
-    return all(a.data.ptr % 16 == 0 and all(st % 16 == 0 for st in a.strides[:3]) for a in arrays)
+    """Do all arrays start on a vector boundary (4 elements) with (batch, head, time) strides
+    of whole vectors? Then the kernels read four elements at a time; otherwise one."""
+    return all(a.data.ptr % (4 * a.itemsize) == 0 and all(st % (4 * a.itemsize) == 0 for st in a.strides[:3])
+               for a in arrays)
 
 
 def _check_out(**arrays):
-    """Outputs are written as float4s: they must be 16-byte aligned (fresh arrays and their head views are)."""
+    """Outputs are written four elements at a time: they must be vector-aligned (fresh arrays and
+    their head views are)."""
     for name, a in arrays.items():
         if not _vec4(a):
-            raise ValueError(f"attention: output {name} {a.shape} {a.strides} is not 16-byte aligned")
+            raise ValueError(f"attention: output {name} {a.shape} {a.strides} is not aligned to 4 elements")
 
 
 def _strides(*arrays):
-    """(batch, head, time) strides in floats of each (B, H, T, D) array, flattened."""
-    return tuple(np.int64(st // 4) for a in arrays for st in a.strides[:3])
+    """(batch, head, time) strides in elements of each (B, H, T, D) array, flattened."""
+    return tuple(np.int64(st // a.itemsize) for a in arrays for st in a.strides[:3])
 
 
 def attention_forward(q, k, v, y, causal, scale, p, slot):
@@ -409,7 +438,7 @@ def attention_forward(q, k, v, y, causal, scale, p, slot):
     cp = backend.cupy()
     B, H, T, D = q.shape
     S = k.shape[2]
-    if y.shape != q.shape or y.strides[3] != 4:
+    if y.shape != q.shape or y.dtype != q.dtype or y.strides[3] != y.itemsize:
         raise ValueError(f"attention_forward: output {y.shape} must match q {q.shape} with a contiguous last axis")
     _check_out(y=y)
     lse = cp.empty((B, H, T), dtype=cp.float32)
@@ -418,7 +447,7 @@ def attention_forward(q, k, v, y, causal, scale, p, slot):
     launch("attention", f"attention_forward_{D}", (-(-T // _TILE), B * H), (128,),
            (q, k, v, y, lse) + _strides(q, k, v, y) +
            (np.int32(H), np.int32(T), np.int32(S), np.float32(scale), np.int32(causal), slot, drop16, dscale,
-            np.int32(_vec4(q, k, v))), shared_mem=shared)
+            np.int32(_vec4(q, k, v))), shared_mem=shared, dtype=q.dtype)
     return lse
 
 
@@ -428,7 +457,7 @@ def attention_backward(g, q, k, v, y, lse, causal, scale, p, slot, dq, dk, dv):
     B, H, T, D = q.shape
     S = k.shape[2]
     for grad, like, name in ((g, y, "dy"), (dq, q, "dq"), (dk, k, "dk"), (dv, v, "dv")):
-        if grad.shape != like.shape or grad.strides != like.strides:
+        if grad.shape != like.shape or grad.strides != like.strides or grad.dtype != like.dtype:
             raise ValueError(f"attention_backward: {name} {grad.shape} {grad.strides} needs the shape and "
                              f"strides of its tensor, {like.shape} {like.strides}")
     _check_out(dq=dq, dk=dk, dv=dv)
@@ -437,14 +466,14 @@ def attention_backward(g, q, k, v, y, lse, causal, scale, p, slot, dq, dk, dv):
     dot = cp.empty((B, H, T), dtype=cp.float32)
     ys = _strides(y)
     launch("attention", "attention_row_dot", (-(-rows // 8),), (256,),
-           (g, y, dot) + ys + (np.int32(H), np.int32(T), np.int32(D), np.int32(rows)))
+           (g, y, dot) + ys + (np.int32(H), np.int32(T), np.int32(D), np.int32(rows)), dtype=q.dtype)
     tail = _strides(q, k, v, y) + (np.int32(H), np.int32(T), np.int32(S), np.float32(scale), np.int32(causal),
                                    slot, drop16, dscale, np.int32(_vec4(q, k, v, g)))
     tile, ptile = _TILE * (D + 4), _TILE * (_TILE + 4)
     launch("attention", f"attention_backward_kv_{D}", (-(-S // _TILE), B * H), (128,),
-           (q, k, v, g, lse, dot, dk, dv) + tail, shared_mem=(4 * tile + 2 * ptile + 2 * _TILE) * 4)
+           (q, k, v, g, lse, dot, dk, dv) + tail, shared_mem=(4 * tile + 2 * ptile + 2 * _TILE) * 4, dtype=q.dtype)
     launch("attention", f"attention_backward_q_{D}", (-(-T // _TILE), B * H), (128,),
-           (q, k, v, g, lse, dot, dq) + tail, shared_mem=(4 * tile + ptile + 2 * _TILE) * 4)
+           (q, k, v, g, lse, dot, dq) + tail, shared_mem=(4 * tile + ptile + 2 * _TILE) * 4, dtype=q.dtype)
 
 
 def attention_dropout_mask(BH, T, S, p, slot):

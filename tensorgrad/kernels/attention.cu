@@ -14,7 +14,8 @@
 // Layout: q, k, v, y and their gradients are read/written through strides
 // (batch, head, time) with the head dimension D contiguous, so the kernels
 // work straight on a (B, T, 3C) qkv buffer and write y as (B, T, C): no
-// permute copies. lse is (B*H, T).
+// permute copies. lse is (B*H, T). q, k, v, y and the gradients are floatX
+// (common.cuh: float32 or bf16); tiles in shared memory and all math are float.
 //
 // Work split: 128 threads own a 64 x 64 tile; thread (ty, tx) = (tid / 8,
 // tid % 8) owns rows 4ty..4ty+3 and columns tx, tx+8, ..., tx+56 of a score
@@ -30,27 +31,26 @@
 //
 // Dropout: the 16-bit uniform of element (row i, key j) of head bh is lane
 // (j / 8) % 8 of Philox(counter = (i, (j / 64) * 8 + j % 8, bh, offset)).
+#include "common.cuh"
 #include "philox.cuh"
 
 #define TILE 64
 #define NT 128
 #define LP (TILE + 4)                      // row stride of a (64, 64) probability tile in shared memory
 #define LOG2E 1.4426950408889634f
-#define NEG_INF __int_as_float(0xff800000)
 
-struct Strides { long long b, h, t; };   // in floats; the head dimension is contiguous
+struct Strides { long long b, h, t; };   // in elements; the head dimension is contiguous
 
 __device__ __forceinline__ long long base_of(const Strides& s, int bh, int H) {
     return (long long)(bh / H) * s.b + (long long)(bh % H) * s.h;
 }
 
-__device__ __forceinline__ float4 ld4(const float* p) { return *reinterpret_cast<const float4*>(p); }
 __device__ __forceinline__ float at(const float4& v, int u) { return u == 0 ? v.x : u == 1 ? v.y : u == 2 ? v.z : v.w; }
 
 // rows [row0, row0 + 64) of a (.., rows, D) operand -> shared tile (64, D + 4), zeros past n_rows.
-// vec: the operand's base and row stride are 16-byte aligned, so rows can be read as float4s.
+// vec: the operand's base and row stride are vector-aligned, so rows can be read four elements at a time.
 template <int D>
-__device__ __forceinline__ void load_tile(float* tile, const float* g, long long base, long long st, int row0,
+__device__ __forceinline__ void load_tile(float* tile, const floatX* g, long long base, long long st, int row0,
                                           int n_rows, bool vec) {
     if (vec) {
         for (int e = threadIdx.x; e < TILE * D / 4; e += NT) {
@@ -64,7 +64,7 @@ __device__ __forceinline__ void load_tile(float* tile, const float* g, long long
     for (int e = threadIdx.x; e < TILE * D; e += NT) {
         const int r = e / D, d = e % D;
         const int row = row0 + r;
-        tile[r * (D + 4) + d] = row < n_rows ? g[base + (long long)row * st + d] : 0.f;
+        tile[r * (D + 4) + d] = row < n_rows ? to_f(g[base + (long long)row * st + d]) : 0.f;
     }
 }
 
@@ -132,11 +132,10 @@ __device__ __forceinline__ void tile_ptm(float (&acc)[4][D / 8], const float* P,
 
 // row `row` of a (.., rows, D) output <- acc[i] (the columns tile_pm / tile_ptm give a thread), times f
 template <int D>
-__device__ __forceinline__ void store_row(float* out, const float (&acc)[D / 8], float f, int tx) {
+__device__ __forceinline__ void store_row(floatX* out, const float (&acc)[D / 8], float f, int tx) {
 #pragma unroll
     for (int m = 0; m < D / 32; ++m)
-        *reinterpret_cast<float4*>(out + 4 * tx + 32 * m) =
-            make_float4(acc[4 * m] * f, acc[4 * m + 1] * f, acc[4 * m + 2] * f, acc[4 * m + 3] * f);
+        st4(out + 4 * tx + 32 * m, make_float4(acc[4 * m] * f, acc[4 * m + 1] * f, acc[4 * m + 2] * f, acc[4 * m + 3] * f));
 }
 
 // Is key j visible to query i? (causal: j <= i + S - T; always j < S, i < T)
@@ -165,8 +164,8 @@ __device__ __forceinline__ int key_tiles(int q0, int T, int S, bool causal) {
 
 // ------------------------------------------------------------------ forward
 template <int D>
-__device__ void attention_forward_body(const float* __restrict__ q, const float* __restrict__ k,
-                                       const float* __restrict__ v, float* __restrict__ y, float* __restrict__ lse,
+__device__ void attention_forward_body(const floatX* __restrict__ q, const floatX* __restrict__ k,
+                                       const floatX* __restrict__ v, floatX* __restrict__ y, float* __restrict__ lse,
                                        Strides qs, Strides ks, Strides vs, Strides ys, int H, int T, int S,
                                        float scale, int causal, const unsigned int* rng, unsigned int drop16,
                                        float dscale, int vec) {
@@ -246,17 +245,17 @@ __device__ void attention_forward_body(const float* __restrict__ q, const float*
 
 // ----------------------------------------------------------------- backward
 // D[row] = sum_d dy[row, d] * y[row, d]; one warp a row
-extern "C" __global__ void attention_row_dot(const float* __restrict__ dy, const float* __restrict__ y,
+extern "C" __global__ void attention_row_dot(const floatX* __restrict__ dy, const floatX* __restrict__ y,
                                              float* __restrict__ out, long long yb, long long yh, long long yt,
                                              int H, int T, int D, int rows) {
     const Strides ys{yb, yh, yt};   // dy has the strides of y
     const int r = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
     if (r >= rows) return;
     const int bh = r / T, t = r % T;
-    const float* a = dy + base_of(ys, bh, H) + (long long)t * ys.t;
-    const float* b = y + base_of(ys, bh, H) + (long long)t * ys.t;
+    const floatX* a = dy + base_of(ys, bh, H) + (long long)t * ys.t;
+    const floatX* b = y + base_of(ys, bh, H) + (long long)t * ys.t;
     float s = 0.f;
-    for (int d = lane; d < D; d += 32) s += a[d] * b[d];
+    for (int d = lane; d < D; d += 32) s += to_f(a[d]) * to_f(b[d]);
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
     if (lane == 0) out[r] = s;
@@ -291,10 +290,10 @@ __device__ __forceinline__ void tile_p_ds(float (&pd)[4][8], float (&ds)[4][8], 
 }
 
 template <int D>
-__device__ void attention_backward_kv_body(const float* __restrict__ q, const float* __restrict__ k,
-                                           const float* __restrict__ v, const float* __restrict__ dy,
+__device__ void attention_backward_kv_body(const floatX* __restrict__ q, const floatX* __restrict__ k,
+                                           const floatX* __restrict__ v, const floatX* __restrict__ dy,
                                            const float* __restrict__ lse, const float* __restrict__ dot,
-                                           float* __restrict__ dk, float* __restrict__ dv,
+                                           floatX* __restrict__ dk, floatX* __restrict__ dv,
                                            Strides qs, Strides ks, Strides vs, Strides ys,
                                            int H, int T, int S, float scale, int causal, const unsigned int* rng,
                                            unsigned int drop16, float dscale, int vec) {
@@ -354,10 +353,10 @@ __device__ void attention_backward_kv_body(const float* __restrict__ q, const fl
 }
 
 template <int D>
-__device__ void attention_backward_q_body(const float* __restrict__ q, const float* __restrict__ k,
-                                          const float* __restrict__ v, const float* __restrict__ dy,
+__device__ void attention_backward_q_body(const floatX* __restrict__ q, const floatX* __restrict__ k,
+                                          const floatX* __restrict__ v, const floatX* __restrict__ dy,
                                           const float* __restrict__ lse, const float* __restrict__ dot,
-                                          float* __restrict__ dq, Strides qs, Strides ks, Strides vs, Strides ys,
+                                          floatX* __restrict__ dq, Strides qs, Strides ks, Strides vs, Strides ys,
                                           int H, int T, int S, float scale, int causal,
                                           const unsigned int* rng, unsigned int drop16, float dscale, int vec) {
     extern __shared__ __align__(16) float smem[];
@@ -414,20 +413,20 @@ __device__ void attention_backward_q_body(const float* __restrict__ q, const flo
 #define STRIDES Strides{qb, qh, qt}, Strides{kb, kh, kt}, Strides{vb, vh, vt}, Strides{yb, yh, yt}
 #define ATTENTION_KERNELS(D)                                                                                   \
 extern "C" __global__ void __launch_bounds__(NT) attention_forward_##D(                                        \
-        const float* q, const float* k, const float* v, float* y, float* lse, STRIDE_PARAMS, int H, int T,     \
+        const floatX* q, const floatX* k, const floatX* v, floatX* y, float* lse, STRIDE_PARAMS, int H, int T, \
         int S, float scale, int causal, const unsigned int* rng, unsigned int drop16, float dscale, int vec) { \
     attention_forward_body<D>(q, k, v, y, lse, STRIDES, H, T, S, scale, causal, rng, drop16, dscale, vec);    \
 }                                                                                                              \
 extern "C" __global__ void __launch_bounds__(NT) attention_backward_kv_##D(                                    \
-        const float* q, const float* k, const float* v, const float* dy, const float* lse, const float* dot,   \
-        float* dk, float* dv, STRIDE_PARAMS, int H, int T, int S, float scale, int causal,                     \
+        const floatX* q, const floatX* k, const floatX* v, const floatX* dy, const float* lse,                 \
+        const float* dot, floatX* dk, floatX* dv, STRIDE_PARAMS, int H, int T, int S, float scale, int causal,                     \
         const unsigned int* rng, unsigned int drop16, float dscale, int vec) {                                 \
     attention_backward_kv_body<D>(q, k, v, dy, lse, dot, dk, dv, STRIDES, H, T, S, scale, causal, rng,         \
                                   drop16, dscale, vec);                                                        \
 }                                                                                                              \
 extern "C" __global__ void __launch_bounds__(NT) attention_backward_q_##D(                                     \
-        const float* q, const float* k, const float* v, const float* dy, const float* lse, const float* dot,   \
-        float* dq, STRIDE_PARAMS, int H, int T, int S, float scale, int causal, const unsigned int* rng,       \
+        const floatX* q, const floatX* k, const floatX* v, const floatX* dy, const float* lse,                 \
+        const float* dot, floatX* dq, STRIDE_PARAMS, int H, int T, int S, float scale, int causal, const unsigned int* rng,       \
         unsigned int drop16, float dscale, int vec) {                                                          \
     attention_backward_q_body<D>(q, k, v, dy, lse, dot, dq, STRIDES, H, T, S, scale, causal, rng, drop16,      \
                                  dscale, vec);                                                                 \

@@ -11,10 +11,11 @@
 //     with enough slices to fill the GPU.
 //   colsum_final: out[c] = sum over slices of part[slice, c] (one thread a column).
 // Each warp reads 32 consecutive columns (128 with float4) of one row at a
-// time: coalesced.
+// time: coalesced. a and out are floatX (common.cuh), the partial sums float.
+#include "common.cuh"
 
-template <int W>   // W = 4: float4 loads (N % 4 == 0 and a 16-byte aligned base), W = 1: scalar
-__device__ __forceinline__ void colsum_partial_body(const float* __restrict__ a, float* __restrict__ part,
+template <int W>   // W = 4: vector loads (N % 4 == 0 and an aligned base), W = 1: scalar
+__device__ __forceinline__ void colsum_partial_body(const floatX* __restrict__ a, float* __restrict__ part,
                                                     int R, int N, int rows_per_slice) {
     __shared__ float acc[8][32 * W];
     const int c0 = (blockIdx.x * 32 + threadIdx.x) * W;
@@ -25,12 +26,12 @@ __device__ __forceinline__ void colsum_partial_body(const float* __restrict__ a,
     for (int w = 0; w < W; ++w) s[w] = 0.f;
     if (c0 < N) {
         for (int r = r_begin + threadIdx.y; r < r_end; r += 8) {
-            const float* row = a + (long long)r * N + c0;
+            const floatX* row = a + (long long)r * N + c0;
             if constexpr (W == 4) {
-                const float4 v = *reinterpret_cast<const float4*>(row);
+                const float4 v = ld4(row);
                 s[0] += v.x; s[1] += v.y; s[2] += v.z; s[3] += v.w;
             } else {
-                s[0] += row[0];
+                s[0] += to_f(row[0]);
             }
         }
     }
@@ -48,18 +49,18 @@ __device__ __forceinline__ void colsum_partial_body(const float* __restrict__ a,
     }
 }
 
-extern "C" __global__ void __launch_bounds__(256) colsum_partial4(const float* a, float* part, int R, int N, int rows_per_slice) {
+extern "C" __global__ void __launch_bounds__(256) colsum_partial4(const floatX* a, float* part, int R, int N, int rows_per_slice) {
     colsum_partial_body<4>(a, part, R, N, rows_per_slice);
 }
 
-extern "C" __global__ void __launch_bounds__(256) colsum_partial1(const float* a, float* part, int R, int N, int rows_per_slice) {
+extern "C" __global__ void __launch_bounds__(256) colsum_partial1(const floatX* a, float* part, int R, int N, int rows_per_slice) {
     colsum_partial_body<1>(a, part, R, N, rows_per_slice);
 }
 
-extern "C" __global__ void colsum_final(const float* __restrict__ part, float* __restrict__ out, int slices, int N) {
+extern "C" __global__ void colsum_final(const float* __restrict__ part, floatX* __restrict__ out, int slices, int N) {
     const int c = blockIdx.x * blockDim.x + threadIdx.x;
     if (c >= N) return;
     float t = 0.f;
     for (int s = 0; s < slices; ++s) t += part[(long long)s * N + c];
-    out[c] = t;
+    st(out + c, t);
 }

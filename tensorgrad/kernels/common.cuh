@@ -1,11 +1,52 @@
-// Shared helpers for the row kernels (softmax, layernorm, cross-entropy).
+// Shared helpers for the kernels: the element type, and the row reductions of
+// softmax, layernorm and cross-entropy.
 //
-// Every kernel here works on rows of a contiguous float32 matrix, one row per
-// "group" of threads: a warp for short rows (no shared memory, no barriers) or
-// a whole block for long ones. The template flag BLOCK picks the group; the
-// Python loader picks the launch. The loader pastes this file in place of the
-// #include (NVRTC gets one string), so keep it free of system includes.
+// Element type: every kernel source is compiled once per dtype it serves. The
+// loader (kernels/__init__.py) puts `#define TG_BF16 1` before the source for
+// bfloat16 arrays; `floatX` is then __nv_bfloat16, else float. Arrays of the
+// op's dtype are floatX*, statistics (mean, rstd, logsumexp, losses, partial
+// sums) stay float*, and all arithmetic is float: a bf16 value is widened on
+// load (to_f, ld4) and rounded once on store (st, st4). One source, no copy
+// of a kernel per dtype.
+//
+// Row kernels work on rows of a contiguous matrix, one row per "group" of
+// threads: a warp for short rows (no shared memory, no barriers) or a whole
+// block for long ones. The template flag BLOCK picks the group; the Python
+// loader picks the launch. The loader pastes this file in place of the
+// #include (NVRTC gets one string).
 #pragma once
+
+#ifdef TG_BF16
+#include <cuda_bf16.h>
+typedef __nv_bfloat16 floatX;
+#else
+typedef float floatX;
+#endif
+
+// Four consecutive elements are one vector load: 16 bytes of float, 8 of bf16.
+#define VEC_BYTES (4 * (int)sizeof(floatX))
+
+__device__ __forceinline__ float to_f(float v) { return v; }
+__device__ __forceinline__ void st(float* p, float v) { *p = v; }
+__device__ __forceinline__ float4 ld4(const float* p) { return *reinterpret_cast<const float4*>(p); }
+__device__ __forceinline__ void st4(float* p, float4 v) { *reinterpret_cast<float4*>(p) = v; }
+#ifdef TG_BF16
+__device__ __forceinline__ float to_f(__nv_bfloat16 v) { return __bfloat162float(v); }
+__device__ __forceinline__ void st(__nv_bfloat16* p, float v) { *p = __float2bfloat16_rn(v); }
+__device__ __forceinline__ float4 ld4(const __nv_bfloat16* p) {
+    const uint2 u = *reinterpret_cast<const uint2*>(p);           // 4 bf16 in one 8-byte load
+    const float2 a = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&u.x));
+    const float2 b = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&u.y));
+    return make_float4(a.x, a.y, b.x, b.y);
+}
+__device__ __forceinline__ void st4(__nv_bfloat16* p, float4 v) {
+    __nv_bfloat162 a = __floats2bfloat162_rn(v.x, v.y), b = __floats2bfloat162_rn(v.z, v.w);
+    uint2 u;
+    u.x = *reinterpret_cast<unsigned int*>(&a);
+    u.y = *reinterpret_cast<unsigned int*>(&b);
+    *reinterpret_cast<uint2*>(p) = u;
+}
+#endif
 
 #define FULL_MASK 0xffffffffu
 #define NEG_INF __int_as_float(0xff800000)
@@ -132,45 +173,47 @@ __device__ __forceinline__ void group_layout(int& tid, int& nthreads, long long&
     }
 }
 
-__device__ __forceinline__ int misalign16(const void* p) {
-    return (int)((unsigned long long)p & 15ull);
+// bytes past the last vector boundary (VEC_BYTES) of p
+__device__ __forceinline__ int misalign(const void* p) {
+    return (int)((unsigned long long)p & (unsigned long long)(VEC_BYTES - 1));
 }
 
-// Visit a[j] for j < n, reading 16 bytes at a time where the row allows it:
-// a scalar head up to the first 16-byte boundary, float4 body, scalar tail.
-// f(j, v) is called once per element, by exactly one thread of the group.
+// elements before the first vector boundary of a row starting at misalignment mis (at most n)
+__device__ __forceinline__ int vec_head(int mis, int n) {
+    const int head = ((VEC_BYTES - mis) & (VEC_BYTES - 1)) / (int)sizeof(floatX);
+    return head < n ? head : n;
+}
+
+// Visit a[j] for j < n, reading four elements at a time where the row allows
+// it: a scalar head up to the first vector boundary, ld4 body, scalar tail.
+// f(j, v) is called once per element (v widened to float), by exactly one
+// thread of the group.
 template <typename F>
-__device__ __forceinline__ void row_read(const float* a, int n, int tid, int nthreads, F f) {
-    int head = ((16 - misalign16(a)) & 15) >> 2;
-    if (head > n) head = n;
-    for (int j = tid; j < head; j += nthreads) f(j, a[j]);
-    const float4* body = reinterpret_cast<const float4*>(a + head);
+__device__ __forceinline__ void row_read(const floatX* a, int n, int tid, int nthreads, F f) {
+    const int head = vec_head(misalign(a), n);
+    for (int j = tid; j < head; j += nthreads) f(j, to_f(a[j]));
     const int n4 = (n - head) >> 2;
     for (int k = tid; k < n4; k += nthreads) {
-        const float4 v = body[k];
         const int j = head + 4 * k;
+        const float4 v = ld4(a + j);
         f(j, v.x); f(j + 1, v.y); f(j + 2, v.z); f(j + 3, v.w);
     }
-    for (int j = head + 4 * n4 + tid; j < n; j += nthreads) f(j, a[j]);
+    for (int j = head + 4 * n4 + tid; j < n; j += nthreads) f(j, to_f(a[j]));
 }
 
 // out[j] = f(j, a[j], b[j]) for j < n (b may be null: f gets 0). Inputs are
 // read only below n_in (a causal row's masked tail need not be read: f must
-// produce its value from j alone there). 16-byte loads and stores when out,
-// a and b sit at the same offset from a 16-byte boundary, else scalar.
+// produce its value from j alone there). Vector loads and stores when out,
+// a and b sit at the same offset from a vector boundary, else scalar.
 template <typename F>
-__device__ __forceinline__ void row_map(float* out, const float* a, const float* b, int n, int n_in,
+__device__ __forceinline__ void row_map(floatX* out, const floatX* a, const floatX* b, int n, int n_in,
                                         int tid, int nthreads, F f) {
-    const int mis = misalign16(out);
-    int head = ((16 - mis) & 15) >> 2;
-    if (misalign16(a) != mis || (b != nullptr && misalign16(b) != mis)) head = n;  // all scalar
-    if (head > n) head = n;
+    const int mis = misalign(out);
+    int head = vec_head(mis, n);
+    if (misalign(a) != mis || (b != nullptr && misalign(b) != mis)) head = n;  // all scalar
     for (int j = tid; j < head; j += nthreads)
-        out[j] = f(j, j < n_in ? a[j] : 0.f, (b != nullptr && j < n_in) ? b[j] : 0.f);
+        st(out + j, f(j, j < n_in ? to_f(a[j]) : 0.f, (b != nullptr && j < n_in) ? to_f(b[j]) : 0.f));
     const int n4 = (n - head) >> 2;
-    float4* ob = reinterpret_cast<float4*>(out + head);
-    const float4* ab = reinterpret_cast<const float4*>(a + head);
-    const float4* bb = reinterpret_cast<const float4*>(b + head);
     // Backwards: the pass before this one read the row forwards, so its end is
     // what L2 still holds when rows are too long (vocab-sized) for all the rows
     // in flight to stay cached; starting there turns part of the re-read into hits.
@@ -178,13 +221,13 @@ __device__ __forceinline__ void row_map(float* out, const float* a, const float*
         const int j = head + 4 * k;
         float4 av = make_float4(0.f, 0.f, 0.f, 0.f), bv = av, o;
         if (j < n_in) {
-            av = ab[k];
-            if (b != nullptr) bv = bb[k];
+            av = ld4(a + j);
+            if (b != nullptr) bv = ld4(b + j);
         }
         o.x = f(j, av.x, bv.x); o.y = f(j + 1, av.y, bv.y);
         o.z = f(j + 2, av.z, bv.z); o.w = f(j + 3, av.w, bv.w);
-        ob[k] = o;
+        st4(out + j, o);
     }
     for (int j = head + 4 * n4 + tid; j < n; j += nthreads)
-        out[j] = f(j, j < n_in ? a[j] : 0.f, (b != nullptr && j < n_in) ? b[j] : 0.f);
+        st(out + j, f(j, j < n_in ? to_f(a[j]) : 0.f, (b != nullptr && j < n_in) ? to_f(b[j]) : 0.f));
 }

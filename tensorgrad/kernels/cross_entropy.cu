@@ -1,4 +1,4 @@
-// Cross-entropy from logits: x (N, V) contiguous float32, targets t (N,) int64,
+// Cross-entropy from logits: x (N, V) contiguous floatX (float32 or bf16), targets t (N,) int64,
 // keep (N,) bool (false on ignore_index rows, whose target is already 0).
 //
 // Forward:  lse = logsumexp(x_row), loss = lse - x[t] on kept rows, 0 on the
@@ -14,14 +14,14 @@
 #include "common.cuh"
 
 template <bool BLOCK>
-__device__ __forceinline__ void ce_forward_row(const float* __restrict__ x, const long long* __restrict__ t,
+__device__ __forceinline__ void ce_forward_row(const floatX* __restrict__ x, const long long* __restrict__ t,
                                                const bool* __restrict__ keep, float* __restrict__ losses,
                                                float* __restrict__ lse, int N, int V) {
     int tid, nthreads;
     long long row;
     group_layout<BLOCK>(tid, nthreads, row);
     if (row >= N) return;
-    const float* xr = x + row * V;
+    const floatX* xr = x + row * V;
     MaxSum st = ms_init();
     row_read(xr, V, tid, nthreads, [&](int, float v) { ms_add(st, v); });
     st = group_maxsum<BLOCK>(st);
@@ -31,16 +31,16 @@ __device__ __forceinline__ void ce_forward_row(const float* __restrict__ x, cons
         float loss = 0.f;
         if (keep[row]) {
             const long long tt = t[row];
-            loss = (tt >= 0 && tt < V) ? l - xr[tt] : __int_as_float(0x7fc00000);  // NaN: label out of range
+            loss = (tt >= 0 && tt < V) ? l - to_f(xr[tt]) : __int_as_float(0x7fc00000);  // NaN: label out of range
         }
         losses[row] = loss;
     }
 }
 
 template <bool BLOCK>
-__device__ __forceinline__ void ce_backward_row(const float* __restrict__ x, const long long* __restrict__ t,
+__device__ __forceinline__ void ce_backward_row(const floatX* __restrict__ x, const long long* __restrict__ t,
                                                 const bool* __restrict__ keep, const float* __restrict__ lse,
-                                                const float* __restrict__ row_scale, float* __restrict__ dx,
+                                                const float* __restrict__ row_scale, floatX* __restrict__ dx,
                                                 int N, int V) {
     int tid, nthreads;
     long long row;
@@ -55,24 +55,24 @@ __device__ __forceinline__ void ce_backward_row(const float* __restrict__ x, con
             });
 }
 
-extern "C" __global__ void __launch_bounds__(256) cross_entropy_forward_warp(const float* x, const long long* t, const bool* keep,
+extern "C" __global__ void __launch_bounds__(256) cross_entropy_forward_warp(const floatX* x, const long long* t, const bool* keep,
                                                       float* losses, float* lse, int N, int V) {
     ce_forward_row<false>(x, t, keep, losses, lse, N, V);
 }
 
-extern "C" __global__ void __launch_bounds__(512) cross_entropy_forward_block(const float* x, const long long* t, const bool* keep,
+extern "C" __global__ void __launch_bounds__(512) cross_entropy_forward_block(const floatX* x, const long long* t, const bool* keep,
                                                        float* losses, float* lse, int N, int V) {
     ce_forward_row<true>(x, t, keep, losses, lse, N, V);
 }
 
-extern "C" __global__ void __launch_bounds__(256) cross_entropy_backward_warp(const float* x, const long long* t, const bool* keep,
-                                                       const float* lse, const float* row_scale, float* dx,
+extern "C" __global__ void __launch_bounds__(256) cross_entropy_backward_warp(const floatX* x, const long long* t, const bool* keep,
+                                                       const float* lse, const float* row_scale, floatX* dx,
                                                        int N, int V) {
     ce_backward_row<false>(x, t, keep, lse, row_scale, dx, N, V);
 }
 
-extern "C" __global__ void __launch_bounds__(512) cross_entropy_backward_block(const float* x, const long long* t, const bool* keep,
-                                                        const float* lse, const float* row_scale, float* dx,
+extern "C" __global__ void __launch_bounds__(512) cross_entropy_backward_block(const floatX* x, const long long* t, const bool* keep,
+                                                        const float* lse, const float* row_scale, floatX* dx,
                                                         int N, int V) {
     ce_backward_row<true>(x, t, keep, lse, row_scale, dx, N, V);
 }

@@ -24,6 +24,7 @@ _R_32F = 0                        # cudaDataType CUDA_R_32F
 _COMPUTE_32F = 68                 # cublasComputeType_t CUBLAS_COMPUTE_32F
 _COMPUTE_32F_FAST_TF32 = 77       # ... CUBLAS_COMPUTE_32F_FAST_TF32 (what CUPY_TF32=1 uses)
 _GEMM_DEFAULT = -1
+_R_16BF = 14                      # cudaDataType CUDA_R_16BF
 _WORKSPACE_BYTES = 32 << 20
 
 _state = {}                       # lib, handle, workspace (kept alive), alpha/beta
@@ -45,6 +46,15 @@ def mapped_library(stem):
 def _check(status, what):
     if status != 0:
         raise RuntimeError(f"tensorgrad.kernels.cublas: {what} failed with cuBLAS status {status}")
+
+
+def data_type(dtype):
+    """(cudaDataType, compute type) of a product of `dtype` arrays. float32 multiplies in
+    TF32 when CUPY_TF32=1 (read at each call, as CuPy does); bfloat16 always accumulates
+    in float32 (CUBLAS_COMPUTE_32F), as PyTorch's autocast matmuls do."""
+    if dtype == np.float32:
+        return _R_32F, _COMPUTE_32F_FAST_TF32 if os.environ.get("CUPY_TF32", "0") == "1" else _COMPUTE_32F
+    return _R_16BF, _COMPUTE_32F
 
 
 def _init():
@@ -101,14 +111,14 @@ def matmul(a, b):
     M, K = a.shape[-2:]
     N = b.shape[-1]
     batch = int(np.prod(a.shape[:-2])) if a.ndim > 2 else 1
-    out = cp.empty(a.shape[:-2] + (M, N), dtype=np.float32)
+    out = cp.empty(a.shape[:-2] + (M, N), dtype=a.dtype)
     if out.size == 0:
         return out
     if K == 0:
         out.fill(0)
         return out
     _check(lib.cublasSetStream_v2(s["handle"], ctypes.c_void_p(cp.cuda.get_current_stream().ptr)), "cublasSetStream")
-    compute = _COMPUTE_32F_FAST_TF32 if os.environ.get("CUPY_TF32", "0") == "1" else _COMPUTE_32F
+    dt, compute = data_type(a.dtype)
     # column-major view: out^T (N, M) = B^T (N, K) @ A^T (K, M)
     lda_b = B.shape[-1]              # leading dimension of B's buffer (its row length)
     lda_a = A.shape[-1]
@@ -118,14 +128,14 @@ def matmul(a, b):
     if batch == 1:
         status = lib.cublasGemmEx(
             s["handle"], op_b, op_a, N, M, K, ctypes.byref(s["alpha"]),
-            ptr(B.data.ptr), _R_32F, lda_b, ptr(A.data.ptr), _R_32F, lda_a,
-            ctypes.byref(s["beta"]), ptr(out.data.ptr), _R_32F, N, compute, _GEMM_DEFAULT)
+            ptr(B.data.ptr), dt, lda_b, ptr(A.data.ptr), dt, lda_a,
+            ctypes.byref(s["beta"]), ptr(out.data.ptr), dt, N, compute, _GEMM_DEFAULT)
     else:
         status = lib.cublasGemmStridedBatchedEx(
             s["handle"], op_b, op_a, N, M, K, ctypes.byref(s["alpha"]),
-            ptr(B.data.ptr), _R_32F, lda_b, ctypes.c_longlong(K * N),
-            ptr(A.data.ptr), _R_32F, lda_a, ctypes.c_longlong(M * K),
-            ctypes.byref(s["beta"]), ptr(out.data.ptr), _R_32F, N, ctypes.c_longlong(M * N),
+            ptr(B.data.ptr), dt, lda_b, ctypes.c_longlong(K * N),
+            ptr(A.data.ptr), dt, lda_a, ctypes.c_longlong(M * K),
+            ctypes.byref(s["beta"]), ptr(out.data.ptr), dt, N, ctypes.c_longlong(M * N),
             batch, compute, _GEMM_DEFAULT)
     _check(status, "cublasGemmEx" if batch == 1 else "cublasGemmStridedBatchedEx")
     return out

@@ -14,23 +14,19 @@ The descriptors and the algorithm cuBLASLt picks depend only on the shape,
 so they are made once per shape and kept; only the pointers change per call.
 """
 import ctypes
-import os
-
-import numpy as np
 
 from .. import backend
-from .cublas import mapped_library
+from .cublas import data_type, mapped_library
 
 _OP_N, _OP_T = 0, 1
 _R_32F = 0
-_COMPUTE_32F, _COMPUTE_32F_FAST_TF32 = 68, 77
 _DESC_TRANSA, _DESC_TRANSB, _DESC_EPILOGUE, _DESC_BIAS_POINTER = 3, 4, 7, 8
 _EPILOGUE_BIAS = 4
 _PREF_MAX_WORKSPACE_BYTES = 1
 _WORKSPACE_BYTES = 32 << 20
 _HEURISTIC_BYTES = 96            # sizeof(cublasLtMatmulHeuristicResult_t); the algo is its first 64 bytes
 
-_state = {}                      # lib, handle, workspace, plans {(N, in, out, compute): plan}
+_state = {}                      # lib, handle, workspace, plans {(N, in, out, dtype, compute): plan}
 
 
 def _check(status, what):
@@ -61,16 +57,17 @@ def _set(lib, desc, attr, value):
            "cublasLtMatmulDescSetAttribute")
 
 
-def _layout(lib, rows, cols, ld):
+def _layout(lib, dt, rows, cols, ld):
     lay = ctypes.c_void_p()
-    _check(lib.cublasLtMatrixLayoutCreate(ctypes.byref(lay), _R_32F, ctypes.c_uint64(rows), ctypes.c_uint64(cols),
+    _check(lib.cublasLtMatrixLayoutCreate(ctypes.byref(lay), dt, ctypes.c_uint64(rows), ctypes.c_uint64(cols),
                                           ctypes.c_int64(ld)), "cublasLtMatrixLayoutCreate")
     return lay
 
 
-def _plan(n, k, m, compute):
-    """Descriptor, layouts and algorithm of y (n, m) = x (n, k) @ w (m, k)^T + b, made once per shape."""
-    key = (n, k, m, compute)
+def _plan(n, k, m, dt, compute):
+    """Descriptor, layouts and algorithm of y (n, m) = x (n, k) @ w (m, k)^T + b, made once per
+    shape and type. The scale type stays float32 (alpha, beta); the bias has D's type."""
+    key = (n, k, m, dt, compute)
     plan = _state["plans"].get(key)
     if plan is not None:
         return plan
@@ -80,7 +77,7 @@ def _plan(n, k, m, compute):
     _set(lib, desc, _DESC_TRANSA, ctypes.c_int32(_OP_T))
     _set(lib, desc, _DESC_TRANSB, ctypes.c_int32(_OP_N))
     _set(lib, desc, _DESC_EPILOGUE, ctypes.c_uint32(_EPILOGUE_BIAS))
-    a, b, d = _layout(lib, k, m, k), _layout(lib, k, n, k), _layout(lib, m, n, m)
+    a, b, d = _layout(lib, dt, k, m, k), _layout(lib, dt, k, n, k), _layout(lib, dt, m, n, m)
     pref = ctypes.c_void_p()
     _check(lib.cublasLtMatmulPreferenceCreate(ctypes.byref(pref)), "cublasLtMatmulPreferenceCreate")
     ws = ctypes.c_uint64(_WORKSPACE_BYTES)
@@ -96,8 +93,8 @@ def _plan(n, k, m, compute):
 
 
 def usable(x, w, b):
-    """Can linear_bias take them? 2-D x (n, k), w (m, k), b (m,): C-contiguous float32 CuPy
-    arrays on 16-byte boundaries with k and m multiples of 4 (what cuBLASLt's fast algorithms assume)."""
+    """Can linear_bias take them? 2-D x (n, k), w (m, k), b (m,): C-contiguous CuPy arrays of
+    one kernel element type (kernels.takes), on 16-byte boundaries with k and m multiples of 4 (what cuBLASLt's fast algorithms assume)."""
     if x.ndim != 2 or w.ndim != 2 or b is None or b.ndim != 1 or x.shape[1] != w.shape[1] or b.shape[0] != w.shape[0]:
         return False
     if x.shape[0] == 0 or x.shape[1] == 0 or x.shape[1] % 4 or w.shape[0] % 4:
@@ -113,9 +110,9 @@ def linear_bias(x, w, b):
     cp, lib = s["cp"], s["lib"]
     n, k = x.shape
     m = w.shape[0]
-    compute = _COMPUTE_32F_FAST_TF32 if os.environ.get("CUPY_TF32", "0") == "1" else _COMPUTE_32F
-    desc, a, bl, d, algo = _plan(n, k, m, compute)
-    y = cp.empty((n, m), dtype=np.float32)
+    dt, compute = data_type(x.dtype)
+    desc, a, bl, d, algo = _plan(n, k, m, dt, compute)
+    y = cp.empty((n, m), dtype=x.dtype)
     _set(lib, desc, _DESC_BIAS_POINTER, ctypes.c_void_p(b.data.ptr))
     ptr = ctypes.c_void_p
     _check(lib.cublasLtMatmul(s["handle"], desc, ctypes.byref(s["alpha"]), ptr(w.data.ptr), a, ptr(x.data.ptr), bl,

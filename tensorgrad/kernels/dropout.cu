@@ -11,7 +11,9 @@
 //   y = r + x * keep / (1 - p).
 //
 // Launch: 1-D grid-stride loop over groups of 8 elements, 256 threads a block;
-// vec = 1 when every pointer is 16-byte aligned (float4 loads and stores).
+// vec = 1 when every pointer is 16-byte aligned (vector loads and stores).
+// x, r, y are floatX (common.cuh); the math is float.
+#include "common.cuh"
 #include "philox.cuh"
 
 #define DROPOUT_TAG 0x0D0F0A11u
@@ -28,8 +30,8 @@ extern "C" __global__ void rng_advance(unsigned int* state, unsigned int* slot) 
 }
 
 template <bool ADD>
-__device__ __forceinline__ void dropout_body(const float* __restrict__ x, const float* __restrict__ r,
-                                             float* __restrict__ y, long long n, const unsigned int* rng,
+__device__ __forceinline__ void dropout_body(const floatX* __restrict__ x, const floatX* __restrict__ r,
+                                             floatX* __restrict__ y, long long n, const unsigned int* rng,
                                              unsigned int drop16, float scale, int vec) {
     const long long groups = (n + 7) >> 3;
     const long long stride = (long long)gridDim.x * blockDim.x;
@@ -40,31 +42,31 @@ __device__ __forceinline__ void dropout_body(const float* __restrict__ x, const 
 #pragma unroll
         for (int u = 0; u < 8; ++u) z[u] = philox_u16(bits, u) >= drop16 ? scale : 0.f;
         if (vec && i0 + 8 <= n) {
-            // a thread's 8 elements as two 16-byte loads: a warp reads 1 KB in one sweep
-            // (8 scalar loads at a stride of 8 floats would each touch 32 sectors)
+            // a thread's 8 elements as two vector loads: a warp reads one contiguous
+            // sweep (8 scalar loads at a stride of 8 elements would each touch 32 sectors)
 #pragma unroll
             for (int h = 0; h < 2; ++h) {
-                const float4 a = reinterpret_cast<const float4*>(x + i0)[h];
-                const float4 b = ADD ? reinterpret_cast<const float4*>(r + i0)[h] : make_float4(0.f, 0.f, 0.f, 0.f);
-                reinterpret_cast<float4*>(y + i0)[h] = make_float4(b.x + a.x * z[4 * h], b.y + a.y * z[4 * h + 1],
-                                                                   b.z + a.z * z[4 * h + 2], b.w + a.w * z[4 * h + 3]);
+                const float4 a = ld4(x + i0 + 4 * h);
+                const float4 b = ADD ? ld4(r + i0 + 4 * h) : make_float4(0.f, 0.f, 0.f, 0.f);
+                st4(y + i0 + 4 * h, make_float4(b.x + a.x * z[4 * h], b.y + a.y * z[4 * h + 1],
+                                                b.z + a.z * z[4 * h + 2], b.w + a.w * z[4 * h + 3]));
             }
             continue;
         }
 #pragma unroll
         for (int u = 0; u < 8; ++u) {
             const long long i = i0 + u;
-            if (i < n) y[i] = (ADD ? r[i] : 0.f) + x[i] * z[u];
+            if (i < n) st(y + i, (ADD ? to_f(r[i]) : 0.f) + to_f(x[i]) * z[u]);
         }
     }
 }
 
-extern "C" __global__ void dropout_apply(const float* x, float* y, long long n, const unsigned int* rng,
+extern "C" __global__ void dropout_apply(const floatX* x, floatX* y, long long n, const unsigned int* rng,
                                          unsigned int drop16, float scale, int vec) {
     dropout_body<false>(x, nullptr, y, n, rng, drop16, scale, vec);
 }
 
-extern "C" __global__ void dropout_add(const float* x, const float* r, float* y, long long n,
+extern "C" __global__ void dropout_add(const floatX* x, const floatX* r, floatX* y, long long n,
                                        const unsigned int* rng, unsigned int drop16, float scale, int vec) {
     dropout_body<true>(x, r, y, n, rng, drop16, scale, vec);
 }

@@ -12,7 +12,10 @@
 // its inputs once and writes once. The backward recomputes the CDF (or t) from
 // x rather than saving it (one array less to keep).
 //
+// x, y, g, dx are floatX (common.cuh); the math is float.
 // Launch: 1-D grid-stride loop, 256 threads a block; n may exceed 2^31.
+#include "common.cuh"
+
 #define GELU_C 0.7978845608028654f      // sqrt(2 / pi)
 #define GELU_K 0.044715f
 #define INV_SQRT2 0.7071067811865476f   // 1 / sqrt(2)
@@ -33,32 +36,32 @@ __device__ __forceinline__ float gelu_slope(float a) {
 }
 
 template <bool EXACT>
-__device__ __forceinline__ void gelu_forward_loop(const float* __restrict__ x, float* __restrict__ y, long long n) {
+__device__ __forceinline__ void gelu_forward_loop(const floatX* __restrict__ x, floatX* __restrict__ y, long long n) {
     long long stride = (long long)gridDim.x * blockDim.x;
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride)
-        y[i] = gelu_value<EXACT>(x[i]);
+        st(y + i, gelu_value<EXACT>(to_f(x[i])));
 }
 
 template <bool EXACT>
-__device__ __forceinline__ void gelu_backward_loop(const float* __restrict__ g, const float* __restrict__ x,
-                                                   float* __restrict__ dx, long long n) {
+__device__ __forceinline__ void gelu_backward_loop(const floatX* __restrict__ g, const floatX* __restrict__ x,
+                                                   floatX* __restrict__ dx, long long n) {
     long long stride = (long long)gridDim.x * blockDim.x;
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride)
-        dx[i] = g[i] * gelu_slope<EXACT>(x[i]);
+        st(dx + i, to_f(g[i]) * gelu_slope<EXACT>(to_f(x[i])));
 }
 
-extern "C" __global__ void gelu_forward_erf(const float* x, float* y, long long n) {
+extern "C" __global__ void gelu_forward_erf(const floatX* x, floatX* y, long long n) {
     gelu_forward_loop<true>(x, y, n);
 }
 
-extern "C" __global__ void gelu_forward_tanh(const float* x, float* y, long long n) {
+extern "C" __global__ void gelu_forward_tanh(const floatX* x, floatX* y, long long n) {
     gelu_forward_loop<false>(x, y, n);
 }
 
-extern "C" __global__ void gelu_backward_erf(const float* g, const float* x, float* dx, long long n) {
+extern "C" __global__ void gelu_backward_erf(const floatX* g, const floatX* x, floatX* dx, long long n) {
     gelu_backward_loop<true>(g, x, dx, n);
 }
 
-extern "C" __global__ void gelu_backward_tanh(const float* g, const float* x, float* dx, long long n) {
+extern "C" __global__ void gelu_backward_tanh(const floatX* g, const floatX* x, floatX* dx, long long n) {
     gelu_backward_loop<false>(g, x, dx, n);
 }

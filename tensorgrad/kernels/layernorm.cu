@@ -1,4 +1,4 @@
-// LayerNorm over the last axis of a contiguous float32 (N, C) matrix.
+// LayerNorm over the last axis of a contiguous (N, C) matrix of floatX (see common.cuh).
 //
 // Forward:  mean = sum(x) / C, var = sum((x - mean)^2) / C (two passes: the
 //   one-pass E[x^2] - E[x]^2 cancels badly when |mean| >> std),
@@ -23,15 +23,15 @@
 #define MAX_ROWS 32   // most rows per backward tile (the launch passes rows <= MAX_ROWS)
 
 template <bool BLOCK>
-__device__ __forceinline__ void layernorm_forward_row(const float* __restrict__ x, const float* __restrict__ w,
-                                                      const float* __restrict__ b, float* __restrict__ y,
+__device__ __forceinline__ void layernorm_forward_row(const floatX* __restrict__ x, const floatX* __restrict__ w,
+                                                      const floatX* __restrict__ b, floatX* __restrict__ y,
                                                       float* __restrict__ mean, float* __restrict__ rstd,
                                                       int N, int C, float eps) {
     int tid, nthreads;
     long long row;
     group_layout<BLOCK>(tid, nthreads, row);
     if (row >= N) return;
-    const float* xr = x + row * C;
+    const floatX* xr = x + row * C;
     float s = 0.f;
     row_read(xr, C, tid, nthreads, [&](int, float v) { s += v; });
     const float mu = group_sum<BLOCK>(s) / C;
@@ -39,26 +39,26 @@ __device__ __forceinline__ void layernorm_forward_row(const float* __restrict__ 
     row_read(xr, C, tid, nthreads, [&](int, float v) { const float d = v - mu; ss += d * d; });
     const float rs = rsqrtf(group_sum<BLOCK>(ss) / C + eps);
     row_map(y + row * C, xr, nullptr, C, C, tid, nthreads,
-            [&](int j, float v, float) { return (v - mu) * rs * w[j] + b[j]; });
+            [&](int j, float v, float) { return (v - mu) * rs * to_f(w[j]) + to_f(b[j]); });
     if (tid == 0) {
         mean[row] = mu;
         rstd[row] = rs;
     }
 }
 
-extern "C" __global__ void __launch_bounds__(256) layernorm_forward_warp(const float* x, const float* w, const float* b, float* y,
+extern "C" __global__ void __launch_bounds__(256) layernorm_forward_warp(const floatX* x, const floatX* w, const floatX* b, floatX* y,
                                                   float* mean, float* rstd, int N, int C, float eps) {
     layernorm_forward_row<false>(x, w, b, y, mean, rstd, N, C, eps);
 }
 
-extern "C" __global__ void __launch_bounds__(512) layernorm_forward_block(const float* x, const float* w, const float* b, float* y,
+extern "C" __global__ void __launch_bounds__(512) layernorm_forward_block(const floatX* x, const floatX* w, const floatX* b, floatX* y,
                                                    float* mean, float* rstd, int N, int C, float eps) {
     layernorm_forward_row<true>(x, w, b, y, mean, rstd, N, C, eps);
 }
 
-extern "C" __global__ void __launch_bounds__(1024) layernorm_backward(const float* __restrict__ g, const float* __restrict__ x,
-                                              const float* __restrict__ w, const float* __restrict__ mean,
-                                              const float* __restrict__ rstd, float* __restrict__ dx,
+extern "C" __global__ void __launch_bounds__(1024) layernorm_backward(const floatX* __restrict__ g, const floatX* __restrict__ x,
+                                              const floatX* __restrict__ w, const float* __restrict__ mean,
+                                              const float* __restrict__ rstd, floatX* __restrict__ dx,
                                               float* __restrict__ dw_part, float* __restrict__ db_part,
                                               int N, int C, int rows) {
     __shared__ float s_mu[MAX_ROWS], s_rs[MAX_ROWS], s_a[MAX_ROWS], s_b[MAX_ROWS];
@@ -70,22 +70,19 @@ extern "C" __global__ void __launch_bounds__(1024) layernorm_backward(const floa
     for (int r = warp; r < nr; r += nwarps) {
         const long long row = r0 + r;
         const float mu = mean[row], rs = rstd[row];
-        const float* gr = g + row * C;
-        const float* xr = x + row * C;
+        const floatX* gr = g + row * C;
+        const floatX* xr = x + row * C;
         float a = 0.f, bsum = 0.f;
-        if (misalign16(gr) == misalign16(xr) && misalign16(w) == misalign16(gr)) {
-            const int head0 = ((16 - misalign16(gr)) & 15) >> 2;
-            const int head = head0 < C ? head0 : C;
+        if (misalign(gr) == misalign(xr) && misalign(w) == misalign(gr)) {
+            const int head = vec_head(misalign(gr), C);
             for (int j = lane; j < head; j += 32) {
-                const float d = gr[j] * w[j], xh = (xr[j] - mu) * rs;
+                const float d = to_f(gr[j]) * to_f(w[j]), xh = (to_f(xr[j]) - mu) * rs;
                 a += d; bsum += d * xh;
             }
-            const float4* g4 = reinterpret_cast<const float4*>(gr + head);
-            const float4* x4 = reinterpret_cast<const float4*>(xr + head);
-            const float4* w4 = reinterpret_cast<const float4*>(w + head);
             const int n4 = (C - head) >> 2;
             for (int k = lane; k < n4; k += 32) {
-                const float4 gv = g4[k], xv = x4[k], wv = w4[k];
+                const int j = head + 4 * k;
+                const float4 gv = ld4(gr + j), xv = ld4(xr + j), wv = ld4(w + j);
                 float d, xh;
                 d = gv.x * wv.x; xh = (xv.x - mu) * rs; a += d; bsum += d * xh;
                 d = gv.y * wv.y; xh = (xv.y - mu) * rs; a += d; bsum += d * xh;
@@ -93,12 +90,12 @@ extern "C" __global__ void __launch_bounds__(1024) layernorm_backward(const floa
                 d = gv.w * wv.w; xh = (xv.w - mu) * rs; a += d; bsum += d * xh;
             }
             for (int j = head + 4 * n4 + lane; j < C; j += 32) {
-                const float d = gr[j] * w[j], xh = (xr[j] - mu) * rs;
+                const float d = to_f(gr[j]) * to_f(w[j]), xh = (to_f(xr[j]) - mu) * rs;
                 a += d; bsum += d * xh;
             }
         } else {
             for (int j = lane; j < C; j += 32) {
-                const float d = gr[j] * w[j], xh = (xr[j] - mu) * rs;
+                const float d = to_f(gr[j]) * to_f(w[j]), xh = (to_f(xr[j]) - mu) * rs;
                 a += d; bsum += d * xh;
             }
         }
@@ -114,14 +111,14 @@ extern "C" __global__ void __launch_bounds__(1024) layernorm_backward(const floa
     // 2. per column: dx for the tile's rows, and this tile's share of dw, db.
     //    Consecutive threads take consecutive columns: every row access is coalesced.
     for (int c = threadIdx.x; c < C; c += blockDim.x) {
-        const float wc = w[c];
+        const float wc = to_f(w[c]);
         float dwc = 0.f, dbc = 0.f;
 #pragma unroll 2
         for (int r = 0; r < nr; ++r) {
             const long long i = (r0 + r) * C + c;
-            const float gv = g[i];
-            const float xh = (x[i] - s_mu[r]) * s_rs[r];
-            dx[i] = s_rs[r] * (gv * wc - s_a[r] - xh * s_b[r]);
+            const float gv = to_f(g[i]);
+            const float xh = (to_f(x[i]) - s_mu[r]) * s_rs[r];
+            st(dx + i, s_rs[r] * (gv * wc - s_a[r] - xh * s_b[r]));
             dwc += gv * xh;
             dbc += gv;
         }
@@ -134,7 +131,7 @@ extern "C" __global__ void __launch_bounds__(1024) layernorm_backward(const floa
 // threadIdx.x picks the column, threadIdx.y strides over tiles; the 32 partial
 // sums per column are then added in a fixed order in shared memory.
 extern "C" __global__ void __launch_bounds__(1024) layernorm_dwdb_reduce(const float* __restrict__ dw_part, const float* __restrict__ db_part,
-                                                 float* __restrict__ dw, float* __restrict__ db, int ntiles, int C) {
+                                                 floatX* __restrict__ dw, floatX* __restrict__ db, int ntiles, int C) {
     __shared__ float sw[32][32], sb[32][32];
     const int c = blockIdx.x * 32 + threadIdx.x;
     float aw = 0.f, ab = 0.f;
@@ -150,7 +147,7 @@ extern "C" __global__ void __launch_bounds__(1024) layernorm_dwdb_reduce(const f
     if (threadIdx.y == 0 && c < C) {
         float tw = 0.f, tb = 0.f;
         for (int k = 0; k < 32; ++k) { tw += sw[k][threadIdx.x]; tb += sb[k][threadIdx.x]; }
-        dw[c] = tw;
-        db[c] = tb;
+        st(dw + c, tw);
+        st(db + c, tb);
     }
 }

@@ -1,4 +1,4 @@
-// Softmax over the last axis of a contiguous float32 (N, L) matrix.
+// Softmax over the last axis of a contiguous (N, L) matrix of floatX (float32 or bf16; math in float).
 //
 // Forward:  y = exp(v - max(v)) / sum(exp(v - max(v))), v = x * scale, with an
 //   optional causal mask: the rows come in slabs of T (one (T, L) attention
@@ -19,14 +19,14 @@
 #include "common.cuh"
 
 template <bool BLOCK>
-__device__ __forceinline__ void softmax_forward_row(const float* __restrict__ x, float* __restrict__ y,
+__device__ __forceinline__ void softmax_forward_row(const floatX* __restrict__ x, floatX* __restrict__ y,
                                                     int N, int L, int T, float scale) {
     int tid, nthreads;
     long long row;
     group_layout<BLOCK>(tid, nthreads, row);
     if (row >= N) return;              // whole warps only (warp mode); never in block mode
-    const float* xr = x + row * L;
-    float* yr = y + row * L;
+    const floatX* xr = x + row * L;
+    floatX* yr = y + row * L;
     // columns kept: all, or j <= i + (L - T) for slab row i
     int valid = L;
     if (T > 0) {
@@ -43,51 +43,46 @@ __device__ __forceinline__ void softmax_forward_row(const float* __restrict__ x,
 }
 
 template <bool BLOCK>
-__device__ __forceinline__ void softmax_backward_row(const float* __restrict__ g, const float* __restrict__ y,
-                                                     float* __restrict__ dx, int N, int L, float scale) {
+__device__ __forceinline__ void softmax_backward_row(const floatX* __restrict__ g, const floatX* __restrict__ y,
+                                                     floatX* __restrict__ dx, int N, int L, float scale) {
     int tid, nthreads;
     long long row;
     group_layout<BLOCK>(tid, nthreads, row);
     if (row >= N) return;
-    const float* gr = g + row * L;
-    const float* yr = y + row * L;
-    float* dr = dx + row * L;
-    // dot = sum(g * y): read both rows (16 bytes at a time when aligned alike)
+    const floatX* gr = g + row * L;
+    const floatX* yr = y + row * L;
+    floatX* dr = dx + row * L;
+    // dot = sum(g * y): read both rows (four elements at a time when aligned alike)
     float dot = 0.f;
-    if (misalign16(gr) == misalign16(yr)) {
-        // row_read over y and a matching index into g keeps the loads of g
-        // 16-byte too: same offset, same chunking
-        const int head0 = ((16 - misalign16(yr)) & 15) >> 2;
-        const int head = head0 < L ? head0 : L;
-        for (int j = tid; j < head; j += nthreads) dot += gr[j] * yr[j];
-        const float4* g4 = reinterpret_cast<const float4*>(gr + head);
-        const float4* y4 = reinterpret_cast<const float4*>(yr + head);
+    if (misalign(gr) == misalign(yr)) {
+        const int head = vec_head(misalign(yr), L);
+        for (int j = tid; j < head; j += nthreads) dot += to_f(gr[j]) * to_f(yr[j]);
         const int n4 = (L - head) >> 2;
         for (int k = tid; k < n4; k += nthreads) {
-            const float4 a = g4[k], b = y4[k];
+            const float4 a = ld4(gr + head + 4 * k), b = ld4(yr + head + 4 * k);
             dot += a.x * b.x + a.y * b.y + a.z * b.z + a.w * b.w;
         }
-        for (int j = head + 4 * n4 + tid; j < L; j += nthreads) dot += gr[j] * yr[j];
+        for (int j = head + 4 * n4 + tid; j < L; j += nthreads) dot += to_f(gr[j]) * to_f(yr[j]);
     } else {
-        for (int j = tid; j < L; j += nthreads) dot += gr[j] * yr[j];
+        for (int j = tid; j < L; j += nthreads) dot += to_f(gr[j]) * to_f(yr[j]);
     }
     dot = group_sum<BLOCK>(dot);
     row_map(dr, gr, yr, L, L, tid, nthreads,
             [&](int, float gv, float yv) { return scale * yv * (gv - dot); });
 }
 
-extern "C" __global__ void __launch_bounds__(256) softmax_forward_warp(const float* x, float* y, int N, int L, int T, float scale) {
+extern "C" __global__ void __launch_bounds__(256) softmax_forward_warp(const floatX* x, floatX* y, int N, int L, int T, float scale) {
     softmax_forward_row<false>(x, y, N, L, T, scale);
 }
 
-extern "C" __global__ void __launch_bounds__(512) softmax_forward_block(const float* x, float* y, int N, int L, int T, float scale) {
+extern "C" __global__ void __launch_bounds__(512) softmax_forward_block(const floatX* x, floatX* y, int N, int L, int T, float scale) {
     softmax_forward_row<true>(x, y, N, L, T, scale);
 }
 
-extern "C" __global__ void __launch_bounds__(256) softmax_backward_warp(const float* g, const float* y, float* dx, int N, int L, float scale) {
+extern "C" __global__ void __launch_bounds__(256) softmax_backward_warp(const floatX* g, const floatX* y, floatX* dx, int N, int L, float scale) {
     softmax_backward_row<false>(g, y, dx, N, L, scale);
 }
 
-extern "C" __global__ void __launch_bounds__(512) softmax_backward_block(const float* g, const float* y, float* dx, int N, int L, float scale) {
+extern "C" __global__ void __launch_bounds__(512) softmax_backward_block(const floatX* g, const floatX* y, floatX* dx, int N, int L, float scale) {
     softmax_backward_row<true>(g, y, dx, N, L, scale);
 }

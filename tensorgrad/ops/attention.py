@@ -10,6 +10,7 @@ import math
 
 import numpy as np
 
+from ..autocast import cast_inputs
 from ..backend import generator, get_array_module
 from ..function import Function, ShapeError
 from .promote import same_float_dtype
@@ -28,7 +29,10 @@ class ScaledDotProductAttention(Function):
             raise ShapeError(f"scaled_dot_product_attention: q {q.shape}, k {k.shape}, v {v.shape}: need "
                              f"q (..., T, hs), k (..., S, hs) and v (..., S, hv)")
         scale = 1.0 / math.sqrt(hs) if scale is None else float(scale)
-        self.scale = scale
+        self.scale, self.dtype = scale, q.dtype
+        if q.dtype.itemsize < 4:
+            # bf16 (autocast): the softmax in float32, as the fused kernels do; results cast back
+            q, k, v = (a.astype(np.float32) for a in (q, k, v))
         s = mm(q, _mT(k)) * scale                                        # (..., T, S)
         allowed = None                                                   # True = may attend
         if is_causal:
@@ -55,10 +59,11 @@ class ScaledDotProductAttention(Function):
             self.drop_scale = q.dtype.type(1.0 / (1.0 - dropout_p))
             att = att * self.keep * self.drop_scale                      # (..., T, S)
         self.q, self.k, self.v = q, k, v
-        return mm(att, v)                                                # (..., T, hv)
+        return mm(att, v).astype(self.dtype, copy=False)                 # (..., T, hv)
 
     def backward(self, g):
         q, k, v, att = self.q, self.k, self.v, self.att
+        g = g.astype(q.dtype, copy=False)                                # float32 math for bf16 too
         need_q, need_k, need_v = self.needs_input_grad[:3]
         dq = dk = dv = None
         if need_v:
@@ -71,7 +76,7 @@ class ScaledDotProductAttention(Function):
             ds = att * (datt - (datt * att).sum(axis=-1, keepdims=True)) * self.scale
             dq = sum_to(mm(ds, k), q.shape) if need_q else None          # (..., T, hs)
             dk = sum_to(mm(_mT(ds), q), k.shape) if need_k else None     # (..., S, hs)
-        return dq, dk, dv, None
+        return tuple(d if d is None else d.astype(self.dtype, copy=False) for d in (dq, dk, dv)) + (None,)
 
 
 class QKVAttention(Function):
@@ -140,6 +145,7 @@ def scaled_dot_product_attention(q, k, v, mask=None, is_causal=False, dropout_p=
         raise ValueError(f"scaled_dot_product_attention: dropout_p must be in [0, 1), got {dropout_p}")
     if mask is not None and not isinstance(mask, Tensor):
         mask = Tensor(mask, device=q.device)
+    q, k, v = cast_inputs(q, k, v)                        # bf16 inside tg.autocast (autocast.py)
     if not q.data.dtype == k.data.dtype == v.data.dtype:
         same_float_dtype("scaled_dot_product_attention", q=q, k=k, v=v)   # raises: no silent cast
     return ScaledDotProductAttention.apply(q, k, v, mask, is_causal=bool(is_causal),
@@ -152,6 +158,7 @@ def qkv_attention(qkv, n_head, is_causal=True, dropout_p=0.0):
         raise ValueError(f"qkv_attention: dropout_p must be in [0, 1), got {dropout_p}")
     if qkv.ndim != 3:
         raise ShapeError(f"qkv_attention: qkv must be (B, T, 3C), got {qkv.shape}")
+    qkv, = cast_inputs(qkv)
     return QKVAttention.apply(qkv, n_head=int(n_head), is_causal=bool(is_causal), dropout_p=float(dropout_p))
 
 

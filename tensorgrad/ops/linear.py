@@ -5,6 +5,7 @@ saves one input and its backward is three lines: two matrix products and a
 column sum. On the GPU its twin (ops/cuda.py) adds the bias inside the matrix
 product (cuBLASLt's bias epilogue) instead of in a second pass over y.
 """
+from ..autocast import cast_inputs
 from ..function import Function
 from .broadcast import sum_to
 from .matmul import mm
@@ -43,6 +44,7 @@ class LinearFn(Function):
 
 def linear(x, weight, bias=None):
     """x (..., in) @ weight (out, in)^T + bias (out,) -> (..., out)."""
+    x, weight, bias = cast_inputs(x, weight, bias)       # bf16 inside tg.autocast (autocast.py)
     if x.data.dtype != weight.data.dtype or bias is not None and bias.data.dtype != weight.data.dtype:
         same_float_dtype("linear", input=x, weight=weight, bias=bias)   # raises: no silent cast
     return LinearFn.apply(x, weight, bias)

@@ -6,6 +6,7 @@ batch axes that broadcast are summed back with sum_to.
 """
 from .. import kernels
 from ..function import Function, ShapeError
+from ..autocast import cast_inputs
 from ..kernels import cublas
 from ..tensor import Tensor
 from .promote import same_float_dtype
@@ -69,6 +70,7 @@ def matmul(a, b):
         a = Tensor(a, device=b.device)                   # tensor()'s rule: float64 arrays -> default dtype
     elif not isinstance(b, Tensor):
         b = Tensor(b, device=a.device)
+    a, b = cast_inputs(a, b)                             # bf16 inside tg.autocast (autocast.py)
     if a.data.dtype != b.data.dtype:                     # as in PyTorch: no silent cast of either side
         same_float_dtype("matmul", a=a, b=b)
     return MatMul.apply(a, b)

@@ -19,12 +19,13 @@ both (as in PyTorch), since a silent cast of a weight or an input would hide a b
 """
 import numpy as np
 
+from ..backend import is_floating
 from ..tensor import Tensor, get_default_dtype
 
 
 def _result(da, db):
     """The dtype two tensors of dtypes da != db meet in, or None for NumPy's rule (integers)."""
-    fa, fb = da.kind == "f", db.kind == "f"
+    fa, fb = is_floating(da), is_floating(db)
     if fa and fb:
         return da if da.itemsize >= db.itemsize else db
     if fa or fb:

@@ -1,0 +1,63 @@
+"""Mixed precision: run the matrix products and attention in bfloat16, keep the rest float32.
+
+    with tg.autocast("cuda", dtype=tg.bfloat16):
+        logits, loss = model(x, y)
+    loss.backward()                       # outside the block, as with torch.autocast
+
+Inside the block, the ops that do most of the arithmetic (linear, matmul,
+attention) cast their float32 CUDA inputs to bfloat16 first; every other op
+follows the dtype of what it is given. So, in a GPT:
+  - the parameters stay float32 (the master weights AdamW updates) and their
+    gradients arrive in float32: each use casts the weight to bf16 with a
+    differentiable cast, whose backward casts the gradient back;
+  - the residual stream stays float32 (embeddings, the adds, layernorm, whose
+    statistics want the precision); a block's branch (qkv, attention, the MLP)
+    is bf16, and `x + branch` promotes the branch back to float32;
+  - the logits are bf16; the cross-entropy kernel reads them and computes the
+    logsumexp and the loss in float32. Attention's softmax and logsumexp are
+    float32 inside its kernels, and every product accumulates in float32.
+bf16 has float32's exponent range, so unlike float16 no loss scaling is needed:
+small gradients do not underflow, they only lose mantissa bits.
+
+Only CUDA tensors are cast (bf16 is a GPU feature here; the NumPy path stays
+float32/float64), and only float32 ones: a float64 gradcheck is left alone.
+"""
+import contextlib
+
+import numpy as np
+
+from . import backend
+from .ops.elementwise import cast
+
+_dtype = None      # the bf16 dtype inside an autocast block, else None
+
+
+@contextlib.contextmanager
+def autocast(device_type="cuda", dtype=None, enabled=True):
+    """Run the block's linear layers, matmuls and attention in `dtype` (bfloat16, the default).
+    device_type is 'cuda' (PyTorch's first argument); enabled=False makes it a no-op."""
+    global _dtype
+    if device_type != "cuda":
+        raise ValueError(f"autocast: device_type must be 'cuda', got {device_type!r} "
+                         "(bfloat16 is a GPU feature in tensorgrad; the CPU path stays float32)")
+    bf16 = backend.require_bfloat16() if enabled else None
+    if enabled and dtype is not None and np.dtype(dtype) != bf16:
+        raise ValueError(f"autocast: dtype must be bfloat16, got {np.dtype(dtype)}")
+    prev, _dtype = _dtype, bf16
+    try:
+        yield
+    finally:
+        _dtype = prev
+
+
+def autocast_dtype():
+    """The dtype autocast casts to in this block, or None outside one."""
+    return _dtype
+
+
+def cast_inputs(*tensors):
+    """The tensors, with float32 CUDA ones cast to the autocast dtype (None and others unchanged)."""
+    if _dtype is None:
+        return tensors
+    return tuple(cast(t, _dtype) if t is not None and t.device == "cuda" and t.data.dtype == np.float32
+                 else t for t in tensors)

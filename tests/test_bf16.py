@@ -1,0 +1,215 @@
+"""bfloat16 on the GPU: every kernel against its float32 reference, autocast, a GPT and training.
+
+Each kernel gets inputs already rounded to bf16, so the float32 reference sees
+exactly the values the bf16 kernel sees; what differs is the rounding of the
+kernel's own outputs (bf16 keeps 8 significant bits: a relative step of 2^-8,
+about 0.4%). Tolerances are a few of those steps, measured as the error norm
+over the reference's norm.
+"""
+import numpy as np
+import pytest
+
+import nn
+import tensorgrad as tg
+from gpt import GPT, GPTConfig
+from tensorgrad import kernels
+
+pytestmark = pytest.mark.cuda
+BF16_TOL = 1e-2          # relative error norm: about 2.5 bf16 rounding steps
+
+
+def _rel(a, b):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30)
+
+
+def _pair(shape, seed=0, scale=1.0):
+    """(bf16 CuPy array, the same values as float32 CuPy array)."""
+    cp = tg.backend.cupy()
+    a = (np.random.default_rng(seed).standard_normal(shape) * scale).astype(tg.bfloat16)
+    return cp.asarray(a), cp.asarray(a.astype(np.float32))
+
+
+def _f32(a):
+    return a.astype(np.float32).get()
+
+
+ROWS = [(1, 7), (33, 64), (256, 384), (5, 1000), (3, 5003)]   # warp rows, block rows, odd sizes
+
+
+@pytest.mark.parametrize("shape", ROWS)
+def test_softmax_bf16(shape):
+    xb, xf = _pair(shape, 1, 3.0)
+    gb, gf = _pair(shape, 2)
+    yb, yf = kernels.softmax_forward(xb), kernels.softmax_forward(xf)
+    assert yb.dtype == tg.bfloat16
+    assert _rel(_f32(yb), yf.get()) < BF16_TOL
+    dxb, dxf = kernels.softmax_backward(gb, yb), kernels.softmax_backward(gf, yb.astype(np.float32))
+    assert _rel(_f32(dxb), dxf.get()) < BF16_TOL
+
+
+@pytest.mark.parametrize("shape", ROWS)
+def test_layernorm_bf16(shape):
+    C = shape[-1]
+    xb, xf = _pair(shape, 3, 2.0)
+    wb, wf = _pair((C,), 4)
+    bb, bf = _pair((C,), 5)
+    gb, gf = _pair(shape, 6)
+    yb, mb, rb = kernels.layernorm_forward(xb, wb, bb)
+    yf, mf, rf = kernels.layernorm_forward(xf, wf, bf)
+    assert yb.dtype == tg.bfloat16 and mb.dtype == np.float32       # statistics stay float32
+    assert _rel(_f32(yb), yf.get()) < BF16_TOL and _rel(rb.get(), rf.get()) < 1e-5
+    grads_b = kernels.layernorm_backward(gb, xb, wb, mb, rb)
+    grads_f = kernels.layernorm_backward(gf, xf, wf, mf, rf)
+    for name, b, f in zip(("dx", "dw", "db"), grads_b, grads_f):
+        assert b.dtype == tg.bfloat16
+        assert _rel(_f32(b), f.get()) < BF16_TOL, name
+
+
+@pytest.mark.parametrize("shape", [(4, 65), (100, 65), (8, 1000), (3, 50257)])
+def test_cross_entropy_bf16(shape):
+    cp = tg.backend.cupy()
+    xb, xf = _pair(shape, 7, 4.0)
+    t = cp.asarray(np.random.default_rng(8).integers(0, shape[1], shape[0]))
+    keep = cp.ones(shape[0], dtype=bool)
+    keep[0] = False
+    lb, lseb = kernels.cross_entropy_forward(xb, t, keep)
+    lf, lsef = kernels.cross_entropy_forward(xf, t, keep)
+    assert lb.dtype == np.float32                                   # the loss is float32 from bf16 logits
+    np.testing.assert_allclose(lseb.get(), lsef.get(), rtol=1e-6)  # same inputs, float32 math: equal
+    np.testing.assert_allclose(lb.get(), lf.get(), rtol=1e-6, atol=1e-6)
+    scale = cp.full(shape[0], 0.5, dtype=np.float32)
+    dxb = kernels.cross_entropy_backward(xb, t, keep, lseb, scale)
+    dxf = kernels.cross_entropy_backward(xf, t, keep, lsef, scale)
+    assert dxb.dtype == tg.bfloat16 and _rel(_f32(dxb), dxf.get()) < BF16_TOL
+
+
+@pytest.mark.parametrize("approximate", ["tanh", "none"])
+@pytest.mark.parametrize("shape", [(1,), (7,), (65, 33), (4, 256, 1536)])
+def test_gelu_bf16(shape, approximate):
+    xb, xf = _pair(shape, 9, 2.0)
+    gb, gf = _pair(shape, 10)
+    assert _rel(_f32(kernels.gelu_forward(xb, approximate)), kernels.gelu_forward(xf, approximate).get()) < BF16_TOL
+    assert _rel(_f32(kernels.gelu_backward(gb, xb, approximate)),
+                kernels.gelu_backward(gf, xf, approximate).get()) < BF16_TOL
+
+
+@pytest.mark.parametrize("n", [1, 9, 4096, 100_003])
+def test_dropout_bf16_same_mask(n):
+    """The mask depends on the slot, not the dtype: bf16 and float32 drop the same elements."""
+    xb, xf = _pair((n,), 11)
+    rb, rf = _pair((n,), 12)
+    slot = kernels.rng_slot()
+    yb, yf = kernels.dropout(xb, 0.3, slot), kernels.dropout(xf, 0.3, slot)
+    np.testing.assert_array_equal(_f32(yb) == 0, yf.get() == 0)
+    assert _rel(_f32(yb), yf.get()) < BF16_TOL
+    zb, zf = kernels.dropout(xb, 0.3, slot, residual=rb), kernels.dropout(xf, 0.3, slot, residual=rf)
+    assert _rel(_f32(zb), zf.get()) < BF16_TOL
+
+
+@pytest.mark.parametrize("shape", [(7, 5), (16384, 384), (100, 1152), (3, 65)])
+def test_colsum_bf16(shape):
+    ab, af = _pair(shape, 13)
+    out = kernels.colsum(ab)
+    assert out.dtype == tg.bfloat16 and _rel(_f32(out), kernels.colsum(af).get()) < BF16_TOL
+
+
+@pytest.mark.parametrize("B,H,T,S,D,causal", [(2, 3, 64, 64, 64, True), (1, 2, 100, 100, 32, True),
+                                              (2, 6, 256, 256, 64, True), (1, 1, 17, 80, 128, True),
+                                              (2, 2, 70, 90, 64, False)])
+@pytest.mark.parametrize("p", [0.0, 0.2])
+def test_attention_bf16(B, H, T, S, D, causal, p):
+    cp = tg.backend.cupy()
+    qb, qf = _pair((B, H, T, D), 14)
+    kb, kf = _pair((B, H, S, D), 15)
+    vb, vf = _pair((B, H, S, D), 16)
+    gb, gf = _pair((B, H, T, D), 17)
+    slot = kernels.rng_slot()
+    scale = 1.0 / np.sqrt(D)
+    out = {}
+    for name, (q, k, v, g) in {"bf16": (qb, kb, vb, gb), "f32": (qf, kf, vf, gf)}.items():
+        y = cp.empty_like(q)
+        lse = kernels.attention_forward(q, k, v, y, causal, scale, p, slot)
+        dq, dk, dv = cp.empty_like(q), cp.empty_like(k), cp.empty_like(v)
+        # the float32 backward gets the bf16 forward's output rounded the same way, as a bf16 run would
+        yy = y if name == "bf16" else out["bf16"][0].astype(np.float32)
+        kernels.attention_backward(g, q, k, v, yy, lse, causal, scale, p, slot, dq, dk, dv)
+        out[name] = (y, lse, dq, dk, dv)
+    assert out["bf16"][0].dtype == tg.bfloat16 and out["bf16"][1].dtype == np.float32
+    for i, name in enumerate(("y", "lse", "dq", "dk", "dv")):
+        assert _rel(_f32(out["bf16"][i]), out["f32"][i].get()) < BF16_TOL, name
+
+
+@pytest.mark.parametrize("n,k,m", [(7, 8, 12), (16384, 384, 1152), (64, 1536, 384), (33, 384, 65)])
+def test_bf16_products(n, k, m):
+    """cuBLAS (our handle) and cuBLASLt (bias epilogue) in bf16: float32 accumulation."""
+    from tensorgrad.kernels import cublas, cublaslt
+    xb, xf = _pair((n, k), 18)
+    wb, wf = _pair((m, k), 19)
+    bb, bf = _pair((m,), 20)
+    ref = xf.get().astype(np.float64) @ wf.get().astype(np.float64).T
+    assert _rel(_f32(cublas.matmul(xb, wb.T)), ref) < BF16_TOL
+    if cublaslt.usable(xb, wb, bb):
+        assert _rel(_f32(cublaslt.linear_bias(xb, wb, bb)), ref + bf.get()) < BF16_TOL
+
+
+def test_autocast_casts_products_and_keeps_float32_elsewhere():
+    x = tg.randn(4, 8, device="cuda", requires_grad=True)
+    lin = nn.Linear(8, 16).to("cuda")
+    with tg.autocast("cuda"):
+        y = lin(x)                                       # bf16 product
+        z = (x.sum(-1, keepdim=True) + y).mean()         # float32 + bf16 promotes to float32
+        d = tg.randn(3, 3, device="cuda", dtype=tg.float64) @ tg.randn(3, 3, device="cuda", dtype=tg.float64)
+    assert y.dtype == tg.bfloat16 and z.dtype == np.float32 and d.dtype == np.float64
+    z.backward()
+    assert lin.weight.grad.dtype == np.float32 and x.grad.dtype == np.float32   # master weights' grads
+    with pytest.raises(ValueError, match="device_type"):
+        with tg.autocast("cpu"):
+            pass
+
+
+def _gpt_loss_and_grads(dtype):
+    tg.manual_seed(0)
+    cfg = GPTConfig(block_size=128, vocab_size=65, n_layer=2, n_head=6, n_embd=384)
+    model = GPT(cfg).to("cuda")
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(0, 65, (4, 128)), rng.integers(0, 65, (4, 128))
+    with tg.autocast("cuda", enabled=dtype == "bfloat16"):
+        _, loss = model(tg.tensor(x, device="cuda"), tg.tensor(y, device="cuda"))
+    loss.backward()
+    return loss.item(), {n: p.grad.get() for n, p in model.named_parameters()}
+
+
+def test_gpt_bf16_loss_and_gradients_close_to_float32():
+    l32, g32 = _gpt_loss_and_grads("float32")
+    l16, g16 = _gpt_loss_and_grads("bfloat16")
+    assert abs(l16 - l32) / l32 < 5e-3
+    errs = {n: _rel(g16[n], g32[n]) for n in g32}
+    worst = max(errs, key=errs.get)
+    print(f"loss float32 {l32:.5f} bf16 {l16:.5f}; worst gradient {worst}: {errs[worst]:.2e}")
+    assert errs[worst] < 5e-2
+    assert all(g.dtype == np.float32 for g in g16.values())
+
+
+def test_bf16_training_reaches_float32_loss(tmp_path):
+    from gpt import TrainConfig, prepare, train
+    text = " ".join(np.random.default_rng(0).choice(["to", "be", "or", "not", "\n"], 4000))
+    (tmp_path / "t.txt").write_text(text)
+    prepare(tmp_path / "t.txt", tmp_path / "d")
+    cfg = GPTConfig(block_size=32, vocab_size=10, n_layer=2, n_head=2, n_embd=64, dropout=0.1)
+    best = {}
+    for dtype in ("float32", "bfloat16"):
+        tc = TrainConfig(out_dir=str(tmp_path / dtype), max_iters=80, eval_interval=40, eval_iters=8,
+                         batch_size=16, warmup_iters=5, lr_decay_iters=80, device="cuda", dtype=dtype)
+        model, summary = train(cfg, tc, tmp_path / "d", progress=False)
+        best[dtype] = summary["best_val_loss"]
+        assert all(p.dtype == np.float32 for p in model.parameters())   # checkpoints keep float32
+    print(best)
+    assert abs(best["bfloat16"] - best["float32"]) < 0.05 and best["bfloat16"] < 1.8
+
+
+def test_graph_step_bf16_matches_eager_bf16():
+    from test_gpu_training import _graph_vs_eager
+    out = _graph_vs_eager(dropout=0.0, dtype="bfloat16")
+    (le, _), (lg, _) = out["eager"], out["graph"]
+    np.testing.assert_allclose(lg, le, rtol=1e-3)
