@@ -3,6 +3,9 @@
 # the other on one GPU, each timed as a whole process, with peak GPU memory from
 # nvidia-smi (polled every 200 ms). Run from the repository root:
 #   bash bench/flagship.sh DATA_FILE NANOGPT_DIR [LOG_DIR]
+# TG_FLAGS are added to our command (e.g. "--dtype float32"), NANOGPT_FLAGS replace
+# nanoGPT's precision flags (default "--compile=False --dtype=float32"; its own
+# default is "--dtype=bfloat16" with compile on).
 # NANOGPT_DIR: a checkout of karpathy/nanoGPT whose data/shakespeare_char/ holds the
 # train.bin / val.bin / meta.pkl that its prepare.py made from DATA_FILE.
 set -u
@@ -22,8 +25,8 @@ run() {   # name, command...
 }
 rm -rf out-flagship
 run tensorgrad env PYTHONPATH=. python examples/train_shakespeare.py --device cuda --data "$data" \
-    --out-dir out-flagship --no-progress
+    --out-dir out-flagship --no-progress ${TG_FLAGS:-}
 (cd "$nano" && rm -rf out-shakespeare-char && \
- run nanogpt python train.py config/train_shakespeare_char.py --compile=False --dtype=float32)
+ run nanogpt python train.py config/train_shakespeare_char.py ${NANOGPT_FLAGS:---compile=False --dtype=float32})
 grep -h "iter 5000\|best\|val" "$logs/tensorgrad.log" | tail -4
 grep -h "step 1750\|step 5000" "$logs/nanogpt.log"

@@ -117,7 +117,8 @@ class CausalSelfAttention(nn.Module):
         self.rope = (nn.RotaryEmbedding(C // config.n_head, config.block_size, theta=config.rope_theta)
                      if config.pos == "rope" else None)
 
-    def forward(self, x, positions=None, cache=None, layer=0, block_size=None):
+    def forward(self, x, positions=None, cache=None, layer=0, block_size=None, residual=None):
+        """Attention over x (B, T, C); with residual: residual + its output (one fused op)."""
         B, T, C = x.shape
         nh, hs = self.n_head, C // self.n_head
         qkv = self.c_attn(x)                                           # (B, T, 3C)
@@ -125,7 +126,7 @@ class CausalSelfAttention(nn.Module):
         if self.rope is None and cache is None:
             # training and scoring: one op reads the heads straight from qkv (fused on the GPU)
             y = F.qkv_attention(qkv, nh, is_causal=True, dropout_p=p)  # (B, T, C)
-            return self.resid_dropout(self.c_proj(y))
+            return self.resid_dropout(self.c_proj(y), residual)
         qkv = qkv.reshape(B, T, 3, nh, hs).permute(2, 0, 3, 1, 4)      # (3, B, nh, T, hs)
         q, k, v = qkv[0], qkv[1], qkv[2]                               # (B, nh, T, hs)
         if self.rope is not None:
@@ -134,7 +135,7 @@ class CausalSelfAttention(nn.Module):
             k, v = cache.append(layer, k, v, block_size)               # (B, nh, S, hs), S >= T
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=p)  # (B, nh, T, hs)
         y = y.transpose(1, 2).reshape(B, T, C)                         # heads side by side again
-        return self.resid_dropout(self.c_proj(y))
+        return self.resid_dropout(self.c_proj(y), residual)
 
 
 class MLP(nn.Module):
@@ -147,8 +148,8 @@ class MLP(nn.Module):
         self.dropout = nn.Dropout(config.dropouts()[1])
         self.approximate = config.gelu_approximate
 
-    def forward(self, x):
-        return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate=self.approximate)))
+    def forward(self, x, residual=None):
+        return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate=self.approximate)), residual)
 
 
 class SwiGLUMLP(nn.Module):
@@ -158,8 +159,8 @@ class SwiGLUMLP(nn.Module):
         self.swiglu = nn.SwiGLU(config.n_embd, config.mlp_width())
         self.dropout = nn.Dropout(config.dropouts()[1])
 
-    def forward(self, x):
-        return self.dropout(self.swiglu(x))
+    def forward(self, x, residual=None):
+        return self.dropout(self.swiglu(x), residual)
 
 
 class Block(nn.Module):
@@ -171,8 +172,9 @@ class Block(nn.Module):
         self.mlp = SwiGLUMLP(config) if config.mlp == "swiglu" else MLP(config)
 
     def forward(self, x, positions=None, cache=None, layer=0, block_size=None):
-        x = x + self.attn(self.ln_1(x), positions, cache, layer, block_size)
-        return x + self.mlp(self.ln_2(x))
+        # x + dropout(branch), each as one fused op (nn.Dropout's residual=)
+        x = self.attn(self.ln_1(x), positions, cache, layer, block_size, residual=x)
+        return self.mlp(self.ln_2(x), residual=x)
 
 
 class Transformer(nn.Module):

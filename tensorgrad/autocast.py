@@ -10,9 +10,13 @@ follows the dtype of what it is given. So, in a GPT:
   - the parameters stay float32 (the master weights AdamW updates) and their
     gradients arrive in float32: each use casts the weight to bf16 with a
     differentiable cast, whose backward casts the gradient back;
-  - the residual stream stays float32 (embeddings, the adds, layernorm, whose
-    statistics want the precision); a block's branch (qkv, attention, the MLP)
-    is bf16, and `x + branch` promotes the branch back to float32;
+  - the residual stream stays float32 (embeddings, the adds); layer_norm reads
+    it in float32, computes its statistics in float32 and writes its output in
+    bf16, ready for the product that follows (PyTorch's autocast returns float32
+    there and casts at the product: the same numbers, one pass less here);
+  - a block's branch (qkv, attention, the MLP) is bf16; `x + branch` promotes
+    it back to float32, and the fused dropout_add adds a bf16 branch onto the
+    float32 residual in one pass;
   - the logits are bf16; the cross-entropy kernel reads them and computes the
     logsumexp and the loss in float32. Attention's softmax and logsumexp are
     float32 inside its kernels, and every product accumulates in float32.

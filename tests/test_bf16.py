@@ -66,6 +66,53 @@ def test_layernorm_bf16(shape):
         assert _rel(_f32(b), f.get()) < BF16_TOL, name
 
 
+@pytest.mark.parametrize("shape", ROWS)
+def test_layernorm_narrow_float32_in_bf16_out(shape):
+    """autocast's layernorm: float32 residual in, bf16 out; backward takes the bf16 gradient."""
+    C = shape[-1]
+    _, x = _pair(shape, 21, 2.0)
+    _, w = _pair((C,), 22)
+    _, b = _pair((C,), 23)
+    gb, gf = _pair(shape, 24)
+    yb, mb, rb = kernels.layernorm_forward(x, w, b, out_dtype=tg.bfloat16)
+    yf, mf, rf = kernels.layernorm_forward(x, w, b)
+    assert yb.dtype == tg.bfloat16 and _rel(_f32(yb), yf.get()) < BF16_TOL
+    np.testing.assert_array_equal(rb.get(), rf.get())
+    dx, dw, db = kernels.layernorm_backward(gb, x, w, mb, rb)
+    ref = kernels.layernorm_backward(gf, x, w, mf, rf)        # the same gradient values, as float32
+    for name, a, f in zip(("dx", "dw", "db"), (dx, dw, db), ref):
+        assert a.dtype == np.float32 and _rel(a.get(), f.get()) < 1e-5, name
+
+
+@pytest.mark.parametrize("n", [1, 9, 4096, 100_003])
+def test_dropout_mixed_types(n):
+    """A bf16 branch onto a float32 residual (float32 out), and the float32 gradient written as bf16."""
+    xb, xf = _pair((n,), 25)
+    _, r = _pair((n,), 26)
+    slot = kernels.rng_slot()
+    y = kernels.dropout(xb, 0.2, slot, residual=r)
+    assert y.dtype == np.float32
+    np.testing.assert_allclose(y.get(), kernels.dropout(xf, 0.2, slot, residual=r).get(), rtol=1e-6, atol=1e-6)
+    d = kernels.dropout(xf, 0.2, slot, out_dtype=tg.bfloat16)
+    assert d.dtype == tg.bfloat16 and _rel(_f32(d), kernels.dropout(xf, 0.2, slot).get()) < BF16_TOL
+
+
+@pytest.mark.parametrize("p", [0.0, 0.3])
+def test_dropout_add_op_on_gpu_matches_reference(p, monkeypatch):
+    """The fused op (ops/cuda.py DropoutAddCUDA) against the array reference, float32 and mixed bf16."""
+    for x_dtype in (np.float32, tg.bfloat16):
+        x = tg.randn(6, 33, device="cuda").to(dtype=x_dtype).detach().requires_grad_()
+        r = tg.randn(6, 33, device="cuda", requires_grad=True)
+        tg.manual_seed(5)
+        y = tg.dropout_add(x, r, p)
+        assert y.dtype == np.float32
+        y.backward(tg.ones(6, 33, device="cuda"))
+        mask = (y.data - r.data) / x.data.astype(np.float32)
+        np.testing.assert_allclose(_f32(x.grad), mask.get(), rtol=1e-2)     # same mask in backward
+        np.testing.assert_array_equal(r.grad.get(), np.ones((6, 33), np.float32))
+        assert x.grad.dtype == x_dtype
+
+
 @pytest.mark.parametrize("shape", [(4, 65), (100, 65), (8, 1000), (3, 50257)])
 def test_cross_entropy_bf16(shape):
     cp = tg.backend.cupy()

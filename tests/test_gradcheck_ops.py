@@ -178,6 +178,20 @@ def test_dropout_gradient_uses_the_same_mask():
     assert set(np.round(np.unique(mask), 6)) <= {0.0, round(1 / 0.7, 6)}
 
 
+def test_dropout_add_gradcheck_and_mask():
+    x, r = rand64(5, 8), rand64(5, 8)
+    check_grad(lambda a, b: tg.dropout_add(a, b, 0.3, training=False), x, r, name="dropout_add")  # p off: an add
+    tg.manual_seed(3)
+    y = tg.dropout_add(x, r, 0.3)
+    mask = (y.data - r.data) / x.data
+    y.backward(tg.tensor(np.full((5, 8), 2.0)))
+    np.testing.assert_allclose(x.grad, 2 * mask)        # the same mask in backward
+    np.testing.assert_allclose(r.grad, np.full((5, 8), 2.0))
+    assert set(np.round(np.unique(mask), 6)) <= {0.0, round(1 / 0.7, 6)}
+    z = tg.dropout_add(tg.ones(3, dtype=tg.float32), tg.ones(3, dtype=tg.float64), 0.0)
+    assert z.dtype == np.float64                          # the wider of the two, as + gives
+
+
 def test_composite_expression():
     """A small MLP with a loss: many ops chained, checked end to end."""
     x, w1, b1, w2 = rand64(4, 3), rand64(3, 5), rand64(5), rand64(5, 2)

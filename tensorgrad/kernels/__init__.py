@@ -91,19 +91,17 @@ def sm_count():
 
 def takes(*arrays):
     """The one test of whether the CUDA kernels can run: every array is a CuPy array,
-    the floating ones all of one element type the kernels are built for (float32 or
-    bfloat16; integer ids and boolean masks are fine), and kernels are enabled. Python
-    scalars and None are skipped. Function.apply asks it before it picks an op's GPU
-    twin (ops/cuda.py) over the NumPy reference."""
-    element = None
+    the floating ones of an element type the kernels are built for (float32 or bfloat16;
+    integer ids and boolean masks are fine), and kernels are enabled. Python scalars and
+    None are skipped. Function.apply asks it before it picks an op's GPU twin
+    (ops/cuda.py) over the NumPy reference; the op wrappers make the inputs of one op
+    agree in dtype, and a twin that takes a float32/bf16 mix says which in supports()."""
     for a in arrays:
         if isinstance(a, (np.ndarray, np.generic)):
             return False
         dt = getattr(a, "dtype", None)
-        if dt is not None and backend.is_floating(dt):
-            if dt not in ELEMENT_TYPES or element not in (None, dt):
-                return False
-            element = dt
+        if dt is not None and backend.is_floating(dt) and dt not in ELEMENT_TYPES:
+            return False
     return enabled()
 
 
@@ -185,30 +183,40 @@ def softmax_backward(g, y, scale=1.0):
 
 
 # ----------------------------------------------------------------- layernorm
-def layernorm_forward(x, w, b, eps=1e-5):
+def layernorm_forward(x, w, b, eps=1e-5, out_dtype=None):
     """(y, mean, rstd): y = (x - mean) * rstd * w + b over the last axis C;
-    mean and rstd are float32 of shape x.shape[:-1]."""
+    mean and rstd are float32 of shape x.shape[:-1]. out_dtype=bfloat16 with a float32
+    x, w, b writes y in bf16 (the *_narrow kernels: autocast's layernorm)."""
     cp = backend.cupy()
     dt = _element(x, "layernorm input")
+    out = dt if out_dtype is None else np.dtype(out_dtype)
+    narrow = out != dt
+    if narrow and (dt != _F32 or out != backend.bfloat16):
+        raise TypeError(f"layernorm_forward: a {dt} input can be written as {dt}, or float32 as bfloat16; got {out}")
     x = _arr(x, "layernorm input", dt)
     w = _arr(w, "layernorm weight", dt)
     b = _arr(b, "layernorm bias", dt)
     N, C = _rows(x, "layernorm input")
     if w.shape != (C,) or b.shape != (C,):
         raise ValueError(f"layernorm_forward: weight and bias must have shape ({C},), got {w.shape} and {b.shape}")
-    y = cp.empty_like(x)
+    y = cp.empty(x.shape, dtype=out)
     mean = cp.empty(x.shape[:-1], dtype=cp.float32)
     rstd = cp.empty(x.shape[:-1], dtype=cp.float32)
-    _launch("layernorm", "layernorm_forward", N, C,
-            (x, w, b, y, mean, rstd, np.int32(N), np.int32(C), np.float32(eps)), dt)
+    _launch("layernorm", "layernorm_forward_narrow" if narrow else "layernorm_forward", N, C,
+            (x, w, b, y, mean, rstd, np.int32(N), np.int32(C), np.float32(eps)), out)
     return y, mean, rstd
 
 
 def layernorm_backward(g, x, w, mean, rstd):
-    """(dx, dw, db) of layernorm_forward; dw, db have shape (C,)."""
+    """(dx, dw, db) of layernorm_forward; dw, db have shape (C,) and x's dtype. g may be
+    bf16 for a float32 x (the gradient of a narrow forward)."""
     cp = backend.cupy()
     dt = _element(x, "layernorm input")
-    g = _arr(g, "layernorm gradient", dt)
+    gdt = _element(g, "layernorm gradient")
+    narrow = gdt != dt
+    if narrow and (dt != _F32 or gdt != backend.bfloat16):
+        raise TypeError(f"layernorm_backward: gradient {gdt} for a {dt} input (expected {dt}, or bf16 for float32)")
+    g = _arr(g, "layernorm gradient", gdt)
     x = _arr(x, "layernorm input", dt)
     w = _arr(w, "layernorm weight", dt)
     mean = _arr(mean, "layernorm mean")
@@ -229,8 +237,8 @@ def layernorm_backward(g, x, w, mean, rstd):
     dw_part = cp.empty((tiles, C), dtype=cp.float32)
     db_part = cp.empty((tiles, C), dtype=cp.float32)
     threads = min(1024, max(64, (C + 31) // 32 * 32))  # ~one column a thread
-    launch("layernorm", "layernorm_backward", (tiles,), (threads,),
-           (g, x, w, mean, rstd, dx, dw_part, db_part, np.int32(N), np.int32(C), np.int32(tile)), dtype=dt)
+    launch("layernorm", "layernorm_backward_narrow" if narrow else "layernorm_backward", (tiles,), (threads,),
+           (g, x, w, mean, rstd, dx, dw_part, db_part, np.int32(N), np.int32(C), np.int32(tile)), dtype=gdt)
     dw = cp.empty((C,), dtype=dt)
     db = cp.empty((C,), dtype=dt)
     launch("layernorm", "layernorm_dwdb_reduce", ((C + 31) // 32,), (32, 32),
@@ -289,8 +297,12 @@ def elementwise_grid(n, threads=256, per_sm=16):
     return max(1, min((n + threads - 1) // threads, sm_count() * per_sm))
 
 
-def _elementwise_launch(name, n, args, dtype):
-    launch("gelu", name, (elementwise_grid(n),), (256,), args, dtype=dtype)
+def _elementwise_launch(name, arrays):
+    """A gelu kernel over the arrays' elements, four a thread when all start on a vector boundary."""
+    n = arrays[0].size
+    vec = np.int32(all(a.data.ptr % (4 * a.itemsize) == 0 for a in arrays))
+    launch("gelu", name, (elementwise_grid(-(-n // 4)),), (256,), arrays + (np.int64(n), vec),
+           dtype=arrays[0].dtype)
 
 
 _GELU_KERNEL = {"none": "erf", "tanh": "tanh"}   # PyTorch's approximate= -> the kernels' suffix
@@ -309,7 +321,7 @@ def gelu_forward(x, approximate="tanh"):
     form = _gelu_form(approximate)
     x = _arr(x, "gelu input", _element(x, "gelu input"))
     y = cp.empty_like(x)
-    _elementwise_launch("gelu_forward_" + form, x.size, (x, y, np.int64(x.size)), x.dtype)
+    _elementwise_launch("gelu_forward_" + form, (x, y))
     return y
 
 
@@ -322,7 +334,7 @@ def gelu_backward(g, x, approximate="tanh"):
     if g.shape != x.shape:
         raise ValueError(f"gelu_backward: gradient {g.shape} and input {x.shape} differ in shape")
     dx = cp.empty_like(x)
-    _elementwise_launch("gelu_backward_" + form, x.size, (g, x, dx, np.int64(x.size)), x.dtype)
+    _elementwise_launch("gelu_backward_" + form, (g, x, dx))
     return dx
 
 
@@ -371,25 +383,41 @@ def drop_threshold(p):
     return np.uint32(drop16), np.float32(65536.0 / (65536 - drop16))
 
 
-def dropout(x, p, slot, residual=None):
+def dropout(x, p, slot, residual=None, out_dtype=None):
     """x * keep / (1 - p) (+ residual), keep drawn from `slot`; the backward of dropout is
-    the same call on the gradient with the same slot."""
+    the same call on the gradient with the same slot. Types: all alike, or (autocast)
+    a bf16 x onto a float32 residual (y float32), or a float32 x written as bf16
+    (out_dtype; the gradient of that bf16 x)."""
     cp = backend.cupy()
     x = _arr(x, "dropout input", _element(x, "dropout input"))
     drop16, scale = drop_threshold(p)
-    y = cp.empty_like(x)
     n = x.size
     grid = (elementwise_grid((n + 7) // 8),)
+    bf16 = backend.bfloat16
     if residual is None:
-        vec = np.int32(x.data.ptr % 16 == 0 and y.data.ptr % 16 == 0)
-        launch("dropout", "dropout_apply", grid, (256,), (x, y, np.int64(n), slot, drop16, scale, vec), dtype=x.dtype)
+        out = x.dtype if out_dtype is None else np.dtype(out_dtype)
+        if out == x.dtype:
+            name, element = "dropout_apply", x.dtype
+        elif x.dtype == _F32 and out == bf16:
+            name, element = "dropout_narrow", bf16
+        else:
+            raise TypeError(f"dropout: cannot write a {x.dtype} input as {out}")
+        y = cp.empty(x.shape, dtype=out)
+        args = (x, y)
     else:
-        r = _arr(residual, "dropout residual", x.dtype)
+        r = _arr(residual, "dropout residual", _element(residual, "dropout residual"))
         if r.shape != x.shape:
             raise ValueError(f"dropout_add: residual {r.shape} and input {x.shape} differ in shape")
-        vec = np.int32(x.data.ptr % 16 == 0 and y.data.ptr % 16 == 0 and r.data.ptr % 16 == 0)
-        launch("dropout", "dropout_add", grid, (256,), (x, r, y, np.int64(n), slot, drop16, scale, vec),
-               dtype=x.dtype)
+        if r.dtype == x.dtype:
+            name, element = "dropout_add", x.dtype
+        elif x.dtype == bf16 and r.dtype == _F32:
+            name, element = "dropout_add_wide", bf16
+        else:
+            raise TypeError(f"dropout_add: a {x.dtype} input onto a {r.dtype} residual is not supported")
+        y = cp.empty(x.shape, dtype=r.dtype)
+        args = (x, r, y)
+    vec = np.int32(all(a.data.ptr % 16 == 0 for a in args))
+    launch("dropout", name, grid, (256,), args + (np.int64(n), slot, drop16, scale, vec), dtype=element)
     return y
 
 

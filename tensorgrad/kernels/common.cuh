@@ -23,9 +23,6 @@ typedef __nv_bfloat16 floatX;
 typedef float floatX;
 #endif
 
-// Four consecutive elements are one vector load: 16 bytes of float, 8 of bf16.
-#define VEC_BYTES (4 * (int)sizeof(floatX))
-
 __device__ __forceinline__ float to_f(float v) { return v; }
 __device__ __forceinline__ void st(float* p, float v) { *p = v; }
 __device__ __forceinline__ float4 ld4(const float* p) { return *reinterpret_cast<const float4*>(p); }
@@ -173,14 +170,18 @@ __device__ __forceinline__ void group_layout(int& tid, int& nthreads, long long&
     }
 }
 
-// bytes past the last vector boundary (VEC_BYTES) of p
-__device__ __forceinline__ int misalign(const void* p) {
-    return (int)((unsigned long long)p & (unsigned long long)(VEC_BYTES - 1));
+// Where p sits in its group of four elements (0..3): four elements are one vector
+// load (16 bytes of float, 8 of bf16), so a row is read four at a time from the
+// first element of phase 0 on.
+template <typename T>
+__device__ __forceinline__ int phase4(const T* p) {
+    return (int)(((unsigned long long)p / sizeof(T)) & 3ull);
 }
 
-// elements before the first vector boundary of a row starting at misalignment mis (at most n)
-__device__ __forceinline__ int vec_head(int mis, int n) {
-    const int head = ((VEC_BYTES - mis) & (VEC_BYTES - 1)) / (int)sizeof(floatX);
+// elements of a row starting at p before its first vector boundary (at most n)
+template <typename T>
+__device__ __forceinline__ int vec_head(const T* p, int n) {
+    const int head = (4 - phase4(p)) & 3;
     return head < n ? head : n;
 }
 
@@ -188,9 +189,9 @@ __device__ __forceinline__ int vec_head(int mis, int n) {
 // it: a scalar head up to the first vector boundary, ld4 body, scalar tail.
 // f(j, v) is called once per element (v widened to float), by exactly one
 // thread of the group.
-template <typename F>
-__device__ __forceinline__ void row_read(const floatX* a, int n, int tid, int nthreads, F f) {
-    const int head = vec_head(misalign(a), n);
+template <typename T, typename F>
+__device__ __forceinline__ void row_read(const T* a, int n, int tid, int nthreads, F f) {
+    const int head = vec_head(a, n);
     for (int j = tid; j < head; j += nthreads) f(j, to_f(a[j]));
     const int n4 = (n - head) >> 2;
     for (int k = tid; k < n4; k += nthreads) {
@@ -203,14 +204,14 @@ __device__ __forceinline__ void row_read(const floatX* a, int n, int tid, int nt
 
 // out[j] = f(j, a[j], b[j]) for j < n (b may be null: f gets 0). Inputs are
 // read only below n_in (a causal row's masked tail need not be read: f must
-// produce its value from j alone there). Vector loads and stores when out,
-// a and b sit at the same offset from a vector boundary, else scalar.
-template <typename F>
-__device__ __forceinline__ void row_map(floatX* out, const floatX* a, const floatX* b, int n, int n_in,
+// produce its value from j alone there). out may have another element type
+// than a and b (a float32 layernorm writing bf16). Vector loads and stores
+// when out, a and b sit at the same phase4, else scalar.
+template <typename TO, typename T, typename F>
+__device__ __forceinline__ void row_map(TO* out, const T* a, const T* b, int n, int n_in,
                                         int tid, int nthreads, F f) {
-    const int mis = misalign(out);
-    int head = vec_head(mis, n);
-    if (misalign(a) != mis || (b != nullptr && misalign(b) != mis)) head = n;  // all scalar
+    int head = vec_head(out, n);
+    if (phase4(a) != phase4(out) || (b != nullptr && phase4(b) != phase4(out))) head = n;  // all scalar
     for (int j = tid; j < head; j += nthreads)
         st(out + j, f(j, j < n_in ? to_f(a[j]) : 0.f, (b != nullptr && j < n_in) ? to_f(b[j]) : 0.f));
     const int n4 = (n - head) >> 2;

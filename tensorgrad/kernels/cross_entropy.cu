@@ -49,7 +49,7 @@ __device__ __forceinline__ void ce_backward_row(const floatX* __restrict__ x, co
     const bool k = keep[row];
     const float l = lse[row], rs = row_scale[row];
     const long long tt = t[row];
-    row_map(dx + row * V, x + row * V, nullptr, V, k ? V : 0, tid, nthreads,
+    row_map(dx + row * V, x + row * V, (const floatX*)nullptr, V, k ? V : 0, tid, nthreads,
             [&](int j, float v, float) {
                 return k ? (__expf(v - l) - (j == tt ? 1.f : 0.f)) * rs : 0.f;
             });

@@ -9,6 +9,9 @@
 //
 // dropout_add fuses the residual add that follows dropout in a transformer:
 //   y = r + x * keep / (1 - p).
+// Types: x, r, y are floatX; a bf16 build adds the mixed pair autocast needs,
+// dropout_add_wide (bf16 branch x onto a float32 residual r, y float32) and its
+// backward dropout_narrow (float32 gradient in, bf16 gradient of x out).
 //
 // Launch: 1-D grid-stride loop over groups of 8 elements, 256 threads a block;
 // vec = 1 when every pointer is 16-byte aligned (vector loads and stores).
@@ -29,9 +32,9 @@ extern "C" __global__ void rng_advance(unsigned int* state, unsigned int* slot) 
     state[2] += 1;
 }
 
-template <bool ADD>
-__device__ __forceinline__ void dropout_body(const floatX* __restrict__ x, const floatX* __restrict__ r,
-                                             floatX* __restrict__ y, long long n, const unsigned int* rng,
+template <bool ADD, typename TX, typename TR, typename TY>
+__device__ __forceinline__ void dropout_body(const TX* __restrict__ x, const TR* __restrict__ r,
+                                             TY* __restrict__ y, long long n, const unsigned int* rng,
                                              unsigned int drop16, float scale, int vec) {
     const long long groups = (n + 7) >> 3;
     const long long stride = (long long)gridDim.x * blockDim.x;
@@ -63,10 +66,22 @@ __device__ __forceinline__ void dropout_body(const floatX* __restrict__ x, const
 
 extern "C" __global__ void dropout_apply(const floatX* x, floatX* y, long long n, const unsigned int* rng,
                                          unsigned int drop16, float scale, int vec) {
-    dropout_body<false>(x, nullptr, y, n, rng, drop16, scale, vec);
+    dropout_body<false>(x, (const floatX*)nullptr, y, n, rng, drop16, scale, vec);
 }
 
 extern "C" __global__ void dropout_add(const floatX* x, const floatX* r, floatX* y, long long n,
                                        const unsigned int* rng, unsigned int drop16, float scale, int vec) {
     dropout_body<true>(x, r, y, n, rng, drop16, scale, vec);
 }
+
+#ifdef TG_BF16
+extern "C" __global__ void dropout_add_wide(const floatX* x, const float* r, float* y, long long n,
+                                            const unsigned int* rng, unsigned int drop16, float scale, int vec) {
+    dropout_body<true>(x, r, y, n, rng, drop16, scale, vec);
+}
+
+extern "C" __global__ void dropout_narrow(const float* x, floatX* y, long long n, const unsigned int* rng,
+                                          unsigned int drop16, float scale, int vec) {
+    dropout_body<false>(x, (const float*)nullptr, y, n, rng, drop16, scale, vec);
+}
+#endif

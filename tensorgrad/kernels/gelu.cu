@@ -13,7 +13,9 @@
 // x rather than saving it (one array less to keep).
 //
 // x, y, g, dx are floatX (common.cuh); the math is float.
-// Launch: 1-D grid-stride loop, 256 threads a block; n may exceed 2^31.
+// Launch: 1-D grid-stride loop, 256 threads a block, four elements a thread
+// and iteration (vec = 1: every pointer starts on a vector boundary, so the four
+// are one load) and a scalar tail; n may exceed 2^31.
 #include "common.cuh"
 
 #define GELU_C 0.7978845608028654f      // sqrt(2 / pi)
@@ -36,32 +38,43 @@ __device__ __forceinline__ float gelu_slope(float a) {
 }
 
 template <bool EXACT>
-__device__ __forceinline__ void gelu_forward_loop(const floatX* __restrict__ x, floatX* __restrict__ y, long long n) {
-    long long stride = (long long)gridDim.x * blockDim.x;
-    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride)
-        st(y + i, gelu_value<EXACT>(to_f(x[i])));
+__device__ __forceinline__ void gelu_forward_loop(const floatX* __restrict__ x, floatX* __restrict__ y, long long n,
+                                                  int vec) {
+    const long long stride = (long long)gridDim.x * blockDim.x, first = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    const long long n4 = vec ? n >> 2 : 0;
+    for (long long k = first; k < n4; k += stride) {
+        const float4 a = ld4(x + 4 * k);
+        st4(y + 4 * k, make_float4(gelu_value<EXACT>(a.x), gelu_value<EXACT>(a.y), gelu_value<EXACT>(a.z),
+                                   gelu_value<EXACT>(a.w)));
+    }
+    for (long long i = 4 * n4 + first; i < n; i += stride) st(y + i, gelu_value<EXACT>(to_f(x[i])));
 }
 
 template <bool EXACT>
 __device__ __forceinline__ void gelu_backward_loop(const floatX* __restrict__ g, const floatX* __restrict__ x,
-                                                   floatX* __restrict__ dx, long long n) {
-    long long stride = (long long)gridDim.x * blockDim.x;
-    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride)
-        st(dx + i, to_f(g[i]) * gelu_slope<EXACT>(to_f(x[i])));
+                                                   floatX* __restrict__ dx, long long n, int vec) {
+    const long long stride = (long long)gridDim.x * blockDim.x, first = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    const long long n4 = vec ? n >> 2 : 0;
+    for (long long k = first; k < n4; k += stride) {
+        const float4 a = ld4(x + 4 * k), b = ld4(g + 4 * k);
+        st4(dx + 4 * k, make_float4(b.x * gelu_slope<EXACT>(a.x), b.y * gelu_slope<EXACT>(a.y),
+                                    b.z * gelu_slope<EXACT>(a.z), b.w * gelu_slope<EXACT>(a.w)));
+    }
+    for (long long i = 4 * n4 + first; i < n; i += stride) st(dx + i, to_f(g[i]) * gelu_slope<EXACT>(to_f(x[i])));
 }
 
-extern "C" __global__ void gelu_forward_erf(const floatX* x, floatX* y, long long n) {
-    gelu_forward_loop<true>(x, y, n);
+extern "C" __global__ void gelu_forward_erf(const floatX* x, floatX* y, long long n, int vec) {
+    gelu_forward_loop<true>(x, y, n, vec);
 }
 
-extern "C" __global__ void gelu_forward_tanh(const floatX* x, floatX* y, long long n) {
-    gelu_forward_loop<false>(x, y, n);
+extern "C" __global__ void gelu_forward_tanh(const floatX* x, floatX* y, long long n, int vec) {
+    gelu_forward_loop<false>(x, y, n, vec);
 }
 
-extern "C" __global__ void gelu_backward_erf(const floatX* g, const floatX* x, floatX* dx, long long n) {
-    gelu_backward_loop<true>(g, x, dx, n);
+extern "C" __global__ void gelu_backward_erf(const floatX* g, const floatX* x, floatX* dx, long long n, int vec) {
+    gelu_backward_loop<true>(g, x, dx, n, vec);
 }
 
-extern "C" __global__ void gelu_backward_tanh(const floatX* g, const floatX* x, floatX* dx, long long n) {
-    gelu_backward_loop<false>(g, x, dx, n);
+extern "C" __global__ void gelu_backward_tanh(const floatX* g, const floatX* x, floatX* dx, long long n, int vec) {
+    gelu_backward_loop<false>(g, x, dx, n, vec);
 }

@@ -14,6 +14,11 @@
 //   partial per (tile, column). layernorm_dwdb_reduce adds the partials of the
 //   tiles in a fixed order: deterministic, no atomics, and g and x are read
 //   from DRAM once (the column pass re-reads the tile from L2).
+// Types: x, w, b, dx, dw, db are TX; y and its gradient g are TY. Both are
+//   floatX, except in the *_narrow kernels of a bf16 build: there x, the
+//   weights and their gradients are float32 and y, g are bf16, so under
+//   autocast a float32 residual stream is normalised straight into the bf16
+//   input of the next matrix product (no cast pass either way).
 // Launch: layernorm_forward_{warp,block} like the softmax kernels (one warp or
 //   one block per row); layernorm_backward: grid = ceil(N / rows), blockDim a
 //   multiple of 32 (~C, at most 1024); layernorm_dwdb_reduce: grid =
@@ -22,23 +27,23 @@
 
 #define MAX_ROWS 32   // most rows per backward tile (the launch passes rows <= MAX_ROWS)
 
-template <bool BLOCK>
-__device__ __forceinline__ void layernorm_forward_row(const floatX* __restrict__ x, const floatX* __restrict__ w,
-                                                      const floatX* __restrict__ b, floatX* __restrict__ y,
+template <bool BLOCK, typename TX, typename TY>
+__device__ __forceinline__ void layernorm_forward_row(const TX* __restrict__ x, const TX* __restrict__ w,
+                                                      const TX* __restrict__ b, TY* __restrict__ y,
                                                       float* __restrict__ mean, float* __restrict__ rstd,
                                                       int N, int C, float eps) {
     int tid, nthreads;
     long long row;
     group_layout<BLOCK>(tid, nthreads, row);
     if (row >= N) return;
-    const floatX* xr = x + row * C;
+    const TX* xr = x + row * C;
     float s = 0.f;
     row_read(xr, C, tid, nthreads, [&](int, float v) { s += v; });
     const float mu = group_sum<BLOCK>(s) / C;
     float ss = 0.f;
     row_read(xr, C, tid, nthreads, [&](int, float v) { const float d = v - mu; ss += d * d; });
     const float rs = rsqrtf(group_sum<BLOCK>(ss) / C + eps);
-    row_map(y + row * C, xr, nullptr, C, C, tid, nthreads,
+    row_map(y + row * C, xr, (const TX*)nullptr, C, C, tid, nthreads,
             [&](int j, float v, float) { return (v - mu) * rs * to_f(w[j]) + to_f(b[j]); });
     if (tid == 0) {
         mean[row] = mu;
@@ -46,19 +51,32 @@ __device__ __forceinline__ void layernorm_forward_row(const floatX* __restrict__
     }
 }
 
-extern "C" __global__ void __launch_bounds__(256) layernorm_forward_warp(const floatX* x, const floatX* w, const floatX* b, floatX* y,
-                                                  float* mean, float* rstd, int N, int C, float eps) {
-    layernorm_forward_row<false>(x, w, b, y, mean, rstd, N, C, eps);
+extern "C" __global__ void __launch_bounds__(256) layernorm_forward_warp(
+        const floatX* x, const floatX* w, const floatX* b, floatX* y, float* mean, float* rstd, int N, int C, float eps) {
+    layernorm_forward_row<false, floatX, floatX>(x, w, b, y, mean, rstd, N, C, eps);
 }
 
-extern "C" __global__ void __launch_bounds__(512) layernorm_forward_block(const floatX* x, const floatX* w, const floatX* b, floatX* y,
-                                                   float* mean, float* rstd, int N, int C, float eps) {
-    layernorm_forward_row<true>(x, w, b, y, mean, rstd, N, C, eps);
+extern "C" __global__ void __launch_bounds__(512) layernorm_forward_block(
+        const floatX* x, const floatX* w, const floatX* b, floatX* y, float* mean, float* rstd, int N, int C, float eps) {
+    layernorm_forward_row<true, floatX, floatX>(x, w, b, y, mean, rstd, N, C, eps);
 }
 
-extern "C" __global__ void __launch_bounds__(1024) layernorm_backward(const floatX* __restrict__ g, const floatX* __restrict__ x,
-                                              const floatX* __restrict__ w, const float* __restrict__ mean,
-                                              const float* __restrict__ rstd, floatX* __restrict__ dx,
+#ifdef TG_BF16
+extern "C" __global__ void __launch_bounds__(256) layernorm_forward_narrow_warp(
+        const float* x, const float* w, const float* b, floatX* y, float* mean, float* rstd, int N, int C, float eps) {
+    layernorm_forward_row<false, float, floatX>(x, w, b, y, mean, rstd, N, C, eps);
+}
+
+extern "C" __global__ void __launch_bounds__(512) layernorm_forward_narrow_block(
+        const float* x, const float* w, const float* b, floatX* y, float* mean, float* rstd, int N, int C, float eps) {
+    layernorm_forward_row<true, float, floatX>(x, w, b, y, mean, rstd, N, C, eps);
+}
+#endif
+
+template <typename TX, typename TY>
+__device__ __forceinline__ void layernorm_backward_body(const TY* __restrict__ g, const TX* __restrict__ x,
+                                              const TX* __restrict__ w, const float* __restrict__ mean,
+                                              const float* __restrict__ rstd, TX* __restrict__ dx,
                                               float* __restrict__ dw_part, float* __restrict__ db_part,
                                               int N, int C, int rows) {
     __shared__ float s_mu[MAX_ROWS], s_rs[MAX_ROWS], s_a[MAX_ROWS], s_b[MAX_ROWS];
@@ -70,11 +88,11 @@ extern "C" __global__ void __launch_bounds__(1024) layernorm_backward(const floa
     for (int r = warp; r < nr; r += nwarps) {
         const long long row = r0 + r;
         const float mu = mean[row], rs = rstd[row];
-        const floatX* gr = g + row * C;
-        const floatX* xr = x + row * C;
+        const TY* gr = g + row * C;
+        const TX* xr = x + row * C;
         float a = 0.f, bsum = 0.f;
-        if (misalign(gr) == misalign(xr) && misalign(w) == misalign(gr)) {
-            const int head = vec_head(misalign(gr), C);
+        if (phase4(gr) == phase4(xr) && phase4(w) == phase4(gr)) {
+            const int head = vec_head(gr, C);
             for (int j = lane; j < head; j += 32) {
                 const float d = to_f(gr[j]) * to_f(w[j]), xh = (to_f(xr[j]) - mu) * rs;
                 a += d; bsum += d * xh;
@@ -130,6 +148,19 @@ extern "C" __global__ void __launch_bounds__(1024) layernorm_backward(const floa
 // dw[c] = sum over tiles of dw_part[tile, c] (same for db). Block (32, 32):
 // threadIdx.x picks the column, threadIdx.y strides over tiles; the 32 partial
 // sums per column are then added in a fixed order in shared memory.
+extern "C" __global__ void __launch_bounds__(1024) layernorm_backward(
+        const floatX* g, const floatX* x, const floatX* w, const float* mean, const float* rstd, floatX* dx,
+        float* dw_part, float* db_part, int N, int C, int rows) {
+    layernorm_backward_body<floatX, floatX>(g, x, w, mean, rstd, dx, dw_part, db_part, N, C, rows);
+}
+#ifdef TG_BF16
+extern "C" __global__ void __launch_bounds__(1024) layernorm_backward_narrow(
+        const floatX* g, const float* x, const float* w, const float* mean, const float* rstd, float* dx,
+        float* dw_part, float* db_part, int N, int C, int rows) {
+    layernorm_backward_body<float, floatX>(g, x, w, mean, rstd, dx, dw_part, db_part, N, C, rows);
+}
+#endif
+
 extern "C" __global__ void __launch_bounds__(1024) layernorm_dwdb_reduce(const float* __restrict__ dw_part, const float* __restrict__ db_part,
                                                  floatX* __restrict__ dw, floatX* __restrict__ db, int ntiles, int C) {
     __shared__ float sw[32][32], sb[32][32];

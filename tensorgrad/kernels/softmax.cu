@@ -38,7 +38,7 @@ __device__ __forceinline__ void softmax_forward_row(const floatX* __restrict__ x
     st = group_maxsum<BLOCK>(st);
     const float m = st.m == NEG_INF ? 0.f : st.m;   // all -inf: exp(-inf - 0) = 0 below
     const float inv = st.s > 0.f ? 1.f / st.s : 0.f;
-    row_map(yr, xr, nullptr, L, valid, tid, nthreads,
+    row_map(yr, xr, (const floatX*)nullptr, L, valid, tid, nthreads,
             [&](int j, float v, float) { return j < valid ? __expf(v * scale - m) * inv : 0.f; });
 }
 
@@ -54,8 +54,8 @@ __device__ __forceinline__ void softmax_backward_row(const floatX* __restrict__ 
     floatX* dr = dx + row * L;
     // dot = sum(g * y): read both rows (four elements at a time when aligned alike)
     float dot = 0.f;
-    if (misalign(gr) == misalign(yr)) {
-        const int head = vec_head(misalign(yr), L);
+    if (phase4(gr) == phase4(yr)) {
+        const int head = vec_head(yr, L);
         for (int j = tid; j < head; j += nthreads) dot += to_f(gr[j]) * to_f(yr[j]);
         const int n4 = (L - head) >> 2;
         for (int k = tid; k < n4; k += nthreads) {

@@ -6,7 +6,7 @@ from .elementwise import (abs, add, cast, clamp, clip, div, exp, gelu, leaky_rel
                           minimum, mul, neg, pow, relu, sigmoid, silu, sqrt, sub, tanh, where)
 from .linear import linear
 from .matmul import matmul
-from .nn import (binary_cross_entropy_with_logits, cross_entropy, dropout, embedding, layer_norm, log_softmax,
+from .nn import (binary_cross_entropy_with_logits, cross_entropy, dropout, dropout_add, embedding, layer_norm, log_softmax,
                  mse_loss, nll_loss, rms_norm, softmax)
 from .reduce import argmax, max, mean, min, std, sum, var
 from .shape import (broadcast_to, cat, causal_mask, concatenate, expand, getitem, permute, reshape,
@@ -15,7 +15,7 @@ from . import cuda  # noqa: F401  (registers the GPU twins of the fused ops)
 
 __all__ = ["sum_to", "abs", "add", "cast", "clamp", "clip", "div", "exp", "gelu", "leaky_relu", "log",
            "masked_fill", "maximum", "minimum", "mul", "neg", "pow", "relu", "sigmoid", "silu", "sqrt", "sub",
-           "tanh", "where", "linear", "matmul", "binary_cross_entropy_with_logits", "cross_entropy", "dropout",
+           "tanh", "where", "linear", "matmul", "binary_cross_entropy_with_logits", "dropout_add", "cross_entropy", "dropout",
            "embedding", "layer_norm", "log_softmax", "mse_loss", "nll_loss", "rms_norm", "softmax", "argmax",
            "max", "mean", "min", "std", "sum", "var", "broadcast_to", "cat", "causal_mask", "concatenate",
            "expand", "getitem", "permute", "reshape", "split", "stack", "swapaxes", "transpose", "tril", "triu",

@@ -11,12 +11,14 @@ tested against its reference on the GPU (tests/test_cuda_kernels.py).
 """
 import math
 
+import numpy as np
+
 from .. import backend, kernels
 from .attention import QKVAttention, ScaledDotProductAttention
 from ..kernels import cublaslt
 from .elementwise import GELU
 from .linear import LinearFn
-from .nn import CrossEntropy, Dropout, LayerNorm, Softmax
+from .nn import CrossEntropy, Dropout, DropoutAdd, LayerNorm, Softmax
 
 
 class SoftmaxCUDA(Softmax):
@@ -34,12 +36,13 @@ class SoftmaxCUDA(Softmax):
 
 class LayerNormCUDA(LayerNorm):
     @classmethod
-    def supports(cls, x, w, b, eps=1e-5):
+    def supports(cls, x, w, b, eps=1e-5, out_dtype=None):
         C = x.shape[-1]
-        return w is not None and b is not None and w.shape == (C,) and b.shape == (C,)
+        return (w is not None and b is not None and w.shape == (C,) and b.shape == (C,)
+                and (out_dtype is None or x.dtype == np.float32))
 
-    def forward(self, x, w, b, eps=1e-5):
-        y, self.mean, self.rstd = kernels.layernorm_forward(x, w, b, eps)   # mean, rstd: (...,)
+    def forward(self, x, w, b, eps=1e-5, out_dtype=None):
+        y, self.mean, self.rstd = kernels.layernorm_forward(x, w, b, eps, out_dtype)   # mean, rstd: (...,)
         self.x, self.w = x, w
         return y
 
@@ -84,6 +87,24 @@ class DropoutCUDA(Dropout):
 
     def backward(self, g):
         return kernels.dropout(g, self.p, self.slot)
+
+
+class DropoutAddCUDA(DropoutAdd):
+    """One pass for dropout and the residual add; the mask is redrawn from Philox in backward.
+    Under autocast the branch x is bf16 and the residual float32 (kernels.dropout's mixes)."""
+    @classmethod
+    def supports(cls, x, r, p=0.0):
+        return x.shape == r.shape and (x.dtype == r.dtype or r.dtype == np.float32)
+
+    def forward(self, x, r, p=0.0):
+        self.p, self.x_dtype = p, x.dtype
+        self.slot = kernels.rng_slot() if p > 0 else backend.philox_state()   # p == 0 keeps all: never read
+        return kernels.dropout(x, p, self.slot, residual=r)
+
+    def backward(self, g):
+        if self.p == 0 and g.dtype == self.x_dtype:
+            return g, g                                  # a plain add: both get the gradient as it is
+        return kernels.dropout(g, self.p, self.slot, out_dtype=self.x_dtype), g
 
 
 def _attention_call(fn, q, k, v, is_causal, dropout_p, scale, y):
@@ -170,7 +191,7 @@ class LinearCUDA(LinearFn):
 
 # ------------------------------------------------ the registry: reference -> twin
 for _ref, _twin in ((Softmax, SoftmaxCUDA), (LayerNorm, LayerNormCUDA), (CrossEntropy, CrossEntropyCUDA),
-                    (GELU, GELUCUDA), (Dropout, DropoutCUDA),
+                    (GELU, GELUCUDA), (Dropout, DropoutCUDA), (DropoutAdd, DropoutAddCUDA),
                     (ScaledDotProductAttention, ScaledDotProductAttentionCUDA),
                     (QKVAttention, QKVAttentionCUDA), (LinearFn, LinearCUDA)):
     _ref.cuda = _twin

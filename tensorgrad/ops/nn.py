@@ -8,6 +8,7 @@ against them; Function.apply picks which one runs.
 """
 import numpy as np
 
+from ..autocast import autocast_dtype
 from ..backend import generator, get_array_module, scatter_add
 from ..function import Function, ShapeError
 from .promote import same_float_dtype
@@ -44,8 +45,9 @@ class LogSoftmax(Function):
 class LayerNorm(Function):
     """y = (x - mean) * rstd * w + b over the last axis, rstd = 1/sqrt(var + eps);
     dx = rstd * (dxh - mean(dxh) - xh * mean(dxh * xh)), dxh = g * w, xh = (x - mean) * rstd;
-    dw = sum(g * xh), db = sum(g) over the leading axes"""
-    def forward(self, x, w, b, eps=1e-5):
+    dw = sum(g * xh), db = sum(g) over the leading axes.
+    out_dtype (autocast): y is written in that dtype, the math stays in x's."""
+    def forward(self, x, w, b, eps=1e-5, out_dtype=None):
         C = x.shape[-1]
         if w is not None and w.shape != (C,) or b is not None and b.shape != (C,):
             raise ShapeError(f"layer_norm: weight/bias must have shape ({C},) for input {x.shape}, "
@@ -58,10 +60,12 @@ class LayerNorm(Function):
         self.xh = xc * self.rstd                                                  # (..., C)
         self.w = w
         y = self.xh * w if self.has_w else self.xh
-        return y + b if self.has_b else y
+        y = y + b if self.has_b else y
+        return y if out_dtype is None else y.astype(out_dtype)
 
     def backward(self, g):
         xh, rstd = self.xh, self.rstd
+        g = g.astype(xh.dtype, copy=False)                      # a narrowed output's gradient
         lead = tuple(range(g.ndim - 1))
         dxh = g * self.w if self.has_w else g
         dx = rstd * (dxh - dxh.mean(axis=-1, keepdims=True) - xh * (dxh * xh).mean(axis=-1, keepdims=True))
@@ -236,6 +240,28 @@ class Dropout(Function):
         return g * self.mask
 
 
+class DropoutAdd(Function):
+    """y = r + x * mask / (1 - p): a block's branch x, dropped out, onto the residual r in one
+    pass (p = 0: a plain add). y has the wider dtype of the two (a bf16 branch onto a float32
+    residual stays float32);  dx = g * mask / (1 - p), dr = g"""
+    def forward(self, x, r, p=0.0):
+        if x.shape != r.shape:
+            raise ShapeError(f"dropout_add: input {x.shape} and residual {r.shape} must have the same shape")
+        xp = get_array_module(x)
+        self.dtypes = x.dtype, r.dtype
+        out = x.dtype if x.dtype.itemsize >= r.dtype.itemsize else r.dtype
+        self.mask = None
+        if p > 0.0:
+            keep = generator("cpu" if xp is np else "cuda").random(x.shape, dtype=np.float32) >= p
+            self.mask = keep * out.type(1.0 / (1.0 - p))
+            x = x * self.mask
+        return x.astype(out, copy=False) + r.astype(out, copy=False)
+
+    def backward(self, g):
+        dx = g if self.mask is None else g * self.mask
+        return dx.astype(self.dtypes[0], copy=False), g.astype(self.dtypes[1], copy=False)
+
+
 # ------------------------------------------------------------------- wrappers
 def softmax(x, axis=-1, dim=None):
     return Softmax.apply(x, axis=axis if dim is None else dim)
@@ -248,6 +274,9 @@ def log_softmax(x, axis=-1, dim=None):
 def layer_norm(x, weight=None, bias=None, eps=1e-5):
     if weight is not None and weight.data.dtype != x.data.dtype or bias is not None and bias.data.dtype != x.data.dtype:
         same_float_dtype("layer_norm", input=x, weight=weight, bias=bias)   # raises: no silent cast
+    narrow = autocast_dtype() if x.device == "cuda" and x.data.dtype == np.float32 else None
+    if narrow is not None:   # autocast: float32 statistics, the output in bf16 for the product that follows
+        return LayerNorm.apply(x, weight, bias, eps=eps, out_dtype=narrow)
     return LayerNorm.apply(x, weight, bias, eps=eps)
 
 
@@ -324,6 +353,13 @@ def embedding(idx, weight):
     if not isinstance(idx, Tensor):
         idx = Tensor(idx, device=weight.device)
     return Embedding.apply(weight, idx)
+
+
+def dropout_add(x, residual, p=0.5, training=True):
+    """residual + dropout(x, p, training), fused into one op (a transformer block's residual add)."""
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"dropout_add: p must be in [0, 1), got {p}")
+    return DropoutAdd.apply(x, residual, p=p if training else 0.0)
 
 
 def dropout(x, p=0.5, training=True):
