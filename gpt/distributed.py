@@ -18,6 +18,7 @@ one-rank World and training is exactly the single-process loop.
 """
 import os
 import sys
+import time
 import traceback
 
 import numpy as np
@@ -54,7 +55,14 @@ class World:
 
     @property
     def distributed(self):
+        """More than one rank: the host-side collectives below do something."""
         return self.size > 1
+
+    @property
+    def communicating(self):
+        """Started by MPI, even alone (mpiexec -n 1): gradients go through the all-reduce,
+        which is how one GPU can test the NCCL path."""
+        return self.comm is not None
 
     @property
     def is_main(self):
@@ -97,6 +105,9 @@ class World:
         sys.stdout.flush()
         sys.stderr.flush()
         if self.distributed:
+            # the launcher forwards our output through pipes; an abort right away can kill
+            # them before the line saying why has been passed on
+            time.sleep(1)
             self.comm.Abort(status)
         os._exit(status)
 
@@ -105,7 +116,7 @@ class World:
         """Sum the contiguous array `flat` over ranks, in place. On cuda: one NCCL call on
         the current stream (nothing waits on the host, so a CUDA graph can capture it);
         on cpu: MPI, as a reduce to rank 0 then a broadcast, so every rank gets the same bits."""
-        if not self.distributed:
+        if not self.communicating:
             return flat
         if self.device == "cuda":
             from tensorgrad import backend
@@ -159,7 +170,8 @@ class GradientAverager:
     """
 
     def __init__(self, world, params):
-        self.world, self.params, self.buckets = world, list(params), None
+        self.world, self.buckets = world, None
+        self.params = list({id(p): p for p in params}.values())   # a tied weight once
 
     def _make_buckets(self, xp):
         buckets = {}
@@ -178,8 +190,6 @@ class GradientAverager:
         """graph_break(fn): when the step is being captured with the all-reduce left out of
         the graph, ends the captured part here and runs fn between two graphs at replay."""
         from tensorgrad import backend
-        if not self.world.distributed:
-            return
         if self.buckets is None:
             self._make_buckets(backend.get_array_module(self.params[0].data))
         for flat, slices in self.buckets:
@@ -194,7 +204,8 @@ class GradientAverager:
             else:
                 graph_break(lambda flat=flat: self.world.all_reduce_sum_(flat))
         for flat, slices in self.buckets:
-            flat *= flat.dtype.type(1 / self.world.size)   # exact for a power-of-two number of ranks
+            if self.world.size > 1:
+                flat *= flat.dtype.type(1 / self.world.size)   # exact for a power-of-two number of ranks
             for p, offset, n in slices:
                 p.grad = flat[offset:offset + n].reshape(p.data.shape)
 
@@ -227,8 +238,7 @@ def init(device="cpu"):
     w = World(comm.Get_rank(), comm.Get_size(), node.Get_rank(), node.Get_size(), comm, device)
     node.Free()
     _world = w
-    if w.distributed:
-        _abort_on_uncaught_exceptions(w)
+    _abort_on_uncaught_exceptions(w)
     if device == "cuda":
         _use_local_gpu(w)
     return w

@@ -109,7 +109,7 @@ def make_runners(model, opt, tc, block_size, world=None):
     ranks to average gradients over (gpt/distributed.py); None: this process alone."""
     accumulation = tc.gradient_accumulation_steps
     shape = (accumulation, tc.batch_size, block_size)
-    average = GradientAverager(world, model.parameters()) if world is not None and world.distributed else None
+    average = GradientAverager(world, model.parameters()) if world is not None and world.communicating else None
 
     def micro_batches(x, y):        # (A, B, T) device tensors -> A pairs of (B, T) views
         return [(tg.Tensor(x.data[i]), tg.Tensor(y.data[i])) for i in range(accumulation)]
@@ -528,6 +528,8 @@ def train(model_config, tc, data_dir, resume=False, progress=True, overwrite=Fal
             else:                  # a second Ctrl-C, mid-step: this state is no checkpoint
                 log.write(f"stopped at once at iteration {it}; " + ("nothing was saved" if saved_at is None else
                           f"{out / 'last.npz'} is from iteration {saved_at}"))
+            if world.distributed:  # the other ranks wait for this one in a collective: abort them all
+                raise
         finally:
             bar.close()
             metrics.close()
