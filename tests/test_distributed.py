@@ -301,3 +301,94 @@ def test_ctrl_c_on_mpiexec_saves_and_stops_every_rank(mpiexec, corpus, tmp_path)
     assert p.returncode == 130, stderr
     saved = nn.load(out / "last.npz")["iteration"]
     assert saved > 40 and f"interrupted at iteration {saved}" in stdout
+
+
+# ----------------------------------------------------------------------------- GPUs (NCCL)
+NCCL_ONE_RANK = """
+import json, sys
+import numpy as np
+sys.path.insert(0, {root!r})
+import nn, tensorgrad as tg
+from gpt import GPT, GPTConfig, TrainConfig, distributed
+from gpt.train import make_runners
+
+world = distributed.init("cuda")          # under mpiexec -n 1: a World with MPI, so NCCL is used
+assert world.communicating and world.size == 1
+cfg = GPTConfig(block_size=64, vocab_size=65, n_layer=2, n_head=4, n_embd=64)
+rng = np.random.default_rng(0)
+batches = [(rng.integers(0, 65, (2, 8, 64)), rng.integers(0, 65, (2, 8, 64))) for _ in range(8)]
+out = {{}}
+for name, graph, in_graph, w in [("plain eager", False, True, None), ("nccl eager", False, True, world),
+                                 ("plain graph", True, True, None), ("nccl in graph", True, True, world),
+                                 ("nccl between graphs", True, False, world)]:
+    tg.manual_seed(0)
+    model = GPT(cfg).to("cuda")
+    opt = nn.optim.AdamW(model.parameters(), lr=3e-3, betas=(0.9, 0.99), weight_decay=0.1)
+    tc = TrainConfig(device="cuda", batch_size=8, gradient_accumulation_steps=2, grad_clip=1.0,
+                     cuda_graph=graph, graph_all_reduce=in_graph)
+    step, _, stream = make_runners(model, opt, tc, 64, w)
+    with stream:
+        losses = [step(x, y).item() for x, y in batches]
+        weights = np.concatenate([p.data.get().ravel() for p in model.parameters()])
+    out[name] = (losses, weights)
+report = {{}}
+for name in out:
+    ref = out["plain graph" if "graph" in name else "plain eager"]
+    report[name] = dict(loss_rel=float(np.max(np.abs(np.subtract(out[name][0], ref[0])) / np.abs(ref[0]))),
+                        weight_rel=float(np.linalg.norm(out[name][1] - ref[1]) / np.linalg.norm(ref[1])),
+                        losses=out[name][0])
+print("RESULT " + json.dumps(report))
+"""
+
+
+def _gpu_count():
+    try:
+        import cupy
+        return cupy.cuda.runtime.getDeviceCount()
+    except Exception:
+        return 0
+
+
+@pytest.mark.cuda
+def test_nccl_with_one_rank_matches_the_plain_gpu_step(mpiexec, tmp_path):
+    """Under mpiexec -n 1 the gradients go through the NCCL all-reduce (a sum over one rank):
+    eager, captured inside the step's CUDA graph, and between two graphs, each against the
+    same step without it. Not bit-equal: the embedding backward adds with atomics."""
+    script = tmp_path / "nccl_one_rank.py"
+    script.write_text(NCCL_ONE_RANK.format(root=str(ROOT)))
+    r = _launch(mpiexec, 1, [], script=script)
+    assert r.returncode == 0, r.stderr
+    report = json.loads(r.stdout.split("RESULT ", 1)[1])
+    print(json.dumps({k: {m: v for m, v in d.items() if m != "losses"} for k, d in report.items()}, indent=1))
+    for name, d in report.items():
+        assert d["loss_rel"] < 1e-4 and d["weight_rel"] < 1e-3, (name, d)
+
+
+@pytest.mark.cuda
+def test_cli_on_one_gpu_under_mpiexec_matches_the_plain_run(mpiexec, corpus, tmp_path):
+    args = [a if a != "cpu" else "cuda" for a in TINY] + ["--data", corpus, "--max-iters", 6,
+                                                          "--gradient-accumulation-steps", 2]
+    r = _launch(None, 0, args + ["--out-dir", tmp_path / "plain"])
+    assert r.returncode == 0, r.stderr
+    r = _launch(mpiexec, 1, args + ["--out-dir", tmp_path / "nccl"])
+    assert r.returncode == 0, r.stderr
+    a, b = _metrics(tmp_path / "plain"), _metrics(tmp_path / "nccl")
+    np.testing.assert_allclose([m["val_loss"] for m in b], [m["val_loss"] for m in a], rtol=1e-4)
+
+
+@pytest.mark.cuda
+def test_two_gpus_match_one_gpu_with_accumulation_two(mpiexec, corpus, tmp_path):
+    if _gpu_count() < 2:
+        pytest.skip("needs 2 GPUs")
+    args = [a if a != "cpu" else "cuda" for a in TINY] + ["--data", corpus, "--max-iters", 6]
+    r = _launch(None, 0, args + ["--out-dir", tmp_path / "one", "--gradient-accumulation-steps", 2])
+    assert r.returncode == 0, r.stderr
+    for mode in ([], ["--no-graph-all-reduce"]):
+        out = tmp_path / ("two" + "".join(mode))
+        r = _launch(mpiexec, 2, args + ["--out-dir", out] + mode)
+        assert r.returncode == 0, r.stderr
+        a, b = _metrics(tmp_path / "one"), _metrics(out)
+        np.testing.assert_allclose([m["val_loss"] for m in b], [m["val_loss"] for m in a], rtol=1e-4)
+        (wa, _), (wb, _) = _weights(tmp_path / "one"), _weights(out)
+        rel = max(float(np.linalg.norm(x - y) / np.linalg.norm(x)) for x, y in zip(wa, wb))
+        assert rel < 1e-3, (mode, rel)
