@@ -87,7 +87,8 @@ def time_step(batch_size, steps):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--params", type=int, default=gpt2_small_parameters(), help="gradients to reduce (default: GPT-2 small's)")
+    p.add_argument("--params", type=int, default=gpt2_small_parameters(),
+                   help="gradients to reduce (default: GPT-2 small's)")
     p.add_argument("--repeats", type=int, default=20, help="timed all-reduces")
     p.add_argument("--step-ms", type=float, help="the single-GPU step time to compare with")
     p.add_argument("--measure-step", action="store_true", help="time GPT-2 small's step on this GPU instead")

@@ -55,7 +55,7 @@ class TrainConfig:
     device: str = "cpu"
     seed: int = 1337              # initialization, batches, dropout
     cuda_graph: bool = None   # capture the step and evaluation in CUDA graphs (gpt/cuda_graph.py); None: on cuda
-    graph_all_reduce: bool = True   # several GPUs: capture the NCCL all-reduce in the step's graph (else run it between two graphs)
+    graph_all_reduce: bool = True   # GPUs: the NCCL all-reduce inside the step's CUDA graph (else between two)
 
 
 def configure_optimizer(model, tc):

@@ -24,6 +24,7 @@ import tensorgrad as tg
 from gpt import GPT, GPTConfig, TrainConfig, distributed
 from gpt.data import TokenData, prepare
 from gpt.train import load_model, micro_batches
+from test_cli import _text
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "examples" / "train_shakespeare.py"
@@ -31,11 +32,6 @@ TINY = ["--device", "cpu", "--n-layer", "1", "--n-head", "2", "--n-embd", "16", 
         "--batch-size", "4", "--eval-interval", "3", "--eval-iters", "3", "--sample-tokens", "0",
         "--no-progress", "--log-interval", "1"]
 TIMEOUT = 120    # seconds for one launch: a hang fails the test instead of stalling CI
-
-
-def _text(n=6000):
-    rng = np.random.default_rng(0)
-    return " ".join(rng.choice(["to", "be", "or", "not", "that", "is", "the", "question", "\n"], size=n // 4))
 
 
 def _mpiexec():
@@ -57,7 +53,7 @@ def _env():
 def mpiexec():
     """mpiexec, once it has shown that it starts 2 ranks that mpi4py sees as 2; else skip."""
     try:
-        import mpi4py  # noqa: F401
+        import mpi4py  # noqa: F401  (only: is it installed?)
     except ImportError:
         pytest.skip("mpi4py is not installed (pip install -e '.[distributed]')")
     exe = _mpiexec()
@@ -94,8 +90,11 @@ def _weights(out):
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    path = tmp_path_factory.mktemp("corpus") / "words.txt"
-    path.write_text(_text())
+    return _write(tmp_path_factory.mktemp("corpus") / "words.txt", _text())
+
+
+def _write(path, text):
+    path.write_text(text)
     return path
 
 
@@ -132,9 +131,9 @@ def test_launcher_is_recognized_from_its_environment():
 
 
 def test_single_process_never_imports_mpi4py(tmp_path, corpus):
+    argv = [*TINY, "--data", str(corpus), "--out-dir", str(tmp_path / "o"), "--max-iters", "2"]
     code = ("import sys; sys.path.insert(0, 'examples'); import train_shakespeare; "
-            f"train_shakespeare.main({[*TINY, '--data', str(corpus), '--out-dir', str(tmp_path / 'o'), '--max-iters', '2']!r}); "
-            "print('mpi4py' in sys.modules)")
+            f"train_shakespeare.main({argv!r}); print('mpi4py' in sys.modules)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, env=_env(),
                        timeout=TIMEOUT)
     assert r.returncode == 0, r.stderr
