@@ -107,8 +107,8 @@ def main():
         busbw = 2 * (world.size - 1) / world.size * nbytes / seconds
         label = "measured"
         if world.is_main:
-            import cupy as cp
-            print(f"NCCL {cp.cuda.nccl.get_version()}: {seconds * 1e3:.2f} ms per all-reduce on {world.size} GPUs, "
+            from cupy.cuda import nccl
+            print(f"NCCL {nccl.get_version()}: {seconds * 1e3:.2f} ms per all-reduce on {world.size} GPUs, "
                   f"bus bandwidth {busbw / 1e9:.0f} GB/s")
     elif args.bus_gbs:
         busbw, label = args.bus_gbs * 1e9, f"ESTIMATE from --bus-gbs {args.bus_gbs:g}"

@@ -147,12 +147,12 @@ def run(main, argv=None):
     status 130, and only bugs keep their traceback (under mpiexec, a bug on any rank stops
     all of them: gpt/distributed.py)."""
     import nn
-    from gpt.errors import ConfigError, DataError
+    from gpt.errors import ConfigError, DataError, DistributedError
     try:
         return main(argv)
     except ConfigError as e:
         return _error(e, 2)
-    except (DataError, nn.checkpoint.CheckpointError, ScriptError) as e:
+    except (DataError, DistributedError, nn.checkpoint.CheckpointError, ScriptError) as e:
         return _error(e, 1)
     except KeyboardInterrupt:
         return _stop_ranks(lambda prefix: print(f"{prefix}interrupted", file=sys.stderr), 130)

@@ -23,7 +23,7 @@ import traceback
 
 import numpy as np
 
-from .errors import ConfigError
+from .errors import DistributedError
 
 # Variables that MPI launchers set in every rank they start (Open MPI, MPICH/Hydra
 # and Intel MPI, PMIx-based launchers such as srun --mpi=pmix). One of them present
@@ -119,12 +119,9 @@ class World:
         if not self.communicating:
             return flat
         if self.device == "cuda":
-            from tensorgrad import backend
-            cp = backend.cupy()
-            nccl = cp.cuda.nccl
-            comm = self._nccl_comm()
+            nccl, comm = _nccl(), self._nccl_comm()
             comm.allReduce(flat.data.ptr, flat.data.ptr, flat.size, _nccl_type(nccl, flat.dtype), nccl.NCCL_SUM,
-                           cp.cuda.get_current_stream().ptr)
+                           _stream_handle())
             return flat
         from mpi4py import MPI
         if flat.dtype not in (np.float32, np.float64):
@@ -140,14 +137,27 @@ class World:
         """NCCL's communicator over all ranks: rank 0 makes a unique id, MPI carries it to
         the others, and each rank joins with it (a collective call: all ranks must reach it)."""
         if self.nccl is None:
-            from tensorgrad import backend
-            nccl = backend.cupy().cuda.nccl
-            if not nccl.available:
-                raise ConfigError("distributed cuda training needs NCCL: pip install nvidia-nccl-cu13 "
-                                  "(or -e '.[distributed-cuda]')")
+            nccl = _nccl()
             uid = self.comm.bcast(nccl.get_unique_id() if self.rank == 0 else None, root=0)
             self.nccl = nccl.NcclCommunicator(self.size, uid, self.rank)
         return self.nccl
+
+
+def _nccl():
+    """CuPy's NCCL bindings, or a clear error when the NCCL library is missing."""
+    from tensorgrad import backend
+    backend.cupy()
+    from cupy.cuda import nccl
+    if not nccl.available:
+        raise DistributedError("distributed cuda training needs NCCL: pip install nvidia-nccl-cu13 "
+                               "(or pip install -e '.[distributed-cuda]')")
+    return nccl
+
+
+def _stream_handle():
+    """The current CUDA stream's handle: NCCL work is ordered with (and captured with) the rest."""
+    from tensorgrad import backend
+    return backend.cupy().cuda.get_current_stream().ptr
 
 
 def _nccl_type(nccl, dtype):
@@ -231,8 +241,8 @@ def init(device="cpu"):
     try:
         from mpi4py import MPI
     except ImportError:
-        raise ConfigError("started by mpiexec, but mpi4py is not installed: pip install -e '.[distributed]' "
-                          "(or set TENSORGRAD_MPI=0 to run each process alone)") from None
+        raise DistributedError("started by mpiexec, but mpi4py is not installed: pip install -e '.[distributed]' "
+                               "(or set TENSORGRAD_MPI=0 to run each process alone)") from None
     comm = MPI.COMM_WORLD
     node = comm.Split_type(MPI.COMM_TYPE_SHARED)          # the ranks on this host
     w = World(comm.Get_rank(), comm.Get_size(), node.Get_rank(), node.Get_size(), comm, device)
@@ -251,8 +261,8 @@ def _use_local_gpu(w):
     cp = backend.cupy()
     count = cp.cuda.runtime.getDeviceCount()
     if w.local_size > count:
-        raise ConfigError(f"{w.local_size} ranks on this host but only {count} GPU{'s' * (count != 1)}: "
-                          f"start at most {count} ranks per host (mpiexec -n {count})")
+        raise DistributedError(f"{w.local_size} ranks on this host but only {count} GPU{'s' * (count != 1)}: "
+                               f"start at most {count} ranks per host (mpiexec -n {count})")
     cp.cuda.Device(w.local_rank).use()
 
 

@@ -111,13 +111,13 @@ def make_runners(model, opt, tc, block_size, world=None):
     shape = (accumulation, tc.batch_size, block_size)
     average = GradientAverager(world, model.parameters()) if world is not None and world.communicating else None
 
-    def micro_batches(x, y):        # (A, B, T) device tensors -> A pairs of (B, T) views
+    def unstack(x, y):              # (A, B, T) device tensors -> A pairs of (B, T) views
         return [(tg.Tensor(x.data[i]), tg.Tensor(y.data[i])) for i in range(accumulation)]
 
     if not use_cuda_graph(tc):
         def step(x, y):
             x, y = (tg.tensor(np.reshape(a, shape), device=tc.device) for a in (x, y))
-            return train_step(model, opt, micro_batches(x, y), tc.grad_clip, reduce_grads=average)
+            return train_step(model, opt, unstack(x, y), tc.grad_clip, reduce_grads=average)
 
         def evaluate(x, y):
             return model(tg.tensor(x, device=tc.device), tg.tensor(y, device=tc.device))[1]
@@ -129,7 +129,7 @@ def make_runners(model, opt, tc, block_size, world=None):
         reduce_grads = average
         if average is not None and graphed and not tc.graph_all_reduce:   # the NCCL call between two graphs
             reduce_grads = lambda: average(graph_break=step.graph_break)  # noqa: E731
-        return train_step(model, opt, micro_batches(x, y), tc.grad_clip,
+        return train_step(model, opt, unstack(x, y), tc.grad_clip,
                           update=opt.apply if graphed else None, reduce_grads=reduce_grads)
     step = GraphedCall(graphed_step, shape, stream, before=opt.prepare)
     evaluate = GraphedCall(lambda x, y, graphed: model(x, y)[1], shape[1:], stream)

@@ -181,6 +181,21 @@ def test_accumulation_averages_the_micro_batch_gradients():
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7)
 
 
+def test_more_ranks_than_gpus_is_one_clear_error(monkeypatch):
+    from types import SimpleNamespace
+
+    from gpt.errors import DistributedError
+    used = []
+    fake = SimpleNamespace(cuda=SimpleNamespace(runtime=SimpleNamespace(getDeviceCount=lambda: 2),
+                                                Device=lambda i: SimpleNamespace(use=lambda: used.append(i))))
+    monkeypatch.setattr(tg.backend, "cuda_available", lambda: True)
+    monkeypatch.setattr(tg.backend, "cupy", lambda: fake)
+    distributed._use_local_gpu(distributed.World(rank=1, size=2, local_rank=1, local_size=2))
+    assert used == [1]                                     # rank 1 of a host takes GPU 1
+    with pytest.raises(DistributedError, match="^4 ranks on this host but only 2 GPUs: start at most 2 ranks"):
+        distributed._use_local_gpu(distributed.World(rank=3, size=4, local_rank=3, local_size=4))
+
+
 def test_gradient_accumulation_setting_is_checked(tmp_path, capsys):
     sys.path.insert(0, str(ROOT / "examples"))
     import _cli
