@@ -243,7 +243,7 @@ def test_one_process_checkpoint_resumes_on_two_ranks(mpiexec, one_process, corpu
 
 
 FAILING = """
-import sys
+import os, signal, sys
 sys.path.insert(0, {examples!r})
 import _cli, train_shakespeare
 from gpt import distributed
@@ -254,7 +254,7 @@ real, calls = TokenData.get_batch_arrays, {{"n": 0}}
 def failing(self, *args, **kwargs):       # rank 1 dies during its {at}th batch read
     calls["n"] += 1
     if distributed.world().rank == 1 and calls["n"] == {at}:
-        raise {error}
+        {action}
     return real(self, *args, **kwargs)
 
 TokenData.get_batch_arrays = failing
@@ -262,19 +262,21 @@ sys.exit(_cli.run(train_shakespeare.exit_status, sys.argv[1:]))
 """
 
 
-@pytest.mark.parametrize("error,message", [
-    ("RuntimeError('disk on fire')", "error: rank 1 of 2 failed (RuntimeError: disk on fire); stopping all ranks"),
-    ("__import__('gpt.errors').errors.DataError('shard missing')", "error: rank 1: shard missing")])
-def test_a_failing_rank_stops_every_rank_with_a_clear_message(mpiexec, corpus, tmp_path, error, message):
+@pytest.mark.parametrize("action,message", [
+    ("raise RuntimeError('disk on fire')",
+     "error: rank 1 of 2 failed (RuntimeError: disk on fire); stopping all ranks"),           # a bug
+    ("raise __import__('gpt.errors').errors.DataError('shard missing')", "error: rank 1: shard missing"),
+    ("os.kill(os.getpid(), signal.SIGKILL)", None)])      # killed (out of memory): the launcher says so
+def test_a_failing_rank_stops_every_rank_with_a_clear_message(mpiexec, corpus, tmp_path, action, message):
     """Rank 1 fails at its 12th batch read (in the evaluation at iteration 6; the one at 3 wrote
     last.npz) while rank 0 waits for it in the all-reduce: the job ends, fast, with one
     line naming the rank, and the checkpoint already saved is intact."""
     script = tmp_path / "failing.py"
-    script.write_text(FAILING.format(examples=str(ROOT / "examples"), at=12, error=error))
+    script.write_text(FAILING.format(examples=str(ROOT / "examples"), at=12, action=action))
     out = tmp_path / "run"
     r = _launch(mpiexec, 2, TINY + ["--data", corpus, "--out-dir", out, "--max-iters", 100], script=script)
     assert r.returncode != 0
-    assert message in r.stderr.splitlines(), (r.returncode, r.stderr, r.stdout[-300:])
+    assert message is None or message in r.stderr.splitlines(), (r.returncode, r.stderr, r.stdout[-300:])
     assert r.seconds < 30, f"took {r.seconds:.1f} s"
     assert nn.load(out / "last.npz")["iteration"] == 3
     print(f"failing rank: the job ended in {r.seconds:.1f} s")
