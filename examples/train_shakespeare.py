@@ -120,6 +120,9 @@ def settings_of_run(args, model_names, train_names, typed, world_size=1):
         micro_steps = train["gradient_accumulation_steps"] * saved.get("world_size", 1)   # per step, all ranks
         if "gradient_accumulation_steps" not in typed and micro_steps % world_size == 0:
             train["gradient_accumulation_steps"] = micro_steps // world_size
+        elif "gradient_accumulation_steps" not in typed:
+            print(f"note: the run took {micro_steps} micro-batch(es) a step, which {world_size} ranks cannot share "
+                  f"evenly: the global batch changes (--gradient-accumulation-steps sets it)")
     return model, train
 
 
