@@ -45,8 +45,9 @@ class World:
     """Who this process is among the ranks, and the collectives a training step needs.
 
     rank: 0..size-1 over all hosts; local_rank: the rank among those on this host
-    (it picks the GPU). With size 1 every collective is the identity and nothing
-    is imported."""
+    (it picks the GPU). Without comm (no mpiexec) every collective is the identity
+    and nothing is imported; with comm and size 1 (mpiexec -n 1) the gradient
+    all-reduce still runs, a sum over one rank."""
 
     def __init__(self, rank=0, size=1, local_rank=0, local_size=1, comm=None, device="cpu"):
         self.rank, self.size, self.local_rank, self.local_size = rank, size, local_rank, local_size
@@ -172,7 +173,7 @@ class GradientAverager:
     """Average the parameters' gradients over ranks through one flat buffer per dtype.
 
     One big collective instead of one per parameter: each call has a fixed cost
-    (a launch, a network round trip), and a GPT has a few dozen parameters. The
+    (a launch, a network round trip), and a GPT has dozens of parameter arrays. The
     gradients are copied into the buffer, summed over ranks in place, scaled by
     1/size, and each p.grad becomes a view of its slice (no copy back). The
     buffer is made once, so its address is fixed: a CUDA graph that captured the
