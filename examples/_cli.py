@@ -7,6 +7,7 @@ import glob
 import inspect
 import shutil
 import sys
+import time
 import typing
 from dataclasses import MISSING, fields
 from pathlib import Path
@@ -143,26 +144,43 @@ def gpu_present():
 def run(main, argv=None):
     """Call main(argv) -> exit status as a shell user expects: a mistake they can fix is one
     line `error: ...` (status 2 for a setting, 1 for a file or the machine), Ctrl-C is
-    status 130, and only bugs keep their traceback."""
+    status 130, and only bugs keep their traceback (under mpiexec, a bug on any rank stops
+    all of them: gpt/distributed.py)."""
     import nn
-    from gpt.errors import ConfigError, DataError
+    from gpt.errors import ConfigError, DataError, DistributedError
     try:
         return main(argv)
     except ConfigError as e:
         return _error(e, 2)
-    except (DataError, nn.checkpoint.CheckpointError, ScriptError) as e:
+    except (DataError, DistributedError, nn.checkpoint.CheckpointError, ScriptError) as e:
         return _error(e, 1)
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+        return _stop_ranks(lambda prefix: print(f"{prefix}interrupted", file=sys.stderr), 130)
     except BrokenPipeError:          # `... | head`: the reader left
         return 0
 
 
 def _error(e, status):
-    for line in str(e).splitlines():  # several problems: one line each
-        print(f"error: {line}", file=sys.stderr)
-    return status
+    def say(prefix):
+        for line in str(e).splitlines():  # several problems: one line each
+            print(f"error: {prefix}{line}", file=sys.stderr)
+    return _stop_ranks(say, status)
+
+
+def _stop_ranks(say, status):
+    """say(prefix) tells the user why we stop; returns status. Under mpiexec a rank that stops
+    alone would leave the others waiting for it forever, so it aborts them all (MPI Abort).
+    A mistake in the settings is the same on every rank: rank 0 says it once, and the
+    others wait a moment for rank 0's abort before saying it themselves (rank N: ...)."""
+    from gpt import distributed
+    world = distributed.world()
+    if not world.distributed:
+        say("")
+        return status
+    if world.rank != 0:
+        time.sleep(3)
+    say("" if world.rank == 0 else f"rank {world.rank}: ")
+    world.abort(status)
 
 
 def start_ids(tok):

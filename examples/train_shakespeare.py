@@ -9,6 +9,10 @@ Every preset value can be changed with a flag (--n-layer 2 --max-iters 100 ...);
 (which keeps the run's settings; flags you type change training settings, e.g.
 --max-iters to train longer). An out dir holding a run is never overwritten
 unless you pass --overwrite.
+
+On several GPUs (or CPU processes), launch it with MPI; rank 0 prints and writes:
+
+    mpiexec -n 4 python examples/train_shakespeare.py --device cuda
 """
 import json
 import os
@@ -95,9 +99,10 @@ def parse_args(argv=None):
     return args, model_names, train_names, typed
 
 
-def settings_of_run(args, model_names, train_names, typed):
+def settings_of_run(args, model_names, train_names, typed, world_size=1):
     """(model settings, training settings). On --resume the untyped ones come from the
-    checkpoint, so `--resume` alone continues the run as it was started."""
+    checkpoint, so `--resume` alone continues the run as it was started, also on
+    another number of ranks: the accumulation is then chosen to keep the global batch."""
     import nn
     from gpt.errors import ConfigError
     from gpt.train import check_out_dir
@@ -112,6 +117,12 @@ def settings_of_run(args, model_names, train_names, typed):
             raise ConfigError(f"--resume: {Path(args.out_dir) / 'last.npz'} is another model: " + "; ".join(changed))
         model.update({k: v for k, v in saved["model_config"].items() if k in model and k not in typed})
         train.update({k: v for k, v in saved["train_config"].items() if k in train and k not in typed})
+        micro_steps = train["gradient_accumulation_steps"] * saved.get("world_size", 1)   # per step, all ranks
+        if "gradient_accumulation_steps" not in typed and micro_steps % world_size == 0:
+            train["gradient_accumulation_steps"] = micro_steps // world_size
+        elif "gradient_accumulation_steps" not in typed:
+            print(f"note: the run took {micro_steps} micro-batch(es) a step, which {world_size} ranks cannot share "
+                  f"evenly: the global batch changes (--gradient-accumulation-steps sets it)")
     return model, train
 
 
@@ -127,6 +138,10 @@ def check_script_settings(args):
 def main(argv=None):
     """Train; returns the summary (summary['stopped'] says how the run ended)."""
     args, model_names, train_names, typed = parse_args(argv)
+    from gpt import distributed
+    world = distributed.init(args.device)   # under mpiexec: MPI, and this rank's GPU before any other use
+    if not world.is_main:
+        sys.stdout = open(os.devnull, "w")  # rank 0 alone prints; errors still reach stderr
     check_device(args.device)
     if args.device == "cuda" and not args.no_tf32:
         os.environ.setdefault("CUPY_TF32", "1")  # read at the first matmul: set it before
@@ -136,7 +151,7 @@ def main(argv=None):
     from gpt.train import check_settings, load_model
 
     # everything a user can get wrong is checked before anything is written
-    model_settings, train_settings = settings_of_run(args, model_names, train_names, typed)
+    model_settings, train_settings = settings_of_run(args, model_names, train_names, typed, world.size)
     tc = TrainConfig(out_dir=args.out_dir, device=args.device, cuda_graph=False if args.no_cuda_graph else None,
                      **train_settings)
     problems = check_script_settings(args) + check_settings(model_settings, tc)
@@ -144,16 +159,19 @@ def main(argv=None):
         raise ConfigError("\n".join(problems))
 
     data_path = Path(args.data)
-    if not data_path.is_file():
-        if args.data != "data/tinyshakespeare.txt":
-            raise DataError(f"data file {data_path} does not exist")
-        print(f"downloading tinyshakespeare from {TINYSHAKESPEARE_URL}")
-        try:
-            download(TINYSHAKESPEARE_URL, data_path)
-        except RuntimeError as e:
-            raise DataError(str(e)) from None
     data_dir = Path(args.data_cache or Path(args.out_dir) / "data")
-    meta = prepare(data_path, data_dir, tokenizer=args.tokenizer, vocab_size=args.bpe_vocab_size)
+
+    def prepare_data():
+        if not data_path.is_file():
+            if args.data != "data/tinyshakespeare.txt":
+                raise DataError(f"data file {data_path} does not exist")
+            print(f"downloading tinyshakespeare from {TINYSHAKESPEARE_URL}")
+            try:
+                download(TINYSHAKESPEARE_URL, data_path)
+            except RuntimeError as e:
+                raise DataError(str(e)) from None
+        return prepare(data_path, data_dir, tokenizer=args.tokenizer, vocab_size=args.bpe_vocab_size)
+    meta = world.in_turn(prepare_data)      # with several ranks: prepared once, then found ready
     print(f"data: {meta['train_tokens']:,} train / {meta['val_tokens']:,} val tokens, "
           f"vocabulary {meta['vocab_size']} ({args.tokenizer}), prepared in {data_dir}")
 
@@ -161,7 +179,7 @@ def main(argv=None):
     model, summary = train(mc, tc, data_dir, resume=args.resume, overwrite=args.overwrite,
                            progress=not args.no_progress)
     print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in summary.items()}))
-    if summary["stopped"] == "interrupted":
+    if summary["stopped"] == "interrupted" or not world.is_main:
         return summary                   # saved; no time spent loading best.npz or sampling
     if args.sample_tokens:
         best, _ = load_model(args.out_dir, device=args.device)

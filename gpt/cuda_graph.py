@@ -22,6 +22,11 @@ change from call to call lives in device memory that the graph reads:
 Everything runs on one non-default stream (capture can't use the default
 one), eager work included, so it is ordered with the replays. The graph is an
 execution mode of a function, not a copy of it: GraphedCall(fn) runs fn.
+
+A call may also be captured in pieces: fn calls graph_break(work) where some
+work must not be in a graph (the gradient all-reduce, when its capture is
+switched off). The capture ends there and a new one begins; a replay launches
+the first graph, runs work() on the host, then launches the next graph.
 """
 import numpy as np
 
@@ -46,12 +51,13 @@ class GraphedCall:
             self.x = tg.Tensor(cp.zeros(batch_shape, dtype=np.int64))   # (B, T) input buffer
             self.y = tg.Tensor(cp.zeros(batch_shape, dtype=np.int64))   # (B, T) target buffer
         self.graph, self.out, self.calls = None, None, 0
+        self.pieces = []                       # (graph, work between it and the next graph)
         self.pool = cp.cuda.MemoryPool()       # the graph's memory, see the module docstring
 
     def __call__(self, x, y):
         s = self.stream
-        self.x.data.set(np.ascontiguousarray(x, dtype=np.int64), stream=s)
-        self.y.data.set(np.ascontiguousarray(y, dtype=np.int64), stream=s)
+        self.x.data.set(np.ascontiguousarray(np.reshape(x, self.x.shape), dtype=np.int64), stream=s)
+        self.y.data.set(np.ascontiguousarray(np.reshape(y, self.y.shape), dtype=np.int64), stream=s)
         with s:
             if self.graph is None and self.calls < self.warmup:
                 self.calls += 1
@@ -68,5 +74,14 @@ class GraphedCall:
                         self.out = self.fn(self.x, self.y, True)
                     finally:
                         self.graph = s.end_capture()    # recorded, not yet run
+            for graph, work in self.pieces:
+                graph.launch(s)
+                work()
             self.graph.launch(s)
         return self.out
+
+    def graph_break(self, work):
+        """During the capture: end the graph here; at each replay, work() runs at this point."""
+        s = self.stream
+        self.pieces.append((s.end_capture(), work))
+        s.begin_capture()

@@ -155,14 +155,19 @@ class TokenData:
 
     def get_batch_arrays(self, split, batch_size, block_size, rng=None):
         """The same windows as NumPy int64 arrays (for a CUDA graph's input buffers)."""
+        ix = self.batch_positions(split, batch_size, block_size, rng or np.random.default_rng())
+        data = self.splits[split]
+        offsets = ix[:, None] + np.arange(block_size + 1)                  # (B, T + 1)
+        chunk = data[offsets].astype(np.int64)                             # one gather from the memmap
+        return chunk[:, :-1], chunk[:, 1:]
+
+    def batch_positions(self, split, batch_size, block_size, rng):
+        """Where the windows of a batch start (B,), drawn from rng. Alone, it moves rng past a
+        batch without reading it: a rank skipping the batches of the other ranks."""
         data = self.splits[split]
         if len(data) < block_size + 1:      # one window: block_size inputs and the token after the last
             raise ConfigError(f"the {split} split has {len(data)} tokens, fewer than block_size + 1 = "
                               f"{block_size + 1}: use a smaller --block-size or more data")
-        rng = rng or np.random.default_rng()
         # a window starting at i reads data[i : i + block_size + 1], so the last valid start is
         # len - block_size - 1; integers' upper bound is exclusive
-        ix = rng.integers(0, len(data) - block_size, size=batch_size)
-        offsets = ix[:, None] + np.arange(block_size + 1)                  # (B, T + 1)
-        chunk = data[offsets].astype(np.int64)                             # one gather from the memmap
-        return chunk[:, :-1], chunk[:, 1:]
+        return rng.integers(0, len(data) - block_size, size=batch_size)

@@ -13,3 +13,7 @@ class ConfigError(ValueError):
 
 class DataError(ValueError):
     """A data file that cannot be used: missing, empty, not UTF-8, not prepared (exit status 1)."""
+
+
+class DistributedError(RuntimeError):
+    """Ranks that cannot run here: mpi4py or NCCL missing, more ranks than GPUs (exit status 1)."""

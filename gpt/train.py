@@ -28,7 +28,9 @@ from tqdm import tqdm
 import nn
 import tensorgrad as tg
 
+from . import distributed
 from .data import TokenData, copy_tokenizer, same_tokenizer
+from .distributed import GradientAverager
 from .errors import ConfigError
 from .model import GPT, GPTConfig
 
@@ -40,7 +42,8 @@ class TrainConfig:
     eval_interval: int = 250      # evaluate (and write last.npz) every this many steps
     eval_iters: int = 50          # batches of each split in one evaluation
     log_interval: int = 10        # read the loss back and log it every this many steps
-    batch_size: int = 12          # sequences in a step
+    batch_size: int = 12          # sequences in a micro-batch (one forward and backward on one rank)
+    gradient_accumulation_steps: int = 1   # micro-batches per step on each rank, gradients summed
     learning_rate: float = 1e-3   # peak learning rate, reached after the warmup
     min_lr: float = 1e-4          # learning rate at the end of the cosine decay
     warmup_iters: int = 100       # steps of linear warmup from 0
@@ -53,6 +56,7 @@ class TrainConfig:
     seed: int = 1337              # initialization, batches, dropout
     cuda_graph: bool = None   # capture the step and evaluation in CUDA graphs (gpt/cuda_graph.py); None: on cuda
     dtype: str = None             # float32 or bfloat16 (autocast: bf16 products, float32 weights); default: bfloat16 on a GPU that has it
+    graph_all_reduce: bool = True   # GPUs: the NCCL all-reduce inside the step's CUDA graph (else between two)
 
 
 def configure_optimizer(model, tc):
@@ -81,21 +85,32 @@ def forward_loss(model, x, y, dtype):
         return model(x, y)[1]
 
 
-def train_step(model, optimizer, x, y, grad_clip, update=None, dtype="float32"):
-    """One optimisation step on the batch (x, y): forward, backward, clipping, update.
+def train_step(model, optimizer, batches, grad_clip, update=None, reduce_grads=None, dtype="float32"):
+    """One optimisation step on the micro-batches [(x, y), ...]: forward and backward of
+    each (the gradients add up), all-reduce over ranks, clipping, update. Returns the
+    loss averaged over the micro-batches.
 
     The eager loop and the CUDA-graph step both run this function. A captured
     step passes update=optimizer.apply: the update's host half (AdamW.prepare,
     step counts and learning rate) runs before each replay, outside the graph.
-    dtype 'bfloat16' runs the forward in autocast; backward follows its dtypes.
+    reduce_grads() averages the gradients over ranks (gpt/distributed.py); None
+    in a single process. dtype 'bfloat16' runs the forwards in autocast; backward
+    follows their dtypes.
     """
-    loss = forward_loss(model, x, y, dtype)
     optimizer.zero_grad()
-    loss.backward()
+    total = None
+    for x, y in batches:
+        loss = forward_loss(model, x, y, dtype)
+        if len(batches) > 1:        # the mean over micro-batches, as one batch of all of them would give
+            loss = loss / len(batches)
+        loss.backward()             # adds into the gradients of the micro-batches before
+        total = loss if total is None else tg.Tensor(total.data + loss.data)   # no graph: stays on the device
+    if reduce_grads is not None:
+        reduce_grads()
     if grad_clip > 0:
         nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     (update or optimizer.step)()
-    return loss
+    return total
 
 
 def use_cuda_graph(tc):
@@ -105,32 +120,47 @@ def use_cuda_graph(tc):
     return tc.device == "cuda" if tc.cuda_graph is None else bool(tc.cuda_graph)
 
 
-def make_runners(model, opt, tc, block_size):
-    """(step, evaluate, stream): step(x, y) trains on host batches x, y (B, T) and returns
-    the loss tensor; evaluate(x, y) returns the loss of a batch without a graph of
-    gradients. With CUDA graphs both are captured once and replayed, on one stream."""
-    dtype = training_dtype(tc)
+def make_runners(model, opt, tc, block_size, world=None):
+    """(step, evaluate, stream): step(x, y) trains on host micro-batches x, y
+    (accumulation, B, T), or (B, T) without accumulation, and returns the loss tensor;
+    evaluate(x, y) returns the loss of a batch (B, T) without a graph of gradients.
+    With CUDA graphs both are captured once and replayed, on one stream. world: the
+    ranks to average gradients over (gpt/distributed.py); None: this process alone."""
+    accumulation, dtype = tc.gradient_accumulation_steps, training_dtype(tc)
+    shape = (accumulation, tc.batch_size, block_size)
+    average = GradientAverager(world, model.parameters()) if world is not None and world.communicating else None
+
+    def unstack(x, y):              # (A, B, T) device tensors -> A pairs of (B, T) views
+        return [(tg.Tensor(x.data[i]), tg.Tensor(y.data[i])) for i in range(accumulation)]
+
     if not use_cuda_graph(tc):
         def step(x, y):
-            return train_step(model, opt, tg.tensor(x, device=tc.device), tg.tensor(y, device=tc.device),
-                              tc.grad_clip, dtype=dtype)
+            x, y = (tg.tensor(np.reshape(a, shape), device=tc.device) for a in (x, y))
+            return train_step(model, opt, unstack(x, y), tc.grad_clip, reduce_grads=average, dtype=dtype)
 
         def evaluate(x, y):
             return forward_loss(model, tg.tensor(x, device=tc.device), tg.tensor(y, device=tc.device), dtype)
         return step, evaluate, contextlib.nullcontext()
     from .cuda_graph import GraphedCall
     stream = tg.backend.cupy().cuda.Stream(non_blocking=True)
-    shape = (tc.batch_size, block_size)
-    step = GraphedCall(lambda x, y, graphed: train_step(model, opt, x, y, tc.grad_clip,
-                                                        update=opt.apply if graphed else None, dtype=dtype),
-                       shape, stream, before=opt.prepare)
-    evaluate = GraphedCall(lambda x, y, graphed: forward_loss(model, x, y, dtype), shape, stream)
+
+    def graphed_step(x, y, graphed):
+        reduce_grads = average
+        if average is not None and graphed and not tc.graph_all_reduce:   # the NCCL call between two graphs
+            reduce_grads = lambda: average(graph_break=step.graph_break)  # noqa: E731
+        return train_step(model, opt, unstack(x, y), tc.grad_clip,
+                          update=opt.apply if graphed else None, reduce_grads=reduce_grads, dtype=dtype)
+    step = GraphedCall(graphed_step, shape, stream, before=opt.prepare)
+    evaluate = GraphedCall(lambda x, y, graphed: forward_loss(model, x, y, dtype), shape[1:], stream)
     return step, evaluate, stream
 
 
-def estimate_loss(model, data, tc, block_size, rng, evaluate=None):
+def estimate_loss(model, data, tc, block_size, rng, evaluate=None, world=None):
     """Mean loss over eval_iters batches of each split, in eval mode, with no graph.
-    evaluate(x, y) -> loss tensor (make_runners'); default: the eager forward."""
+    evaluate(x, y) -> loss tensor (make_runners'); default: the eager forward.
+    With several ranks (world), every rank draws the same eval_iters batches and
+    evaluates every size-th one from its rank on; the losses are summed over ranks."""
+    world = world or distributed.world()
     if evaluate is None:
         def evaluate(x, y):
             return forward_loss(model, tg.tensor(x, device=tc.device), tg.tensor(y, device=tc.device),
@@ -140,13 +170,33 @@ def estimate_loss(model, data, tc, block_size, rng, evaluate=None):
     with tg.no_grad():
         for split in ("train", "val"):
             total = None
-            for _ in range(tc.eval_iters):
+            for i in range(tc.eval_iters):
+                if i % world.size != world.rank:     # another rank's batch: draw it, to stay in step
+                    data.batch_positions(split, tc.batch_size, block_size, rng)
+                    continue
                 x, y = data.get_batch_arrays(split, tc.batch_size, block_size, rng)
                 loss = evaluate(x, y).data
                 total = loss.copy() if total is None else total + loss   # stays on the device
-            out[split] = float(total) / tc.eval_iters
+            out[split] = world.sum(0.0 if total is None else float(total)) / tc.eval_iters
     model.train()
     return out
+
+
+def micro_batches(data, tc, block_size, rng, world):
+    """This rank's micro-batches of one step, stacked: x, y (accumulation, B, T).
+
+    Every rank draws the positions of all accumulation x size micro-batches from the
+    same RNG, in the same order, and keeps its own consecutive share: N ranks see
+    exactly the batches one process with N times the accumulation sees."""
+    xs, ys = [], []
+    for k in range(tc.gradient_accumulation_steps * world.size):
+        if k // tc.gradient_accumulation_steps == world.rank:
+            x, y = data.get_batch_arrays("train", tc.batch_size, block_size, rng)
+            xs.append(x)
+            ys.append(y)
+        else:
+            data.batch_positions("train", tc.batch_size, block_size, rng)
+    return np.stack(xs), np.stack(ys)
 
 
 # ----------------------------------------------------------------------------- settings
@@ -168,6 +218,7 @@ _RULES = {
     "eval_iters": (lambda v: v >= 1, "at least 1"),
     "log_interval": (lambda v: v >= 1, "at least 1"),
     "batch_size": (lambda v: v >= 1, "at least 1"),
+    "gradient_accumulation_steps": (lambda v: v >= 1, "at least 1"),
     "learning_rate": (lambda v: 0 < v < math.inf, "a positive number"),
     "min_lr": (lambda v: 0 <= v < math.inf, "0 or more"),
     "warmup_iters": (lambda v: v >= 0, "at least 0"),
@@ -314,12 +365,13 @@ def _keep_metrics_until(path, last_evaluated):
         path.write_text("".join(kept))
 
 
-def _checkpoint(path, model, opt, it, best_val, mc, tc, rng, evaluated):
+def _checkpoint(path, model, opt, it, best_val, mc, tc, rng, evaluated, world):
     """evaluated: the last iteration whose evaluation is done (-1: none), so a resumed run
-    evaluates at `it` exactly when the uninterrupted one would have."""
+    evaluates at `it` exactly when the uninterrupted one would have. The batch RNG is the
+    one all ranks share; tg_rng (dropout) is rank 0's."""
     nn.save(path, model=model, optimizer=opt, iteration=it, best_val_loss=best_val, evaluated=evaluated,
             model_config=asdict(mc), train_config=asdict(tc), batch_rng=rng.bit_generator.state,
-            tg_rng=tg.backend.get_rng_state())
+            tg_rng=tg.backend.get_rng_state(), world_size=world.size)
 
 
 # ----------------------------------------------------------------------------- Ctrl-C
@@ -328,15 +380,21 @@ class _CtrlC:
     model, optimizer and RNGs agree with the iteration number, so the saved last.npz
     resumes exactly. During an evaluation (which changes no training state) it stops at
     once; a second Ctrl-C also stops at once, saving nothing. Outside the main thread
-    (no signal handlers there) Ctrl-C cannot reach the loop anyway."""
+    (no signal handlers there) Ctrl-C cannot reach the loop anyway.
 
-    def __init__(self):
+    With several ranks, a rank stopping alone would leave the others waiting for it
+    in the next all-reduce: the ranks agree at each iteration boundary (World.any), so
+    the first Ctrl-C always waits for one, evaluation or not. A second one stops this
+    rank at once, and the script's error handling then aborts all of them."""
+
+    def __init__(self, world=None):
         self.requested = False
         self.evaluating = False
         self._previous = None
+        self._distributed = world is not None and world.distributed
 
     def _handler(self, signum, frame):
-        if self.evaluating or self.requested:
+        if self.requested or (self.evaluating and not self._distributed):
             raise KeyboardInterrupt
         self.requested = True
 
@@ -356,7 +414,13 @@ def train(model_config, tc, data_dir, resume=False, progress=True, overwrite=Fal
 
     resume: continue from out_dir/last.npz. overwrite: delete the run files already in
     out_dir (otherwise a run there is refused). summary["stopped"] is "finished",
-    "interrupted" (Ctrl-C; last.npz saved) or "non-finite loss"."""
+    "interrupted" (Ctrl-C; last.npz saved) or "non-finite loss".
+
+    Under mpiexec every rank runs this function (gpt/distributed.py): each trains on
+    its share of every step's micro-batches, and rank 0 alone writes files and prints."""
+    world = distributed.init(tc.device)
+    progress = progress and world.is_main
+    say = print if world.is_main else _Silent().write   # rank 0 alone prints
     problems = check_settings(asdict(model_config), tc)
     if problems:
         raise ConfigError("\n".join(problems))
@@ -379,13 +443,16 @@ def train(model_config, tc, data_dir, resume=False, progress=True, overwrite=Fal
         if same_tokenizer(out, data_dir) is False:   # same vocabulary size, other tokens: silent garbage
             raise ConfigError(f"--resume: the tokenizer of {data_dir} is not the one the run in {out} was "
                               f"trained with (another --data or --tokenizer?)")
-    # nothing was written so far; from here on the out dir is this run's
-    out.mkdir(parents=True, exist_ok=True)
-    if overwrite:
-        for name in RUN_FILES:
-            (out / name).unlink(missing_ok=True)
-    _remove_stale_temp_files(out)
-    copy_tokenizer(data_dir, out)
+    # nothing was written so far; from here on the out dir is this run's (rank 0 writes it,
+    # once every rank has checked it: none may find rank 0's new files and refuse them)
+    world.barrier()
+    if world.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        if overwrite:
+            for name in RUN_FILES:
+                (out / name).unlink(missing_ok=True)
+        _remove_stale_temp_files(out)
+        copy_tokenizer(data_dir, out)
 
     if tc.device == "cpu":
         tg.backend.keep_freed_memory()  # temporaries reuse heap memory: ~30% faster steps on CPU
@@ -400,21 +467,32 @@ def train(model_config, tc, data_dir, resume=False, progress=True, overwrite=Fal
         evaluated = saved.get("evaluated", start_it)  # checkpoints before this field: saved after an evaluation
         rng.bit_generator.state = saved["batch_rng"]
         tg.backend.set_rng_state(saved["tg_rng"])
-        _keep_metrics_until(out / "metrics.jsonl", evaluated)
-        print(f"resumed from {out / 'last.npz'} at iteration {start_it}")
-    tokens_per_iter = tc.batch_size * model_config.block_size
-    print(f"model: {model.num_parameters(exclude_position_embeddings=True) / 1e6:.2f}M parameters, device {tc.device} "
-          f"({training_dtype(tc)}); "
-          f"{tokens_per_iter:,} tokens per iteration (batch {tc.batch_size} x block {model_config.block_size}), "
-          f"{tc.max_iters - start_it} iterations to go")
-    step, evaluate, stream = make_runners(model, opt, tc, model_config.block_size)
-    (out / "config.json").write_text(json.dumps({"model": asdict(model_config), "train": asdict(tc),
-                                                 "data_dir": str(Path(data_dir).resolve()),
-                                                 "data": data.meta.get("source")}, indent=1))
-    metrics = open(out / "metrics.jsonl", "a")
+        if world.is_main:
+            _keep_metrics_until(out / "metrics.jsonl", evaluated)
+        say(f"resumed from {out / 'last.npz'} at iteration {start_it}" + (
+            f" (saved by {saved.get('world_size', 1)} rank(s), continued by {world.size})"
+            if saved.get("world_size", 1) != world.size else ""))
+    if world.rank > 0:
+        # dropout: each rank its own masks (rank 0 keeps the single-process stream)
+        tg.manual_seed(int(np.random.SeedSequence([tc.seed, world.rank, start_it]).generate_state(1)[0]))
+    sequences = tc.batch_size * tc.gradient_accumulation_steps * world.size
+    tokens_per_iter = sequences * model_config.block_size
+    say(f"model: {model.num_parameters(exclude_position_embeddings=True) / 1e6:.2f}M parameters, device {tc.device} "
+        f"({training_dtype(tc)}); "
+        f"{tokens_per_iter:,} tokens per iteration (global batch {sequences} = batch {tc.batch_size} x "
+        f"accumulation {tc.gradient_accumulation_steps} x {world.size} rank{'s' * (world.size != 1)}, "
+        f"x block {model_config.block_size}), {tc.max_iters - start_it} iterations to go")
+    step, evaluate, stream = make_runners(model, opt, tc, model_config.block_size, world)
+    if world.is_main:
+        (out / "config.json").write_text(json.dumps({"model": asdict(model_config), "train": asdict(tc),
+                                                     "world_size": world.size,
+                                                     "data_dir": str(Path(data_dir).resolve()),
+                                                     "data": data.meta.get("source")}, indent=1))
+    metrics = open(out / "metrics.jsonl", "a") if world.is_main else open(os.devnull, "w")
     chars_per_token = data.meta["val_chars_per_token"]
     bar = tqdm(range(start_it, tc.max_iters + 1), initial=start_it, total=tc.max_iters + 1,
                disable=not progress, dynamic_ncols=True)
+    log = bar if world.is_main else _Silent()
     clock = _Clock(tc, tokens_per_iter, start_it)
     t0, last_loss, it = time.time(), None, start_it
     summary = {"stopped": "finished"}
@@ -426,16 +504,17 @@ def train(model_config, tc, data_dir, resume=False, progress=True, overwrite=Fal
 
     def save_last(at):
         nonlocal saved_at
-        _checkpoint(out / "last.npz", model, opt, at, best_val, model_config, tc, rng, evaluated)
+        if world.is_main:
+            _checkpoint(out / "last.npz", model, opt, at, best_val, model_config, tc, rng, evaluated, world)
         saved_at = at
 
     # with CUDA graphs, all work (checkpoints too) runs on their stream, ordered with the replays
-    with stream, _CtrlC() as ctrl_c:
+    with stream, _CtrlC(world) as ctrl_c:
         try:
             for it in bar:
-                if ctrl_c.requested:  # here model, optimizer and RNGs are those of iteration `it`
+                if world.any(ctrl_c.requested):  # here model, optimizer and RNGs are those of iteration `it`
                     save_last(it)
-                    bar.write(f"interrupted at iteration {it}: saved {out / 'last.npz'}; continue with --resume")
+                    log.write(f"interrupted at iteration {it}: saved {out / 'last.npz'}; continue with --resume")
                     summary["stopped"] = "interrupted"
                     break
                 if (it % tc.eval_interval == 0 or it == tc.max_iters) and it != evaluated:
@@ -443,7 +522,7 @@ def train(model_config, tc, data_dir, resume=False, progress=True, overwrite=Fal
                     t_eval = time.time()
                     # its own RNG, fixed by the iteration: evaluating never moves the training batches
                     losses = estimate_loss(model, data, tc, model_config.block_size,
-                                           np.random.default_rng([tc.seed, it]), evaluate)
+                                           np.random.default_rng([tc.seed, it]), evaluate, world)
                     ctrl_c.evaluating = False
                     clock.evaluated(time.time() - t_eval)
                     evaluated = it
@@ -451,35 +530,40 @@ def train(model_config, tc, data_dir, resume=False, progress=True, overwrite=Fal
                     # lr: the schedule's at this iteration (the optimizer's still holds the step before's)
                     record = {"iter": it, "train_loss": losses["train"], "val_loss": losses["val"],
                               "val_bpc": bpc, "lr": lr_at(it), "time": time.time() - t0}
-                    metrics.write(json.dumps(record) + "\n")
+                    metrics.write(json.dumps(record) + "\n")   # rank 0's file; the others' go nowhere
                     metrics.flush()
-                    bar.write(f"iter {it}: train {losses['train']:.4f}, val {losses['val']:.4f} ({bpc:.3f} bits/char)")
+                    log.write(f"iter {it}: train {losses['train']:.4f}, val {losses['val']:.4f} ({bpc:.3f} bits/char)")
                     if losses["val"] < best_val:
                         best_val = losses["val"]
-                        _checkpoint(out / "best.npz", model, opt, it, best_val, model_config, tc, rng, evaluated)
+                        if world.is_main:
+                            _checkpoint(out / "best.npz", model, opt, it, best_val, model_config, tc, rng,
+                                        evaluated, world)
                     save_last(it)
                 if it == tc.max_iters:
                     break
                 lr = lr_at(it)
                 for group in opt.param_groups:
                     group["lr"] = lr
-                loss = step(*data.get_batch_arrays("train", tc.batch_size, model_config.block_size, rng))
+                loss = step(*micro_batches(data, tc, model_config.block_size, rng, world))
                 if it % tc.log_interval == 0:
-                    last_loss = loss.item()  # the only read of a device value per log interval
+                    # the only read of a device value per log interval; the mean over ranks
+                    last_loss = world.sum(loss.item()) / world.size
                     if not math.isfinite(last_loss):
                         summary["stopped"] = "non-finite loss"
-                        bar.write(f"iter {it}: loss is {last_loss}; stopping. The last good checkpoint "
+                        log.write(f"iter {it}: loss is {last_loss}; stopping. The last good checkpoint "
                                   f"({out / 'last.npz'}) is untouched. Try a lower --lr or --grad-clip.")
                         break
-                    clock.logged(it, last_loss, lr, bar, progress)
+                    clock.logged(it, last_loss, lr, log, progress)
         except KeyboardInterrupt:
             summary["stopped"] = "interrupted"
             if ctrl_c.evaluating:  # the evaluation at `it` was cut short; the state is that of `it`
                 save_last(it)
-                bar.write(f"interrupted at iteration {it}: saved {out / 'last.npz'}; continue with --resume")
+                log.write(f"interrupted at iteration {it}: saved {out / 'last.npz'}; continue with --resume")
             else:                  # a second Ctrl-C, mid-step: this state is no checkpoint
-                bar.write(f"stopped at once at iteration {it}; " + ("nothing was saved" if saved_at is None else
+                log.write(f"stopped at once at iteration {it}; " + ("nothing was saved" if saved_at is None else
                           f"{out / 'last.npz'} is from iteration {saved_at}"))
+            if world.distributed:  # the other ranks wait for this one in a collective: abort them all
+                raise
         finally:
             bar.close()
             metrics.close()
@@ -489,6 +573,16 @@ def train(model_config, tc, data_dir, resume=False, progress=True, overwrite=Fal
                    iterations=it, wall_time_s=time.time() - t0,
                    last_train_loss=last_loss if last_loss is None or math.isfinite(last_loss) else None)
     return model, summary
+
+
+class _Silent:
+    """Where ranks other than 0 print: nowhere."""
+
+    def write(self, *args, **kwargs):
+        pass
+
+    def set_postfix(self, *args, **kwargs):
+        pass
 
 
 class _Clock:

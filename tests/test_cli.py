@@ -270,7 +270,7 @@ def test_help_shows_every_option_with_its_default_and_the_presets():
             assert flag in text
     cpu = " ".join(train_shakespeare.build_parser("cpu", "char")[0].format_help().split())
     assert "--n-layer N transformer blocks (default: 4, the cpu preset; cuda: 6)" in cpu
-    assert "--batch-size N sequences in a step (default: 12, the cpu preset; cuda: 64)" in cpu
+    assert "--batch-size N sequences in a micro-batch (one forward and backward on one rank) (default: 12, the cpu preset; cuda: 64)" in cpu
     cuda = " ".join(train_shakespeare.build_parser("cuda", "char")[0].format_help().split())
     assert "(default: 6, the cuda preset; cpu: 4)" in cuda and "(default: out-shakespeare-char-cuda)" in cuda
     with pytest.raises(SystemExit):
@@ -416,6 +416,8 @@ def test_readme_commands_parse_and_sample_the_run_just_trained():
     for line in (ROOT / "README.md").read_text().splitlines():
         line = line.split("  #")[0].strip()
         for command in line.split("&&"):
+            if command.strip().startswith("mpiexec ") and " python " in command:   # the same script, on ranks
+                command = command[command.index(" python ") + 1:]
             if not command.strip().startswith("python "):
                 continue
             words = shlex.split(command)
