@@ -5,7 +5,7 @@
 #   bash bench/flagship.sh DATA_FILE NANOGPT_DIR [LOG_DIR]
 # TG_FLAGS are added to our command (e.g. "--dtype float32"), NANOGPT_FLAGS replace
 # nanoGPT's precision flags (default "--compile=False --dtype=float32"; its own
-# default is "--dtype=bfloat16" with compile on).
+# default is "--dtype=bfloat16" with compile on). SKIP_NANOGPT=1 runs ours alone.
 # NANOGPT_DIR: a checkout of karpathy/nanoGPT whose data/shakespeare_char/ holds the
 # train.bin / val.bin / meta.pkl that its prepare.py made from DATA_FILE.
 set -u
@@ -26,7 +26,7 @@ run() {   # name, command...
 rm -rf out-flagship
 run tensorgrad env PYTHONPATH=. python examples/train_shakespeare.py --device cuda --data "$data" \
     --out-dir out-flagship --no-progress ${TG_FLAGS:-}
-(cd "$nano" && rm -rf out-shakespeare-char && \
+[ -n "${SKIP_NANOGPT:-}" ] || (cd "$nano" && rm -rf out-shakespeare-char && \
  run nanogpt python train.py config/train_shakespeare_char.py ${NANOGPT_FLAGS:---compile=False --dtype=float32})
 grep -h "iter 5000\|best\|val" "$logs/tensorgrad.log" | tail -4
 grep -h "step 1750\|step 5000" "$logs/nanogpt.log"
