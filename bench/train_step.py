@@ -92,7 +92,7 @@ def time_tensorgrad_graph(steps, dtype="float32"):
     model = GPT(GPTConfig(**CFG)).to("cuda")
     opt = nn.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.99), weight_decay=0.1)
     tc = TrainConfig(device="cuda", batch_size=B, grad_clip=1.0, cuda_graph=True, dtype=dtype)
-    step, _, stream = make_runners(model, opt, tc, CFG["block_size"])
+    step, evaluate, stream = make_runners(model, opt, tc, CFG["block_size"])
     rng = np.random.default_rng(0)
     batches = [(rng.integers(0, 65, (B, CFG["block_size"])), rng.integers(0, 65, (B, CFG["block_size"])))
                for _ in range(4)]
@@ -108,6 +108,20 @@ def time_tensorgrad_graph(steps, dtype="float32"):
         stream.synchronize()
         total = (time.perf_counter() - t0) / steps
         value = float(loss.item())
+        model.eval()                             # evaluation as the trainer runs it: a graphed forward
+        with tg.no_grad():
+            for i in range(4):
+                evaluate(*batches[i % 4])
+            stream.synchronize()
+            t0 = time.perf_counter()
+            for i in range(4 * steps):
+                evaluate(*batches[i % 4])
+            issued = time.perf_counter() - t0
+            stream.synchronize()
+            ev = (time.perf_counter() - t0) / (4 * steps)
+        model.train()
+        print(f"tensorgrad {dtype}: evaluation forward {ev * 1e3:.2f} ms a batch "
+              f"(host issues it in {issued / (4 * steps) * 1e3:.2f} ms)")
     # the graph's own pool plus what stays in the default pool (parameters, optimizer state)
     mem = step.pool.total_bytes() + cp.get_default_memory_pool().total_bytes()
     return total, value, mem

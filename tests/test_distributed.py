@@ -341,7 +341,7 @@ for name, graph, in_graph, w in [("plain eager", False, True, None), ("nccl eage
     model = GPT(cfg).to("cuda")
     opt = nn.optim.AdamW(model.parameters(), lr=3e-3, betas=(0.9, 0.99), weight_decay=0.1)
     tc = TrainConfig(device="cuda", batch_size=8, gradient_accumulation_steps=2, grad_clip=1.0,
-                     cuda_graph=graph, graph_all_reduce=in_graph)
+                     cuda_graph=graph, graph_all_reduce=in_graph, dtype="float32")   # bf16 would amplify the atomics' last bits
     step, _, stream = make_runners(model, opt, tc, 64, w)
     with stream:
         losses = [step(x, y).item() for x, y in batches]
