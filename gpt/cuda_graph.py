@@ -8,11 +8,9 @@ CuPy refuses cuBLAS calls during a capture.
 
 A replay repeats the recorded work exactly, on the same memory, so what must
 change from call to call lives in device memory that the graph reads:
-  - the batch: copied into fixed x / y buffers before each replay, from pinned
-    (page-locked) host memory so the copy is truly asynchronous: from ordinary
-    memory the driver waits for the GPU to drain the stream first, and the
-    host could not prepare the next batch while the GPU runs this one. Two
-    pinned buffers take turns; an event says when a buffer's copy is done;
+  - the batch: copied into fixed x / y buffers before each replay, through
+    pinned host memory (backend.HostToDevice), so the host prepares the next
+    batch while the GPU still runs this one;
   - learning rate and Adam's bias corrections: AdamW.prepare() writes them to
     a device array before each replay; AdamW.apply() (captured) reads them;
   - dropout: the Philox offset in device memory, advanced by a captured
@@ -54,26 +52,14 @@ class GraphedCall:
         with stream:
             self.x = tg.Tensor(cp.zeros(batch_shape, dtype=np.int64))   # (B, T) input buffer
             self.y = tg.Tensor(cp.zeros(batch_shape, dtype=np.int64))   # (B, T) target buffer
-        self.staging = [(cp.cuda.alloc_pinned_memory(2 * self.x.data.nbytes), cp.cuda.Event()) for _ in range(2)]
-        self.turn = 0
+        self.upload = backend.HostToDevice(2 * self.x.data.nbytes)
         self.graph, self.out, self.calls = None, None, 0
         self.pieces = []                       # (graph, work between it and the next graph)
         self.pool = cp.cuda.MemoryPool()       # the graph's memory, see the module docstring
 
-    def upload(self, x, y):
-        """Copy the host batch into the x / y buffers, asynchronously (see the module docstring)."""
-        s, (mem, copied) = self.stream, self.staging[self.turn]
-        self.turn ^= 1
-        copied.synchronize()                   # this buffer's previous copy has been read
-        host = np.frombuffer(mem, np.int64, 2 * self.x.data.size).reshape((2,) + self.x.shape)   # (2, B, T)
-        host[0], host[1] = np.reshape(x, self.x.shape), np.reshape(y, self.y.shape)
-        self.x.data.set(host[0], stream=s)
-        self.y.data.set(host[1], stream=s)
-        copied.record(s)
-
     def __call__(self, x, y):
         s = self.stream
-        self.upload(x, y)
+        self.upload([(self.x.data, np.reshape(x, self.x.shape)), (self.y.data, np.reshape(y, self.y.shape))], s)
         with s:
             if self.graph is None and self.calls < self.warmup:
                 self.calls += 1

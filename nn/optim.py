@@ -169,13 +169,14 @@ class AdamW(Optimizer):
         n_all = sum(len(g["params"]) for g in self.param_groups)
         if self._hyper is None or self._hyper.shape[0] != n_all:
             self._hyper = xp.zeros((n_all, N_HYPER), dtype=np.float32)
+            self._upload = backend.HostToDevice(self._hyper.nbytes)   # no wait for the GPU (backend.py)
         host = np.zeros((n_all, N_HYPER), dtype=np.float32)
         for i, p, group in params:
             state = self._state_of(p)
             state["step"] += 1
             (b1, b2) = group["betas"]
             host[i] = hyper_row(group["lr"], b1, b2, group["eps"], group["weight_decay"], state["step"])
-        self._hyper.set(host, stream=xp.cuda.get_current_stream())  # ordered after earlier work
+        self._upload([(self._hyper, host)], xp.cuda.get_current_stream())   # ordered after earlier work
         self._prepared = params
 
     def apply(self):
