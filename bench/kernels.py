@@ -259,6 +259,16 @@ def main():
         bench(f"attention bwd p={p}", "64x6x256x64", 2 * nb,
               lambda: kernels.attention_backward(g, q, k, v, y, lse, True, 0.125, p, sl, dq, dk, dv), ref_bwd, 50)
         del ref
+        if backend.bfloat16 is not None:   # the same kernels on bf16 arrays (float math inside)
+            qb, kb, vb, gb = (a.astype(backend.bfloat16) for a in (q, k, v, g))
+            yb = cp.empty_like(qb)
+            dqb, dkb, dvb = cp.empty_like(qb), cp.empty_like(kb), cp.empty_like(vb)
+            bench(f"attention fwd bf16 p={p}", "64x6x256x64", nb // 2,
+                  lambda: kernels.attention_forward(qb, kb, vb, yb, True, 0.125, p, sl), None, 50)
+            lseb = kernels.attention_forward(qb, kb, vb, yb, True, 0.125, p, sl)
+            bench(f"attention bwd bf16 p={p}", "64x6x256x64", nb,
+                  lambda: kernels.attention_backward(gb, qb, kb, vb, yb, lseb, True, 0.125, p, sl, dqb, dkb, dvb),
+                  None, 50)
     torch_attention_rows(B, H, T, D)
 
     print()
