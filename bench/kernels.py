@@ -263,8 +263,10 @@ def main():
             qb, kb, vb, gb = (a.astype(backend.bfloat16) for a in (q, k, v, g))
             yb = cp.empty_like(qb)
             dqb, dkb, dvb = cp.empty_like(qb), cp.empty_like(kb), cp.empty_like(vb)
-            bench(f"attention fwd bf16 p={p}", "64x6x256x64", nb // 2,
-                  lambda: kernels.attention_forward(qb, kb, vb, yb, True, 0.125, p, sl), None, 50)
+            for mma, how in (("0", "FMA"), ("1", "tensor cores")):
+                os.environ["TENSORGRAD_ATTENTION_MMA"] = mma
+                bench(f"attention fwd bf16 {how} p={p}", "64x6x256x64", nb // 2,
+                      lambda: kernels.attention_forward(qb, kb, vb, yb, True, 0.125, p, sl), None, 50)
             lseb = kernels.attention_forward(qb, kb, vb, yb, True, 0.125, p, sl)
             bench(f"attention bwd bf16 p={p}", "64x6x256x64", nb,
                   lambda: kernels.attention_backward(gb, qb, kb, vb, yb, lseb, True, 0.125, p, sl, dqb, dkb, dvb),

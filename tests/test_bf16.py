@@ -165,7 +165,10 @@ def test_colsum_bf16(shape):
                                               (2, 6, 256, 256, 64, True), (1, 1, 17, 80, 128, True),
                                               (2, 2, 70, 90, 64, False)])
 @pytest.mark.parametrize("p", [0.0, 0.2])
-def test_attention_bf16(B, H, T, S, D, causal, p):
+@pytest.mark.parametrize("mma", [True, False])
+def test_attention_bf16(B, H, T, S, D, causal, p, mma, monkeypatch):
+    """bf16 against float32; the forward on tensor cores (mma, the default) and on float FMAs."""
+    monkeypatch.setenv("TENSORGRAD_ATTENTION_MMA", "1" if mma else "0")
     cp = tg.backend.cupy()
     qb, qf = _pair((B, H, T, D), 14)
     kb, kf = _pair((B, H, S, D), 15)
@@ -185,6 +188,25 @@ def test_attention_bf16(B, H, T, S, D, causal, p):
     assert out["bf16"][0].dtype == tg.bfloat16 and out["bf16"][1].dtype == np.float32
     for i, name in enumerate(("y", "lse", "dq", "dk", "dv")):
         assert _rel(_f32(out["bf16"][i]), out["f32"][i].get()) < BF16_TOL, name
+
+
+@pytest.mark.parametrize("mma", [True, False])
+def test_attention_bf16_unaligned_strides_read_alike(mma, monkeypatch):
+    """Rows at odd element strides take the kernels' scalar loads: the same numbers as aligned rows."""
+    monkeypatch.setenv("TENSORGRAD_ATTENTION_MMA", "1" if mma else "0")
+    cp = tg.backend.cupy()
+    B, H, T, D = 2, 3, 100, 64
+    wide = [_pair((B, H, T, D + 1), 30 + i)[0] for i in range(3)]
+    q, k, v = (w[..., 1:] for w in wide)                          # time strides of D + 1 elements
+    assert not kernels._vec4(q)
+    slot = kernels.rng_slot()
+    outs = []
+    for a, b, c in ((q, k, v), tuple(cp.ascontiguousarray(x) for x in (q, k, v))):
+        y = cp.empty((B, H, T, D), dtype=tg.bfloat16)
+        lse = kernels.attention_forward(a, b, c, y, True, 0.125, 0.1, slot)
+        outs.append((_f32(y), lse.get()))
+    np.testing.assert_array_equal(outs[0][0], outs[1][0])
+    np.testing.assert_array_equal(outs[0][1], outs[1][1])
 
 
 @pytest.mark.parametrize("n,k,m", [(7, 8, 12), (16384, 384, 1152), (64, 1536, 384), (33, 384, 65)])

@@ -14,7 +14,8 @@ arrays get the same kernels with bf16 loads and stores and float math. Nothing h
 back to the host, so the ops can be captured in a CUDA graph.
 
 Set TENSORGRAD_KERNELS=0 to run the generic CuPy path instead (for debugging
-or to compare).
+or to compare), and TENSORGRAD_ATTENTION_MMA=0 to run bf16 attention's forward
+on float FMAs instead of tensor cores.
 """
 import os
 import re
@@ -471,8 +472,11 @@ def attention_forward(q, k, v, y, causal, scale, p, slot):
     _check_out(y=y)
     lse = cp.empty((B, H, T), dtype=cp.float32)
     drop16, dscale = drop_threshold(p)
-    shared = (3 * _TILE * (D + 4) + _TILE * (_TILE + 4)) * 4
-    launch("attention", f"attention_forward_{D}", (-(-T // _TILE), B * H), (128,),
+    name, shared = f"attention_forward_{D}", (3 * _TILE * (D + 4) + _TILE * (_TILE + 4)) * 4
+    if q.dtype != _F32 and os.environ.get("TENSORGRAD_ATTENTION_MMA", "1") != "0":
+        # bf16: the tile products on tensor cores (attention.cu); Q, K and V^T tiles in bf16
+        name, shared = f"attention_forward_mma_{D}", (2 * _TILE * (D + 8) + D * (_TILE + 8)) * 2
+    launch("attention", name, (-(-T // _TILE), B * H), (128,),
            (q, k, v, y, lse) + _strides(q, k, v, y) +
            (np.int32(H), np.int32(T), np.int32(S), np.float32(scale), np.int32(causal), slot, drop16, dscale,
             np.int32(_vec4(q, k, v))), shared_mem=shared, dtype=q.dtype)

@@ -243,6 +243,176 @@ __device__ void attention_forward_body(const floatX* __restrict__ q, const float
     }
 }
 
+#ifdef TG_BF16
+// ------------------------------------------- the forward on tensor cores (bf16)
+// The same algorithm with the tile products S = Q K^T and O += P V done by
+// the tensor cores: PTX mma.sync m16n8k16 (bf16 inputs, float32 accumulation),
+// FlashAttention-2's register layout. Warp w owns query rows 16w..16w+15 of
+// the tile. In an m16n8 result (C) fragment, lane (g = lane / 4, t = lane % 4)
+// holds rows g and g + 8, columns 2t and 2t + 1 of each 8-column block, so a
+// row's max and sum are reduced over the 4 lanes of a quad (2 shuffles), the
+// online-softmax rescale of O works on registers, and S's fragments become
+// P's A operand without leaving registers (C of m16n8 = half of A of m16k16).
+// Key column j = 8 nb + 2t + e is drop_row's (tx = 2t + e, c = nb): the same
+// dropout mask as the float kernels and the backward. P is rounded to bf16 for
+// its product, as in any bf16 attention; S, O, m, l stay float32. V is stored
+// transposed in shared memory, so both B operands are 32-bit loads.
+// (mma.sync in inline PTX: NVRTC with the pip CUDA headers has no crt/mma.h
+// for the WMMA API.)
+
+__device__ __forceinline__ unsigned int pack_bf16(float lo, float hi) {
+    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);          // lo in the low half: the lower column
+    return *reinterpret_cast<unsigned int*>(&v);
+}
+
+__device__ __forceinline__ unsigned int lds32(const floatX* p) { return *reinterpret_cast<const unsigned int*>(p); }
+
+// c (16 x 8, float) += a (16 x 16, bf16, row-major fragment) b (16 x 8, bf16, column-major fragment)
+__device__ __forceinline__ void mma_bf16(float (&c)[4], const unsigned int (&a)[4], unsigned int b0, unsigned int b1) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
+                 "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// rows [row0, row0 + 64) of a (.., rows, D) bf16 operand -> tile[r * ld + d], or transposed
+// tile[d * ld + r]; zeros past n_rows. vec: rows can be read four elements (8 bytes) at a time.
+template <int D>
+__device__ __forceinline__ void load_rows_bf16(floatX* tile, int ld, const floatX* g, long long base, long long st,
+                                               int row0, int n_rows, bool vec, bool transpose) {
+    for (int e = threadIdx.x; e < TILE * D / 4; e += NT) {
+        const int r = e / (D / 4), d = e % (D / 4) * 4;
+        const int row = row0 + r;
+        uint2 u = make_uint2(0u, 0u);
+        floatX* w = reinterpret_cast<floatX*>(&u);
+        if (row < n_rows) {
+            const floatX* src = g + base + (long long)row * st + d;
+            if (vec) {
+                u = *reinterpret_cast<const uint2*>(src);
+            } else {
+#pragma unroll
+                for (int i = 0; i < 4; ++i) w[i] = src[i];
+            }
+        }
+        if (transpose) {
+#pragma unroll
+            for (int i = 0; i < 4; ++i) tile[(d + i) * ld + r] = w[i];
+        } else {
+            *reinterpret_cast<uint2*>(tile + r * ld + d) = u;
+        }
+    }
+}
+
+template <int D>
+__device__ void attention_forward_mma_body(const floatX* __restrict__ q, const floatX* __restrict__ k,
+                                           const floatX* __restrict__ v, floatX* __restrict__ y, float* __restrict__ lse,
+                                           Strides qs, Strides ks, Strides vs, Strides ys, int H, int T, int S,
+                                           float scale, int causal, const unsigned int* rng, unsigned int drop16,
+                                           float dscale, int vec) {
+    constexpr int LH = D + 8;              // row stride of the Q and K tiles (bank-staggered)
+    constexpr int LK = TILE + 8;           // row stride of the transposed V tile
+    extern __shared__ __align__(16) float smem[];
+    floatX* Qs = reinterpret_cast<floatX*>(smem);   // (64, LH)
+    floatX* Ks = Qs + TILE * LH;                     // (64, LH)
+    floatX* Vt = Ks + TILE * LH;                     // (D, LK): V^T
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    const int bh = blockIdx.y, q0 = blockIdx.x * TILE;
+    const int row[2] = {q0 + warp * 16 + g, q0 + warp * 16 + g + 8};   // this lane's two query rows
+    const float sl2 = scale * LOG2E;
+
+    load_rows_bf16<D>(Qs, LH, q, base_of(qs, bh, H), qs.t, q0, T, vec, false);
+    __syncthreads();
+    unsigned int qa[D / 16][4];            // this warp's Q rows as A fragments, one per 16 of D
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+        const floatX* b = Qs + warp * 16 * LH + kk * 16 + 2 * t;
+        qa[kk][0] = lds32(b + g * LH);
+        qa[kk][1] = lds32(b + (g + 8) * LH);
+        qa[kk][2] = lds32(b + g * LH + 8);
+        qa[kk][3] = lds32(b + (g + 8) * LH + 8);
+    }
+    float o[D / 8][4], m[2] = {NEG_INF, NEG_INF}, l[2] = {0.f, 0.f};
+#pragma unroll
+    for (int n = 0; n < D / 8; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.f;
+    const int nkt = key_tiles(q0, T, S, causal);
+    for (int kt = 0; kt < nkt; ++kt) {
+        const int k0 = kt * TILE;
+        __syncthreads();                   // every warp is done with the previous K, V
+        load_rows_bf16<D>(Ks, LH, k, base_of(ks, bh, H), ks.t, k0, S, vec, false);
+        load_rows_bf16<D>(Vt, LK, v, base_of(vs, bh, H), vs.t, k0, S, vec, true);
+        __syncthreads();
+        float s[TILE / 8][4];              // S: 16 rows x 64 keys, as 8 C fragments
+#pragma unroll
+        for (int nb = 0; nb < TILE / 8; ++nb) {
+            s[nb][0] = s[nb][1] = s[nb][2] = s[nb][3] = 0.f;
+            const floatX* b = Ks + (nb * 8 + g) * LH + 2 * t;
+#pragma unroll
+            for (int kk = 0; kk < D / 16; ++kk) mma_bf16(s[nb], qa[kk], lds32(b + kk * 16), lds32(b + kk * 16 + 8));
+        }
+        float alpha[2];
+#pragma unroll
+        for (int hr = 0; hr < 2; ++hr) {   // element e of a fragment: row hr = e / 2, column 2t + e % 2
+            float mx = NEG_INF;
+#pragma unroll
+            for (int nb = 0; nb < TILE / 8; ++nb)
+#pragma unroll
+                for (int e = 2 * hr; e < 2 * hr + 2; ++e) {
+                    const int j = k0 + nb * 8 + 2 * t + (e & 1);
+                    s[nb][e] = visible(row[hr], j, T, S, causal) ? s[nb][e] * sl2 : NEG_INF;
+                    mx = fmaxf(mx, s[nb][e]);
+                }
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+            const float m_new = fmaxf(m[hr], mx);
+            // a row that has seen only masked keys so far keeps m = -inf and all zeros
+            alpha[hr] = m_new == NEG_INF ? 1.f : exp2f(m[hr] - m_new);
+            m[hr] = m_new;
+            l[hr] *= alpha[hr];
+            float z[2][8];
+            drop_row(z[0], rng, drop16, dscale, row[hr], kt, 2 * t, bh);
+            drop_row(z[1], rng, drop16, dscale, row[hr], kt, 2 * t + 1, bh);
+#pragma unroll
+            for (int nb = 0; nb < TILE / 8; ++nb)
+#pragma unroll
+                for (int e = 2 * hr; e < 2 * hr + 2; ++e) {
+                    const float p = m_new == NEG_INF ? 0.f : exp2f(s[nb][e] - m_new);
+                    l[hr] += p;            // the normaliser counts every p, dropped or not
+                    s[nb][e] = p * z[e & 1][nb];
+                }
+        }
+#pragma unroll
+        for (int n = 0; n < D / 8; ++n) {
+            o[n][0] *= alpha[0]; o[n][1] *= alpha[0];
+            o[n][2] *= alpha[1]; o[n][3] *= alpha[1];
+        }
+        // O += P V: P's C fragments, two 8-key blocks at a time, are the A fragments of m16n8k16
+#pragma unroll
+        for (int kk = 0; kk < TILE / 16; ++kk) {
+            const unsigned int pa[4] = {pack_bf16(s[2 * kk][0], s[2 * kk][1]), pack_bf16(s[2 * kk][2], s[2 * kk][3]),
+                                        pack_bf16(s[2 * kk + 1][0], s[2 * kk + 1][1]),
+                                        pack_bf16(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+#pragma unroll
+            for (int n = 0; n < D / 8; ++n) {
+                const floatX* b = Vt + (n * 8 + g) * LK + kk * 16 + 2 * t;
+                mma_bf16(o[n], pa, lds32(b), lds32(b + 8));
+            }
+        }
+    }
+#pragma unroll
+    for (int hr = 0; hr < 2; ++hr) {
+        l[hr] += __shfl_xor_sync(0xffffffffu, l[hr], 1);
+        l[hr] += __shfl_xor_sync(0xffffffffu, l[hr], 2);
+        if (row[hr] >= T) continue;
+        const float f = l[hr] > 0.f ? 1.f / l[hr] : 0.f;
+        floatX* out = y + base_of(ys, bh, H) + (long long)row[hr] * ys.t + 2 * t;
+#pragma unroll
+        for (int n = 0; n < D / 8; ++n)
+            *reinterpret_cast<unsigned int*>(out + n * 8) = pack_bf16(o[n][2 * hr] * f, o[n][2 * hr + 1] * f);
+        if (t == 0) lse[(long long)bh * T + row[hr]] = l[hr] > 0.f ? (m[hr] + log2f(l[hr])) / LOG2E : NEG_INF;
+    }
+}
+#endif
+
 // ----------------------------------------------------------------- backward
 // D[row] = sum_d dy[row, d] * y[row, d]; one warp a row
 extern "C" __global__ void attention_row_dot(const floatX* __restrict__ dy, const floatX* __restrict__ y,
@@ -435,6 +605,18 @@ extern "C" __global__ void __launch_bounds__(NT) attention_backward_q_##D(      
 ATTENTION_KERNELS(32)
 ATTENTION_KERNELS(64)
 ATTENTION_KERNELS(128)
+
+#ifdef TG_BF16
+#define ATTENTION_MMA_KERNEL(D)                                                                                \
+extern "C" __global__ void __launch_bounds__(NT) attention_forward_mma_##D(                                    \
+        const floatX* q, const floatX* k, const floatX* v, floatX* y, float* lse, STRIDE_PARAMS, int H, int T, \
+        int S, float scale, int causal, const unsigned int* rng, unsigned int drop16, float dscale, int vec) { \
+    attention_forward_mma_body<D>(q, k, v, y, lse, STRIDES, H, T, S, scale, causal, rng, drop16, dscale, vec); \
+}
+ATTENTION_MMA_KERNEL(32)
+ATTENTION_MMA_KERNEL(64)
+ATTENTION_MMA_KERNEL(128)
+#endif
 
 // The mask the kernels draw, written out (1 / (1 - p) or 0) for tests: (B*H, T, S)
 extern "C" __global__ void attention_dropout_mask(float* out, int BH, int T, int S, const unsigned int* rng,
