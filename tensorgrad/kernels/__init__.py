@@ -14,8 +14,8 @@ arrays get the same kernels with bf16 loads and stores and float math. Nothing h
 back to the host, so the ops can be captured in a CUDA graph.
 
 Set TENSORGRAD_KERNELS=0 to run the generic CuPy path instead (for debugging
-or to compare), and TENSORGRAD_ATTENTION_MMA=0 to run bf16 attention's forward
-on float FMAs instead of tensor cores.
+or to compare), and TENSORGRAD_ATTENTION_MMA=0 to run bf16 attention on float FMAs instead of
+tensor cores.
 """
 import os
 import re
@@ -461,6 +461,11 @@ def _strides(*arrays):
     return tuple(np.int64(st // a.itemsize) for a in arrays for st in a.strides[:3])
 
 
+def _mma(q):
+    """bf16 attention runs its tile products on tensor cores (mma.sync); float32 on FMAs."""
+    return q.dtype != _F32 and os.environ.get("TENSORGRAD_ATTENTION_MMA", "1") != "0"
+
+
 def attention_forward(q, k, v, y, causal, scale, p, slot):
     """Fill y (B, H, T, D), any strides with D contiguous, with softmax(q k^T * scale) v
     (dropout p with `slot`); returns lse (B, H, T) for the backward."""
@@ -473,7 +478,7 @@ def attention_forward(q, k, v, y, causal, scale, p, slot):
     lse = cp.empty((B, H, T), dtype=cp.float32)
     drop16, dscale = drop_threshold(p)
     name, shared = f"attention_forward_{D}", (3 * _TILE * (D + 4) + _TILE * (_TILE + 4)) * 4
-    if q.dtype != _F32 and os.environ.get("TENSORGRAD_ATTENTION_MMA", "1") != "0":
+    if _mma(q):
         # bf16: the tile products on tensor cores (attention.cu); Q, K and V^T tiles in bf16
         name, shared = f"attention_forward_mma_{D}", (2 * _TILE * (D + 8) + D * (_TILE + 8)) * 2
     launch("attention", name, (-(-T // _TILE), B * H), (128,),
@@ -501,11 +506,18 @@ def attention_backward(g, q, k, v, y, lse, causal, scale, p, slot, dq, dk, dv):
            (g, y, dot) + ys + (np.int32(H), np.int32(T), np.int32(D), np.int32(rows)), dtype=q.dtype)
     tail = _strides(q, k, v, y) + (np.int32(H), np.int32(T), np.int32(S), np.float32(scale), np.int32(causal),
                                    slot, drop16, dscale, np.int32(_vec4(q, k, v, g)))
-    tile, ptile = _TILE * (D + 4), _TILE * (_TILE + 4)
-    launch("attention", f"attention_backward_kv_{D}", (-(-S // _TILE), B * H), (128,),
-           (q, k, v, g, lse, dot, dk, dv) + tail, shared_mem=(4 * tile + 2 * ptile + 2 * _TILE) * 4, dtype=q.dtype)
-    launch("attention", f"attention_backward_q_{D}", (-(-T // _TILE), B * H), (128,),
-           (q, k, v, g, lse, dot, dq) + tail, shared_mem=(4 * tile + ptile + 2 * _TILE) * 4, dtype=q.dtype)
+    if _mma(q):      # bf16 on tensor cores: bf16 row-major and transposed tiles, keep flags (kv)
+        rows, cols = _TILE * (D + 8), D * (_TILE + 8)
+        kv, qq = f"attention_backward_kv_mma_{D}", f"attention_backward_q_mma_{D}"
+        kv_shared, q_shared = (4 * rows + 2 * cols) * 2 + 2 * _TILE * 4 + _TILE * _TILE, (4 * rows + cols) * 2
+    else:
+        tile, ptile = _TILE * (D + 4), _TILE * (_TILE + 4)
+        kv, qq = f"attention_backward_kv_{D}", f"attention_backward_q_{D}"
+        kv_shared, q_shared = (4 * tile + 2 * ptile + 2 * _TILE) * 4, (4 * tile + ptile + 2 * _TILE) * 4
+    launch("attention", kv, (-(-S // _TILE), B * H), (128,),
+           (q, k, v, g, lse, dot, dk, dv) + tail, shared_mem=kv_shared, dtype=q.dtype)
+    launch("attention", qq, (-(-T // _TILE), B * H), (128,),
+           (q, k, v, g, lse, dot, dq) + tail, shared_mem=q_shared, dtype=q.dtype)
 
 
 def attention_dropout_mask(BH, T, S, p, slot):

@@ -575,6 +575,227 @@ __device__ void attention_backward_q_body(const floatX* __restrict__ q, const fl
     }
 }
 
+#ifdef TG_BF16
+// ------------------------------------------ the backward on tensor cores (bf16)
+// The two backward kernels with their four tile products on tensor cores, in
+// the forward's register layout (see attention_forward_mma_body).
+//   q kernel (warp: 16 queries): S = Q K^T, dP = dY V^T, dS = P (dP z - D),
+//     dQ += dS K. Rows are queries, columns keys: the dropout columns are the
+//     forward's (drop_row with tx = 2t + e, c = the 8-key block).
+//   kv kernel (warp: 16 keys): the transposes, S^T = K Q^T, dP^T = V dY^T,
+//     dV += (P z)^T dY, dK += dS^T Q. Rows are keys here, so a lane's (query,
+//     key) pairs are not drop_row's: the block first writes the tile's keep
+//     flags to shared memory (one byte each, drawn as the float kernels draw
+//     them) and every lane reads its own.
+// Operands read as B are stored so that each B register is one 32-bit load:
+// row-major when the product contracts over D (Q, K, V, dY), transposed when
+// it contracts over the tile (K^T for dQ, Q^T, dY^T for dK, dV).
+
+template <int D>
+__device__ __forceinline__ void a_fragments(unsigned int (&a)[D / 16][4], const floatX* tile, int row0, int g, int t) {
+    constexpr int LH = D + 8;
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+        const floatX* b = tile + row0 * LH + kk * 16 + 2 * t;
+        a[kk][0] = lds32(b + g * LH);
+        a[kk][1] = lds32(b + (g + 8) * LH);
+        a[kk][2] = lds32(b + g * LH + 8);
+        a[kk][3] = lds32(b + (g + 8) * LH + 8);
+    }
+}
+
+// c[nb] = A (16 x D, fragments a) times the rows of a (64, LH) tile, transposed: 8 blocks of 8 columns
+template <int D>
+__device__ __forceinline__ void mma_rows(float (&c)[TILE / 8][4], const unsigned int (&a)[D / 16][4], const floatX* tile,
+                                         int g, int t) {
+    constexpr int LH = D + 8;
+#pragma unroll
+    for (int nb = 0; nb < TILE / 8; ++nb) {
+        c[nb][0] = c[nb][1] = c[nb][2] = c[nb][3] = 0.f;
+        const floatX* b = tile + (nb * 8 + g) * LH + 2 * t;
+#pragma unroll
+        for (int kk = 0; kk < D / 16; ++kk) mma_bf16(c[nb], a[kk], lds32(b + kk * 16), lds32(b + kk * 16 + 8));
+    }
+}
+
+// acc (16 x D) += P (16 x 64, C fragments p) times a transposed (D, TILE + 8) tile
+template <int D>
+__device__ __forceinline__ void mma_tile(float (&acc)[D / 8][4], const float (&p)[TILE / 8][4], const floatX* tileT,
+                                         int g, int t) {
+    constexpr int LK = TILE + 8;
+#pragma unroll
+    for (int kk = 0; kk < TILE / 16; ++kk) {
+        const unsigned int pa[4] = {pack_bf16(p[2 * kk][0], p[2 * kk][1]), pack_bf16(p[2 * kk][2], p[2 * kk][3]),
+                                    pack_bf16(p[2 * kk + 1][0], p[2 * kk + 1][1]),
+                                    pack_bf16(p[2 * kk + 1][2], p[2 * kk + 1][3])};
+#pragma unroll
+        for (int n = 0; n < D / 8; ++n) {
+            const floatX* b = tileT + (n * 8 + g) * LK + kk * 16 + 2 * t;
+            mma_bf16(acc[n], pa, lds32(b), lds32(b + 8));
+        }
+    }
+}
+
+// rows r (fragment row g) and r + 8 of a 16 x D result, times f, into out rows at `row` stride st
+template <int D>
+__device__ __forceinline__ void store_fragments(floatX* out, long long st, const float (&acc)[D / 8][4], float f,
+                                                bool first_ok, bool second_ok, int t) {
+#pragma unroll
+    for (int n = 0; n < D / 8; ++n) {
+        if (first_ok) *reinterpret_cast<unsigned int*>(out + n * 8 + 2 * t) = pack_bf16(acc[n][0] * f, acc[n][1] * f);
+        if (second_ok)
+            *reinterpret_cast<unsigned int*>(out + 8 * st + n * 8 + 2 * t) = pack_bf16(acc[n][2] * f, acc[n][3] * f);
+    }
+}
+
+template <int D>
+__device__ void attention_backward_q_mma_body(const floatX* __restrict__ q, const floatX* __restrict__ k,
+                                              const floatX* __restrict__ v, const floatX* __restrict__ dy,
+                                              const float* __restrict__ lse, const float* __restrict__ dot,
+                                              floatX* __restrict__ dq, Strides qs, Strides ks, Strides vs, Strides ys,
+                                              int H, int T, int S, float scale, int causal,
+                                              const unsigned int* rng, unsigned int drop16, float dscale, int vec) {
+    constexpr int LH = D + 8, LK = TILE + 8;
+    extern __shared__ __align__(16) float smem[];
+    floatX* Qs = reinterpret_cast<floatX*>(smem);   // (64, LH)
+    floatX* dYs = Qs + TILE * LH;                    // (64, LH)
+    floatX* Ks = dYs + TILE * LH;                    // (64, LH)
+    floatX* Vs = Ks + TILE * LH;                     // (64, LH)
+    floatX* Kt = Vs + TILE * LH;                     // (D, LK): K^T
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    const int bh = blockIdx.y, q0 = blockIdx.x * TILE;
+    const int row[2] = {q0 + warp * 16 + g, q0 + warp * 16 + g + 8};
+    const float sl2 = scale * LOG2E;
+    load_rows_bf16<D>(Qs, LH, q, base_of(qs, bh, H), qs.t, q0, T, vec, false);
+    load_rows_bf16<D>(dYs, LH, dy, base_of(ys, bh, H), ys.t, q0, T, vec, false);
+    __syncthreads();
+    unsigned int qa[D / 16][4], ya[D / 16][4];
+    a_fragments<D>(qa, Qs, warp * 16, g, t);
+    a_fragments<D>(ya, dYs, warp * 16, g, t);
+    float l2[2], dt[2];
+#pragma unroll
+    for (int hr = 0; hr < 2; ++hr) {
+        const bool in = row[hr] < T;
+        l2[hr] = in ? lse[(long long)bh * T + row[hr]] * LOG2E : 0.f;
+        dt[hr] = in ? dot[(long long)bh * T + row[hr]] : 0.f;
+    }
+    float acc[D / 8][4];
+#pragma unroll
+    for (int n = 0; n < D / 8; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.f;
+    const int nkt = key_tiles(q0, T, S, causal);
+    for (int kt = 0; kt < nkt; ++kt) {
+        const int k0 = kt * TILE;
+        __syncthreads();
+        load_rows_bf16<D>(Ks, LH, k, base_of(ks, bh, H), ks.t, k0, S, vec, false);
+        load_rows_bf16<D>(Vs, LH, v, base_of(vs, bh, H), vs.t, k0, S, vec, false);
+        load_rows_bf16<D>(Kt, LK, k, base_of(ks, bh, H), ks.t, k0, S, vec, true);
+        __syncthreads();
+        float sv[TILE / 8][4], dp[TILE / 8][4];
+        mma_rows<D>(sv, qa, Ks, g, t);      // S
+        mma_rows<D>(dp, ya, Vs, g, t);      // dP (of the dropped p)
+#pragma unroll
+        for (int hr = 0; hr < 2; ++hr) {
+            float z[2][8];
+            drop_row(z[0], rng, drop16, dscale, row[hr], kt, 2 * t, bh);
+            drop_row(z[1], rng, drop16, dscale, row[hr], kt, 2 * t + 1, bh);
+#pragma unroll
+            for (int nb = 0; nb < TILE / 8; ++nb)
+#pragma unroll
+                for (int e = 2 * hr; e < 2 * hr + 2; ++e) {
+                    const int j = k0 + nb * 8 + 2 * t + (e & 1);
+                    const float p = visible(row[hr], j, T, S, causal) ? exp2f(sv[nb][e] * sl2 - l2[hr]) : 0.f;
+                    sv[nb][e] = p * (dp[nb][e] * z[e & 1][nb] - dt[hr]);     // dS
+                }
+        }
+        mma_tile<D>(acc, sv, Kt, g, t);     // dQ += dS K
+    }
+    floatX* out = dq + base_of(qs, bh, H) + (long long)row[0] * qs.t;
+    store_fragments<D>(out, qs.t, acc, scale, row[0] < T, row[1] < T, t);
+}
+
+template <int D>
+__device__ void attention_backward_kv_mma_body(const floatX* __restrict__ q, const floatX* __restrict__ k,
+                                               const floatX* __restrict__ v, const floatX* __restrict__ dy,
+                                               const float* __restrict__ lse, const float* __restrict__ dot,
+                                               floatX* __restrict__ dk, floatX* __restrict__ dv,
+                                               Strides qs, Strides ks, Strides vs, Strides ys,
+                                               int H, int T, int S, float scale, int causal, const unsigned int* rng,
+                                               unsigned int drop16, float dscale, int vec) {
+    constexpr int LH = D + 8, LK = TILE + 8;
+    extern __shared__ __align__(16) float smem[];
+    floatX* Ks = reinterpret_cast<floatX*>(smem);   // (64, LH): this block's keys
+    floatX* Vs = Ks + TILE * LH;                     // (64, LH)
+    floatX* Qs = Vs + TILE * LH;                     // (64, LH): the current query tile
+    floatX* dYs = Qs + TILE * LH;                    // (64, LH)
+    floatX* Qt = dYs + TILE * LH;                    // (D, LK): Q^T
+    floatX* dYt = Qt + D * LK;                       // (D, LK): dY^T
+    float* L = reinterpret_cast<float*>(dYt + D * LK);   // (64): lse of the query tile, in log2 units
+    float* Dot = L + TILE;                           // (64)
+    unsigned char* keep = reinterpret_cast<unsigned char*>(Dot + TILE);   // (64 queries, 64 keys)
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    const int bh = blockIdx.y, kt = blockIdx.x, k0 = kt * TILE;
+    const int key[2] = {k0 + warp * 16 + g, k0 + warp * 16 + g + 8};   // this lane's two keys
+    const int kr[2] = {warp * 16 + g, warp * 16 + g + 8};              // ... in the tile
+    const float sl2 = scale * LOG2E;
+    load_rows_bf16<D>(Ks, LH, k, base_of(ks, bh, H), ks.t, k0, S, vec, false);
+    load_rows_bf16<D>(Vs, LH, v, base_of(vs, bh, H), vs.t, k0, S, vec, false);
+    __syncthreads();
+    unsigned int ka[D / 16][4], va[D / 16][4];
+    a_fragments<D>(ka, Ks, warp * 16, g, t);
+    a_fragments<D>(va, Vs, warp * 16, g, t);
+    float dk_acc[D / 8][4], dv_acc[D / 8][4];
+#pragma unroll
+    for (int n = 0; n < D / 8; ++n)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) { dk_acc[n][e] = 0.f; dv_acc[n][e] = 0.f; }
+    const int first = causal ? max(0, k0 - (S - T)) / TILE : 0;   // the first query row that sees key k0
+    const int nqt = (T + TILE - 1) / TILE;
+    for (int qt = first; qt < nqt; ++qt) {
+        const int q0 = qt * TILE;
+        __syncthreads();
+        load_rows_bf16<D>(Qs, LH, q, base_of(qs, bh, H), qs.t, q0, T, vec, false);
+        load_rows_bf16<D>(dYs, LH, dy, base_of(ys, bh, H), ys.t, q0, T, vec, false);
+        load_rows_bf16<D>(Qt, LK, q, base_of(qs, bh, H), qs.t, q0, T, vec, true);
+        load_rows_bf16<D>(dYt, LK, dy, base_of(ys, bh, H), ys.t, q0, T, vec, true);
+        for (int r = threadIdx.x; r < TILE; r += NT) {
+            const bool in = q0 + r < T;
+            L[r] = in ? lse[(long long)bh * T + q0 + r] * LOG2E : 0.f;
+            Dot[r] = in ? dot[(long long)bh * T + q0 + r] : 0.f;
+        }
+        if (drop16 != 0) {                 // the float kernels' draws: thread (ty, tx) rows 4ty..4ty+3
+            const int ty = threadIdx.x / 8, tx = threadIdx.x % 8;
+#pragma unroll
+            for (int i = 0; i < 4; ++i) {
+                float z[8];
+                drop_row(z, rng, drop16, dscale, q0 + 4 * ty + i, kt, tx, bh);
+#pragma unroll
+                for (int c = 0; c < 8; ++c) keep[(4 * ty + i) * TILE + tx + 8 * c] = z[c] != 0.f;
+            }
+        }
+        __syncthreads();
+        float st[TILE / 8][4], dpt[TILE / 8][4];
+        mma_rows<D>(st, ka, Qs, g, t);      // S^T: keys x queries
+        mma_rows<D>(dpt, va, dYs, g, t);    // dP^T
+#pragma unroll
+        for (int nb = 0; nb < TILE / 8; ++nb)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const int hr = e >> 1, qc = nb * 8 + 2 * t + (e & 1);
+                const float zv = drop16 == 0 ? 1.f : (keep[qc * TILE + kr[hr]] ? dscale : 0.f);
+                const float p = visible(q0 + qc, key[hr], T, S, causal) ? exp2f(st[nb][e] * sl2 - L[qc]) : 0.f;
+                st[nb][e] = p * (dpt[nb][e] * zv - Dot[qc]);   // dS^T
+                dpt[nb][e] = p * zv;                           // (P z)^T
+            }
+        mma_tile<D>(dv_acc, dpt, dYt, g, t);   // dV += (P z)^T dY
+        mma_tile<D>(dk_acc, st, Qt, g, t);     // dK += dS^T Q
+    }
+    store_fragments<D>(dk + base_of(ks, bh, H) + (long long)key[0] * ks.t, ks.t, dk_acc, scale,
+                       key[0] < S, key[1] < S, t);
+    store_fragments<D>(dv + base_of(vs, bh, H) + (long long)key[0] * vs.t, vs.t, dv_acc, 1.f,
+                       key[0] < S, key[1] < S, t);
+}
+#endif
+
 // ------------------------------------------------- entry points, one per head size
 // Strides come as 12 scalars (q, k, v, y: batch, head, time); a gradient has the
 // strides of what it is the gradient of (dq of q, ..., dy of y).
@@ -613,9 +834,27 @@ extern "C" __global__ void __launch_bounds__(NT) attention_forward_mma_##D(     
         int S, float scale, int causal, const unsigned int* rng, unsigned int drop16, float dscale, int vec) { \
     attention_forward_mma_body<D>(q, k, v, y, lse, STRIDES, H, T, S, scale, causal, rng, drop16, dscale, vec); \
 }
+#define ATTENTION_MMA_BACKWARD(D)                                                                              \
+extern "C" __global__ void __launch_bounds__(NT) attention_backward_kv_mma_##D(                                \
+        const floatX* q, const floatX* k, const floatX* v, const floatX* dy, const float* lse,                 \
+        const float* dot, floatX* dk, floatX* dv, STRIDE_PARAMS, int H, int T, int S, float scale, int causal,  \
+        const unsigned int* rng, unsigned int drop16, float dscale, int vec) {                                 \
+    attention_backward_kv_mma_body<D>(q, k, v, dy, lse, dot, dk, dv, STRIDES, H, T, S, scale, causal, rng,     \
+                                      drop16, dscale, vec);                                                    \
+}                                                                                                              \
+extern "C" __global__ void __launch_bounds__(NT) attention_backward_q_mma_##D(                                 \
+        const floatX* q, const floatX* k, const floatX* v, const floatX* dy, const float* lse,                 \
+        const float* dot, floatX* dq, STRIDE_PARAMS, int H, int T, int S, float scale, int causal,             \
+        const unsigned int* rng, unsigned int drop16, float dscale, int vec) {                                 \
+    attention_backward_q_mma_body<D>(q, k, v, dy, lse, dot, dq, STRIDES, H, T, S, scale, causal, rng, drop16,  \
+                                     dscale, vec);                                                             \
+}
 ATTENTION_MMA_KERNEL(32)
 ATTENTION_MMA_KERNEL(64)
 ATTENTION_MMA_KERNEL(128)
+ATTENTION_MMA_BACKWARD(32)
+ATTENTION_MMA_BACKWARD(64)
+ATTENTION_MMA_BACKWARD(128)
 #endif
 
 // The mask the kernels draw, written out (1 / (1 - p) or 0) for tests: (B*H, T, S)
