@@ -12,6 +12,9 @@ measured here, the composed version's time and the speedup. Targets: >= 3x the
 composed version and >= 50% of copy bandwidth at large sizes. Shapes whose
 data fit in the 50 MB L2 can beat the copy bandwidth (it is measured on 1 GiB).
 --tune also times a few launch variants (threads a row) of the long-row kernels.
+The plain first versions of softmax, layernorm and attention (kernels/naive.py:
+one thread a row) are timed beside the fast ones, and a second table gives what
+the fast kernel's tricks buy over them.
 """
 import argparse
 import datetime
@@ -23,6 +26,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from anywhere
 
 from tensorgrad import backend, kernels
+from tensorgrad.kernels import naive
 
 
 def median_ms(fn, n_repeat, n_warmup=5):
@@ -133,6 +137,7 @@ def main():
     rep = 10 if args.quick else 1
     bw = copy_bandwidth(cp)
     rows = []
+    vs_naive = []          # (op, shape, naive device ms, fast device ms)
 
     nan = float("nan")
 
@@ -148,6 +153,13 @@ def main():
         rows.append((op, shape, kd, gbs, 100 * gbs / bw, cd, cd / kd, ke, ce, ce / ke))
         print(f"  {op:24s} {shape:18s} device {kd:8.4f} ms {gbs:6.0f} GB/s {100 * gbs / bw:5.1f}%  "
               f"composed {cd:8.4f} ms x{cd / kd:5.1f} | eager {ke:8.4f} vs {ce:8.4f} ms x{ce / ke:5.1f}", flush=True)
+        return kd if kd == kd else ke
+
+    def bench_pair(op, shape, nbytes, kfn, naive_fn, cfn, n_repeat):
+        """The fast kernel (against the composed version), then the naive kernel alone."""
+        fast = bench(op, shape, nbytes, kfn, cfn, n_repeat)
+        slow = bench(op + " (naive)", shape, nbytes, naive_fn, None, min(n_repeat, 20))
+        vs_naive.append((op, shape, slow, fast))
 
     r = np.random.default_rng(0)
 
@@ -161,10 +173,11 @@ def main():
         y = kernels.softmax_forward(x, 0.125, causal)
         g = randn(*shape)
         sname = "x".join(map(str, shape))
-        bench("softmax fwd" + (" causal" if causal else ""), sname, 2 * nb,
-              lambda: kernels.softmax_forward(x, 0.125, causal), lambda: softmax_composed(cp, x, 0.125, causal), n)
-        bench("softmax bwd", sname, 3 * nb,
-              lambda: kernels.softmax_backward(g, y, 0.125), lambda: softmax_bwd_composed(g, y, 0.125), n)
+        bench_pair("softmax fwd" + (" causal" if causal else ""), sname, 2 * nb,
+                   lambda: kernels.softmax_forward(x, 0.125, causal), lambda: naive.softmax_forward(x, 0.125, causal),
+                   lambda: softmax_composed(cp, x, 0.125, causal), n)
+        bench_pair("softmax bwd", sname, 3 * nb, lambda: kernels.softmax_backward(g, y, 0.125),
+                   lambda: naive.softmax_backward(g, y, 0.125), lambda: softmax_bwd_composed(g, y, 0.125), n)
         if args.tune:
             for threads in (128, 256, 512):
                 kernels._BLOCK_THREADS = threads
@@ -185,10 +198,11 @@ def main():
         y, mean, rstd = kernels.layernorm_forward(x, w, b, 1e-5)
         _, xh, rs = layernorm_composed(cp, x, w, b)
         sname = "x".join(map(str, shape))
-        bench("layernorm fwd", sname, 2 * x.nbytes + 8 * shape[0],
-              lambda: kernels.layernorm_forward(x, w, b, 1e-5), lambda: layernorm_composed(cp, x, w, b), 200)
-        bench("layernorm bwd", sname, 3 * x.nbytes + 8 * shape[0],
-              lambda: kernels.layernorm_backward(g, x, w, mean, rstd), lambda: layernorm_bwd_composed(g, xh, rs, w), 200)
+        bench_pair("layernorm fwd", sname, 2 * x.nbytes + 8 * shape[0], lambda: kernels.layernorm_forward(x, w, b, 1e-5),
+                   lambda: naive.layernorm_forward(x, w, b, 1e-5), lambda: layernorm_composed(cp, x, w, b), 200)
+        bench_pair("layernorm bwd", sname, 3 * x.nbytes + 8 * shape[0],
+                   lambda: kernels.layernorm_backward(g, x, w, mean, rstd), lambda: naive.layernorm_backward(g, x, w, mean, rstd),
+                   lambda: layernorm_bwd_composed(g, xh, rs, w), 200)
         if args.tune:
             for tile in (8, 16, 32):
                 kernels._LN_TILE, saved_tile = tile, kernels._LN_TILE
@@ -254,11 +268,20 @@ def main():
             return ref.backward(g)
         ref_fwd()
         nb = 4 * q.nbytes
-        bench(f"attention fwd p={p}", "64x6x256x64", nb,
-              lambda: kernels.attention_forward(q, k, v, y, True, 0.125, p, sl), ref_fwd, 50)
-        bench(f"attention bwd p={p}", "64x6x256x64", 2 * nb,
-              lambda: kernels.attention_backward(g, q, k, v, y, lse, True, 0.125, p, sl, dq, dk, dv), ref_bwd, 50)
+        fwd = bench(f"attention fwd p={p}", "64x6x256x64", nb,
+                    lambda: kernels.attention_forward(q, k, v, y, True, 0.125, p, sl), ref_fwd, 50)
+        bwd = bench(f"attention bwd p={p}", "64x6x256x64", 2 * nb,
+                    lambda: kernels.attention_backward(g, q, k, v, y, lse, True, 0.125, p, sl, dq, dk, dv), ref_bwd, 50)
+        if p == 0.0:
+            fast_fwd, fast_bwd = fwd, bwd
         del ref
+    # the naive kernels (no dropout) against the fast ones' p = 0 rows above
+    yn, lsen = naive.attention_forward(q, k, v, True, 0.125)
+    for what, fn, nb, fast in (("fwd", lambda: naive.attention_forward(q, k, v, True, 0.125), 4 * q.nbytes, fast_fwd),
+                               ("bwd", lambda: naive.attention_backward(g, q, k, v, yn, lsen, True, 0.125),
+                                8 * q.nbytes, fast_bwd)):
+        slow = bench(f"attention {what} p=0.0 (naive)", "64x6x256x64", nb, fn, None, 10)
+        vs_naive.append((f"attention {what} p=0.0", "64x6x256x64", slow, fast))
     torch_attention_rows(B, H, T, D)
 
     print()
@@ -277,6 +300,14 @@ def main():
     for op, shape, kd, gbs, pct, cd, sp, ke, ce, spe in rows:
         print(f"| {op.strip()} | {shape} | {f(kd, '.4f')} | {gbs:.0f} | {pct:.0f}% | {f(cd, '.4f')} | "
               f"{f(sp, '.1f')}x | {ke:.4f} | {f(ce, '.4f')} | {f(spe, '.1f')}x |")
+    print()
+    print("What the fast kernels' tricks buy: the plain one-thread-a-row kernel (kernels/naive.py) against the "
+          "fast one, device time")
+    print()
+    print("| op | shape | naive ms | fast ms | fast is |")
+    print("| --- | --- | ---: | ---: | ---: |")
+    for op, shape, slow, fast in vs_naive:
+        print(f"| {op} | {shape} | {f(slow, '.4f')} | {f(fast, '.4f')} | {f(slow / fast, '.1f')}x faster |")
 
 
 def torch_attention_rows(B, H, T, D):

@@ -14,6 +14,7 @@ import pytest
 import nn
 import tensorgrad as tg
 from tensorgrad import backend, kernels
+from tensorgrad.kernels import naive
 
 pytestmark = pytest.mark.cuda
 
@@ -484,13 +485,18 @@ ATTENTION_SHAPES = [  # B, H, T, S, D, causal
     (1, 2, 1, 33, 64, True)]
 
 
+def attention_inputs(cp, B, H, T, S, D):
+    """q (B, H, T, D), k, v (B, H, S, D) and dy (B, H, T, D), random, on the host and on the GPU."""
+    q, k, v = (rng.standard_normal(sh).astype(np.float32) * 2 for sh in ((B, H, T, D), (B, H, S, D), (B, H, S, D)))
+    g = rng.standard_normal((B, H, T, D)).astype(np.float32)
+    return (q, k, v, g), tuple(cp.asarray(a) for a in (q, k, v, g))
+
+
 @pytest.mark.parametrize("B,H,T,S,D,causal", ATTENTION_SHAPES)
 def test_attention_kernels_match_reference(poisoned, B, H, T, S, D, causal):
     cp = poisoned
-    q, k, v = (rng.standard_normal(sh).astype(np.float32) * 2 for sh in ((B, H, T, D), (B, H, S, D), (B, H, S, D)))
-    g = rng.standard_normal((B, H, T, D)).astype(np.float32)
+    (q, k, v, g), (qd, kd, vd, gd) = attention_inputs(cp, B, H, T, S, D)
     scale = 1 / np.sqrt(D)
-    qd, kd, vd, gd = (cp.asarray(a) for a in (q, k, v, g))
     slot = backend.philox_state()
     y = cp.empty_like(qd)
     lse = kernels.attention_forward(qd, kd, vd, y, causal, scale, 0.0, slot)
@@ -578,3 +584,82 @@ def test_linear_without_bias_or_odd_sizes_uses_reference(cp):
     assert not LinearCUDA.supports(x, w, cp.ones(5, dtype=cp.float32))       # 5 outputs, 6 inputs: not x4
     y = tg.linear(tg.tensor(x), tg.tensor(w), tg.tensor(cp.ones(5, dtype=cp.float32)))
     assert np.allclose(y.numpy(), 7.0)
+
+
+# ------------------------------------------------ naive kernels (kernels/naive.py)
+# The plain first versions (one thread per row) against the same float64 references
+# as the fast kernels above. One thread adds a whole row serially, and the rounding
+# of a serial float32 sum grows like sqrt(row length) (a tree of partial sums, as the
+# fast kernels use, grows like log of it): rows of a few hundred meet TOL, rows of
+# 50k (with |mean| >> std for layernorm) land near 2e-5. naive_tol allows for that.
+def naive_tol(L):
+    return max(TOL, 2e-7 * np.sqrt(L))
+
+
+@pytest.mark.parametrize("shape", SOFTMAX_SHAPES)
+def test_naive_softmax_forward_backward(poisoned, shape):
+    cp = poisoned
+    tol = naive_tol(shape[-1])
+    for scale in (1.0, 0.125):
+        x = (rng.standard_normal(shape) * 60).astype(np.float32)
+        y = naive.softmax_forward(cp.asarray(x), scale=scale)
+        relerr(y, softmax_ref(x, scale), f"naive softmax fwd {shape} scale {scale}", tol)
+        g = rng.standard_normal(shape).astype(np.float32)
+        y32 = softmax_ref(rng.standard_normal(shape) * 2, scale).astype(np.float32)   # moderate: see above
+        dx = naive.softmax_backward(cp.asarray(g), cp.asarray(y32), scale=scale)
+        y64 = y32.astype(np.float64)
+        relerr(dx, scale * y64 * (g - (g * y64).sum(-1, keepdims=True)), f"naive softmax bwd {shape} scale {scale}",
+               tol)
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 1), (3, 5, 5), (2, 7, 20), (384, 16, 256), (1, 4, 2000), (2, 6, 3)])
+def test_naive_softmax_causal(poisoned, shape):
+    cp = poisoned
+    x = (rng.standard_normal(shape) * 60).astype(np.float32)
+    y = naive.softmax_forward(cp.asarray(x), scale=0.3, causal=True)
+    relerr(y, softmax_ref(x, 0.3, causal=True), f"naive softmax causal fwd {shape}", naive_tol(shape[-1]))
+    T, S = shape[-2:]
+    masked = ~np.tri(T, S, k=S - T, dtype=bool)
+    assert (cp.asnumpy(y)[..., masked] == 0).all(), "masked entries (and rows with no key) must be exactly 0"
+
+
+@pytest.mark.parametrize("shape", LN_SHAPES)
+def test_naive_layernorm(poisoned, shape):
+    cp = poisoned
+    C = shape[-1]
+    tol = naive_tol(C)
+    x = (rng.standard_normal(shape) * 3 + 20).astype(np.float32)   # |mean| >> std, as for the fast kernel
+    w = rng.standard_normal(C).astype(np.float32)
+    b = rng.standard_normal(C).astype(np.float32)
+    y, mean, rstd = naive.layernorm_forward(cp.asarray(x), cp.asarray(w), cp.asarray(b), 1e-5)
+    yref, mref, rref = layernorm_ref(x, w, b, 1e-5)
+    relerr(y, yref, f"naive layernorm fwd {shape}", tol)
+    relerr(mean, mref, f"naive layernorm mean {shape}", tol)
+    relerr(rstd, rref, f"naive layernorm rstd {shape}", tol)
+    g = rng.standard_normal(shape).astype(np.float32)
+    m32, r32 = mref.astype(np.float32), rref.astype(np.float32)
+    dx, dw, db = naive.layernorm_backward(cp.asarray(g), cp.asarray(x), cp.asarray(w), cp.asarray(m32),
+                                          cp.asarray(r32))
+    dxr, dwr, dbr = layernorm_bwd_ref(g, x, w, m32.astype(np.float64), r32.astype(np.float64))
+    rows = int(np.prod(shape[:-1]))
+    relerr(dx, dxr, f"naive layernorm bwd dx {shape}", tol)
+    relerr(dw, dwr, f"naive layernorm bwd dw {shape}", naive_tol(rows))   # dw, db: serial sums down a column
+    relerr(db, dbr, f"naive layernorm bwd db {shape}", naive_tol(rows))
+
+
+@pytest.mark.parametrize("B,H,T,S,D,causal", ATTENTION_SHAPES)
+def test_naive_attention_matches_reference(poisoned, B, H, T, S, D, causal):
+    cp = poisoned
+    (q, k, v, g), (qd, kd, vd, gd) = attention_inputs(cp, B, H, T, S, D)
+    scale = 1 / np.sqrt(D)
+    y, lse = naive.attention_forward(qd, kd, vd, causal, scale)
+    dq, dk, dv = naive.attention_backward(gd, qd, kd, vd, y, lse, causal, scale)
+    refs = attention_ref(q, k, v, g, causal, scale)
+    for out, ref, name in zip((y, dq, dk, dv), refs, ("y", "dq", "dk", "dv")):
+        relerr(out, ref, f"naive attention {name} B{B} H{H} T{T} S{S} D{D} causal={causal}")
+    # lse, what the backward recomputes p from: logsumexp of each row's visible scores
+    s = q.astype(np.float64) @ k.astype(np.float64).swapaxes(-1, -2) * scale
+    if causal:
+        s = np.where(np.tri(T, S, k=S - T, dtype=bool), s, -np.inf)
+    m = s.max(-1, keepdims=True)
+    relerr(lse, (m + np.log(np.exp(s - m).sum(-1, keepdims=True)))[..., 0], f"naive attention lse B{B} H{H} T{T} S{S}")
