@@ -290,7 +290,7 @@ def test_gelu_forms_differ_and_bad_form_is_refused(cp):
 def test_engine_gelu_cuda_vs_cpu(approximate):
     x = (rng.standard_normal((5, 37, 129)) * 3).astype(np.float32)
     out = tg.gelu(tg.tensor(x, device="cuda", requires_grad=True), approximate=approximate)
-    assert type(out._ctx).__name__ == "GELUCUDA"                      # the kernel ran, with the form asked for
+    assert type(out.grad_fn).__name__ == "GELUCUDA"                      # the kernel ran, with the form asked for
     _compare_engine(lambda a: tg.gelu(a, approximate=approximate), [x], f"gelu {approximate}")
     _compare_engine(nn.GELU(approximate=approximate), [x], f"nn.GELU({approximate!r})")
 
@@ -302,7 +302,7 @@ def test_engine_cross_entropy_label_smoothing_runs_the_reference_on_cuda():
     t[1, :3] = -1
     fn = lambda a, tt: tg.cross_entropy(a, tt, ignore_index=-1, label_smoothing=0.1)
     out = fn(tg.tensor(logits, device="cuda", requires_grad=True), tg.tensor(t, device="cuda"))
-    assert type(out._ctx) is CrossEntropy                              # the kernels know no smoothing
+    assert type(out.grad_fn) is CrossEntropy                              # the kernels know no smoothing
     _compare_engine(fn, [logits, t], "cross_entropy label_smoothing=0.1")
     plain = tg.cross_entropy(tg.tensor(logits, device="cuda", requires_grad=True), tg.tensor(t, device="cuda"),
                              ignore_index=-1)

@@ -79,8 +79,7 @@ def test_kv_cache_logits_match_full_forward():
     model = GPT(GPTConfig(**TINY)).eval()
     idx = np.array([[1, 4, 2, 7, 3]])
     with tg.no_grad():
-        from gpt.model import KVCache
-        cache = KVCache(2)
+        cache = model.kv_cache()
         model(idx[:, :3], cache=cache)
         step, _ = model(idx[:, 3:4], cache=cache)
         ref, _ = model(idx[:, :4])
