@@ -180,13 +180,11 @@ def main():
                    lambda: naive.softmax_backward(g, y, 0.125), lambda: softmax_bwd_composed(g, y, 0.125), n)
         if args.tune:
             for threads in (128, 256, 512):
-                kernels._BLOCK_THREADS = threads
-                saved = kernels._WARP_ROWS_MAX
-                kernels._WARP_ROWS_MAX = 0            # force one block a row
-                bench(f"  tune fwd block{threads}", sname, 2 * nb, lambda: kernels.softmax_forward(x, 0.125, causal), None, n)
-                bench(f"  tune bwd block{threads}", sname, 3 * nb, lambda: kernels.softmax_backward(g, y, 0.125), None, n)
-                kernels._WARP_ROWS_MAX = saved
-            kernels._BLOCK_THREADS = None
+                with kernels.launch_settings(block_threads=threads, warp_rows_max=0):   # one block a row
+                    bench(f"  tune fwd block{threads}", sname, 2 * nb, lambda: kernels.softmax_forward(x, 0.125, causal),
+                          None, n)
+                    bench(f"  tune bwd block{threads}", sname, 3 * nb, lambda: kernels.softmax_backward(g, y, 0.125),
+                          None, n)
         del x, y, g
         cp.get_default_memory_pool().free_all_blocks()
 
@@ -205,14 +203,13 @@ def main():
                    lambda: layernorm_bwd_composed(g, xh, rs, w), 200)
         if args.tune:
             for tile in (8, 16, 32):
-                kernels._LN_TILE, saved_tile = tile, kernels._LN_TILE
-                bench(f"  tune bwd tile{tile}", sname, 3 * x.nbytes, lambda: kernels.layernorm_backward(g, x, w, mean, rstd), None, 200)
-                kernels._LN_TILE = saved_tile
-            kernels._WARP_ROWS_MAX, saved = 0, kernels._WARP_ROWS_MAX
+                with kernels.launch_settings(ln_tile=tile):
+                    bench(f"  tune bwd tile{tile}", sname, 3 * x.nbytes,
+                          lambda: kernels.layernorm_backward(g, x, w, mean, rstd), None, 200)
             for threads in (128, 256):
-                kernels._BLOCK_THREADS = threads
-                bench(f"  tune fwd block{threads}", sname, 2 * x.nbytes, lambda: kernels.layernorm_forward(x, w, b, 1e-5), None, 200)
-            kernels._WARP_ROWS_MAX, kernels._BLOCK_THREADS = saved, None
+                with kernels.launch_settings(block_threads=threads, warp_rows_max=0):
+                    bench(f"  tune fwd block{threads}", sname, 2 * x.nbytes,
+                          lambda: kernels.layernorm_forward(x, w, b, 1e-5), None, 200)
 
     # cross-entropy (B*T, V): characters and GPT-2's vocabulary
     for shape, n in [((16384, 65), 200), ((8192, 50257), 20)]:
@@ -231,11 +228,11 @@ def main():
               lambda: ce_bwd_composed(cp, probs, t, keep, scale[:, None]), n)
         if args.tune and V > 1024:
             for threads in (128, 256, 512):
-                kernels._BLOCK_THREADS = threads
-                bench(f"  tune fwd block{threads}", sname, x.nbytes, lambda: kernels.cross_entropy_forward(x, t, keep), None, n)
-                bench(f"  tune bwd block{threads}", sname, 2 * x.nbytes,
-                      lambda: kernels.cross_entropy_backward(x, t, keep, lse, scale), None, n)
-            kernels._BLOCK_THREADS = None
+                with kernels.launch_settings(block_threads=threads):
+                    bench(f"  tune fwd block{threads}", sname, x.nbytes, lambda: kernels.cross_entropy_forward(x, t, keep),
+                          None, n)
+                    bench(f"  tune bwd block{threads}", sname, 2 * x.nbytes,
+                          lambda: kernels.cross_entropy_backward(x, t, keep, lse, scale), None, n)
         del x, probs
         cp.get_default_memory_pool().free_all_blocks()
 

@@ -127,7 +127,7 @@ def check_device(device):
                           "for a CUDA 12 driver), or use --device cpu") from None
     if not gpu_present():
         raise DeviceError("--device cuda: no GPU was found on this machine; use --device cpu")
-    raise DeviceError(f"--device cuda: CuPy cannot use the GPU ({tg.backend._cupy_error}); check that "
+    raise DeviceError(f"--device cuda: CuPy cannot use the GPU ({tg.backend.cupy_error()}); check that "
                       f"`nvidia-smi` works and that the CuPy package matches the driver's CUDA version, "
                       f"or use --device cpu")
 

@@ -24,6 +24,11 @@ def _load_cupy():
     return _cupy
 
 
+def cupy_error():
+    """Why CuPy could not be used (for an error message), or None when it can or was not tried."""
+    return _cupy_error
+
+
 def cuda_available():
     """True when CuPy imports and sees at least one GPU."""
     return _load_cupy() is not None

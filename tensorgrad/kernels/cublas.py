@@ -59,6 +59,11 @@ def _init():
         return _state
 
 
+def available():
+    """True when our own handle could be made; False: matmuls fall back to CuPy's (a warning said why)."""
+    return "error" not in _init()
+
+
 def _create():
     cp = backend.cupy()
     lib = mapped_library("libcublas")
