@@ -27,6 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 
 from tensorgrad import backend, kernels
 from tensorgrad.kernels import naive
+from tensorgrad.ops.attention import ScaledDotProductAttention
 
 
 def median_ms(fn, n_repeat, n_warmup=5):
@@ -247,7 +248,6 @@ def main():
           lambda: x * ((gen.random(x.shape, dtype=cp.float32) >= 0.2) * cp.float32(1.25)), 200)
 
     # fused attention (B, nh, T, hs) = (64, 6, 256, 64), causal, against the reference op's math
-    from tensorgrad.ops.attention import ScaledDotProductAttention
     B, H, T, D = 64, 6, 256, 64
     q, k, v, g = (randn(B, H, T, D) for _ in range(4))
     for p in (0.0, 0.2):

@@ -13,6 +13,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
+import nn  # noqa: E402  (from the checkout just put on sys.path)
+import tensorgrad as tg  # noqa: E402
+from gpt.errors import ConfigError, DataError  # noqa: E402
+
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     """Keeps the description's layout and shows each option's default, unless it has none."""
@@ -117,7 +121,6 @@ class DeviceError(ScriptError):
 
 def check_device(device):
     """A one-line DeviceError when --device cuda cannot run here, saying why."""
-    import tensorgrad as tg
     if device != "cuda" or tg.cuda_available():
         return
     try:
@@ -144,8 +147,6 @@ def run(main, argv=None):
     """Call main(argv) -> exit status as a shell user expects: a mistake they can fix is one
     line `error: ...` (status 2 for a setting, 1 for a file or the machine), Ctrl-C is
     status 130, and only bugs keep their traceback."""
-    import nn
-    from gpt.errors import ConfigError, DataError
     try:
         return main(argv)
     except ConfigError as e:

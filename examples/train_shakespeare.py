@@ -17,6 +17,13 @@ from pathlib import Path
 
 from _cli import Parser, add_dataclass_flags, check_device, parse_with_typed, run, start_ids
 
+import nn  # after _cli, which puts the checkout on sys.path
+import tensorgrad as tg
+from gpt import GPTConfig, TrainConfig, prepare, train
+from gpt.data import TINYSHAKESPEARE_URL, download, load_tokenizer
+from gpt.errors import ConfigError, DataError
+from gpt.train import check_out_dir, check_settings, load_model
+
 PRESETS = {
     # nanoGPT's shakespeare-char configuration
     "cuda": dict(n_layer=6, n_head=6, n_embd=384, block_size=256, batch_size=64, dropout=0.2,
@@ -35,13 +42,11 @@ TRAIN_SKIP = ("out_dir", "device", "cuda_graph")     # flags of their own below
 
 
 def default_device():
-    import tensorgrad as tg
     return "cuda" if tg.cuda_available() else "cpu"
 
 
 def build_parser(device, tokenizer):
     """The full parser; defaults are the preset of `device` (help shows them, and the other preset's)."""
-    from gpt import GPTConfig, TrainConfig
     preset, other = PRESETS.get(device, PRESETS["cpu"]), "cpu" if device == "cuda" else "cuda"
 
     def note(name):
@@ -98,9 +103,6 @@ def parse_args(argv=None):
 def settings_of_run(args, model_names, train_names, typed):
     """(model settings, training settings). On --resume the untyped ones come from the
     checkpoint, so `--resume` alone continues the run as it was started."""
-    import nn
-    from gpt.errors import ConfigError
-    from gpt.train import check_out_dir
     check_out_dir(args.out_dir, args.resume, args.overwrite)
     model = {k: getattr(args, k) for k in model_names}
     train = {k: getattr(args, k) for k in train_names}
@@ -130,10 +132,6 @@ def main(argv=None):
     check_device(args.device)
     if args.device == "cuda" and not args.no_tf32:
         os.environ.setdefault("CUPY_TF32", "1")  # read at the first matmul: set it before
-    from gpt import GPTConfig, TrainConfig, prepare, train
-    from gpt.data import TINYSHAKESPEARE_URL, download, load_tokenizer
-    from gpt.errors import ConfigError, DataError
-    from gpt.train import check_settings, load_model
 
     # everything a user can get wrong is checked before anything is written
     model_settings, train_settings = settings_of_run(args, model_names, train_names, typed)

@@ -249,7 +249,7 @@ class GPT(nn.Module):
     @classmethod
     def from_pretrained(cls, path, n_head=None, **overrides):
         """Load a Hugging Face GPT-2 `model.safetensors` (n_head from config.json beside it)."""
-        from .pretrained import load_gpt2_safetensors
+        from .pretrained import load_gpt2_safetensors   # here: pretrained.py imports this module
         return load_gpt2_safetensors(cls, path, n_head=n_head, **overrides)
 
 

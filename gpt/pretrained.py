@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .model import GPTConfig
+
 _DTYPES = {"F32": np.float32, "F16": np.float16, "F64": np.float64, "I64": np.int64, "I32": np.int32,
            "U8": np.uint8, "BOOL": np.bool_}
 _CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
@@ -61,7 +63,6 @@ def write_safetensors(tensors, path):
 
 
 def load_gpt2_safetensors(cls, path, n_head=None, **overrides):
-    from .model import GPTConfig
     path = Path(path)
     sd = read_safetensors(path)
     sd = {k[len("transformer."):] if k.startswith("transformer.") else k: v for k, v in sd.items()}

@@ -27,7 +27,9 @@ from tqdm import tqdm
 
 import nn
 import tensorgrad as tg
+from tensorgrad.kernels import ATTENTION_HEAD_SIZES
 
+from .cuda_graph import GraphedCall
 from .data import TokenData, copy_tokenizer, same_tokenizer
 from .errors import ConfigError
 from .model import GPT, GPTConfig
@@ -98,7 +100,6 @@ def make_runners(model, opt, tc, block_size):
         def evaluate(x, y):
             return model(tg.tensor(x, device=tc.device), tg.tensor(y, device=tc.device))[1]
         return step, evaluate, contextlib.nullcontext()
-    from .cuda_graph import GraphedCall
     stream = tg.backend.cupy().cuda.Stream(non_blocking=True)
     shape = (tc.batch_size, block_size)
     step = GraphedCall(lambda x, y, graphed: train_step(model, opt, x, y, tc.grad_clip,
@@ -183,7 +184,6 @@ def attention_bytes(mc, batch_size, device):
     (NumPy, or CuPy for head sizes the fused kernels do not take) stores one (B, n_head, T, T)
     float32 array per layer for backward, plus one being computed. The fused GPU kernels
     store none."""
-    from tensorgrad.kernels import ATTENTION_HEAD_SIZES
     if device == "cuda" and mc.n_embd // mc.n_head in ATTENTION_HEAD_SIZES:
         return 0
     return (mc.n_layer + 1) * batch_size * mc.n_head * mc.block_size ** 2 * 4

@@ -4,6 +4,9 @@ Every op is written once against `xp` (NumPy or CuPy have the same API), so the
 CPU and GPU paths are the same code. CuPy is imported lazily: `import tensorgrad`
 works without it, and asking for 'cuda' without it is a clear error.
 """
+import ctypes
+import sys
+
 import numpy as np
 
 _cupy = None          # the cupy module once imported successfully
@@ -104,8 +107,6 @@ def keep_freed_memory():
     Shakespeare model went from 70 to 50 ms. Linux/glibc only; returns whether
     it was applied. Process-wide, so the training loop calls it, not import.
     """
-    import ctypes
-    import sys
     if not sys.platform.startswith("linux"):
         return False
     try:

@@ -20,7 +20,9 @@ import numpy as np
 from . import kernels
 
 _grad_enabled = True
-Tensor = None  # set by tensor.py (which imports this module) to avoid an import per call
+# The one deliberate import cycle: Function.apply makes Tensors and tensor.py imports this
+# module (no_grad, is_grad_enabled), so tensor.py sets this name when it is loaded.
+Tensor = None
 
 
 class ShapeError(ValueError):

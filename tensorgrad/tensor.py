@@ -173,8 +173,7 @@ class Tensor:
                 t = Tensor._make(backend.to_device(self.data, dev), False)
                 t.requires_grad = self.requires_grad
         if dtype is not None and np.dtype(dtype) != t.dtype:
-            from .ops.elementwise import cast
-            t = cast(t, dtype)
+            t = t.astype(dtype)   # the cast op (ops/elementwise.py), bound to Tensor by ops/__init__.py
         return t
 
     def cpu(self):
@@ -272,6 +271,8 @@ class Tensor:
     # (bound at the end of ops/__init__.py, next to the ops themselves)
 
 
+# The one deliberate import cycle: function.py (imported at the top) needs Tensor to make op
+# outputs, and Tensor is only defined now, so it is handed over here.
 from . import function as _function  # noqa: E402
 
 _function.Tensor = Tensor

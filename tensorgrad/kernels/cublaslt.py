@@ -15,6 +15,7 @@ so they are made once per shape and kept; only the pointers change per call.
 """
 import ctypes
 import os
+import warnings
 
 import numpy as np
 
@@ -50,7 +51,6 @@ def available():
                           workspace=cp.empty(_WORKSPACE_BYTES, dtype=cp.uint8),
                           alpha=ctypes.c_float(1.0), beta=ctypes.c_float(0.0))
         except (OSError, AttributeError, RuntimeError) as e:
-            import warnings
             warnings.warn(f"tensorgrad.kernels.cublaslt unavailable ({e}); the bias is added separately")
             _state["error"] = str(e)
     return "error" not in _state
