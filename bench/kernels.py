@@ -4,8 +4,8 @@ CuPy expressions (the engine's reference path), at GPT-sized shapes.
     PYTHONPATH=. python3 bench/kernels.py [--quick] [--tune]
 
 Prints one row per (op, shape): the device time of the op (median over
-replays of a captured CUDA graph, so Python's ~10-40 us of launch overhead per
-call does not hide the kernels at small shapes), the eager time of one call
+replays of a captured CUDA graph, so Python's launch overhead per call does not
+hide the kernels at small shapes), the eager time of one call
 (median over CUDA-event-timed repetitions after warm-up), achieved GB/s
 counting each input read once and each output written once, that as a share of the device-to-device copy bandwidth
 measured here, the composed version's time and the speedup. Targets: >= 3x the
@@ -57,14 +57,14 @@ def graph_ms(cp, fn, big):
             graph.launch(s)
             s.synchronize()
             start, end = cp.cuda.Event(), cp.cuda.Event()
-            k, times = (1, []) if big else (5, [])
+            reps, times = (1, []) if big else (5, [])   # graph launches per timing
             for _ in range(7):
                 start.record(s)
-                for _ in range(k):
+                for _ in range(reps):
                     graph.launch(s)
                 end.record(s)
                 end.synchronize()
-                times.append(cp.cuda.get_elapsed_time(start, end) / (k * calls))
+                times.append(cp.cuda.get_elapsed_time(start, end) / (reps * calls))
         return float(np.median(times))
     except Exception as e:  # report and go on: the eager numbers still stand
         print(f"    (graph capture failed: {type(e).__name__}: {e})")
@@ -149,12 +149,12 @@ def main():
         ce = median_ms(cfn, max(5, n_repeat // 2)) if cfn is not None else nan
         kd = graph_ms(cp, kfn, big)                                     # device only
         cd = graph_ms(cp, cfn, big) if cfn is not None else nan
-        k = kd if kd == kd else ke
-        gbs = nbytes / k / 1e6
+        ms = kd if kd == kd else ke                                     # device time, eager if no graph
+        gbs = nbytes / ms / 1e6
         rows.append((op, shape, kd, gbs, 100 * gbs / bw, cd, cd / kd, ke, ce, ce / ke))
         print(f"  {op:24s} {shape:18s} device {kd:8.4f} ms {gbs:6.0f} GB/s {100 * gbs / bw:5.1f}%  "
               f"composed {cd:8.4f} ms x{cd / kd:5.1f} | eager {ke:8.4f} vs {ce:8.4f} ms x{ce / ke:5.1f}", flush=True)
-        return kd if kd == kd else ke
+        return ms
 
     def bench_pair(op, shape, nbytes, kfn, naive_fn, cfn, n_repeat):
         """The fast kernel (against the composed version), then the naive kernel alone."""

@@ -103,9 +103,8 @@ def keep_freed_memory():
     glibc gives a large block (over 128 KiB at first) back to the OS when it is
     freed, so every temporary array of a training step is mapped afresh and
     page-faults on first touch. Raising the mmap and trim thresholds keeps the
-    blocks in the heap; measured on the 2-core machine, a step of the CPU
-    Shakespeare model went from 70 to 50 ms. Linux/glibc only; returns whether
-    it was applied. Process-wide, so the training loop calls it, not import.
+    blocks in the heap, and CPU training steps get faster (bench/results.md).
+    Linux/glibc only; returns whether it was applied. Process-wide, so the training loop calls it, not import.
     """
     if not sys.platform.startswith("linux"):
         return False

@@ -140,7 +140,7 @@ def test_cuda_graph_step_matches_eager():
     (le, pe), (lg, pg) = out["eager"], out["graph"]
     print("eager", le.round(5), "\ngraph", lg.round(5))
     np.testing.assert_allclose(lg, le, rtol=1e-4)
-    # The weights agree less tightly than the losses (2.5e-4 measured on the H100): the embedding
+    # The weights agree less tightly than the losses (bench/results.md, GPU test runs): the embedding
     # backward adds with atomics in no fixed order, and Adam's m / sqrt(v) turns last-bit
     # differences of near-zero gradients into full-size steps.
     assert max(_rel(a, b) for a, b in zip(pg, pe)) < 1e-3
