@@ -237,7 +237,10 @@ def test_mha_dropout_only_in_training():
     a, b = attn(x).data, attn(x).data
     assert not np.allclose(a, b)
     attn.eval()
-    np.testing.assert_array_equal(attn(x).data, attn(x).data)
+    y_eval = attn(x).data
+    no_dropout = nn.MultiHeadSelfAttention(8, 2, dropout=0.0)
+    no_dropout.load_state_dict(attn.state_dict())
+    np.testing.assert_array_equal(y_eval, no_dropout(x).data)   # eval: the same module without dropout
 
 
 @pytest.mark.cuda

@@ -278,6 +278,24 @@ def test_gelu_kernels_both_forms(poisoned, approximate, shape):
            f"gelu {approximate} backward {shape}")
 
 
+@pytest.mark.parametrize("shape", [(1,), (7,), (65, 33), (4, 256, 1536), (3, 100_003)])
+def test_gelu_tanh_kernel_and_op_match_numpy(cp, shape):
+    x = (rng.standard_normal(shape) * 4).astype(np.float32)
+    g = rng.standard_normal(shape).astype(np.float32)
+    x64 = x.astype(np.float64)
+    c = np.sqrt(2 / np.pi)
+    t = np.tanh(c * (x64 + 0.044715 * x64 ** 3))
+    relerr(kernels.gelu_forward(cp.asarray(x)), 0.5 * x64 * (1 + t), f"gelu tanh fwd {shape}")
+    dx_ref = g * (0.5 * (1 + t) + 0.5 * x64 * (1 - t * t) * c * (1 + 3 * 0.044715 * x64 ** 2))
+    relerr(kernels.gelu_backward(cp.asarray(g), cp.asarray(x)), dx_ref, f"gelu tanh bwd {shape}")
+    # the op dispatches to the kernel on cuda and agrees with the CPU path
+    xt = tg.tensor(x, device="cuda", requires_grad=True)
+    tg.gelu(xt, approximate="tanh").backward(cp.asarray(g))
+    xc = tg.tensor(x, requires_grad=True)
+    tg.gelu(xc, approximate="tanh").backward(g)
+    relerr(xt.grad, xc.grad.astype(np.float64), f"gelu tanh op cuda vs cpu {shape}")
+
+
 def test_gelu_forms_differ_and_bad_form_is_refused(cp):
     x = cp.asarray(np.array([-3.0, -1.0, 0.5, 2.0], np.float32))
     exact, approx = kernels.gelu_forward(x, "none").get(), kernels.gelu_forward(x, "tanh").get()
@@ -548,6 +566,33 @@ def test_qkv_attention_with_dropout_trains_like_reference_statistics():
     y0 = tg.qkv_attention(x, 2).numpy()
     # each output row is a dropout-weighted mean of values: close to the no-dropout row on average
     assert abs(y.numpy().mean() - y0.mean()) < 0.05
+
+
+# ---------------------------------------------------- our cuBLAS handle (kernels/cublas.py)
+@pytest.mark.parametrize("sa,sb,ta,tb", [((7, 5), (5, 3), False, False), ((64, 384), (384, 1152), False, True),
+                                         ((300, 65), (65, 384), True, False), ((2, 3, 9, 4), (2, 3, 4, 6), False, True),
+                                         ((8, 33, 16), (8, 16, 33), True, True), ((1, 1), (1, 1), False, False)])
+def test_own_cublas_matmul_matches_numpy(cp, monkeypatch, sa, sb, ta, tb):
+    """kernels.cublas.matmul (row-major through column-major cuBLAS, transposed views as flags)."""
+    from tensorgrad.kernels import cublas
+    monkeypatch.setenv("CUPY_TF32", "0")
+    a = rng.standard_normal(sa[:-2] + (sa[-1], sa[-2]) if ta else sa).astype(np.float32)
+    b = rng.standard_normal(sb[:-2] + (sb[-1], sb[-2]) if tb else sb).astype(np.float32)
+    A, B = cp.asarray(a), cp.asarray(b)
+    if ta:
+        A, a = A.swapaxes(-1, -2), a.swapaxes(-1, -2)
+    if tb:
+        B, b = B.swapaxes(-1, -2), b.swapaxes(-1, -2)
+    assert cublas.usable(A, B) and cublas.available()  # our handle, not a fallback
+    ref = a.astype(np.float64) @ b.astype(np.float64)
+    relerr(cublas.matmul(A, B), ref, f"cublas matmul {sa} {sb} ta={ta} tb={tb}")
+    # an operand that is neither contiguous nor a transposed contiguous array (a slice of a
+    # wider one) is copied first, and gives the same product
+    wide = cp.zeros(A.shape[:-1] + (A.shape[-1] + 3,), dtype=cp.float32)
+    wide[..., :A.shape[-1]] = A
+    sliced = wide[..., :A.shape[-1]]
+    assert sliced.size == 1 or not (sliced.flags.c_contiguous or sliced.swapaxes(-1, -2).flags.c_contiguous)
+    relerr(cublas.matmul(sliced, B), ref, f"cublas matmul of a sliced operand {sa}")
 
 
 # ------------------------------------------------ linear: bias in the cuBLASLt epilogue
