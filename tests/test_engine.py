@@ -1,5 +1,8 @@
 """The graph (reuse, accumulation, deep chains, no_grad), forward values and errors."""
 import math
+import re
+import runpy
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -246,11 +249,25 @@ def test_cuda_request_without_gpu_is_a_clear_error():
 
 
 def test_autograd_tour_runs(capsys):
-    import runpy
-    from pathlib import Path
     runpy.run_path(str(Path(__file__).resolve().parents[1] / "examples" / "autograd_tour.py"), run_name="__main__")
     out = capsys.readouterr().out
     assert "passed: True" in out and "step 500" in out
+    assert "a wrong backward:          passed: False" in out      # the check catches the planted bug
+
+
+def test_readme_tour_prints_what_its_comments_say(capsys):
+    """The README's ten-line tour runs, and prints the values written in its comments."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    code = re.search(r"## A ten-line tour of the engine\n\n```python\n(.*?)```", readme, re.S).group(1)
+    names = {}
+    exec(compile(code, "README.md", "exec"), names)
+    printed = capsys.readouterr().out.splitlines()
+    claimed = [line.split("# ", 1)[1] for line in code.splitlines() if line.startswith("print(")]
+    # the comment after each print starts with what it prints
+    for out, claim in zip(printed, claimed):
+        assert claim.startswith(out.strip()), f"README tour prints {out!r}, its comment says {claim!r}"
+    x, W, b = names["x"].numpy(), names["W"].numpy(), names["b"].numpy()
+    np.testing.assert_allclose(names["b"].grad, 1 - np.tanh(x @ W + b)[0] ** 2, rtol=1e-6)
 
 
 def test_ops_on_two_devices_name_both():
