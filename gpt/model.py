@@ -15,6 +15,8 @@ import nn
 import nn.functional as F
 import tensorgrad as tg
 
+from .pretrained import load_gpt2_safetensors
+
 
 @dataclass
 class GPTConfig:
@@ -249,8 +251,7 @@ class GPT(nn.Module):
     @classmethod
     def from_pretrained(cls, path, n_head=None, **overrides):
         """Load a Hugging Face GPT-2 `model.safetensors` (n_head from config.json beside it)."""
-        from .pretrained import load_gpt2_safetensors   # here: pretrained.py imports this module
-        return load_gpt2_safetensors(cls, path, n_head=n_head, **overrides)
+        return load_gpt2_safetensors(lambda **shape: cls(GPTConfig(**shape, bias=True, **overrides)), path, n_head)
 
 
 def sample_next(logits, temperature=1.0, top_k=None, top_p=None, rng=None):

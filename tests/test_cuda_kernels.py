@@ -35,8 +35,8 @@ def poisoned(cp, monkeypatch):
     def fill(a):
         a.fill(np.nan if a.dtype.kind == "f" else (True if a.dtype.kind == "b" else -1))
         return a
-    monkeypatch.setattr(cp, "empty", lambda *a, **k: fill(empty(*a, **k)))
-    monkeypatch.setattr(cp, "empty_like", lambda *a, **k: fill(empty_like(*a, **k)))
+    monkeypatch.setattr(cp, "empty", lambda *a, **kw: fill(empty(*a, **kw)))
+    monkeypatch.setattr(cp, "empty_like", lambda *a, **kw: fill(empty_like(*a, **kw)))
     return cp
 
 
