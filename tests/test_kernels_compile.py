@@ -48,6 +48,21 @@ def test_kernel_list_comes_from_the_sources():
     assert "softmax_forward_naive" in KERNELS["softmax_naive"]
 
 
+def test_every_kernel_the_wrappers_launch_by_name_is_in_its_source():
+    """A misspelt kernel name would only fail on the GPU: check the literal (stem, name) pairs
+    of the Python wrappers here. _launch adds _warp / _block; f-string names are left out."""
+    calls = []
+    for f in sorted(os.listdir(KERNEL_DIR)):
+        if f.endswith(".py"):
+            text = open(os.path.join(KERNEL_DIR, f)).read()
+            calls += re.findall(r'\b(launch|_launch|_per_thread)\("(\w+)", "(\w+)"', text)
+    assert len(calls) > 20, f"only {len(calls)} launches found: the pattern no longer matches the wrappers"
+    for how, stem, name in calls:
+        wanted = [name + "_warp", name + "_block"] if how == "_launch" else [name]
+        for kernel in wanted:
+            assert kernel in KERNELS[stem], f"{how}({stem!r}, {name!r}): no kernel {kernel} in {stem}.cu"
+
+
 def test_sources_are_self_contained():
     for stem in STEMS:
         src = kernels.source(stem)
