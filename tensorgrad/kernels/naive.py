@@ -40,6 +40,8 @@ def softmax_forward(x, scale=1.0, causal=False):
 def softmax_backward(g, y, scale=1.0):
     """dx = scale * y * (g - sum(g * y, last axis)), as kernels.softmax_backward."""
     g, y = _f32(g, "softmax gradient"), _f32(y, "softmax output")
+    if g.shape != y.shape:   # the kernels index by row and column: a smaller array would be overread
+        raise ValueError(f"softmax_backward (naive): gradient {g.shape} and output {y.shape} differ")
     N, L = _rows(y, "softmax output")
     dx = backend.cupy().empty_like(y)
     if L:
@@ -52,6 +54,8 @@ def layernorm_forward(x, w, b, eps=1e-5):
     cp = backend.cupy()
     x, w, b = _f32(x, "layernorm input"), _f32(w, "layernorm weight"), _f32(b, "layernorm bias")
     N, C = _rows(x, "layernorm input")
+    if w.shape != (C,) or b.shape != (C,):
+        raise ValueError(f"layernorm_forward (naive): weight and bias must be ({C},), got {w.shape}, {b.shape}")
     y = cp.empty_like(x)
     mean, rstd = cp.empty(x.shape[:-1], dtype=cp.float32), cp.empty(x.shape[:-1], dtype=cp.float32)
     if C:
@@ -66,6 +70,9 @@ def layernorm_backward(g, x, w, mean, rstd):
     g, x, w = _f32(g, "layernorm gradient"), _f32(x, "layernorm input"), _f32(w, "layernorm weight")
     mean, rstd = _f32(mean, "layernorm mean"), _f32(rstd, "layernorm rstd")
     N, C = _rows(x, "layernorm input")
+    if g.shape != x.shape or w.shape != (C,) or mean.size != N or rstd.size != N:
+        raise ValueError(f"layernorm_backward (naive): for x {x.shape} expected g of its shape, w ({C},) and "
+                         f"mean, rstd of {N} rows; got {g.shape}, {w.shape}, {mean.shape}, {rstd.shape}")
     dx = cp.empty_like(x)
     dw, db = cp.zeros((C,), dtype=cp.float32), cp.zeros((C,), dtype=cp.float32)   # zeros: N = 0 sums nothing
     if N and C:
