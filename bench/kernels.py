@@ -4,14 +4,17 @@ CuPy expressions (the engine's reference path), at GPT-sized shapes.
     PYTHONPATH=. python3 bench/kernels.py [--quick] [--tune]
 
 Prints one row per (op, shape): the device time of the op (median over
-replays of a captured CUDA graph, so Python's ~10-40 us of launch overhead per
-call does not hide the kernels at small shapes), the eager time of one call
+replays of a captured CUDA graph, so Python's launch overhead per call does not
+hide the kernels at small shapes), the eager time of one call
 (median over CUDA-event-timed repetitions after warm-up), achieved GB/s
 counting each input read once and each output written once, that as a share of the device-to-device copy bandwidth
 measured here, the composed version's time and the speedup. Targets: >= 3x the
 composed version and >= 50% of copy bandwidth at large sizes. Shapes whose
 data fit in the 50 MB L2 can beat the copy bandwidth (it is measured on 1 GiB).
 --tune also times a few launch variants (threads a row) of the long-row kernels.
+The plain first versions of softmax, layernorm and attention (kernels/naive.py:
+one thread a row) are timed beside the fast ones, and a second table gives what
+the fast kernel's tricks buy over them.
 """
 import argparse
 import datetime
@@ -23,6 +26,8 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from anywhere
 
 from tensorgrad import backend, kernels
+from tensorgrad.kernels import naive
+from tensorgrad.ops.attention import ScaledDotProductAttention
 
 
 def median_ms(fn, n_repeat, n_warmup=5):
@@ -52,14 +57,14 @@ def graph_ms(cp, fn, big):
             graph.launch(s)
             s.synchronize()
             start, end = cp.cuda.Event(), cp.cuda.Event()
-            k, times = (1, []) if big else (5, [])
+            reps, times = (1, []) if big else (5, [])   # graph launches per timing
             for _ in range(7):
                 start.record(s)
-                for _ in range(k):
+                for _ in range(reps):
                     graph.launch(s)
                 end.record(s)
                 end.synchronize()
-                times.append(cp.cuda.get_elapsed_time(start, end) / (k * calls))
+                times.append(cp.cuda.get_elapsed_time(start, end) / (reps * calls))
         return float(np.median(times))
     except Exception as e:  # report and go on: the eager numbers still stand
         print(f"    (graph capture failed: {type(e).__name__}: {e})")
@@ -133,6 +138,7 @@ def main():
     rep = 10 if args.quick else 1
     bw = copy_bandwidth(cp)
     rows = []
+    vs_naive = []          # (op, shape, naive device ms, fast device ms)
 
     nan = float("nan")
 
@@ -143,11 +149,18 @@ def main():
         ce = median_ms(cfn, max(5, n_repeat // 2)) if cfn is not None else nan
         kd = graph_ms(cp, kfn, big)                                     # device only
         cd = graph_ms(cp, cfn, big) if cfn is not None else nan
-        k = kd if kd == kd else ke
-        gbs = nbytes / k / 1e6
+        ms = kd if kd == kd else ke                                     # device time, eager if no graph
+        gbs = nbytes / ms / 1e6
         rows.append((op, shape, kd, gbs, 100 * gbs / bw, cd, cd / kd, ke, ce, ce / ke))
         print(f"  {op:24s} {shape:18s} device {kd:8.4f} ms {gbs:6.0f} GB/s {100 * gbs / bw:5.1f}%  "
               f"composed {cd:8.4f} ms x{cd / kd:5.1f} | eager {ke:8.4f} vs {ce:8.4f} ms x{ce / ke:5.1f}", flush=True)
+        return ms
+
+    def bench_pair(op, shape, nbytes, kfn, naive_fn, cfn, n_repeat):
+        """The fast kernel (against the composed version), then the naive kernel alone."""
+        fast = bench(op, shape, nbytes, kfn, cfn, n_repeat)
+        slow = bench(op + " (naive)", shape, nbytes, naive_fn, None, min(n_repeat, 20))
+        vs_naive.append((op, shape, slow, fast))
 
     r = np.random.default_rng(0)
 
@@ -161,19 +174,18 @@ def main():
         y = kernels.softmax_forward(x, 0.125, causal)
         g = randn(*shape)
         sname = "x".join(map(str, shape))
-        bench("softmax fwd" + (" causal" if causal else ""), sname, 2 * nb,
-              lambda: kernels.softmax_forward(x, 0.125, causal), lambda: softmax_composed(cp, x, 0.125, causal), n)
-        bench("softmax bwd", sname, 3 * nb,
-              lambda: kernels.softmax_backward(g, y, 0.125), lambda: softmax_bwd_composed(g, y, 0.125), n)
+        bench_pair("softmax fwd" + (" causal" if causal else ""), sname, 2 * nb,
+                   lambda: kernels.softmax_forward(x, 0.125, causal), lambda: naive.softmax_forward(x, 0.125, causal),
+                   lambda: softmax_composed(cp, x, 0.125, causal), n)
+        bench_pair("softmax bwd", sname, 3 * nb, lambda: kernels.softmax_backward(g, y, 0.125),
+                   lambda: naive.softmax_backward(g, y, 0.125), lambda: softmax_bwd_composed(g, y, 0.125), n)
         if args.tune:
             for threads in (128, 256, 512):
-                kernels._BLOCK_THREADS = threads
-                saved = kernels._WARP_ROWS_MAX
-                kernels._WARP_ROWS_MAX = 0            # force one block a row
-                bench(f"  tune fwd block{threads}", sname, 2 * nb, lambda: kernels.softmax_forward(x, 0.125, causal), None, n)
-                bench(f"  tune bwd block{threads}", sname, 3 * nb, lambda: kernels.softmax_backward(g, y, 0.125), None, n)
-                kernels._WARP_ROWS_MAX = saved
-            kernels._BLOCK_THREADS = None
+                with kernels.launch_settings(block_threads=threads, warp_rows_max=0):   # one block a row
+                    bench(f"  tune fwd block{threads}", sname, 2 * nb, lambda: kernels.softmax_forward(x, 0.125, causal),
+                          None, n)
+                    bench(f"  tune bwd block{threads}", sname, 3 * nb, lambda: kernels.softmax_backward(g, y, 0.125),
+                          None, n)
         del x, y, g
         cp.get_default_memory_pool().free_all_blocks()
 
@@ -185,20 +197,20 @@ def main():
         y, mean, rstd = kernels.layernorm_forward(x, w, b, 1e-5)
         _, xh, rs = layernorm_composed(cp, x, w, b)
         sname = "x".join(map(str, shape))
-        bench("layernorm fwd", sname, 2 * x.nbytes + 8 * shape[0],
-              lambda: kernels.layernorm_forward(x, w, b, 1e-5), lambda: layernorm_composed(cp, x, w, b), 200)
-        bench("layernorm bwd", sname, 3 * x.nbytes + 8 * shape[0],
-              lambda: kernels.layernorm_backward(g, x, w, mean, rstd), lambda: layernorm_bwd_composed(g, xh, rs, w), 200)
+        bench_pair("layernorm fwd", sname, 2 * x.nbytes + 8 * shape[0], lambda: kernels.layernorm_forward(x, w, b, 1e-5),
+                   lambda: naive.layernorm_forward(x, w, b, 1e-5), lambda: layernorm_composed(cp, x, w, b), 200)
+        bench_pair("layernorm bwd", sname, 3 * x.nbytes + 8 * shape[0],
+                   lambda: kernels.layernorm_backward(g, x, w, mean, rstd), lambda: naive.layernorm_backward(g, x, w, mean, rstd),
+                   lambda: layernorm_bwd_composed(g, xh, rs, w), 200)
         if args.tune:
             for tile in (8, 16, 32):
-                kernels._LN_TILE, saved_tile = tile, kernels._LN_TILE
-                bench(f"  tune bwd tile{tile}", sname, 3 * x.nbytes, lambda: kernels.layernorm_backward(g, x, w, mean, rstd), None, 200)
-                kernels._LN_TILE = saved_tile
-            kernels._WARP_ROWS_MAX, saved = 0, kernels._WARP_ROWS_MAX
+                with kernels.launch_settings(ln_tile=tile):
+                    bench(f"  tune bwd tile{tile}", sname, 3 * x.nbytes,
+                          lambda: kernels.layernorm_backward(g, x, w, mean, rstd), None, 200)
             for threads in (128, 256):
-                kernels._BLOCK_THREADS = threads
-                bench(f"  tune fwd block{threads}", sname, 2 * x.nbytes, lambda: kernels.layernorm_forward(x, w, b, 1e-5), None, 200)
-            kernels._WARP_ROWS_MAX, kernels._BLOCK_THREADS = saved, None
+                with kernels.launch_settings(block_threads=threads, warp_rows_max=0):
+                    bench(f"  tune fwd block{threads}", sname, 2 * x.nbytes,
+                          lambda: kernels.layernorm_forward(x, w, b, 1e-5), None, 200)
 
     # cross-entropy (B*T, V): characters and GPT-2's vocabulary
     for shape, n in [((16384, 65), 200), ((8192, 50257), 20)]:
@@ -217,11 +229,11 @@ def main():
               lambda: ce_bwd_composed(cp, probs, t, keep, scale[:, None]), n)
         if args.tune and V > 1024:
             for threads in (128, 256, 512):
-                kernels._BLOCK_THREADS = threads
-                bench(f"  tune fwd block{threads}", sname, x.nbytes, lambda: kernels.cross_entropy_forward(x, t, keep), None, n)
-                bench(f"  tune bwd block{threads}", sname, 2 * x.nbytes,
-                      lambda: kernels.cross_entropy_backward(x, t, keep, lse, scale), None, n)
-            kernels._BLOCK_THREADS = None
+                with kernels.launch_settings(block_threads=threads):
+                    bench(f"  tune fwd block{threads}", sname, x.nbytes, lambda: kernels.cross_entropy_forward(x, t, keep),
+                          None, n)
+                    bench(f"  tune bwd block{threads}", sname, 2 * x.nbytes,
+                          lambda: kernels.cross_entropy_backward(x, t, keep, lse, scale), None, n)
         del x, probs
         cp.get_default_memory_pool().free_all_blocks()
 
@@ -236,7 +248,6 @@ def main():
           lambda: x * ((gen.random(x.shape, dtype=cp.float32) >= 0.2) * cp.float32(1.25)), 200)
 
     # fused attention (B, nh, T, hs) = (64, 6, 256, 64), causal, against the reference op's math
-    from tensorgrad.ops.attention import ScaledDotProductAttention
     B, H, T, D = 64, 6, 256, 64
     q, k, v, g = (randn(B, H, T, D) for _ in range(4))
     for p in (0.0, 0.2):
@@ -254,10 +265,12 @@ def main():
             return ref.backward(g)
         ref_fwd()
         nb = 4 * q.nbytes
-        bench(f"attention fwd p={p}", "64x6x256x64", nb,
-              lambda: kernels.attention_forward(q, k, v, y, True, 0.125, p, sl), ref_fwd, 50)
-        bench(f"attention bwd p={p}", "64x6x256x64", 2 * nb,
-              lambda: kernels.attention_backward(g, q, k, v, y, lse, True, 0.125, p, sl, dq, dk, dv), ref_bwd, 50)
+        fwd = bench(f"attention fwd p={p}", "64x6x256x64", nb,
+                    lambda: kernels.attention_forward(q, k, v, y, True, 0.125, p, sl), ref_fwd, 50)
+        bwd = bench(f"attention bwd p={p}", "64x6x256x64", 2 * nb,
+                    lambda: kernels.attention_backward(g, q, k, v, y, lse, True, 0.125, p, sl, dq, dk, dv), ref_bwd, 50)
+        if p == 0.0:
+            fast_fwd, fast_bwd = fwd, bwd
         del ref
         if backend.bfloat16 is not None:   # the same kernels on bf16 arrays (float math inside)
             qb, kb, vb, gb = (a.astype(backend.bfloat16) for a in (q, k, v, g))
@@ -271,6 +284,13 @@ def main():
             bench(f"attention bwd bf16 p={p}", "64x6x256x64", nb,
                   lambda: kernels.attention_backward(gb, qb, kb, vb, yb, lseb, True, 0.125, p, sl, dqb, dkb, dvb),
                   None, 50)
+    # the naive kernels (no dropout) against the fast ones' p = 0 rows above
+    yn, lsen = naive.attention_forward(q, k, v, True, 0.125)
+    for what, fn, nb, fast in (("fwd", lambda: naive.attention_forward(q, k, v, True, 0.125), 4 * q.nbytes, fast_fwd),
+                               ("bwd", lambda: naive.attention_backward(g, q, k, v, yn, lsen, True, 0.125),
+                                8 * q.nbytes, fast_bwd)):
+        slow = bench(f"attention {what} p=0.0 (naive)", "64x6x256x64", nb, fn, None, 10)
+        vs_naive.append((f"attention {what} p=0.0", "64x6x256x64", slow, fast))
     torch_attention_rows(B, H, T, D)
 
     print()
@@ -289,6 +309,14 @@ def main():
     for op, shape, kd, gbs, pct, cd, sp, ke, ce, spe in rows:
         print(f"| {op.strip()} | {shape} | {f(kd, '.4f')} | {gbs:.0f} | {pct:.0f}% | {f(cd, '.4f')} | "
               f"{f(sp, '.1f')}x | {ke:.4f} | {f(ce, '.4f')} | {f(spe, '.1f')}x |")
+    print()
+    print("What the fast kernels' tricks buy: the plain one-thread-a-row kernel (kernels/naive.py) against the "
+          "fast one, device time")
+    print()
+    print("| op | shape | naive ms | fast ms | fast is |")
+    print("| --- | --- | ---: | ---: | ---: |")
+    for op, shape, slow, fast in vs_naive:
+        print(f"| {op} | {shape} | {f(slow, '.4f')} | {f(fast, '.4f')} | {f(slow / fast, '.1f')}x faster |")
 
 
 def torch_attention_rows(B, H, T, D):

@@ -23,6 +23,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from tokenizer import GPT2_PATTERN, Tokenizer, train_bpe  # noqa: E402  (from the checkout)
+from tokenizer.gpt2_format import unicode_to_bytes  # noqa: E402
+
 EOT = "<|endoftext|>"
 VOCAB = 10_000
 
@@ -45,8 +49,6 @@ def best_of(fn, repeat, setup=None):
 
 def gpt2_tiktoken(d):
     import tiktoken
-    from tokenizer import GPT2_PATTERN
-    from tokenizer.gpt2_format import unicode_to_bytes
     u2b = unicode_to_bytes()
     vocab = json.loads((d / "gpt2_vocab.json").read_text(encoding="utf-8"))
     ranks = {bytes(u2b[c] for c in s): i for s, i in vocab.items() if s != EOT}
@@ -58,7 +60,6 @@ def run_case(case, d, repeat):
     """Runs in the subprocess: returns {'time': seconds, ...}."""
     corpus = d / "shakespeare_complete.txt"
     if case.startswith("train_ours"):
-        from tokenizer import train_bpe
         workers = int(case[-1])
         t = best_of(lambda: train_bpe(corpus, VOCAB, [EOT], num_workers=workers, progress=False), repeat)
         return {"time": t}
@@ -73,7 +74,6 @@ def run_case(case, d, repeat):
             tok.train([str(corpus)], tr)
         return {"time": best_of(train, repeat)}
 
-    from tokenizer import Tokenizer
     load = lambda: Tokenizer.from_files(d / "gpt2_vocab.json", d / "gpt2_merges.txt", [EOT])
     if case.startswith("encode_file_ours"):  # streams the file: the text is never in memory
         workers = int(case[-1])

@@ -14,6 +14,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
+import nn  # noqa: E402  (from the checkout just put on sys.path)
+import tensorgrad as tg  # noqa: E402
+from gpt.errors import ConfigError, DataError, DistributedError  # noqa: E402
+
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     """Keeps the description's layout and shows each option's default, unless it has none."""
@@ -118,7 +122,6 @@ class DeviceError(ScriptError):
 
 def check_device(device):
     """A one-line DeviceError when --device cuda cannot run here, saying why."""
-    import tensorgrad as tg
     if device != "cuda" or tg.cuda_available():
         return
     try:
@@ -128,7 +131,7 @@ def check_device(device):
                           "for a CUDA 12 driver), or use --device cpu") from None
     if not gpu_present():
         raise DeviceError("--device cuda: no GPU was found on this machine; use --device cpu")
-    raise DeviceError(f"--device cuda: CuPy cannot use the GPU ({tg.backend._cupy_error}); check that "
+    raise DeviceError(f"--device cuda: CuPy cannot use the GPU ({tg.backend.cupy_error()}); check that "
                       f"`nvidia-smi` works and that the CuPy package matches the driver's CUDA version, "
                       f"or use --device cpu")
 
@@ -146,8 +149,6 @@ def run(main, argv=None):
     line `error: ...` (status 2 for a setting, 1 for a file or the machine), Ctrl-C is
     status 130, and only bugs keep their traceback (under mpiexec, a bug on any rank stops
     all of them: gpt/distributed.py)."""
-    import nn
-    from gpt.errors import ConfigError, DataError, DistributedError
     try:
         return main(argv)
     except ConfigError as e:

@@ -34,7 +34,8 @@ def broadcasting():
     loss.backward()
     # b was broadcast over 4 rows, so its gradient is the sum of the 4 rows' gradients
     print(f"   W.grad shape {W.grad.shape}, b.grad shape {b.grad.shape}")
-    print(f"   b.grad == W.grad.sum(0): {np.allclose(b.grad, W.grad.sum(0))}")
+    print(f"   b.grad          = {np.array2string(b.grad, precision=4)}")
+    print(f"   W.grad.sum(0)   = {np.array2string(W.grad.sum(0), precision=4)}  (the same: sum_to undid the broadcast)")
 
 
 def mlp():
@@ -59,12 +60,25 @@ def mlp():
             print(f"   step {step:3d}: mean squared error {loss.item():.5f}")
 
 
+class WrongSquare(tg.Function):
+    """y = x^2 with a deliberately wrong backward (x instead of 2x): what gradcheck is for."""
+
+    def forward(self, x):
+        self.x = x
+        return x * x
+
+    def backward(self, g):
+        return (g * self.x,)          # the bug: d(x^2)/dx is 2x
+
+
 def gradient_check():
     print("4. gradcheck: backward() against central finite differences, in float64")
-    a = tg.tensor(np.random.default_rng(0).standard_normal((3, 5)), requires_grad=True)
-    w = tg.tensor(np.random.default_rng(1).standard_normal(5), requires_grad=True)
+    a = tg.tensor(np.random.default_rng(0).standard_normal((3, 5)), dtype=tg.float64, requires_grad=True)
+    w = tg.tensor(np.random.default_rng(1).standard_normal(5), dtype=tg.float64, requires_grad=True)
     result = tg.gradcheck(lambda a, w: tg.layer_norm(a * w).gelu().softmax(-1), [a, w])
-    print(f"   passed: {result.ok}, largest relative error {result.max_rel_error:.2e}")
+    print(f"   layer_norm, gelu, softmax: passed: {result.ok}, largest relative error {result.max_rel_error:.2e}")
+    result = tg.gradcheck(lambda a: WrongSquare.apply(a), [a], raise_exception=False)
+    print(f"   a wrong backward:          passed: {result.ok}, worst: {result.worst}")
 
 
 if __name__ == "__main__":

@@ -12,10 +12,11 @@ from pathlib import Path
 
 from _cli import Parser, ScriptError, run
 
+from gpt.errors import DataError  # after _cli, which puts the checkout on sys.path
+
 
 def read_metrics(run_dir):
     """The rows of run_dir/metrics.jsonl (run_dir may also be the file itself)."""
-    from gpt.errors import DataError
     path = Path(run_dir)
     if path.is_dir():
         path = path / "metrics.jsonl"

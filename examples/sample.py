@@ -7,14 +7,19 @@
 tokenizer is read from the same folder, so the out dir is all it needs. The same
 --seed gives the same text.
 """
+import json
 import sys
 from pathlib import Path
 
 from _cli import Parser, check_device, run, start_ids
 
+import tensorgrad as tg  # after _cli, which puts the checkout on sys.path
+from gpt.data import load_tokenizer
+from gpt.errors import ConfigError, DataError
+from gpt.train import find_checkpoint, load_model
+
 
 def build_parser():
-    import tensorgrad as tg
     p = Parser(description=__doc__)
     p.add_argument("--ckpt", required=True, help="a run's out dir, or a .npz checkpoint in it")
     p.add_argument("--prompt", default=None,
@@ -57,10 +62,7 @@ def check(args):
 def find_tokenizer(ckpt):
     """The tokenizer beside a checkpoint: its out dir holds one (train() copies it there).
     Runs from before that kept it in the data folder config.json names."""
-    import json
 
-    from gpt.data import load_tokenizer
-    from gpt.errors import DataError
     folder = ckpt.parent
     if (folder / "meta.json").is_file():
         return load_tokenizer(folder)
@@ -75,7 +77,6 @@ def find_tokenizer(ckpt):
 
 def encode_prompt(tok, prompt, drop_unknown):
     """Prompt ids; characters the tokenizer does not know are named, all of them, or dropped."""
-    from gpt.errors import ConfigError
 
     def known(c):
         try:
@@ -95,8 +96,6 @@ def encode_prompt(tok, prompt, drop_unknown):
 
 def main(argv=None):
     args = parse_args(argv)
-    from gpt.errors import ConfigError
-    from gpt.train import find_checkpoint, load_model
     problems = check(args)
     if problems:
         raise ConfigError("\n".join(problems))

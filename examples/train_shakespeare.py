@@ -21,6 +21,13 @@ from pathlib import Path
 
 from _cli import Parser, add_dataclass_flags, check_device, parse_with_typed, run, start_ids
 
+import nn  # after _cli, which puts the checkout on sys.path
+import tensorgrad as tg
+from gpt import GPTConfig, TrainConfig, prepare, train
+from gpt.data import TINYSHAKESPEARE_URL, download, load_tokenizer
+from gpt.errors import ConfigError, DataError
+from gpt.train import check_out_dir, check_settings, load_model
+
 PRESETS = {
     # nanoGPT's shakespeare-char configuration
     "cuda": dict(n_layer=6, n_head=6, n_embd=384, block_size=256, batch_size=64, dropout=0.2,
@@ -39,13 +46,11 @@ TRAIN_SKIP = ("out_dir", "device", "cuda_graph")     # flags of their own below
 
 
 def default_device():
-    import tensorgrad as tg
     return "cuda" if tg.cuda_available() else "cpu"
 
 
 def build_parser(device, tokenizer):
     """The full parser; defaults are the preset of `device` (help shows them, and the other preset's)."""
-    from gpt import GPTConfig, TrainConfig
     preset, other = PRESETS.get(device, PRESETS["cpu"]), "cpu" if device == "cuda" else "cuda"
 
     def note(name):
@@ -103,9 +108,6 @@ def settings_of_run(args, model_names, train_names, typed, world_size=1):
     """(model settings, training settings). On --resume the untyped ones come from the
     checkpoint, so `--resume` alone continues the run as it was started, also on
     another number of ranks: the accumulation is then chosen to keep the global batch."""
-    import nn
-    from gpt.errors import ConfigError
-    from gpt.train import check_out_dir
     check_out_dir(args.out_dir, args.resume, args.overwrite)
     model = {k: getattr(args, k) for k in model_names}
     train = {k: getattr(args, k) for k in train_names}
@@ -145,10 +147,6 @@ def main(argv=None):
     check_device(args.device)
     if args.device == "cuda" and not args.no_tf32:
         os.environ.setdefault("CUPY_TF32", "1")  # read at the first matmul: set it before
-    from gpt import GPTConfig, TrainConfig, prepare, train
-    from gpt.data import TINYSHAKESPEARE_URL, download, load_tokenizer
-    from gpt.errors import ConfigError, DataError
-    from gpt.train import check_settings, load_model
 
     # everything a user can get wrong is checked before anything is written
     model_settings, train_settings = settings_of_run(args, model_names, train_names, typed, world.size)

@@ -1,7 +1,7 @@
 """Capture a call into a CUDA graph once, then replay it: the training step and evaluation.
 
 Eager, a training step issues about a thousand kernels, and Python + CuPy
-spend 6-30 us of host time on each, so the GPU waits for the host. A CUDA
+spend host time on each (bench/results.md), so the GPU waits for the host. A CUDA
 graph records the kernels of one call and replays them all with one launch.
 The matmuls go through tensorgrad's own cuBLAS handle (kernels/cublas.py):
 CuPy refuses cuBLAS calls during a capture.

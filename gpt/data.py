@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 import tensorgrad as tg
+from tokenizer import CharTokenizer, Tokenizer, train_bpe
 
 from .errors import ConfigError, DataError
 
@@ -69,11 +70,9 @@ def prepare(text_path, out_dir, tokenizer="char", vocab_size=1024, val_fraction=
     n = int(len(text) * (1 - val_fraction))
     train_text, val_text = text[:n], text[n:]
     if tokenizer == "char":
-        from tokenizer import CharTokenizer
         tok = CharTokenizer.from_text(text)
         tok.save(out_dir / "tokenizer")
     else:
-        from tokenizer import Tokenizer, train_bpe
         train_file = out_dir / "train_split.txt"
         train_file.write_text(train_text, encoding="utf-8")
         vocab, merges = train_bpe(str(train_file), vocab_size, progress=False)
@@ -102,9 +101,7 @@ def load_tokenizer(folder):
                         f"gpt.data.prepare or train())")
     meta = json.loads(meta_path.read_text())
     if meta["tokenizer"] == "char":
-        from tokenizer import CharTokenizer
         return CharTokenizer.load(folder / "tokenizer")
-    from tokenizer import Tokenizer
     return Tokenizer.load(folder / "tokenizer")
 
 

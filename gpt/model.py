@@ -15,6 +15,8 @@ import nn
 import nn.functional as F
 import tensorgrad as tg
 
+from .pretrained import load_gpt2_safetensors
+
 
 @dataclass
 class GPTConfig:
@@ -78,66 +80,6 @@ def _norm(config):
     return nn.LayerNorm(config.n_embd, bias=config.bias)
 
 
-class KVCache:
-    """Keys and values of the positions seen so far, per layer, for generation.
-
-    Preallocated to block_size, so each new token writes one slot and attends
-    to a view of the filled part: one position's work per token.
-    """
-
-    def __init__(self, n_layer):
-        self.k = [None] * n_layer   # each (B, nh, block_size, hs) array
-        self.v = [None] * n_layer
-        self.length = 0             # positions filled (same for every layer)
-
-    def append(self, layer, k, v, block_size):
-        """Write k, v (B, nh, T, hs) after the cached ones; return all of them as tensors."""
-        B, nh, T, hs = k.shape
-        xp = tg.get_array_module(k.data)
-        if self.k[layer] is None:
-            self.k[layer] = xp.empty((B, nh, block_size, hs), dtype=k.dtype)
-            self.v[layer] = xp.empty((B, nh, block_size, hs), dtype=v.dtype)
-        start = self.length
-        self.k[layer][:, :, start:start + T] = k.data
-        self.v[layer][:, :, start:start + T] = v.data
-        end = start + T
-        return (tg.Tensor._make(self.k[layer][:, :, :end], False),
-                tg.Tensor._make(self.v[layer][:, :, :end], False))
-
-
-class CausalSelfAttention(nn.Module):
-    def __init__(self, config):
-        super().__init__()
-        C = config.n_embd
-        attn_p, resid_p = config.dropouts()
-        self.n_head, self.dropout = config.n_head, attn_p
-        self.c_attn = nn.Linear(C, 3 * C, bias=config.bias)    # q, k, v for all heads at once
-        self.c_proj = nn.Linear(C, C, bias=config.bias)
-        self.resid_dropout = nn.Dropout(resid_p)
-        self.rope = (nn.RotaryEmbedding(C // config.n_head, config.block_size, theta=config.rope_theta)
-                     if config.pos == "rope" else None)
-
-    def forward(self, x, positions=None, cache=None, layer=0, block_size=None, residual=None):
-        """Attention over x (B, T, C); with residual: residual + its output (one fused op)."""
-        B, T, C = x.shape
-        nh, hs = self.n_head, C // self.n_head
-        qkv = self.c_attn(x)                                           # (B, T, 3C)
-        p = self.dropout if self.training else 0.0
-        if self.rope is None and cache is None:
-            # training and scoring: one op reads the heads straight from qkv (fused on the GPU)
-            y = F.qkv_attention(qkv, nh, is_causal=True, dropout_p=p)  # (B, T, C)
-            return self.resid_dropout(self.c_proj(y), residual)
-        qkv = qkv.reshape(B, T, 3, nh, hs).permute(2, 0, 3, 1, 4)      # (3, B, nh, T, hs)
-        q, k, v = qkv[0], qkv[1], qkv[2]                               # (B, nh, T, hs)
-        if self.rope is not None:
-            q, k = self.rope(q, positions), self.rope(k, positions)
-        if cache is not None:
-            k, v = cache.append(layer, k, v, block_size)               # (B, nh, S, hs), S >= T
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=p)  # (B, nh, T, hs)
-        y = y.transpose(1, 2).reshape(B, T, C)                         # heads side by side again
-        return self.resid_dropout(self.c_proj(y), residual)
-
-
 class MLP(nn.Module):
     """GPT-2's MLP: c_fc (C -> d_ff, 4C by default), GELU, c_proj (d_ff -> C)."""
     def __init__(self, config):
@@ -166,14 +108,18 @@ class SwiGLUMLP(nn.Module):
 class Block(nn.Module):
     def __init__(self, config):
         super().__init__()
+        C, attn_p, resid_p = config.n_embd, *config.dropouts()
+        rope = (nn.RotaryEmbedding(C // config.n_head, config.block_size, theta=config.rope_theta)
+                if config.pos == "rope" else None)
         self.ln_1 = _norm(config)
-        self.attn = CausalSelfAttention(config)
+        self.attn = nn.MultiHeadSelfAttention(C, config.n_head, causal=True, rope=rope, bias=config.bias,
+                                              dropout=attn_p, resid_dropout=resid_p)
         self.ln_2 = _norm(config)
         self.mlp = SwiGLUMLP(config) if config.mlp == "swiglu" else MLP(config)
 
-    def forward(self, x, positions=None, cache=None, layer=0, block_size=None):
+    def forward(self, x, positions=None, kv_cache=None):
         # x + dropout(branch), each as one fused op (nn.Dropout's residual=)
-        x = self.attn(self.ln_1(x), positions, cache, layer, block_size, residual=x)
+        x = self.attn(self.ln_1(x), positions, kv_cache, residual=x)
         return self.mlp(self.ln_2(x), residual=x)
 
 
@@ -229,13 +175,14 @@ class GPT(nn.Module):
         are left out). Without: logits of the last position only, (B, 1, V), and None,
         as nanoGPT does: generation needs no more, and the head over every position is
         the largest matmul of the model. all_logits=True gives every position's (B, T, V)
-        (scoring, evaluation). With a KVCache (generation), idx holds only the new tokens.
+        (scoring, evaluation). With a cache (generation: self.kv_cache(), one nn.KVCache
+        per layer), idx holds only the new tokens.
         """
         idx = idx if isinstance(idx, tg.Tensor) else tg.tensor(np.asarray(idx), device=self.device)
         if idx.ndim != 2:
             raise ValueError(f"GPT.forward: idx must have shape (B, T), got {idx.shape}")
         B, T = idx.shape
-        start = cache.length if cache is not None else 0
+        start = len(cache[0]) if cache is not None else 0                   # positions already cached
         if start + T > self.config.block_size:
             raise ValueError(f"GPT.forward: sequence of length {start + T} is longer than "
                              f"block_size={self.config.block_size}")
@@ -243,12 +190,10 @@ class GPT(nn.Module):
         positions = xp.arange(start, start + T, dtype=np.int64)             # (T,)
         x = self.transformer.wte(idx)                                        # (B, T, C)
         if self.config.pos == "learned":
-            x = x + self.transformer.wpe(tg.Tensor._make(positions, False))  # (T, C) broadcasts
+            x = x + self.transformer.wpe(tg.Tensor.from_array(positions))  # (T, C) broadcasts
         x = self.transformer.drop(x)
         for i, block in enumerate(self.transformer.h):
-            x = block(x, positions, cache, i, self.config.block_size)
-        if cache is not None:
-            cache.length += T
+            x = block(x, positions, cache[i] if cache is not None else None)
         x = self.transformer.ln_f(x)                                         # (B, T, C)
         if targets is None:
             if all_logits:
@@ -261,6 +206,10 @@ class GPT(nn.Module):
     @property
     def device(self):
         return self.transformer.wte.weight.device
+
+    def kv_cache(self):
+        """An empty cache for generation: one nn.KVCache per layer, room for block_size positions."""
+        return [nn.KVCache(self.config.block_size) for _ in self.transformer.h]
 
     # ---------------------------------------------------------------- sampling
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, seed=None,
@@ -286,7 +235,7 @@ class GPT(nn.Module):
                 for _ in range(max_new_tokens):
                     if use_cache and idx.shape[1] <= bs:
                         if cache is None:
-                            cache = KVCache(self.config.n_layer)
+                            cache = self.kv_cache()
                             new = idx                                  # prefill the whole prompt
                         else:
                             new = idx[:, -1:]                          # one new position
@@ -303,8 +252,7 @@ class GPT(nn.Module):
     @classmethod
     def from_pretrained(cls, path, n_head=None, **overrides):
         """Load a Hugging Face GPT-2 `model.safetensors` (n_head from config.json beside it)."""
-        from .pretrained import load_gpt2_safetensors
-        return load_gpt2_safetensors(cls, path, n_head=n_head, **overrides)
+        return load_gpt2_safetensors(lambda **shape: cls(GPTConfig(**shape, bias=True, **overrides)), path, n_head)
 
 
 def sample_next(logits, temperature=1.0, top_k=None, top_p=None, rng=None):

@@ -60,8 +60,9 @@ def write_safetensors(tensors, path):
     Path(path).write_bytes(struct.pack("<Q", len(h)) + h + b"".join(blobs))
 
 
-def load_gpt2_safetensors(cls, path, n_head=None, **overrides):
-    from .model import GPTConfig
+def load_gpt2_safetensors(make_model, path, n_head=None):
+    """The model make_model(block_size=, vocab_size=, n_layer=, n_head=, n_embd=) builds for the
+    checkpoint's shape, with the checkpoint's weights (GPT.from_pretrained passes one)."""
     path = Path(path)
     sd = read_safetensors(path)
     sd = {k[len("transformer."):] if k.startswith("transformer.") else k: v for k, v in sd.items()}
@@ -75,9 +76,7 @@ def load_gpt2_safetensors(cls, path, n_head=None, **overrides):
         n_head = json.loads(cfg.read_text())["n_head"]
     n_layer = 1 + max(int(k.split(".")[1]) for k in sd if k.startswith("h."))
     V, C = sd["wte.weight"].shape
-    config = GPTConfig(block_size=sd["wpe.weight"].shape[0], vocab_size=V, n_layer=n_layer, n_head=n_head,
-                       n_embd=C, bias=True, **overrides)
-    model = cls(config)
+    model = make_model(block_size=sd["wpe.weight"].shape[0], vocab_size=V, n_layer=n_layer, n_head=n_head, n_embd=C)
     state = {}
     for name in model.state_dict():
         key = name[len("transformer."):] if name.startswith("transformer.") else name

@@ -27,8 +27,10 @@ from tqdm import tqdm
 
 import nn
 import tensorgrad as tg
+from tensorgrad.kernels import ATTENTION_HEAD_SIZES
 
 from . import distributed
+from .cuda_graph import GraphedCall
 from .data import TokenData, copy_tokenizer, same_tokenizer
 from .distributed import GradientAverager
 from .errors import ConfigError
@@ -141,7 +143,6 @@ def make_runners(model, opt, tc, block_size, world=None):
         def evaluate(x, y):
             return forward_loss(model, tg.tensor(x, device=tc.device), tg.tensor(y, device=tc.device), dtype)
         return step, evaluate, contextlib.nullcontext()
-    from .cuda_graph import GraphedCall
     stream = tg.backend.cupy().cuda.Stream(non_blocking=True)
 
     def graphed_step(x, y, graphed):
@@ -268,7 +269,6 @@ def attention_bytes(mc, batch_size, device):
     (NumPy, or CuPy for head sizes the fused kernels do not take) stores one (B, n_head, T, T)
     float32 array per layer for backward, plus one being computed. The fused GPU kernels
     store none."""
-    from tensorgrad.kernels import ATTENTION_HEAD_SIZES
     if device == "cuda" and mc.n_embd // mc.n_head in ATTENTION_HEAD_SIZES:
         return 0
     return (mc.n_layer + 1) * batch_size * mc.n_head * mc.block_size ** 2 * 4
@@ -455,7 +455,7 @@ def train(model_config, tc, data_dir, resume=False, progress=True, overwrite=Fal
         copy_tokenizer(data_dir, out)
 
     if tc.device == "cpu":
-        tg.backend.keep_freed_memory()  # temporaries reuse heap memory: ~30% faster steps on CPU
+        tg.backend.keep_freed_memory()  # temporaries reuse heap memory instead of page-faulting
     tg.manual_seed(tc.seed)
     rng = np.random.default_rng(tc.seed)
     model = GPT(model_config).to(tc.device)

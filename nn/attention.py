@@ -2,7 +2,6 @@
 import numpy as np
 
 from tensorgrad import backend
-from tensorgrad.ops import cat
 from tensorgrad.tensor import Tensor, get_default_dtype
 
 from . import functional as F
@@ -78,34 +77,57 @@ class RotaryEmbedding(Module):
 
 
 class KVCache:
-    """The keys and values one attention layer has seen so far (for generation).
+    """The keys and values one attention layer has seen so far, for generation.
 
-    Pass one per layer as kv_cache=...; each call appends its T new keys and
-    values, and attends over all S = past + T of them.
+    Preallocated: the first update allocates room for max_len positions, each
+    call writes its T new keys and values after the cached ones and returns a
+    view of the filled part, S = past + T positions. A new token costs one
+    position's work and no copy of the past (concatenating would copy all of it
+    at every token). Pass one per layer as kv_cache=...; a GPT makes its list
+    with GPT.kv_cache().
+
+    Inference only: the cache holds arrays, not graph nodes, so no gradient
+    could reach past keys; it refuses keys that require grad (use tg.no_grad()).
     """
 
-    def __init__(self):
-        self.k = self.v = None                                           # (B, nh, S, hs)
+    def __init__(self, max_len):
+        self.max_len = int(max_len)
+        self.k = self.v = None       # (B, nh, max_len, hs) arrays, allocated by the first update
+        self.length = 0              # positions filled
 
     def __len__(self):
-        return 0 if self.k is None else self.k.shape[-2]
+        return self.length
 
     def update(self, k, v):
+        """Append k, v (B, nh, T, hs); return the keys and values of all positions so far, (B, nh, S, hs)."""
+        if k.requires_grad or v.requires_grad:
+            raise RuntimeError("KVCache is for inference: the keys would lose their gradient; "
+                               "run generation under tg.no_grad()")
+        B, nh, T, hs = k.shape
+        start, end = self.length, self.length + T
+        if end > self.max_len:
+            raise ValueError(f"KVCache: {end} positions do not fit in max_len={self.max_len}")
         if self.k is None:
-            self.k, self.v = k, v
-        else:
-            self.k, self.v = cat([self.k, k], axis=-2), cat([self.v, v], axis=-2)
-        return self.k, self.v
+            xp = backend.get_array_module(k.data)
+            self.k = xp.empty((B, nh, self.max_len, hs), dtype=k.dtype)
+            self.v = xp.empty((B, nh, self.max_len, hs), dtype=v.dtype)
+        self.k[:, :, start:end] = k.data
+        self.v[:, :, start:end] = v.data
+        self.length = end
+        return Tensor.from_array(self.k[:, :, :end]), Tensor.from_array(self.v[:, :, :end])
 
     def reset(self):
-        self.k = self.v = None
+        self.length = 0
 
 
 class MultiHeadSelfAttention(Module):
     """GPT-2's attention: c_attn (d -> 3d, fused q, k, v), n_head heads of size d/n_head,
-    scaled dot-product attention, c_proj (d -> d), residual dropout."""
+    scaled dot-product attention (dropout on its weights), c_proj (d -> d), residual dropout.
+    The GPT's blocks use this module (as transformer.h.N.attn)."""
 
-    def __init__(self, d_model, n_head, causal=True, rope=None, bias=True, dropout=0.0, device=None):
+    def __init__(self, d_model, n_head, causal=True, rope=None, bias=True, dropout=0.0, resid_dropout=None,
+                 device=None):
+        """dropout: on the attention weights; resid_dropout: on the output (default: dropout)."""
         super().__init__()
         if d_model % n_head:
             raise ValueError(f"MultiHeadSelfAttention: d_model={d_model} is not a multiple of n_head={n_head}")
@@ -115,18 +137,23 @@ class MultiHeadSelfAttention(Module):
         self.d_model, self.n_head, self.causal, self.dropout = d_model, n_head, causal, dropout
         self.c_attn = Linear(d_model, 3 * d_model, bias=bias, device=device)
         self.c_proj = Linear(d_model, d_model, bias=bias, device=device)
-        self.resid_dropout = Dropout(dropout)
+        self.resid_dropout = Dropout(dropout if resid_dropout is None else resid_dropout)
         self.rope = rope
 
-    def forward(self, x, positions=None, kv_cache=None):
+    def forward(self, x, positions=None, kv_cache=None, residual=None):
         """x: (B, T, C). positions: the T tokens' positions for RoPE (default: after
-        those already in kv_cache). kv_cache: a KVCache to read and extend."""
+        those already in kv_cache). kv_cache: a KVCache to read and extend. residual:
+        return residual + the output, dropout and add fused (a transformer block's)."""
         B, T, C = x.shape
         nh, hs = self.n_head, C // self.n_head
-        q, k, v = self.c_attn(x).split(C, axis=-1)                       # (B, T, C) each
-        q = q.reshape(B, T, nh, hs).transpose(1, 2)                      # (B, nh, T, hs)
-        k = k.reshape(B, T, nh, hs).transpose(1, 2)                      # (B, nh, T, hs)
-        v = v.reshape(B, T, nh, hs).transpose(1, 2)                      # (B, nh, T, hs)
+        qkv = self.c_attn(x)                                             # (B, T, 3C)
+        p = self.dropout if self.training else 0.0
+        if self.rope is None and kv_cache is None:
+            # training and scoring: one op reads the heads straight from qkv (fused on the GPU)
+            y = F.qkv_attention(qkv, nh, is_causal=self.causal, dropout_p=p)   # (B, T, C)
+            return self.resid_dropout(self.c_proj(y), residual)
+        qkv = qkv.reshape(B, T, 3, nh, hs).permute(2, 0, 3, 1, 4)        # (3, B, nh, T, hs)
+        q, k, v = qkv[0], qkv[1], qkv[2]                                 # (B, nh, T, hs)
         past = len(kv_cache) if kv_cache is not None else 0
         if self.rope is not None:
             if positions is None:
@@ -134,10 +161,9 @@ class MultiHeadSelfAttention(Module):
             q, k = self.rope(q, positions), self.rope(k, positions)
         if kv_cache is not None:
             k, v = kv_cache.update(k, v)                                 # (B, nh, S, hs), S = past + T
-        p = self.dropout if self.training else 0.0
         y = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal, dropout_p=p)  # (B, nh, T, hs)
         y = y.transpose(1, 2).reshape(B, T, C)                           # (B, T, C): heads side by side
-        return self.resid_dropout(self.c_proj(y))
+        return self.resid_dropout(self.c_proj(y), residual)
 
     def extra_repr(self):
         return f"n_head={self.n_head}, causal={self.causal}"

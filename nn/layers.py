@@ -17,7 +17,7 @@ from .module import Module, Parameter
 def _empty(*shape, device=None, dtype=None):
     """An uninitialised tensor; dtype None is the default dtype (tg.get_default_dtype())."""
     xp = backend.xp_of_device(backend.parse_device(device))
-    return Tensor._make(xp.empty(shape, dtype=get_default_dtype() if dtype is None else dtype), False)
+    return Tensor.from_array(xp.empty(shape, dtype=get_default_dtype() if dtype is None else dtype))
 
 
 class Linear(Module):

@@ -172,22 +172,21 @@ class Module:
         """Move/cast every parameter and buffer IN PLACE (the Parameter objects stay the same,
         so an optimizer built on them stays valid); returns self. dtype applies to floats only."""
         dev = backend.parse_device(device) if device is not None else None
+
+        def moved(arr):
+            if dev is not None:
+                arr = backend.to_device(arr, dev)
+            if dtype is not None and backend.is_floating(arr.dtype):
+                arr = arr.astype(dtype, copy=False)
+            return arr
         seen = set()
         for t in list(self.parameters()) + list(self.buffers()):
             if id(t) in seen:
                 continue
             seen.add(id(t))
-            for attr in ("data", "grad"):
-                arr = getattr(t, attr)
-                if arr is None:
-                    continue
-                if dev is not None:
-                    arr = backend.to_device(arr, dev)
-                if dtype is not None and backend.is_floating(arr.dtype):
-                    arr = arr.astype(dtype, copy=False)
-                setattr(t, attr, arr)
-            if dev is not None:
-                t._device = dev
+            t.set_data(moved(t.data))                    # the tensor's device follows its array
+            if t.grad is not None:
+                t.grad = moved(t.grad)
         for m in self.modules():
             m._after_to()
         return self

@@ -9,7 +9,7 @@ from .module import Module, Parameter
 def _filled(value, n, device, dtype):
     """(n,) tensor of value; dtype None is the default dtype (tg.get_default_dtype())."""
     xp = backend.xp_of_device(backend.parse_device(device))
-    return Tensor._make(xp.full((n,), value, dtype=get_default_dtype() if dtype is None else dtype), False)
+    return Tensor.from_array(xp.full((n,), value, dtype=get_default_dtype() if dtype is None else dtype))
 
 
 class LayerNorm(Module):

@@ -8,8 +8,9 @@ import math
 
 import numpy as np
 
-from tensorgrad import backend
+from tensorgrad import backend, kernels
 from tensorgrad.function import no_grad
+from tensorgrad.kernels.adamw import N_HYPER, adamw_step, hyper_row, usable
 
 
 class Optimizer:
@@ -147,7 +148,6 @@ class AdamW(Optimizer):
     def _fused_params(self):
         """(index, param, group) of every parameter with a gradient, or None when the
         fused kernel can't take them all (CPU, float64, kernels off)."""
-        from tensorgrad import kernels
         out, i = [], 0
         for group in self.param_groups:
             for p in group["params"]:
@@ -156,12 +156,10 @@ class AdamW(Optimizer):
                 i += 1
         if not out or isinstance(out[0][1].data, np.ndarray) or not kernels.enabled():
             return None
-        from tensorgrad.kernels.adamw import usable
         return out if all(usable(p.data, p.grad) for _, p, _ in out) else None
 
     def prepare(self):
         """Host side of a fused step: advance step counts, write the scalars to the device."""
-        from tensorgrad.kernels.adamw import N_HYPER, hyper_row
         params = self._fused_params()
         if params is None:
             raise RuntimeError("AdamW.prepare: the fused GPU step needs float32 CuPy parameters with gradients")
@@ -181,7 +179,6 @@ class AdamW(Optimizer):
 
     def apply(self):
         """Device side of a fused step: one kernel per parameter, nothing read back."""
-        from tensorgrad.kernels.adamw import adamw_step
         for i, p, _ in self._prepared:
             state = self.state[id(p)]
             adamw_step(p.data, p.grad, state["exp_avg"], state["exp_avg_sq"], self._hyper[i])

@@ -26,4 +26,4 @@ def clip_grad_norm_(parameters, max_norm, eps=1e-6):
     coef = xp.minimum(max_norm / (norm + eps), 1.0)                     # 0-d, on the device
     for g in grads:
         g *= coef
-    return Tensor._make(xp.asarray(norm), False)
+    return Tensor.from_array(xp.asarray(norm))

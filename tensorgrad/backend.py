@@ -4,6 +4,9 @@ Every op is written once against `xp` (NumPy or CuPy have the same API), so the
 CPU and GPU paths are the same code. CuPy is imported lazily: `import tensorgrad`
 works without it, and asking for 'cuda' without it is a clear error.
 """
+import ctypes
+import sys
+
 import numpy as np
 
 try:                  # bfloat16 for NumPy and CuPy arrays comes from ml_dtypes (the `cuda` extra)
@@ -41,6 +44,11 @@ def require_bfloat16():
         raise RuntimeError("bfloat16 needs the ml_dtypes package: `pip install ml_dtypes` "
                            "(it comes with the project's extra: `pip install -e .[cuda]`)")
     return bfloat16
+
+
+def cupy_error():
+    """Why CuPy could not be used (for an error message), or None when it can or was not tried."""
+    return _cupy_error
 
 
 def cuda_available():
@@ -145,12 +153,9 @@ def keep_freed_memory():
     glibc gives a large block (over 128 KiB at first) back to the OS when it is
     freed, so every temporary array of a training step is mapped afresh and
     page-faults on first touch. Raising the mmap and trim thresholds keeps the
-    blocks in the heap; measured on the 2-core machine, a step of the CPU
-    Shakespeare model went from 70 to 50 ms. Linux/glibc only; returns whether
-    it was applied. Process-wide, so the training loop calls it, not import.
+    blocks in the heap, and CPU training steps get faster (bench/results.md).
+    Linux/glibc only; returns whether it was applied. Process-wide, so the training loop calls it, not import.
     """
-    import ctypes
-    import sys
     if not sys.platform.startswith("linux"):
         return False
     try:

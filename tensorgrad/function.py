@@ -21,7 +21,9 @@ from . import kernels
 from .backend import is_floating
 
 _grad_enabled = True
-Tensor = None  # set by tensor.py (which imports this module) to avoid an import per call
+# The one deliberate import cycle: Function.apply makes Tensors and tensor.py imports this
+# module (no_grad, is_grad_enabled), so tensor.py sets this name when it is loaded.
+Tensor = None
 
 
 class ShapeError(ValueError):

@@ -99,12 +99,26 @@ class Tensor:
         t._device = "cpu" if isinstance(arr, np.ndarray) else backend.device_of(arr)
         return t
 
+    @classmethod
+    def from_array(cls, arr, requires_grad=False):
+        """A tensor around an existing NumPy or CuPy array: no copy, no conversion, no checks.
+        For code outside the engine that makes arrays itself (layers' parameters, a kv-cache's
+        views, a norm computed on the device) and wraps them without a second copy."""
+        return cls._make(arr, bool(requires_grad))
+
+    def set_data(self, arr):
+        """Point this tensor at another array, maybe on another device, keeping the tensor
+        itself (an optimizer and tied weights hold the Parameter object): Module.to uses it."""
+        self.data = arr
+        self._device = "cpu" if isinstance(arr, np.ndarray) else backend.device_of(arr)
+
     # ------------------------------------------------------------------ basics
     shape = property(lambda self: tuple(self.data.shape))
     dtype = property(lambda self: self.data.dtype)
     device = property(lambda self: self._device)
     ndim = property(lambda self: self.data.ndim)
     is_leaf = property(lambda self: self._ctx is None)
+    grad_fn = property(lambda self: self._ctx, doc="The Function that made this tensor (None for a leaf).")
 
     def size(self, dim=None):
         return self.shape if dim is None else self.shape[dim]
@@ -160,8 +174,7 @@ class Tensor:
                 t = Tensor._make(backend.to_device(self.data, dev), False)
                 t.requires_grad = self.requires_grad
         if dtype is not None and np.dtype(dtype) != t.dtype:
-            from .ops.elementwise import cast
-            t = cast(t, dtype)
+            t = t.astype(dtype)   # the cast op (ops/elementwise.py), bound to Tensor by ops/__init__.py
         return t
 
     def cpu(self):
@@ -259,6 +272,8 @@ class Tensor:
     # (bound at the end of ops/__init__.py, next to the ops themselves)
 
 
+# The one deliberate import cycle: function.py (imported at the top) needs Tensor to make op
+# outputs, and Tensor is only defined now, so it is handed over here.
 from . import function as _function  # noqa: E402
 
 _function.Tensor = Tensor

@@ -205,13 +205,29 @@ def test_kv_cache_gives_the_full_forward(rope):
     attn = nn.MultiHeadSelfAttention(8, 2, rope=nn.RotaryEmbedding(4, 16) if rope else None).double()
     x = rand64(2, 6, 8, requires_grad=False)
     full = attn(x).data
-    cache = nn.KVCache()
+    cache = nn.KVCache(6)                                           # room for exactly the 6 tokens
     with tg.no_grad():
         parts = [attn(x[:, :3], kv_cache=cache)]                     # a prompt of 3 tokens
         for t in range(3, 6):                                        # then one token at a time
             parts.append(attn(x[:, t:t + 1], kv_cache=cache))
     assert len(cache) == 6
     np.testing.assert_allclose(np.concatenate([p.data for p in parts], axis=1), full, rtol=1e-10, atol=1e-12)
+
+
+def test_kv_cache_writes_in_place_and_refuses_overflow_and_gradients():
+    cache = nn.KVCache(4)
+    k = tg.randn(1, 2, 3, 4)
+    keys, _ = cache.update(k, k)
+    first = cache.k
+    keys, values = cache.update(tg.randn(1, 2, 1, 4), tg.randn(1, 2, 1, 4))
+    assert cache.k is first and keys.shape == values.shape == (1, 2, 4, 4)   # one buffer, no copies
+    np.testing.assert_array_equal(keys.numpy()[:, :, :3], k.numpy())
+    with pytest.raises(ValueError, match="max_len=4"):
+        cache.update(tg.randn(1, 2, 1, 4), tg.randn(1, 2, 1, 4))
+    cache.reset()
+    assert len(cache) == 0
+    with pytest.raises(RuntimeError, match="no_grad"):
+        cache.update(tg.randn(1, 2, 1, 4, requires_grad=True), tg.randn(1, 2, 1, 4))
 
 
 def test_mha_dropout_only_in_training():
@@ -221,7 +237,10 @@ def test_mha_dropout_only_in_training():
     a, b = attn(x).data, attn(x).data
     assert not np.allclose(a, b)
     attn.eval()
-    np.testing.assert_array_equal(attn(x).data, attn(x).data)
+    y_eval = attn(x).data
+    no_dropout = nn.MultiHeadSelfAttention(8, 2, dropout=0.0)
+    no_dropout.load_state_dict(attn.state_dict())
+    np.testing.assert_array_equal(y_eval, no_dropout(x).data)   # eval: the same module without dropout
 
 
 @pytest.mark.cuda

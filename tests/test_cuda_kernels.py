@@ -14,6 +14,7 @@ import pytest
 import nn
 import tensorgrad as tg
 from tensorgrad import backend, kernels
+from tensorgrad.kernels import naive
 
 pytestmark = pytest.mark.cuda
 
@@ -34,8 +35,8 @@ def poisoned(cp, monkeypatch):
     def fill(a):
         a.fill(np.nan if a.dtype.kind == "f" else (True if a.dtype.kind == "b" else -1))
         return a
-    monkeypatch.setattr(cp, "empty", lambda *a, **k: fill(empty(*a, **k)))
-    monkeypatch.setattr(cp, "empty_like", lambda *a, **k: fill(empty_like(*a, **k)))
+    monkeypatch.setattr(cp, "empty", lambda *a, **kw: fill(empty(*a, **kw)))
+    monkeypatch.setattr(cp, "empty_like", lambda *a, **kw: fill(empty_like(*a, **kw)))
     return cp
 
 
@@ -180,18 +181,18 @@ def test_layernorm(poisoned, shape):
 
 @pytest.mark.parametrize("tile", [1, 8, 16, 32])
 @pytest.mark.parametrize("shape", [(100, 65), (16384, 384), (1001, 768)])
-def test_layernorm_backward_tiles(poisoned, monkeypatch, tile, shape):
+def test_layernorm_backward_tiles(poisoned, tile, shape):
     """Every tile height (rows per block of layernorm_backward) gives the same dx, dw, db."""
     cp = poisoned
-    monkeypatch.setattr(kernels, "_LN_TILE", tile)
     C = shape[-1]
     x = (rng.standard_normal(shape) * 2 + 1).astype(np.float32)
     w = rng.standard_normal(C).astype(np.float32)
     g = rng.standard_normal(shape).astype(np.float32)
     _, mref, rref = layernorm_ref(x, w, np.zeros(C), 1e-5)
     m32, r32 = mref.astype(np.float32), rref.astype(np.float32)
-    dx, dw, db = kernels.layernorm_backward(cp.asarray(g), cp.asarray(x), cp.asarray(w), cp.asarray(m32),
-                                            cp.asarray(r32))
+    with kernels.launch_settings(ln_tile=tile):
+        dx, dw, db = kernels.layernorm_backward(cp.asarray(g), cp.asarray(x), cp.asarray(w), cp.asarray(m32),
+                                                cp.asarray(r32))
     dxr, dwr, dbr = layernorm_bwd_ref(g, x, w, m32.astype(np.float64), r32.astype(np.float64))
     relerr(dx, dxr, f"layernorm bwd dx {shape} tile {tile}")
     relerr(dw, dwr, f"layernorm bwd dw {shape} tile {tile}")
@@ -277,6 +278,24 @@ def test_gelu_kernels_both_forms(poisoned, approximate, shape):
            f"gelu {approximate} backward {shape}")
 
 
+@pytest.mark.parametrize("shape", [(1,), (7,), (65, 33), (4, 256, 1536), (3, 100_003)])
+def test_gelu_tanh_kernel_and_op_match_numpy(cp, shape):
+    x = (rng.standard_normal(shape) * 4).astype(np.float32)
+    g = rng.standard_normal(shape).astype(np.float32)
+    x64 = x.astype(np.float64)
+    c = np.sqrt(2 / np.pi)
+    t = np.tanh(c * (x64 + 0.044715 * x64 ** 3))
+    relerr(kernels.gelu_forward(cp.asarray(x)), 0.5 * x64 * (1 + t), f"gelu tanh fwd {shape}")
+    dx_ref = g * (0.5 * (1 + t) + 0.5 * x64 * (1 - t * t) * c * (1 + 3 * 0.044715 * x64 ** 2))
+    relerr(kernels.gelu_backward(cp.asarray(g), cp.asarray(x)), dx_ref, f"gelu tanh bwd {shape}")
+    # the op dispatches to the kernel on cuda and agrees with the CPU path
+    xt = tg.tensor(x, device="cuda", requires_grad=True)
+    tg.gelu(xt, approximate="tanh").backward(cp.asarray(g))
+    xc = tg.tensor(x, requires_grad=True)
+    tg.gelu(xc, approximate="tanh").backward(g)
+    relerr(xt.grad, xc.grad.astype(np.float64), f"gelu tanh op cuda vs cpu {shape}")
+
+
 def test_gelu_forms_differ_and_bad_form_is_refused(cp):
     x = cp.asarray(np.array([-3.0, -1.0, 0.5, 2.0], np.float32))
     exact, approx = kernels.gelu_forward(x, "none").get(), kernels.gelu_forward(x, "tanh").get()
@@ -289,7 +308,7 @@ def test_gelu_forms_differ_and_bad_form_is_refused(cp):
 def test_engine_gelu_cuda_vs_cpu(approximate):
     x = (rng.standard_normal((5, 37, 129)) * 3).astype(np.float32)
     out = tg.gelu(tg.tensor(x, device="cuda", requires_grad=True), approximate=approximate)
-    assert type(out._ctx).__name__ == "GELUCUDA"                      # the kernel ran, with the form asked for
+    assert type(out.grad_fn).__name__ == "GELUCUDA"                      # the kernel ran, with the form asked for
     _compare_engine(lambda a: tg.gelu(a, approximate=approximate), [x], f"gelu {approximate}")
     _compare_engine(nn.GELU(approximate=approximate), [x], f"nn.GELU({approximate!r})")
 
@@ -301,11 +320,11 @@ def test_engine_cross_entropy_label_smoothing_runs_the_reference_on_cuda():
     t[1, :3] = -1
     fn = lambda a, tt: tg.cross_entropy(a, tt, ignore_index=-1, label_smoothing=0.1)
     out = fn(tg.tensor(logits, device="cuda", requires_grad=True), tg.tensor(t, device="cuda"))
-    assert type(out._ctx) is CrossEntropy                              # the kernels know no smoothing
+    assert type(out.grad_fn) is CrossEntropy                              # the kernels know no smoothing
     _compare_engine(fn, [logits, t], "cross_entropy label_smoothing=0.1")
     plain = tg.cross_entropy(tg.tensor(logits, device="cuda", requires_grad=True), tg.tensor(t, device="cuda"),
                              ignore_index=-1)
-    assert type(plain._ctx).__name__ == "CrossEntropyCUDA"             # ignore_index alone: the kernels mask it
+    assert type(plain.grad_fn).__name__ == "CrossEntropyCUDA"             # ignore_index alone: the kernels mask it
 
 
 # ------------------------------------------------- the engine, cuda vs cpu
@@ -484,13 +503,18 @@ ATTENTION_SHAPES = [  # B, H, T, S, D, causal
     (1, 2, 1, 33, 64, True)]
 
 
+def attention_inputs(cp, B, H, T, S, D):
+    """q (B, H, T, D), k, v (B, H, S, D) and dy (B, H, T, D), random, on the host and on the GPU."""
+    q, k, v = (rng.standard_normal(sh).astype(np.float32) * 2 for sh in ((B, H, T, D), (B, H, S, D), (B, H, S, D)))
+    g = rng.standard_normal((B, H, T, D)).astype(np.float32)
+    return (q, k, v, g), tuple(cp.asarray(a) for a in (q, k, v, g))
+
+
 @pytest.mark.parametrize("B,H,T,S,D,causal", ATTENTION_SHAPES)
 def test_attention_kernels_match_reference(poisoned, B, H, T, S, D, causal):
     cp = poisoned
-    q, k, v = (rng.standard_normal(sh).astype(np.float32) * 2 for sh in ((B, H, T, D), (B, H, S, D), (B, H, S, D)))
-    g = rng.standard_normal((B, H, T, D)).astype(np.float32)
+    (q, k, v, g), (qd, kd, vd, gd) = attention_inputs(cp, B, H, T, S, D)
     scale = 1 / np.sqrt(D)
-    qd, kd, vd, gd = (cp.asarray(a) for a in (q, k, v, g))
     slot = backend.philox_state()
     y = cp.empty_like(qd)
     lse = kernels.attention_forward(qd, kd, vd, y, causal, scale, 0.0, slot)
@@ -544,6 +568,33 @@ def test_qkv_attention_with_dropout_trains_like_reference_statistics():
     assert abs(y.numpy().mean() - y0.mean()) < 0.05
 
 
+# ---------------------------------------------------- our cuBLAS handle (kernels/cublas.py)
+@pytest.mark.parametrize("sa,sb,ta,tb", [((7, 5), (5, 3), False, False), ((64, 384), (384, 1152), False, True),
+                                         ((300, 65), (65, 384), True, False), ((2, 3, 9, 4), (2, 3, 4, 6), False, True),
+                                         ((8, 33, 16), (8, 16, 33), True, True), ((1, 1), (1, 1), False, False)])
+def test_own_cublas_matmul_matches_numpy(cp, monkeypatch, sa, sb, ta, tb):
+    """kernels.cublas.matmul (row-major through column-major cuBLAS, transposed views as flags)."""
+    from tensorgrad.kernels import cublas
+    monkeypatch.setenv("CUPY_TF32", "0")
+    a = rng.standard_normal(sa[:-2] + (sa[-1], sa[-2]) if ta else sa).astype(np.float32)
+    b = rng.standard_normal(sb[:-2] + (sb[-1], sb[-2]) if tb else sb).astype(np.float32)
+    A, B = cp.asarray(a), cp.asarray(b)
+    if ta:
+        A, a = A.swapaxes(-1, -2), a.swapaxes(-1, -2)
+    if tb:
+        B, b = B.swapaxes(-1, -2), b.swapaxes(-1, -2)
+    assert cublas.usable(A, B) and cublas.available()  # our handle, not a fallback
+    ref = a.astype(np.float64) @ b.astype(np.float64)
+    relerr(cublas.matmul(A, B), ref, f"cublas matmul {sa} {sb} ta={ta} tb={tb}")
+    # an operand that is neither contiguous nor a transposed contiguous array (a slice of a
+    # wider one) is copied first, and gives the same product
+    wide = cp.zeros(A.shape[:-1] + (A.shape[-1] + 3,), dtype=cp.float32)
+    wide[..., :A.shape[-1]] = A
+    sliced = wide[..., :A.shape[-1]]
+    assert sliced.size == 1 or not (sliced.flags.c_contiguous or sliced.swapaxes(-1, -2).flags.c_contiguous)
+    relerr(cublas.matmul(sliced, B), ref, f"cublas matmul of a sliced operand {sa}")
+
+
 # ------------------------------------------------ linear: bias in the cuBLASLt epilogue
 @pytest.mark.parametrize("shape", [((7, 12), 20), ((64, 256, 384), 1152), ((3, 5, 64), 4), ((1, 128), 256)])
 def test_linear_bias_epilogue_matches_reference(cp, monkeypatch, shape):
@@ -578,3 +629,82 @@ def test_linear_without_bias_or_odd_sizes_uses_reference(cp):
     assert not LinearCUDA.supports(x, w, cp.ones(5, dtype=cp.float32))       # 5 outputs, 6 inputs: not x4
     y = tg.linear(tg.tensor(x), tg.tensor(w), tg.tensor(cp.ones(5, dtype=cp.float32)))
     assert np.allclose(y.numpy(), 7.0)
+
+
+# ------------------------------------------------ naive kernels (kernels/naive.py)
+# The plain first versions (one thread per row) against the same float64 references
+# as the fast kernels above. One thread adds a whole row serially, and the rounding
+# of a serial float32 sum grows like sqrt(row length) (a tree of partial sums, as the
+# fast kernels use, grows like log of it): rows of a few hundred meet TOL, rows of
+# 50k (with |mean| >> std for layernorm) land near 2e-5. naive_tol allows for that.
+def naive_tol(L):
+    return max(TOL, 2e-7 * np.sqrt(L))
+
+
+@pytest.mark.parametrize("shape", SOFTMAX_SHAPES)
+def test_naive_softmax_forward_backward(poisoned, shape):
+    cp = poisoned
+    tol = naive_tol(shape[-1])
+    for scale in (1.0, 0.125):
+        x = (rng.standard_normal(shape) * 60).astype(np.float32)
+        y = naive.softmax_forward(cp.asarray(x), scale=scale)
+        relerr(y, softmax_ref(x, scale), f"naive softmax fwd {shape} scale {scale}", tol)
+        g = rng.standard_normal(shape).astype(np.float32)
+        y32 = softmax_ref(rng.standard_normal(shape) * 2, scale).astype(np.float32)   # moderate: see above
+        dx = naive.softmax_backward(cp.asarray(g), cp.asarray(y32), scale=scale)
+        y64 = y32.astype(np.float64)
+        relerr(dx, scale * y64 * (g - (g * y64).sum(-1, keepdims=True)), f"naive softmax bwd {shape} scale {scale}",
+               tol)
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 1), (3, 5, 5), (2, 7, 20), (384, 16, 256), (1, 4, 2000), (2, 6, 3)])
+def test_naive_softmax_causal(poisoned, shape):
+    cp = poisoned
+    x = (rng.standard_normal(shape) * 60).astype(np.float32)
+    y = naive.softmax_forward(cp.asarray(x), scale=0.3, causal=True)
+    relerr(y, softmax_ref(x, 0.3, causal=True), f"naive softmax causal fwd {shape}", naive_tol(shape[-1]))
+    T, S = shape[-2:]
+    masked = ~np.tri(T, S, k=S - T, dtype=bool)
+    assert (cp.asnumpy(y)[..., masked] == 0).all(), "masked entries (and rows with no key) must be exactly 0"
+
+
+@pytest.mark.parametrize("shape", LN_SHAPES)
+def test_naive_layernorm(poisoned, shape):
+    cp = poisoned
+    C = shape[-1]
+    tol = naive_tol(C)
+    x = (rng.standard_normal(shape) * 3 + 20).astype(np.float32)   # |mean| >> std, as for the fast kernel
+    w = rng.standard_normal(C).astype(np.float32)
+    b = rng.standard_normal(C).astype(np.float32)
+    y, mean, rstd = naive.layernorm_forward(cp.asarray(x), cp.asarray(w), cp.asarray(b), 1e-5)
+    yref, mref, rref = layernorm_ref(x, w, b, 1e-5)
+    relerr(y, yref, f"naive layernorm fwd {shape}", tol)
+    relerr(mean, mref, f"naive layernorm mean {shape}", tol)
+    relerr(rstd, rref, f"naive layernorm rstd {shape}", tol)
+    g = rng.standard_normal(shape).astype(np.float32)
+    m32, r32 = mref.astype(np.float32), rref.astype(np.float32)
+    dx, dw, db = naive.layernorm_backward(cp.asarray(g), cp.asarray(x), cp.asarray(w), cp.asarray(m32),
+                                          cp.asarray(r32))
+    dxr, dwr, dbr = layernorm_bwd_ref(g, x, w, m32.astype(np.float64), r32.astype(np.float64))
+    rows = int(np.prod(shape[:-1]))
+    relerr(dx, dxr, f"naive layernorm bwd dx {shape}", tol)
+    relerr(dw, dwr, f"naive layernorm bwd dw {shape}", naive_tol(rows))   # dw, db: serial sums down a column
+    relerr(db, dbr, f"naive layernorm bwd db {shape}", naive_tol(rows))
+
+
+@pytest.mark.parametrize("B,H,T,S,D,causal", ATTENTION_SHAPES)
+def test_naive_attention_matches_reference(poisoned, B, H, T, S, D, causal):
+    cp = poisoned
+    (q, k, v, g), (qd, kd, vd, gd) = attention_inputs(cp, B, H, T, S, D)
+    scale = 1 / np.sqrt(D)
+    y, lse = naive.attention_forward(qd, kd, vd, causal, scale)
+    dq, dk, dv = naive.attention_backward(gd, qd, kd, vd, y, lse, causal, scale)
+    refs = attention_ref(q, k, v, g, causal, scale)
+    for out, ref, name in zip((y, dq, dk, dv), refs, ("y", "dq", "dk", "dv")):
+        relerr(out, ref, f"naive attention {name} B{B} H{H} T{T} S{S} D{D} causal={causal}")
+    # lse, what the backward recomputes p from: logsumexp of each row's visible scores
+    s = q.astype(np.float64) @ k.astype(np.float64).swapaxes(-1, -2) * scale
+    if causal:
+        s = np.where(np.tri(T, S, k=S - T, dtype=bool), s, -np.inf)
+    m = s.max(-1, keepdims=True)
+    relerr(lse, (m + np.log(np.exp(s - m).sum(-1, keepdims=True)))[..., 0], f"naive attention lse B{B} H{H} T{T} S{S}")

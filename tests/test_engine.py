@@ -1,5 +1,8 @@
 """The graph (reuse, accumulation, deep chains, no_grad), forward values and errors."""
 import math
+import re
+import runpy
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -54,7 +57,7 @@ def test_no_grad_builds_no_graph():
     x = tg.tensor([1.0, 2.0], requires_grad=True)
     with tg.no_grad():
         y = (x * 2).sum()
-    assert not y.requires_grad and y._ctx is None
+    assert not y.requires_grad and y.grad_fn is None
     with pytest.raises(RuntimeError, match="does not require grad"):
         y.backward()
 
@@ -72,7 +75,7 @@ def test_graph_is_freed_and_second_pass_is_an_error():
 def test_backward_frees_saved_arrays():
     x = tg.tensor(rng.standard_normal(100), requires_grad=True)
     h = x.exp()
-    fn = h._ctx
+    fn = h.grad_fn
     assert any(isinstance(v, np.ndarray) for v in vars(fn).values())
     h.sum().backward()
     assert fn.freed and not vars(fn).get("inputs") and not any(isinstance(v, np.ndarray) for v in vars(fn).values())
@@ -246,17 +249,35 @@ def test_cuda_request_without_gpu_is_a_clear_error():
 
 
 def test_autograd_tour_runs(capsys):
-    import runpy
-    from pathlib import Path
     runpy.run_path(str(Path(__file__).resolve().parents[1] / "examples" / "autograd_tour.py"), run_name="__main__")
     out = capsys.readouterr().out
     assert "passed: True" in out and "step 500" in out
+    assert "a wrong backward:          passed: False" in out      # the check catches the planted bug
+
+
+def test_readme_tour_prints_what_its_comments_say(capsys):
+    """The README's ten-line tour runs, and prints the values written in its comments."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    code = re.search(r"## A ten-line tour of the engine\n\n```python\n(.*?)```", readme, re.S).group(1)
+    names = {}
+    exec(compile(code, "README.md", "exec"), names)
+    printed = capsys.readouterr().out.splitlines()
+    claimed = [line.split("# ", 1)[1] for line in code.splitlines() if line.startswith("print(")]
+    # the comment after each print starts with what it prints
+    for out, claim in zip(printed, claimed):
+        assert claim.startswith(out.strip()), f"README tour prints {out!r}, its comment says {claim!r}"
+    x, W, b = names["x"].numpy(), names["W"].numpy(), names["b"].numpy()
+    np.testing.assert_allclose(names["b"].grad, 1 - np.tanh(x @ W + b)[0] ** 2, rtol=1e-6)
 
 
 def test_ops_on_two_devices_name_both():
     a = tg.tensor([1.0, 2.0])
-    b = tg.tensor([1.0, 2.0])
-    b._device = "cuda"  # stands in for a CuPy tensor: the check compares devices, not array types
+    class NotNumpy:
+        """Stands in for a CuPy array (the engine takes any non-NumPy array for one): the
+        check compares the tensors' devices before it touches an array."""
+        shape, dtype, ndim = (2,), np.dtype(np.float32), 1
+    b = tg.Tensor.from_array(NotNumpy())
+    assert b.device == "cuda"
     with pytest.raises(RuntimeError, match=r"different devices \(cpu and cuda\)"):
         a + b
 

@@ -1,7 +1,7 @@
 """BPE of many words at once with NumPy: the same result as Tokenizer._bpe, word by word.
 
 Encoding a large text meets tens of thousands of distinct pre-tokens. BPE on them
-one at a time costs ~1 us of Python per merge step; here all words are laid end to
+one at a time costs Python work per merge step of each word; here all words are laid end to
 end in one array and every round does, in every word at once, what the per-word
 loop does: merge the word's lowest-rank pair (every occurrence, left to right).
 A new token can only take part in higher-rank merges, so merging all occurrences

@@ -13,7 +13,7 @@ import regex
 
 GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 # The same pattern with the contractions factored out: it matches exactly the same
-# pre-tokens (no contraction is a prefix of another) and runs about 10% faster.
+# pre-tokens (no contraction is a prefix of another) with fewer alternatives to try.
 GPT2_REGEX = regex.compile(r"""'(?:[stmd]|re|ve|ll)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+""")
 
 # On pure-ASCII text the same pattern spelled with ASCII classes gives the same

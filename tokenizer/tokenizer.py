@@ -186,7 +186,7 @@ class Tokenizer:
         return chain.from_iterable(map(self._cache.__getitem__, words))
 
     def _prefetch(self, words):
-        """BPE all not-yet-cached words at once (batch_bpe, ~2x faster than one by one)."""
+        """BPE all not-yet-cached words at once (batch_bpe: NumPy rounds instead of a Python loop per word)."""
         cache = self._cache
         missing = set(words).difference(cache)
         if len(missing) < 256:  # a few: the cache's __missing__ does them one by one

@@ -17,6 +17,7 @@ Set TENSORGRAD_KERNELS=0 to run the generic CuPy path instead (for debugging
 or to compare), and TENSORGRAD_ATTENTION_MMA=0 to run bf16 attention on float FMAs instead of
 tensor cores.
 """
+import contextlib
 import os
 import re
 
@@ -135,6 +136,22 @@ def _rows(a, what):
     if N >= 2**31 or L >= 2**31:
         raise ValueError(f"tensorgrad.kernels: {what} of shape {a.shape} is too large for int32 sizes")
     return N, L
+
+
+@contextlib.contextmanager
+def launch_settings(block_threads=None, warp_rows_max=None, ln_tile=None):
+    """Launch with other settings inside the block (bench/kernels.py --tune, tests); None keeps one.
+    block_threads: threads of a one-block-a-row launch; warp_rows_max: the longest row given a
+    warp (0: every row gets a block); ln_tile: rows per layernorm_backward tile (1..32)."""
+    global _BLOCK_THREADS, _WARP_ROWS_MAX, _LN_TILE
+    saved = _BLOCK_THREADS, _WARP_ROWS_MAX, _LN_TILE
+    _BLOCK_THREADS = saved[0] if block_threads is None else block_threads
+    _WARP_ROWS_MAX = saved[1] if warp_rows_max is None else warp_rows_max
+    _LN_TILE = saved[2] if ln_tile is None else ln_tile
+    try:
+        yield
+    finally:
+        _BLOCK_THREADS, _WARP_ROWS_MAX, _LN_TILE = saved
 
 
 def _launch(stem, op, N, L, args, dtype):

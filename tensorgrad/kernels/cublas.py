@@ -14,6 +14,7 @@ array is passed as the array plus a transpose flag, with no copy.
 """
 import ctypes
 import os
+import warnings
 
 import numpy as np
 
@@ -63,10 +64,14 @@ def _init():
     try:
         return _create()
     except (OSError, AttributeError, RuntimeError) as e:  # no usable libcublas: CuPy's matmul instead
-        import warnings
         warnings.warn(f"tensorgrad.kernels.cublas: own cuBLAS handle unavailable ({e}); using CuPy's matmul")
         _state["error"] = str(e)
         return _state
+
+
+def available():
+    """True when our own handle could be made; False: matmuls fall back to CuPy's (a warning said why)."""
+    return "error" not in _init()
 
 
 def _create():

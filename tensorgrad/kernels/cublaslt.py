@@ -14,6 +14,7 @@ The descriptors and the algorithm cuBLASLt picks depend only on the shape,
 so they are made once per shape and kept; only the pointers change per call.
 """
 import ctypes
+import warnings
 
 from .. import backend
 from .cublas import data_type, mapped_library
@@ -46,7 +47,6 @@ def available():
                           workspace=cp.empty(_WORKSPACE_BYTES, dtype=cp.uint8),
                           alpha=ctypes.c_float(1.0), beta=ctypes.c_float(0.0))
         except (OSError, AttributeError, RuntimeError) as e:
-            import warnings
             warnings.warn(f"tensorgrad.kernels.cublaslt unavailable ({e}); the bias is added separately")
             _state["error"] = str(e)
     return "error" not in _state

@@ -1,4 +1,5 @@
 """All ops, and the Python operators and methods of Tensor that call them."""
+from ..function import ShapeError
 from ..tensor import Tensor
 from .attention import qkv_attention, rotary_embedding, scaled_dot_product_attention
 from .broadcast import sum_to
@@ -54,6 +55,7 @@ def _bind():
               broadcast_to, split, tril, triu, softmax, log_softmax, masked_fill):
         setattr(T, f.__name__, f)
     T.reshape = T.view = reshape
+    T.astype = cast           # Tensor.to(dtype=...) and the dtype promotion call it
     T.T = property(lambda self: permute(self, *reversed(range(self.ndim))))
     T.mT = property(lambda self: transpose(self, -2, -1))
     T.unsqueeze = lambda self, axis: reshape(self, _unsqueezed(self.shape, axis))
@@ -72,7 +74,6 @@ def _squeezed(shape, axis):
         return tuple(n for n in shape if n != 1)
     axis = axis % len(shape)
     if shape[axis] != 1:
-        from ..function import ShapeError
         raise ShapeError(f"squeeze: axis {axis} of shape {shape} has size {shape[axis]}, not 1")
     return shape[:axis] + shape[axis + 1:]
 

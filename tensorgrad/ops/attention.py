@@ -13,6 +13,7 @@ import numpy as np
 from ..autocast import cast_inputs
 from ..backend import generator, get_array_module
 from ..function import Function, ShapeError
+from ..tensor import Tensor
 from .promote import same_float_dtype
 from .broadcast import sum_to
 from .matmul import _mT, mm
@@ -140,7 +141,6 @@ def scaled_dot_product_attention(q, k, v, mask=None, is_causal=False, dropout_p=
     as with a kv-cache). A row that may attend nothing gives zeros.
     scale: defaults to 1/sqrt(hs). dropout_p: dropout on the attention weights.
     """
-    from ..tensor import Tensor
     if not 0.0 <= dropout_p < 1.0:
         raise ValueError(f"scaled_dot_product_attention: dropout_p must be in [0, 1), got {dropout_p}")
     if mask is not None and not isinstance(mask, Tensor):

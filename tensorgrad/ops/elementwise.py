@@ -9,6 +9,7 @@ import numpy as np
 
 from ..backend import get_array_module
 from ..function import Function
+from ..tensor import Tensor
 from .broadcast import meta, unbroadcast
 from .promote import operands
 
@@ -338,7 +339,6 @@ clip = clamp
 
 def where(cond, a, b):
     """cond ? a : b, elementwise with broadcasting; cond is a boolean tensor or array."""
-    from ..tensor import Tensor
     c = cond.data if isinstance(cond, Tensor) else cond
     if c.dtype != bool:
         raise TypeError(f"where: condition must be boolean, got dtype {c.dtype}")

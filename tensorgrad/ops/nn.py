@@ -11,6 +11,7 @@ import numpy as np
 from ..autocast import autocast_dtype
 from ..backend import generator, get_array_module, scatter_add
 from ..function import Function, ShapeError
+from ..tensor import Tensor
 from .promote import same_float_dtype
 
 
@@ -292,7 +293,6 @@ def _check_reduction(op, reduction):
 
 
 def _targets(target, like):
-    from ..tensor import Tensor
     return target if isinstance(target, Tensor) else Tensor(target, device=like.device)
 
 
@@ -322,7 +322,6 @@ def binary_cross_entropy_with_logits(input, target, reduction="mean"):  # noqa: 
     """Binary cross-entropy of sigmoid(input) against targets in [0, 1] of the same shape,
     computed from the logits so that large |input| neither overflows nor loses precision."""
     _check_reduction("binary_cross_entropy_with_logits", reduction)
-    from ..tensor import Tensor
     if not isinstance(target, Tensor):
         target = Tensor(target, device=input.device, dtype=input.dtype)
     elif target.dtype != input.dtype:
@@ -335,21 +334,18 @@ def binary_cross_entropy_with_logits(input, target, reduction="mean"):  # noqa: 
 def mse_loss(input, target, reduction="mean"):  # noqa: A002
     """Mean squared error (input - target)^2 (no broadcasting: the shapes must agree).
     Composed of differentiable ops, so both sides get gradients."""
-    from .elementwise import mul, sub
-    from .reduce import mean, sum
     _check_reduction("mse_loss", reduction)
     target = _targets(target, input)
     if input.shape != target.shape:
         raise ShapeError(f"mse_loss: input {input.shape} and target {target.shape} "
                          "must have the same shape (broadcasting them is almost always a bug)")
-    d = sub(input, target)
-    sq = mul(d, d)
-    return sq if reduction == "none" else sum(sq) if reduction == "sum" else mean(sq)
+    d = input - target
+    sq = d * d
+    return sq if reduction == "none" else sq.sum() if reduction == "sum" else sq.mean()
 
 
 def embedding(idx, weight):
     """Rows of weight (V, C) at integer indices idx (any shape) -> (*idx.shape, C)."""
-    from ..tensor import Tensor
     if not isinstance(idx, Tensor):
         idx = Tensor(idx, device=weight.device)
     return Embedding.apply(weight, idx)

@@ -34,8 +34,8 @@ def _result(da, db):
 
 
 def _cast(t, dtype):
-    from .elementwise import cast
-    return t if t.dtype == dtype else cast(t, dtype)
+    # the cast op, bound to Tensor by ops/__init__.py (elementwise imports this module)
+    return t if t.dtype == dtype else t.astype(dtype)
 
 
 def operands(a, b):

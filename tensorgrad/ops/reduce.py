@@ -8,6 +8,8 @@ from collections import namedtuple
 
 from ..backend import get_array_module
 from ..function import Function, ShapeError
+from ..tensor import Tensor
+from .elementwise import sqrt
 
 
 def normalize_axes(axis, ndim, op):
@@ -139,7 +141,6 @@ def _max_min(op, a, axis, keepdims, dim, keepdim, sign):
     if not isinstance(dim, int):
         raise TypeError(f"{op}(dim=...) takes one int dim (it also returns indices, as in PyTorch); "
                         f"for several axes use axis={dim!r}, which returns the values only")
-    from ..tensor import Tensor
     pick = a.data.argmax if sign == 1 else a.data.argmin
     return MaxMin(values, Tensor._make(pick(axis=dim, keepdims=keepdims), False))
 
@@ -163,12 +164,10 @@ def var(a, axis=None, keepdims=False, correction=1, unbiased=None, *, dim=None, 
 
 
 def std(a, axis=None, keepdims=False, correction=1, unbiased=None, *, dim=None, keepdim=None):
-    from .elementwise import sqrt
     return sqrt(var(a, axis, keepdims, correction, unbiased, dim=dim, keepdim=keepdim))
 
 
 def argmax(a, axis=None, keepdims=False, *, dim=None, keepdim=None):
     """Index of the maximum (not differentiable)."""
-    from ..tensor import Tensor
     axis, keepdims = _spelling("argmax", axis, dim, keepdims, keepdim)
     return Tensor._make(a.data.argmax(axis=axis, keepdims=keepdims), False)

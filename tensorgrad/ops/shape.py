@@ -5,10 +5,11 @@ gradient back to where the input's elements were.
 """
 import numpy as np
 
-from ..backend import get_array_module, scatter_add
+from ..backend import get_array_module, parse_device, scatter_add, xp_of_device
 from ..function import Function, ShapeError
 from .broadcast import sum_to
 from .promote import common
+from ..tensor import Tensor
 
 
 class Reshape(Function):
@@ -157,7 +158,6 @@ def broadcast_to(a, shape):
 
 
 def getitem(a, index):
-    from ..tensor import Tensor
     xp = get_array_module(a.data)
     if not isinstance(index, tuple):
         index = (index,)
@@ -223,7 +223,5 @@ def triu(a, k=0):
 
 def causal_mask(T, device="cpu"):
     """(T, T) boolean mask, True where query i may attend key j (j <= i)."""
-    from ..backend import parse_device, xp_of_device
-    from ..tensor import Tensor
     xp = xp_of_device(parse_device(device))
     return Tensor._make(xp.tril(xp.ones((T, T), dtype=bool)), False)
