@@ -343,12 +343,6 @@ def time_cpu(name, steps, rounds, profile):
             times[n].append((time.perf_counter() - t0) / steps)
     print(f"\nGPT training step on the CPU, {name} (L={cfg['n_layer']} C={cfg['n_embd']}), batch {batch}, "
           f"block {cfg['block_size']}, dropout {cfg['dropout']}, float32; {rounds} alternating rounds of {steps} steps")
-    import tensorgrad as tg
-    threads = f"tensorgrad row blocks: {tg.backend.cpu_threads()} threads"
-    if torch_step:
-        import torch
-        threads += f", torch: {torch.get_num_threads()} threads"
-    print(threads + "; BLAS: its default (one thread per core)")
     print(f"{'implementation':14s} {'min ms':>8s} {'median ms':>10s} {'vs torch (median)':>18s}")
     ref = statistics.median(times["PyTorch"]) if "PyTorch" in times else None
     for n, ts in times.items():

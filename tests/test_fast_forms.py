@@ -137,22 +137,3 @@ def test_adamw_in_place_equals_plain_form():
         denom += eps
         p -= lr / (1 - b1 ** t) * m / denom
         np.testing.assert_array_equal(param.data, p)
-
-
-@pytest.mark.parametrize("p", [0.0, 0.2])
-def test_qkv_attention_in_blocks_equals_one_block(p, monkeypatch):
-    """Blocks of batch rows in threads give the bits of one call over the whole batch."""
-    B, T, nh, hs = 6, 64, 4, 64                   # y has 98,304 elements: big enough to be cut
-    qkv, g = _randn(B, T, 3 * nh * hs), _randn(B, T, nh * hs)
-    results = []
-    for forward_threads, backward_threads in (("1", "1"), ("4", "4"), ("4", "2")):   # cut differently: still right
-        monkeypatch.setenv("TENSORGRAD_THREADS", forward_threads)
-        tg.manual_seed(3)
-        x = tg.tensor(qkv, requires_grad=True)
-        y = tg.qkv_attention(x, nh, dropout_p=p)
-        monkeypatch.setenv("TENSORGRAD_THREADS", backward_threads)
-        y.backward(tg.tensor(g))
-        results.append((y.numpy(), x.grad))
-    for one, *blocks in zip(*results):
-        for b in blocks:
-            np.testing.assert_array_equal(one, b)

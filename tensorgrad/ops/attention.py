@@ -10,7 +10,7 @@ import math
 
 import numpy as np
 
-from ..backend import generator, get_array_module, in_row_blocks
+from ..backend import generator, get_array_module
 from ..function import Function, ShapeError
 from .promote import same_float_dtype
 from .broadcast import sum_to
@@ -20,8 +20,7 @@ from .matmul import _mT, mm
 class ScaledDotProductAttention(Function):
     """att = softmax(q k^T * scale + mask), y = dropout(att) @ v;
     dv = att^T g, datt = g v^T, ds = att * (datt - sum(datt * att)) * scale, dq = ds k, dk = ds^T q"""
-    def forward(self, q, k, v, mask, is_causal=False, dropout_p=0.0, scale=None, keep=None):
-        """keep: the dropout mask (True = kept), when the caller drew it (QKVAttention)."""
+    def forward(self, q, k, v, mask, is_causal=False, dropout_p=0.0, scale=None):
         xp = get_array_module(q)
         T, hs = q.shape[-2:]
         S = k.shape[-2]
@@ -52,9 +51,7 @@ class ScaledDotProductAttention(Function):
         self.keep = None
         if dropout_p > 0.0:
             # saved as booleans (1 byte each); backward rebuilds the dropped att from att and keep
-            if keep is None:
-                keep = generator("cpu" if xp is np else "cuda").random(att.shape, dtype=np.float32) >= dropout_p
-            self.keep = keep
+            self.keep = generator("cpu" if xp is np else "cuda").random(att.shape, dtype=np.float32) >= dropout_p
             self.drop_scale = q.dtype.type(1.0 / (1.0 - dropout_p))
             att = self._dropped(att)                                     # (..., T, S)
         self.q, self.k, self.v = q, k, v
@@ -114,43 +111,21 @@ class QKVAttention(Function):
         if C3 % 3 or (C3 // 3) % n_head:
             raise ShapeError(f"qkv_attention: last axis {C3} of qkv {qkv.shape} must be 3 * n_head * head_size "
                              f"(n_head={n_head})")
-        C, hs = C3 // 3, C3 // 3 // n_head
-        xp = get_array_module(qkv)
-        q, k, v = qkv.reshape(B, T, 3, n_head, hs).transpose(2, 0, 3, 1, 4)  # (B, nh, T, hs) each
-        keep = None
-        if dropout_p > 0.0:   # drawn whole, here: the same numbers however the batch is cut below
-            keep = generator("cpu" if xp is np else "cuda").random((B, n_head, T, T), dtype=np.float32) >= dropout_p
-        # Batch rows are independent: on the CPU, blocks of them run in parallel threads
-        # (backend.in_row_blocks), each through its own ScaledDotProductAttention.
-        y = xp.empty((B, T, n_head, hs), dtype=qkv.dtype)
-        self.blocks = {}                                                 # first row -> (rows, its attention)
-
-        def block(y, rows):                                              # y: (b, T, nh, hs), rows: (b,)
-            r = slice(int(rows[0]), int(rows[-1]) + 1)
-            attn = ScaledDotProductAttention()
-            attn.needs_input_grad = [True, True, True, False]
-            out = attn.forward(q[r], k[r], v[r], None, is_causal=is_causal, dropout_p=dropout_p,
-                               keep=None if keep is None else keep[r])   # (b, nh, T, hs)
-            y[...] = out.transpose(0, 2, 1, 3)                           # heads side by side again
-            self.blocks[r.start] = (r, attn)
-        in_row_blocks(block, y, np.arange(B))
-        return y.reshape(B, T, C)
+        C = C3 // 3
+        q, k, v = qkv.reshape(B, T, 3, n_head, C // n_head).transpose(2, 0, 3, 1, 4)  # (B, nh, T, hs) each
+        self.attn = ScaledDotProductAttention()
+        self.attn.needs_input_grad = [True, True, True, False]
+        y = self.attn.forward(q, k, v, None, is_causal=is_causal, dropout_p=dropout_p)  # (B, nh, T, hs)
+        return y.transpose(0, 2, 1, 3).reshape(B, T, C)                # heads side by side again
 
     def backward(self, g):
         xp = get_array_module(g)
         B, T, C = g.shape
-        nh = next(iter(self.blocks.values()))[1].q.shape[1]
+        nh = self.attn.q.shape[1]
         gy = g.reshape(B, T, nh, C // nh).transpose(0, 2, 1, 3)         # (B, nh, T, hs)
         dqkv = xp.empty((B, T, 3, nh, C // nh), dtype=g.dtype)          # written once, no stack
-
-        def block(_, rows):
-            # each forward block is done by the backward block holding its first row
-            # (the same cut, unless the thread count changed in between)
-            for start, (r, attn) in self.blocks.items():
-                if rows[0] <= start <= rows[-1]:
-                    for i, d in enumerate(attn.backward(gy[r])[:3]):     # dq, dk, dv: (b, nh, T, hs)
-                        dqkv[r, :, i] = d.transpose(0, 2, 1, 3)          # (b, T, nh, hs)
-        in_row_blocks(block, dqkv, np.arange(B))
+        for i, d in enumerate(self.attn.backward(gy)[:3]):              # dq, dk, dv: (B, nh, T, hs)
+            dqkv[:, :, i] = d.transpose(0, 2, 1, 3)                      # (B, T, nh, hs)
         return dqkv.reshape(B, T, 3 * C)                                 # (B, T, 3C)
 
 
