@@ -4,8 +4,6 @@ Every op is written once against `xp` (NumPy or CuPy have the same API), so the
 CPU and GPU paths are the same code. CuPy is imported lazily: `import tensorgrad`
 works without it, and asking for 'cuda' without it is a clear error.
 """
-import os
-
 import numpy as np
 
 _cupy = None          # the cupy module once imported successfully
@@ -120,54 +118,9 @@ def keep_freed_memory(on=True):
 
 
 def _keep_freed_memory_on_import():
+    import os
     if os.environ.get("TENSORGRAD_KEEP_FREED_MEMORY", "1") != "0":
         keep_freed_memory()
-
-
-# ------------------------------------------------------------------ CPU threads
-# NumPy runs an elementwise operation on one core, while BLAS (the matmuls) uses them
-# all. NumPy lets go of Python's lock inside its loops, though, so a row-wise formula
-# (GELU, layernorm) can run on a block of rows in each of a few threads at once.
-_pool = None
-
-
-def _forget_pool():
-    global _pool
-    _pool = None
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forget_pool)   # a forked child has none of the pool's threads
-
-
-def cpu_threads():
-    """How many threads in_row_blocks uses: TENSORGRAD_THREADS, else the cores this
-    process may run on (one per core, like BLAS's default)."""
-    n = os.environ.get("TENSORGRAD_THREADS")
-    if n:
-        return max(1, int(n))
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
-def in_row_blocks(fn, *arrays, min_size=1 << 16):
-    """fn(*blocks) for blocks of rows (axis 0) of arrays that share their first dimension,
-    which fn reads and writes in place. On the CPU, large arrays are cut into one block
-    per thread and the blocks run at once; a small one or a CuPy one is one call fn(*arrays).
-    The result is the same either way: fn must treat each row on its own."""
-    global _pool
-    n = min(cpu_threads(), arrays[0].shape[0])
-    if n < 2 or arrays[0].size < min_size or not isinstance(arrays[0], np.ndarray):
-        fn(*arrays)
-        return
-    if _pool is None or _pool._max_workers != n - 1:
-        from concurrent.futures import ThreadPoolExecutor
-        _pool = ThreadPoolExecutor(n - 1, thread_name_prefix="tensorgrad")
-    cuts = [arrays[0].shape[0] * i // n for i in range(n + 1)]
-    blocks = [[a[lo:hi] for a in arrays] for lo, hi in zip(cuts, cuts[1:])]
-    others = [_pool.submit(fn, *b) for b in blocks[1:]]
-    fn(*blocks[0])                     # this thread takes the first block
-    for f in others:
-        f.result()                     # waits, and raises what fn raised
 
 
 # ----------------------------------------------------------------------------- RNG

@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 
-from ..backend import get_array_module, in_row_blocks
+from ..backend import get_array_module
 from ..function import Function
 from .broadcast import meta, unbroadcast
 from .promote import operands
@@ -210,9 +210,15 @@ class GELU(Function):
             cdf *= 0.5
             self.cdf = cdf                                   # Phi(a), saved for backward
             return a * cdf
-        # the tanh form, on blocks of elements in parallel on the CPU (backend.in_row_blocks)
-        self.t, out = xp.empty(a.shape, a.dtype), xp.empty(a.shape, a.dtype)
-        in_row_blocks(_gelu_tanh, a.reshape(-1), self.t.reshape(-1), out.reshape(-1))
+        t = a * 0.044715
+        t *= a
+        t *= a
+        t += a
+        t *= _GELU_C
+        self.t = xp.tanh(t, out=t)                           # t = tanh(c (a + 0.044715 a^3)), saved
+        out = t + 1
+        out *= a
+        out *= 0.5                                           # a/2 (1 + t): halving is exact, order is free
         return out
 
     def backward(self, g):
@@ -227,40 +233,21 @@ class GELU(Function):
             pdf += self.cdf                                  # Phi(a) + a phi(a)
             pdf *= g
             return pdf
-        da = get_array_module(a).empty(a.shape, a.dtype)
-        in_row_blocks(_gelu_tanh_grad, a.reshape(-1), self.t.reshape(-1), g.reshape(-1), da.reshape(-1))
+        t = self.t
+        da = t + 1
+        da *= 0.5                                            # 1/2 (1 + t)
+        rest = t * t
+        xp = get_array_module(a)
+        xp.subtract(1, rest, out=rest)                       # 1 - t^2
+        rest *= a
+        rest *= 0.5 * _GELU_C                                # = * 0.5 then * c: halving is exact
+        poly = a * (3 * 0.044715)
+        poly *= a
+        poly += 1                                            # 1 + 3 * 0.044715 a^2
+        rest *= poly
+        da += rest
+        da *= g
         return da
-
-
-def _gelu_tanh(a, t, out):
-    """GELU's tanh form on a block: t = tanh(c (a + 0.044715 a^3)) (saved), out = a/2 (1 + t)."""
-    xp = get_array_module(a)
-    xp.multiply(a, 0.044715, out=t)
-    t *= a
-    t *= a
-    t += a
-    t *= _GELU_C
-    xp.tanh(t, out=t)
-    xp.add(t, 1, out=out)
-    out *= a
-    out *= 0.5                                               # a/2 (1 + t): halving is exact, order is free
-
-
-def _gelu_tanh_grad(a, t, g, da):
-    """da = g (1/2 (1 + t) + a/2 (1 - t^2) c (1 + 3 * 0.044715 a^2)) on a block."""
-    xp = get_array_module(a)
-    xp.add(t, 1, out=da)
-    da *= 0.5                                                # 1/2 (1 + t)
-    rest = t * t
-    xp.subtract(1, rest, out=rest)                           # 1 - t^2
-    rest *= a
-    rest *= 0.5 * _GELU_C                                    # = * 0.5 then * c: halving is exact
-    poly = a * (3 * 0.044715)
-    poly *= a
-    poly += 1                                                # 1 + 3 * 0.044715 a^2
-    rest *= poly
-    da += rest
-    da *= g
 
 
 class SiLU(Function):

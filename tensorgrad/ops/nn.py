@@ -8,7 +8,7 @@ against them; Function.apply picks which one runs.
 """
 import numpy as np
 
-from ..backend import generator, get_array_module, in_row_blocks, scatter_add
+from ..backend import generator, get_array_module, scatter_add
 from ..function import Function, ShapeError
 from .promote import same_float_dtype
 
@@ -52,46 +52,37 @@ class LayerNorm(Function):
                              f"got {getattr(w, 'shape', None)} and {getattr(b, 'shape', None)}")
         self.has_w, self.has_b = w is not None, b is not None
         xp = get_array_module(x)
-        # in place on two (..., C) buffers, xh and y, in the formula's order (see GELU),
-        # on blocks of rows in parallel on the CPU (backend.in_row_blocks)
-        self.xh, y = xp.empty(x.shape, x.dtype), xp.empty(x.shape, x.dtype)   # (..., C)
-        self.rstd = xp.empty(x.shape[:-1] + (1,), x.dtype)                      # (..., 1)
+        # in place on two (..., C) buffers, xh and y, in the formula's order (see GELU)
+        xh = x - x.mean(axis=-1, keepdims=True)                                  # x - mean
+        y = xp.multiply(xh, xh)                                                  # y holds (x - mean)^2 for now
+        self.rstd = 1.0 / xp.sqrt(y.mean(axis=-1, keepdims=True) + eps)          # (..., 1)
+        xh *= self.rstd
+        self.xh = xh                                                             # (..., C)
         self.w = w
-
-        def rows(x, xh, y, rstd):
-            xp.subtract(x, x.mean(axis=-1, keepdims=True), out=xh)             # x - mean
-            xp.multiply(xh, xh, out=y)                                          # y holds (x - mean)^2 for now
-            rstd[...] = 1.0 / xp.sqrt(y.mean(axis=-1, keepdims=True) + eps)
-            xh *= rstd
-            if w is not None:
-                xp.multiply(xh, w, out=y)
-            else:
-                y[...] = xh
-            if b is not None:
-                y += b
-        in_row_blocks(rows, *(a.reshape(-1, a.shape[-1]) for a in (x, self.xh, y, self.rstd)))
+        if not self.has_w and not self.has_b:
+            return xh
+        if self.has_w:
+            xp.multiply(xh, w, out=y)
+        else:
+            y[...] = xh
+        if self.has_b:
+            y += b
         return y
 
     def backward(self, g):
         xp = get_array_module(g)
-        xh, rstd, w = self.xh, self.rstd, self.w
+        xh, rstd = self.xh, self.rstd
         lead = tuple(range(g.ndim - 1))
-        dw = (g * xh).sum(axis=lead) if self.has_w else None
+        gxh = g * xh
+        dw = gxh.sum(axis=lead) if self.has_w else None
         db = g.sum(axis=lead) if self.has_b else None
-        dx = xp.empty(g.shape, g.dtype)
-
-        def rows(g, xh, rstd, dx):
-            if w is not None:
-                xp.multiply(g, w, out=dx)                                       # dxh, made dx in place
-            else:
-                dx[...] = g
-            gxh = dx * xh                                                       # dxh * xh
-            mean_dxh_xh = gxh.mean(axis=-1, keepdims=True)
-            xp.multiply(xh, mean_dxh_xh, out=gxh)
-            dx -= dx.mean(axis=-1, keepdims=True)
-            dx -= gxh
-            dx *= rstd
-        in_row_blocks(rows, *(a.reshape(-1, a.shape[-1]) for a in (g, xh, rstd, dx)))
+        dx = g * self.w if self.has_w else g.copy()                             # dxh, made dx in place
+        xp.multiply(dx, xh, out=gxh)                                            # dxh * xh
+        mean_dxh_xh = gxh.mean(axis=-1, keepdims=True)
+        xp.multiply(xh, mean_dxh_xh, out=gxh)
+        dx -= dx.mean(axis=-1, keepdims=True)
+        dx -= gxh
+        dx *= rstd
         return dx, dw, db
 
 
