@@ -343,6 +343,9 @@ def time_cpu(name, steps, rounds, profile):
             times[n].append((time.perf_counter() - t0) / steps)
     print(f"\nGPT training step on the CPU, {name} (L={cfg['n_layer']} C={cfg['n_embd']}), batch {batch}, "
           f"block {cfg['block_size']}, dropout {cfg['dropout']}, float32; {rounds} alternating rounds of {steps} steps")
+    if torch_step:
+        import torch
+        print(f"PyTorch: {torch.get_num_threads()} threads; NumPy: BLAS's default (one thread per core)")
     print(f"{'implementation':14s} {'min ms':>8s} {'median ms':>10s} {'vs torch (median)':>18s}")
     ref = statistics.median(times["PyTorch"]) if "PyTorch" in times else None
     for n, ts in times.items():
@@ -350,6 +353,11 @@ def time_cpu(name, steps, rounds, profile):
         rel = f"{med / ref:17.2f}x" if ref else ""
         print(f"{n:14s} {min(ts) * 1e3:8.1f} {med * 1e3:10.1f} {rel}")
     print("rounds (ms): " + "; ".join(n + " " + " ".join(f"{t * 1e3:.1f}" for t in ts) for n, ts in times.items()))
+    if ref:
+        # each round against the PyTorch round right after it: load from other work drifts slowly
+        paired = sorted(t / tt for t, tt in zip(times["tensorgrad"], times["PyTorch"]))
+        print(f"tensorgrad / PyTorch, round by round: min {paired[0]:.2f}x, median {statistics.median(paired):.2f}x, "
+              f"ratio of the minima {min(times['tensorgrad']) / min(times['PyTorch']):.2f}x")
     if profile:
         profile_ops(tg_step, None)
 
