@@ -1,7 +1,11 @@
-"""Time one GPT training step (forward, backward, clip, AdamW) on the GPU: tensorgrad vs PyTorch.
+"""Time one GPT training step (forward, backward, clip, AdamW): tensorgrad vs PyTorch.
 
-    PYTHONPATH=. python bench/train_step.py [--steps 30] [--no-torch] [--dtype both] [--no-compile]
+    PYTHONPATH=. python bench/train_step.py [--steps 30] [--no-torch] [--dtype both] [--no-compile]   # GPU
+    PYTHONPATH=. python bench/train_step.py --device cpu [--rounds 5] [--profile]
 
+On the CPU (--device cpu) both run two models side by side in one process, their
+rounds alternating: the cpu preset's (4x128, batch 16, block 64) and the cuda
+preset's (6x384, batch 8, block 256); see CPU_SHAPES. On the GPU:
 Both run the shakespeare-char model (6 layers, 6 heads, 384 wide, block 256,
 batch 64, vocab 65, dropout 0.2), in one process, on the same random batches:
 float32 with TF32 matmuls, and bfloat16 mixed precision (tensorgrad's autocast
@@ -12,19 +16,10 @@ import argparse
 import os
 import sys
 import time
-from collections import defaultdict
 from pathlib import Path
-
-import numpy as np
 
 os.environ.setdefault("CUPY_TF32", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import nn  # noqa: E402  (from the checkout just put on sys.path)
-import tensorgrad as tg  # noqa: E402
-from gpt import GPT, GPTConfig, TrainConfig  # noqa: E402
-from gpt.train import make_runners  # noqa: E402
-from tensorgrad.function import Function  # noqa: E402
 
 CFG = dict(n_layer=6, n_head=6, n_embd=384, block_size=256, vocab_size=65, dropout=0.2)
 B = 64
@@ -32,7 +27,11 @@ B = 64
 
 def time_tensorgrad(steps, warmup=5):
     import cupy as cp
+    import numpy as np
 
+    import nn
+    import tensorgrad as tg
+    from gpt import GPT, GPTConfig
 
     tg.manual_seed(0)
     model = GPT(GPTConfig(**CFG)).to("cuda")
@@ -149,6 +148,7 @@ class PeakMemory:
 
 PROFILE = False
 KERNELS = False
+NO_TORCH = False
 
 
 def kernel_profile(step, sync, steps=5):
@@ -170,11 +170,14 @@ def kernel_profile(step, sync, steps=5):
 
 
 def profile_ops(step, cp, steps=3):
-    """Synchronised time per Function type, forward and backward (inflated by the syncs,
-    but it shows where a step goes)."""
+    """Time per Function type, forward and backward (on the GPU synchronised, which
+    inflates it, but it shows where a step goes); cp=None on the CPU."""
+    from collections import defaultdict
 
+    from tensorgrad.function import Function
     totals, counts = defaultdict(float), defaultdict(int)
     originals = {}
+    sync = cp.cuda.Device().synchronize if cp is not None else (lambda: None)
     classes, todo = set(), [Function]
     while todo:
         c = todo.pop()
@@ -184,10 +187,10 @@ def profile_ops(step, cp, steps=3):
 
     def timed(cls, kind, fn):
         def run(self, *a, **k):
-            cp.cuda.Device().synchronize()
+            sync()
             t = time.perf_counter()
             out = fn(self, *a, **k)
-            cp.cuda.Device().synchronize()
+            sync()
             totals[(cls.__name__, kind)] += time.perf_counter() - t
             counts[(cls.__name__, kind)] += 1
             return out
@@ -208,14 +211,12 @@ def profile_ops(step, cp, steps=3):
         print(f"{key[0] + '.' + key[1]:32s} {counts[key] / steps:10.0f} {t / steps * 1e3:8.2f}")
 
 
-def time_torch(steps, warmup=5, dtype="float32", compile=False):
+def torch_model(cfg, device):
+    """The same GPT in PyTorch (nanoGPT's block, SDPA attention), on device."""
     import torch
     import torch.nn as tnn
     import torch.nn.functional as TF
-    torch.backends.cuda.matmul.allow_tf32 = True
-    torch.manual_seed(0)
-    torch.cuda.reset_peak_memory_stats()
-    C, nh, T, V, L, p = CFG["n_embd"], CFG["n_head"], CFG["block_size"], CFG["vocab_size"], CFG["n_layer"], CFG["dropout"]
+    C, nh, T, V, L, p = cfg["n_embd"], cfg["n_head"], cfg["block_size"], cfg["vocab_size"], cfg["n_layer"], cfg["dropout"]
 
     class Block(tnn.Module):
         def __init__(self):
@@ -250,7 +251,16 @@ def time_torch(steps, warmup=5, dtype="float32", compile=False):
             logits = self.lm_head(self.ln_f(x))
             return TF.cross_entropy(logits.view(-1, V), targets.view(-1))
 
-    model = Model().cuda()
+    return Model().to(device)
+
+
+def time_torch(steps, warmup=5, dtype="float32", compile=False):
+    import torch
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.manual_seed(0)
+    torch.cuda.reset_peak_memory_stats()
+    V, T = CFG["vocab_size"], CFG["block_size"]
+    model = torch_model(CFG, "cuda")
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.99), weight_decay=0.1)
     forward = torch.compile(model) if compile else model
     g = torch.Generator().manual_seed(0)
@@ -277,19 +287,115 @@ def time_torch(steps, warmup=5, dtype="float32", compile=False):
     return (time.perf_counter() - t0) / steps, float(loss.item()), torch.cuda.max_memory_allocated()
 
 
+# ------------------------------------------------------------------------------ CPU
+# The CPU comparison: both libraries in one process on the same batches, their rounds
+# alternating, so that other work on a shared machine slows both alike.
+CPU_SHAPES = {
+    "4x128": (dict(n_layer=4, n_head=4, n_embd=128, block_size=64, vocab_size=65, dropout=0.0), 16),  # the cpu preset's model
+    "6x384": (dict(n_layer=6, n_head=6, n_embd=384, block_size=256, vocab_size=65, dropout=0.2), 8),  # the cuda preset's model
+}
+
+
+def cpu_steppers(cfg, batch):
+    """(tensorgrad step, torch step or None): each step(i) runs forward, backward, clip, AdamW on batch i % 4."""
+    import numpy as np
+
+    import nn
+    import tensorgrad as tg
+    from gpt import GPT, GPTConfig
+    tg.manual_seed(0)
+    model = GPT(GPTConfig(**cfg))
+    opt = nn.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.99), weight_decay=0.1)
+    rng = np.random.default_rng(0)
+    V, T = cfg["vocab_size"], cfg["block_size"]
+    batches = [(rng.integers(0, V, (batch, T)), rng.integers(0, V, (batch, T))) for _ in range(4)]
+
+    def tg_step(i):
+        x, y = batches[i % 4]
+        _, loss = model(tg.tensor(x), tg.tensor(y))
+        opt.zero_grad()
+        loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        return float(loss.item())
+    try:
+        import torch
+    except ImportError:
+        return tg_step, None
+    torch.manual_seed(0)
+    tmodel = torch_model(cfg, "cpu")
+    topt = torch.optim.AdamW(tmodel.parameters(), lr=1e-3, betas=(0.9, 0.99), weight_decay=0.1)
+    tbatches = [(torch.from_numpy(x), torch.from_numpy(y)) for x, y in batches]
+
+    def torch_step(i):
+        x, y = tbatches[i % 4]
+        loss = tmodel(x, y)
+        topt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(tmodel.parameters(), 1.0)
+        topt.step()
+        return float(loss.item())
+    return tg_step, torch_step
+
+
+def time_cpu(name, steps, rounds, profile):
+    """Alternate `rounds` rounds of `steps` steps of each library; print min and median ms per step."""
+    import statistics
+    cfg, batch = CPU_SHAPES[name]
+    tg_step, torch_step = cpu_steppers(cfg, batch)
+    steppers = [("tensorgrad", tg_step)] + ([("PyTorch", torch_step)] if torch_step and not NO_TORCH else [])
+    times = {n: [] for n, _ in steppers}
+    for n, step in steppers:          # warm-up: first-touch of buffers, BLAS threads, allocator
+        for i in range(3):
+            step(i)
+    for r in range(rounds):
+        for n, step in steppers:
+            t0 = time.perf_counter()
+            for i in range(steps):
+                step(i)
+            times[n].append((time.perf_counter() - t0) / steps)
+    print(f"\nGPT training step on the CPU, {name} (L={cfg['n_layer']} C={cfg['n_embd']}), batch {batch}, "
+          f"block {cfg['block_size']}, dropout {cfg['dropout']}, float32; {rounds} alternating rounds of {steps} steps")
+    if torch_step:
+        import torch
+        print(f"PyTorch: {torch.get_num_threads()} threads; NumPy: BLAS's default (one thread per core)")
+    print(f"{'implementation':14s} {'min ms':>8s} {'median ms':>10s} {'vs torch (median)':>18s}")
+    ref = statistics.median(times["PyTorch"]) if "PyTorch" in times else None
+    for n, ts in times.items():
+        med = statistics.median(ts)
+        rel = f"{med / ref:17.2f}x" if ref else ""
+        print(f"{n:14s} {min(ts) * 1e3:8.1f} {med * 1e3:10.1f} {rel}")
+    print("rounds (ms): " + "; ".join(n + " " + " ".join(f"{t * 1e3:.1f}" for t in ts) for n, ts in times.items()))
+    if ref:
+        # each round against the PyTorch round right after it: load from other work drifts slowly
+        paired = sorted(t / tt for t, tt in zip(times["tensorgrad"], times["PyTorch"]))
+        print(f"tensorgrad / PyTorch, round by round: min {paired[0]:.2f}x, median {statistics.median(paired):.2f}x, "
+              f"ratio of the minima {min(times['tensorgrad']) / min(times['PyTorch']):.2f}x")
+    if profile:
+        profile_ops(tg_step, None)
+
+
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
+    ap.add_argument("--shape", choices=["all"] + list(CPU_SHAPES), default="all", help="cpu: which model")
+    ap.add_argument("--steps", type=int, default=None, help="steps per round (default: 30 cuda, 10 cpu)")
     ap.add_argument("--no-torch", action="store_true")
-    ap.add_argument("--dtype", choices=["float32", "bfloat16", "both"], default="both")
-    ap.add_argument("--no-compile", action="store_true", help="leave out the PyTorch bf16 + torch.compile row")
+    ap.add_argument("--dtype", choices=["float32", "bfloat16", "both"], default="both", help="cuda: precisions to time")
+    ap.add_argument("--no-compile", action="store_true", help="cuda: leave out the PyTorch bf16 + torch.compile row")
     ap.add_argument("--rounds", type=int, default=2, help="alternate the graphed step and PyTorch this many times")
     ap.add_argument("--profile", action="store_true", help="also print synchronised time per op type")
     ap.add_argument("--kernels", action="store_true",
                     help="also print GPU time per kernel of the graphed step (needs PyTorch's profiler)")
     args = ap.parse_args()
-    global PROFILE, KERNELS
-    PROFILE, KERNELS = args.profile, args.kernels
+    global PROFILE, KERNELS, NO_TORCH
+    PROFILE, KERNELS, NO_TORCH = args.profile, args.kernels, args.no_torch
+    if args.device == "cpu":
+        steps = args.steps or 10
+        for name in (CPU_SHAPES if args.shape == "all" else [args.shape]):
+            time_cpu(name, steps if name == "4x128" else max(1, steps // 5), max(args.rounds, 5), args.profile)
+        return
+    args.steps = args.steps or 30
     tokens = B * CFG["block_size"]
     import cupy as cp
     with PeakMemory(cp) as peak:

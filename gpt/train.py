@@ -454,8 +454,6 @@ def train(model_config, tc, data_dir, resume=False, progress=True, overwrite=Fal
         _remove_stale_temp_files(out)
         copy_tokenizer(data_dir, out)
 
-    if tc.device == "cpu":
-        tg.backend.keep_freed_memory()  # temporaries reuse heap memory instead of page-faulting
     tg.manual_seed(tc.seed)
     rng = np.random.default_rng(tc.seed)
     model = GPT(model_config).to(tc.device)

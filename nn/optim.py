@@ -200,12 +200,19 @@ class AdamW(Optimizer):
         m, v = state["exp_avg"], state["exp_avg_sq"]
         if wd != 0:
             p.data *= 1 - lr * wd
-        # the same operations in the same order as torch's single-tensor path, for matching rounding
-        m += (1 - b1) * (g - m)                      # torch: exp_avg.lerp_(grad, 1 - beta1)
+        # the same operations in the same order as torch's single-tensor path, for matching
+        # rounding; in place, through one scratch buffer instead of a temporary per operation
+        buf = g - m
+        buf *= 1 - b1
+        m += buf                                     # m += (1 - b1) (g - m); torch: exp_avg.lerp_(grad, 1 - beta1)
         v *= b2
-        v += (1 - b2) * g * g                        # torch: exp_avg_sq.mul_(beta2).addcmul_(grad, grad, 1 - beta2)
+        xp.multiply(g, 1 - b2, out=buf)
+        buf *= g
+        v += buf                                     # v = b2 v + (1 - b2) g g; torch: mul_(beta2).addcmul_(grad, grad, 1 - beta2)
         step_size = lr / (1 - b1 ** t)               # host-side floats: the step count lives on the host
         denom = xp.sqrt(v)
         denom /= math.sqrt(1 - b2 ** t)
         denom += eps
-        p.data -= step_size * m / denom
+        xp.multiply(m, step_size, out=buf)
+        buf /= denom
+        p.data -= buf                                # p -= step_size * m / denom

@@ -11,6 +11,8 @@ from .tensor import (Tensor, arange, as_tensor, bfloat16, bool_, float16, float3
 
 __version__ = "0.1.0"
 
+backend._keep_freed_memory_on_import()   # fast CPU temporaries for every user (see keep_freed_memory)
+
 __all__ = ["autocast", "backend", "cuda_available", "get_array_module", "Function", "enable_grad", "is_grad_enabled",
            "no_grad", "GradcheckError", "gradcheck", "Tensor", "arange", "as_tensor", "bfloat16", "bool_", "float16",
            "float32", "float64", "full", "int32", "int64", "manual_seed", "ones", "ones_like", "rand",

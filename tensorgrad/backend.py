@@ -147,14 +147,20 @@ def scatter_add(target, index, values):
     xp.add.at(target, index, values)  # unbuffered: repeats add up (target[index] += would not)
 
 
-def keep_freed_memory():
-    """CPU training: let glibc keep freed blocks for reuse instead of returning them.
+def keep_freed_memory(on=True):
+    """CPU speed: let glibc keep freed blocks for reuse instead of returning them.
 
     glibc gives a large block (over 128 KiB at first) back to the OS when it is
     freed, so every temporary array of a training step is mapped afresh and
-    page-faults on first touch. Raising the mmap and trim thresholds keeps the
-    blocks in the heap, and CPU training steps get faster (bench/results.md).
-    Linux/glibc only; returns whether it was applied. Process-wide, so the training loop calls it, not import.
+    page-faults on first touch: a large part of a CPU step's time. Raising the
+    mmap and trim thresholds keeps the blocks in the heap, where the next step's
+    temporaries of the same sizes find them. The heap then stays at the step's
+    peak instead of shrinking between steps (the peak itself does not grow).
+
+    `import tensorgrad` turns this on for every CPU user, a hand-written training
+    loop included; the environment variable TENSORGRAD_KEEP_FREED_MEMORY=0 leaves
+    it off, and keep_freed_memory(False) puts glibc's defaults back. Process-wide;
+    Linux/glibc only; returns whether it was applied.
     """
     if not sys.platform.startswith("linux"):
         return False
@@ -163,8 +169,14 @@ def keep_freed_memory():
     except OSError:
         return False
     M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-    big = 1 << 30
-    return bool(libc.mallopt(M_MMAP_THRESHOLD, big)) and bool(libc.mallopt(M_TRIM_THRESHOLD, big))
+    threshold = 1 << 30 if on else 128 * 1024     # glibc's starting value, 128 KiB, for off
+    return bool(libc.mallopt(M_MMAP_THRESHOLD, threshold)) and bool(libc.mallopt(M_TRIM_THRESHOLD, threshold))
+
+
+def _keep_freed_memory_on_import():
+    import os
+    if os.environ.get("TENSORGRAD_KEEP_FREED_MEMORY", "1") != "0":
+        keep_freed_memory()
 
 
 # ----------------------------------------------------------------------------- RNG

@@ -282,8 +282,21 @@ def test_ops_on_two_devices_name_both():
         a + b
 
 
-def test_keep_freed_memory_is_safe_to_call():
+def test_keep_freed_memory_is_safe_to_call_and_turns_off():
     import sys
-    applied = tg.backend.keep_freed_memory()
-    assert applied in (True, False) and (applied or not sys.platform.startswith("linux"))
-    np.testing.assert_array_equal((tg.ones(1000) * 2).numpy(), np.full(1000, 2.0))
+    linux = sys.platform.startswith("linux")
+    for on in (False, True):          # off puts glibc's defaults back; on again, as import left it
+        applied = tg.backend.keep_freed_memory(on)
+        assert applied in (True, False) and (applied or not linux)
+        np.testing.assert_array_equal((tg.ones(1000) * 2).numpy(), np.full(1000, 2.0))
+
+
+def test_import_keeps_freed_memory_unless_switched_off(monkeypatch):
+    calls = []
+    monkeypatch.setattr(tg.backend, "keep_freed_memory", lambda on=True: calls.append(on))
+    monkeypatch.setenv("TENSORGRAD_KEEP_FREED_MEMORY", "0")
+    tg.backend._keep_freed_memory_on_import()
+    assert calls == []
+    monkeypatch.delenv("TENSORGRAD_KEEP_FREED_MEMORY")
+    tg.backend._keep_freed_memory_on_import()
+    assert calls == [True]

@@ -34,33 +34,39 @@ class ScaledDotProductAttention(Function):
         if q.dtype.itemsize < 4:
             # bf16 (autocast): the softmax in float32, as the fused kernels do; results cast back
             q, k, v = (a.astype(np.float32) for a in (q, k, v))
-        s = mm(q, _mT(k)) * scale                                        # (..., T, S)
-        allowed = None                                                   # True = may attend
+        # The (..., T, S) matrix is the big array here: it is made once, by the first
+        # matmul, and turned into scores, then weights, in place (no temporaries of its size).
+        att = mm(q, _mT(k))                                              # (..., T, S) scores
+        att *= scale
         if is_causal:
-            # query i sits at position i + (S - T) of the keys (a kv-cache holds the first S - T)
-            allowed = xp.tri(T, S, k=S - T, dtype=bool)                  # (T, S)
+            xp.copyto(att, -xp.inf, where=_causal_blocked(xp, T, S))    # the future: (T, S), cached
         if mask is not None:
             if mask.dtype != np.bool_:
                 raise ShapeError(f"scaled_dot_product_attention: mask must be boolean "
                                  f"(True = may attend), got dtype {mask.dtype}")
-            mask = xp.asarray(mask)
-            allowed = mask if allowed is None else allowed & mask        # broadcasts to (..., T, S)
-        if allowed is not None:
-            s = xp.where(allowed, s, -xp.inf)
-        m = s.max(axis=-1, keepdims=True)                                # (..., T, 1)
+            att = xp.where(xp.asarray(mask), att, -xp.inf)               # broadcasts to (..., T, S)
+        # softmax over the keys, in place
+        m = att.max(axis=-1, keepdims=True)                              # (..., T, 1)
         m = xp.where(xp.isfinite(m), m, 0)                               # a fully masked row: max is -inf
-        e = xp.exp(s - m)                                                # masked entries: exp(-inf) = 0
-        den = e.sum(axis=-1, keepdims=True)
-        att = (e / xp.where(den == 0, 1, den)).astype(q.dtype, copy=False)   # fully masked row -> zeros
+        att -= m
+        xp.exp(att, out=att)                                             # masked entries: exp(-inf) = 0
+        den = att.sum(axis=-1, keepdims=True)
+        att /= xp.where(den == 0, 1, den)                                # fully masked row -> zeros
         self.att = att                                                   # (..., T, S)
         self.keep = None
         if dropout_p > 0.0:
             # saved as booleans (1 byte each); backward rebuilds the dropped att from att and keep
             self.keep = generator("cpu" if xp is np else "cuda").random(att.shape, dtype=np.float32) >= dropout_p
             self.drop_scale = q.dtype.type(1.0 / (1.0 - dropout_p))
-            att = att * self.keep * self.drop_scale                      # (..., T, S)
+            att = self._dropped(att)                                     # (..., T, S)
         self.q, self.k, self.v = q, k, v
         return mm(att, v).astype(self.dtype, copy=False)                 # (..., T, hv)
+
+    def _dropped(self, att):
+        """att * keep * drop_scale, in one new array."""
+        out = att * self.keep
+        out *= self.drop_scale
+        return out
 
     def backward(self, g):
         q, k, v, att = self.q, self.k, self.v, self.att
@@ -68,16 +74,36 @@ class ScaledDotProductAttention(Function):
         need_q, need_k, need_v = self.needs_input_grad[:3]
         dq = dk = dv = None
         if need_v:
-            att_d = att if self.keep is None else att * self.keep * self.drop_scale
+            att_d = att if self.keep is None else self._dropped(att)
             dv = sum_to(mm(_mT(att_d), g), v.shape)                      # (..., S, hv)
+            del att_d
         if need_q or need_k:
-            datt = mm(g, _mT(v))                                         # (..., T, S)
+            ds = mm(g, _mT(v))                                           # (..., T, S): datt, made ds in place
             if self.keep is not None:
-                datt = datt * self.keep * self.drop_scale
-            ds = att * (datt - (datt * att).sum(axis=-1, keepdims=True)) * self.scale
+                ds *= self.keep
+                ds *= self.drop_scale
+            ds -= (ds * att).sum(axis=-1, keepdims=True)                 # datt - sum(datt * att)
+            ds *= att
+            ds *= self.scale
             dq = sum_to(mm(ds, k), q.shape) if need_q else None          # (..., T, hs)
             dk = sum_to(mm(_mT(ds), q), k.shape) if need_k else None     # (..., S, hs)
         return tuple(d if d is None else d.astype(self.dtype, copy=False) for d in (dq, dk, dv)) + (None,)
+
+
+_blocked_cache = {}
+
+
+def _causal_blocked(xp, T, S):
+    """(T, S) booleans, True where query i may not see key j (j > i + S - T: query i sits at
+    position i + S - T of the keys, as with a kv-cache holding the first S - T). Made once per
+    size and kept: the training step asks for the same one every time."""
+    key = (xp.__name__, T, S)
+    blocked = _blocked_cache.get(key)
+    if blocked is None:
+        if len(_blocked_cache) > 16:          # generation walks through many sizes: keep a few
+            _blocked_cache.clear()
+        blocked = _blocked_cache[key] = ~xp.tri(T, S, k=S - T, dtype=bool)
+    return blocked
 
 
 class QKVAttention(Function):
@@ -103,9 +129,10 @@ class QKVAttention(Function):
         B, T, C = g.shape
         nh = self.attn.q.shape[1]
         gy = g.reshape(B, T, nh, C // nh).transpose(0, 2, 1, 3)         # (B, nh, T, hs)
-        dq, dk, dv, _ = self.attn.backward(gy)
-        dqkv = xp.stack([dq, dk, dv])                                    # (3, B, nh, T, hs)
-        return dqkv.transpose(1, 3, 0, 2, 4).reshape(B, T, 3 * C)        # (B, T, 3C)
+        dqkv = xp.empty((B, T, 3, nh, C // nh), dtype=g.dtype)          # written once, no stack
+        for i, d in enumerate(self.attn.backward(gy)[:3]):              # dq, dk, dv: (B, nh, T, hs)
+            dqkv[:, :, i] = d.transpose(0, 2, 1, 3)                      # (B, T, nh, hs)
+        return dqkv.reshape(B, T, 3 * C)                                 # (B, T, 3C)
 
 
 class Rotary(Function):

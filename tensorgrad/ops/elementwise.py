@@ -198,23 +198,57 @@ class GELU(Function):
         da = g (Phi(a) + a phi(a)), phi(a) = e^(-a^2/2) / sqrt(2 pi)
     approximate='tanh' (GPT-2's): out = a/2 (1 + t), t = tanh(c (a + 0.044715 a^3)), c = sqrt(2/pi);
         da = g (1/2 (1 + t) + a/2 (1 - t^2) c (1 + 3 * 0.044715 a^2))"""
+    # Written with in-place steps on one or two buffers: the same operations in the same
+    # order as the formulas above (so the same float32 results: tests/test_fast_forms.py
+    # holds the one-line forms and checks they agree), without a temporary per operation.
     def forward(self, a, approximate="none"):
         xp = get_array_module(a)
         self.a, self.approximate = a, approximate
         if approximate == "none":
-            self.cdf = 0.5 * (1 + _erf(xp, a * a.dtype.type(1 / math.sqrt(2))))   # Phi(a), saved for backward
-            return a * self.cdf
-        self.t = xp.tanh(_GELU_C * (a + 0.044715 * a * a * a))
-        return 0.5 * a * (1 + self.t)
+            cdf = a * a.dtype.type(1 / math.sqrt(2))
+            cdf = _erf(xp, cdf)
+            cdf += 1
+            cdf *= 0.5
+            self.cdf = cdf                                   # Phi(a), saved for backward
+            return a * cdf
+        t = a * 0.044715
+        t *= a
+        t *= a
+        t += a
+        t *= _GELU_C
+        self.t = xp.tanh(t, out=t)                           # t = tanh(c (a + 0.044715 a^3)), saved
+        out = t + 1
+        out *= a
+        out *= 0.5                                           # a/2 (1 + t): halving is exact, order is free
+        return out
 
     def backward(self, g):
         a = self.a
         if self.approximate == "none":
             xp = get_array_module(a)
-            pdf = xp.exp(-0.5 * a * a) * a.dtype.type(1 / math.sqrt(2 * math.pi))
-            return g * (self.cdf + a * pdf)
+            pdf = a * a
+            pdf *= -0.5
+            xp.exp(pdf, out=pdf)
+            pdf *= a.dtype.type(1 / math.sqrt(2 * math.pi))  # phi(a)
+            pdf *= a
+            pdf += self.cdf                                  # Phi(a) + a phi(a)
+            pdf *= g
+            return pdf
         t = self.t
-        return g * (0.5 * (1 + t) + 0.5 * a * (1 - t * t) * _GELU_C * (1 + 3 * 0.044715 * a * a))
+        da = t + 1
+        da *= 0.5                                            # 1/2 (1 + t)
+        rest = t * t
+        xp = get_array_module(a)
+        xp.subtract(1, rest, out=rest)                       # 1 - t^2
+        rest *= a
+        rest *= 0.5 * _GELU_C                                # = * 0.5 then * c: halving is exact
+        poly = a * (3 * 0.044715)
+        poly *= a
+        poly += 1                                            # 1 + 3 * 0.044715 a^2
+        rest *= poly
+        da += rest
+        da *= g
+        return da
 
 
 class SiLU(Function):

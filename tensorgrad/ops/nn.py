@@ -55,23 +55,38 @@ class LayerNorm(Function):
                              f"got {getattr(w, 'shape', None)} and {getattr(b, 'shape', None)}")
         self.has_w, self.has_b = w is not None, b is not None
         xp = get_array_module(x)
-        mean = x.mean(axis=-1, keepdims=True)
-        xc = x - mean
-        self.rstd = 1.0 / xp.sqrt((xc * xc).mean(axis=-1, keepdims=True) + eps)  # (..., 1)
-        self.xh = xc * self.rstd                                                  # (..., C)
+        # in place on two (..., C) buffers, xh and y, in the formula's order (see GELU)
+        xh = x - x.mean(axis=-1, keepdims=True)                                  # x - mean
+        y = xp.multiply(xh, xh)                                                  # y holds (x - mean)^2 for now
+        self.rstd = 1.0 / xp.sqrt(y.mean(axis=-1, keepdims=True) + eps)          # (..., 1)
+        xh *= self.rstd
+        self.xh = xh                                                             # (..., C)
         self.w = w
-        y = self.xh * w if self.has_w else self.xh
-        y = y + b if self.has_b else y
+        if self.has_w:
+            xp.multiply(xh, w, out=y)
+        elif self.has_b:
+            y[...] = xh
+        else:
+            y = xh                                                               # no affine part
+        if self.has_b:
+            y += b
         return y if out_dtype is None else y.astype(out_dtype)
 
     def backward(self, g):
+        xp = get_array_module(g)
         xh, rstd = self.xh, self.rstd
         g = g.astype(xh.dtype, copy=False)                      # a narrowed output's gradient
         lead = tuple(range(g.ndim - 1))
-        dxh = g * self.w if self.has_w else g
-        dx = rstd * (dxh - dxh.mean(axis=-1, keepdims=True) - xh * (dxh * xh).mean(axis=-1, keepdims=True))
-        dw = (g * xh).sum(axis=lead) if self.has_w else None
+        gxh = g * xh
+        dw = gxh.sum(axis=lead) if self.has_w else None
         db = g.sum(axis=lead) if self.has_b else None
+        dx = g * self.w if self.has_w else g.copy()                             # dxh, made dx in place
+        xp.multiply(dx, xh, out=gxh)                                            # dxh * xh
+        mean_dxh_xh = gxh.mean(axis=-1, keepdims=True)
+        xp.multiply(xh, mean_dxh_xh, out=gxh)
+        dx -= dx.mean(axis=-1, keepdims=True)
+        dx -= gxh
+        dx *= rstd
         return dx, dw, db
 
 

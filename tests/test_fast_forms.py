@@ -1,0 +1,133 @@
+"""The plain forms of the ops that the NumPy path computes in place, and checks that they agree.
+
+On the CPU, LayerNorm, GELU, attention and AdamW run their formulas as in-place steps
+on one or two buffers (no temporary array per operation: that is most of a CPU step's
+memory traffic). The one-line formulas below are the reference those in-place forms
+were written from: the same operations in the same order, so in float32 the results
+are identical bit for bit, not just close. A change to either side that breaks this
+shows up here (and in the cpu preset's seeded losses).
+"""
+import math
+
+import numpy as np
+import pytest
+
+import nn
+import tensorgrad as tg
+from tensorgrad.ops.elementwise import _GELU_C
+
+rng = np.random.default_rng(0)
+
+
+def plain_gelu_tanh(a, g):
+    t = np.tanh(_GELU_C * (a + 0.044715 * a * a * a))
+    out = 0.5 * a * (1 + t)
+    da = g * (0.5 * (1 + t) + 0.5 * a * (1 - t * t) * _GELU_C * (1 + 3 * 0.044715 * a * a))
+    return out, da
+
+
+def plain_layer_norm(x, w, b, g, eps=1e-5):
+    mean = x.mean(axis=-1, keepdims=True)
+    xc = x - mean
+    rstd = 1.0 / np.sqrt((xc * xc).mean(axis=-1, keepdims=True) + eps)
+    xh = xc * rstd
+    y = xh * w + b
+    dxh = g * w
+    dx = rstd * (dxh - dxh.mean(axis=-1, keepdims=True) - xh * (dxh * xh).mean(axis=-1, keepdims=True))
+    return y, dx, (g * xh).sum(axis=(0, 1)), g.sum(axis=(0, 1))
+
+
+def plain_attention(q, k, v, g, keep=None, p=0.0):
+    T, hs = q.shape[-2:]
+    S = k.shape[-2]
+    scale = 1.0 / math.sqrt(hs)
+    s = (q @ k.swapaxes(-1, -2)) * scale
+    s = np.where(np.tri(T, S, k=S - T, dtype=bool), s, -np.inf)
+    e = np.exp(s - s.max(axis=-1, keepdims=True))
+    att = e / e.sum(axis=-1, keepdims=True)
+    att_d = att if keep is None else att * keep * np.float32(1 / (1 - p))
+    y = att_d @ v
+    dv = att_d.swapaxes(-1, -2) @ g
+    datt = g @ v.swapaxes(-1, -2)
+    if keep is not None:
+        datt = datt * keep * np.float32(1 / (1 - p))
+    ds = att * (datt - (datt * att).sum(axis=-1, keepdims=True)) * scale
+    return y, ds @ k, ds.swapaxes(-1, -2) @ q, dv
+
+
+def _randn(*shape):
+    return rng.standard_normal(shape).astype(np.float32)
+
+
+@pytest.mark.parametrize("shape", [(2, 5, 7), (3, 64, 128), (1, 1, 1)])
+def test_gelu_in_place_equals_plain_form(shape):
+    a, g = _randn(*shape) * 3, _randn(*shape)
+    x = tg.tensor(a, requires_grad=True)
+    y = tg.gelu(x, approximate="tanh")
+    y.backward(tg.tensor(g))
+    out, da = plain_gelu_tanh(a, g)
+    np.testing.assert_array_equal(y.numpy(), out)
+    np.testing.assert_array_equal(x.grad, da)
+
+
+def test_exact_gelu_in_place_matches_plain_form():
+    from tensorgrad.ops.elementwise import _erf
+    a, g = _randn(4, 33) * 3, _randn(4, 33)
+    x = tg.tensor(a, requires_grad=True)
+    y = tg.gelu(x, approximate="none")
+    y.backward(tg.tensor(g))
+    cdf = 0.5 * (1 + _erf(np, a * np.float32(1 / math.sqrt(2))))
+    pdf = np.exp(-0.5 * a * a) * np.float32(1 / math.sqrt(2 * math.pi))
+    np.testing.assert_array_equal(y.numpy(), a * cdf)
+    np.testing.assert_array_equal(x.grad, g * (cdf + a * pdf))
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 8), (4, 64, 128), (1, 1, 5)])
+def test_layer_norm_in_place_equals_plain_form(shape):
+    x, g = _randn(*shape) * 2 + 1, _randn(*shape)
+    w, b = _randn(shape[-1]), _randn(shape[-1])
+    xt, wt, bt = (tg.tensor(a, requires_grad=True) for a in (x, w, b))
+    y = tg.layer_norm(xt, wt, bt)
+    y.backward(tg.tensor(g))
+    ref = plain_layer_norm(x, w, b, g)
+    for got, want in zip((y.numpy(), xt.grad, wt.grad, bt.grad), ref):
+        np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("B,nh,T,S,hs", [(2, 3, 5, 5, 4), (1, 4, 64, 64, 32), (2, 1, 3, 7, 8)])
+@pytest.mark.parametrize("p", [0.0, 0.3])
+def test_attention_in_place_equals_plain_form(B, nh, T, S, hs, p):
+    q, k, v = _randn(B, nh, T, hs), _randn(B, nh, S, hs), _randn(B, nh, S, hs)
+    g = _randn(B, nh, T, hs)
+    qt, kt, vt = (tg.tensor(a, requires_grad=True) for a in (q, k, v))
+    tg.manual_seed(5)
+    y = tg.scaled_dot_product_attention(qt, kt, vt, is_causal=True, dropout_p=p)
+    y.backward(tg.tensor(g))
+    keep = None
+    if p:
+        tg.manual_seed(5)   # the same draw as the op's
+        keep = tg.backend.generator("cpu").random((B, nh, T, S), dtype=np.float32) >= p
+    ref = plain_attention(q, k, v, g, keep, p)
+    for got, want in zip((y.numpy(), qt.grad, kt.grad, vt.grad), ref):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_adamw_in_place_equals_plain_form():
+    lr, (b1, b2), eps, wd = 1e-3, (0.9, 0.99), 1e-8, 0.1
+    p0 = _randn(7, 5)
+    param = nn.Parameter(tg.tensor(p0))
+    opt = nn.optim.AdamW([param], lr=lr, betas=(b1, b2), eps=eps, weight_decay=wd)
+    p, m, v = p0.copy(), np.zeros_like(p0), np.zeros_like(p0)
+    for t in range(1, 4):
+        g = _randn(7, 5)
+        param.grad = g.copy()
+        opt.step()
+        p *= 1 - lr * wd
+        m += (1 - b1) * (g - m)
+        v *= b2
+        v += (1 - b2) * g * g
+        denom = np.sqrt(v)
+        denom /= math.sqrt(1 - b2 ** t)
+        denom += eps
+        p -= lr / (1 - b1 ** t) * m / denom
+        np.testing.assert_array_equal(param.data, p)
