@@ -16,10 +16,19 @@ import argparse
 import os
 import sys
 import time
+from collections import defaultdict
 from pathlib import Path
+
+import numpy as np
 
 os.environ.setdefault("CUPY_TF32", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import nn  # noqa: E402  (from the checkout just put on sys.path)
+import tensorgrad as tg  # noqa: E402
+from gpt import GPT, GPTConfig, TrainConfig  # noqa: E402
+from gpt.train import make_runners  # noqa: E402
+from tensorgrad.function import Function  # noqa: E402
 
 CFG = dict(n_layer=6, n_head=6, n_embd=384, block_size=256, vocab_size=65, dropout=0.2)
 B = 64
@@ -27,11 +36,6 @@ B = 64
 
 def time_tensorgrad(steps, warmup=5):
     import cupy as cp
-    import numpy as np
-
-    import nn
-    import tensorgrad as tg
-    from gpt import GPT, GPTConfig
 
     tg.manual_seed(0)
     model = GPT(GPTConfig(**CFG)).to("cuda")
@@ -85,7 +89,6 @@ def time_tensorgrad_graph(steps, dtype="float32"):
     """The training step as the trainer runs it on cuda (gpt/train.py make_runners):
     captured once in a CUDA graph, then replayed on new batches."""
     import cupy as cp
-
 
     tg.manual_seed(0)
     model = GPT(GPTConfig(**CFG)).to("cuda")
@@ -172,9 +175,7 @@ def kernel_profile(step, sync, steps=5):
 def profile_ops(step, cp, steps=3):
     """Time per Function type, forward and backward (on the GPU synchronised, which
     inflates it, but it shows where a step goes); cp=None on the CPU."""
-    from collections import defaultdict
 
-    from tensorgrad.function import Function
     totals, counts = defaultdict(float), defaultdict(int)
     originals = {}
     sync = cp.cuda.Device().synchronize if cp is not None else (lambda: None)
@@ -298,11 +299,7 @@ CPU_SHAPES = {
 
 def cpu_steppers(cfg, batch):
     """(tensorgrad step, torch step or None): each step(i) runs forward, backward, clip, AdamW on batch i % 4."""
-    import numpy as np
 
-    import nn
-    import tensorgrad as tg
-    from gpt import GPT, GPTConfig
     tg.manual_seed(0)
     model = GPT(GPTConfig(**cfg))
     opt = nn.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.99), weight_decay=0.1)
