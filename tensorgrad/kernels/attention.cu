@@ -303,6 +303,52 @@ __device__ __forceinline__ void load_rows_bf16(floatX* tile, int ld, const float
     }
 }
 
+// This warp's 16 rows (from row0) of a (64, D + 8) tile as the A fragments of m16n8k16, one per 16 of D
+template <int D>
+__device__ __forceinline__ void a_fragments(unsigned int (&a)[D / 16][4], const floatX* tile, int row0, int g, int t) {
+    constexpr int LH = D + 8;
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+        const floatX* b = tile + row0 * LH + kk * 16 + 2 * t;
+        a[kk][0] = lds32(b + g * LH);
+        a[kk][1] = lds32(b + (g + 8) * LH);
+        a[kk][2] = lds32(b + g * LH + 8);
+        a[kk][3] = lds32(b + (g + 8) * LH + 8);
+    }
+}
+
+// c[nb] = A (16 x D, fragments a) times the rows of a (64, LH) tile, transposed: 8 blocks of 8 columns
+template <int D>
+__device__ __forceinline__ void mma_rows(float (&c)[TILE / 8][4], const unsigned int (&a)[D / 16][4], const floatX* tile,
+                                         int g, int t) {
+    constexpr int LH = D + 8;
+#pragma unroll
+    for (int nb = 0; nb < TILE / 8; ++nb) {
+        c[nb][0] = c[nb][1] = c[nb][2] = c[nb][3] = 0.f;
+        const floatX* b = tile + (nb * 8 + g) * LH + 2 * t;
+#pragma unroll
+        for (int kk = 0; kk < D / 16; ++kk) mma_bf16(c[nb], a[kk], lds32(b + kk * 16), lds32(b + kk * 16 + 8));
+    }
+}
+
+// acc (16 x D) += P (16 x 64, C fragments p) times a transposed (D, TILE + 8) tile
+template <int D>
+__device__ __forceinline__ void mma_tile(float (&acc)[D / 8][4], const float (&p)[TILE / 8][4], const floatX* tileT,
+                                         int g, int t) {
+    constexpr int LK = TILE + 8;
+#pragma unroll
+    for (int kk = 0; kk < TILE / 16; ++kk) {
+        const unsigned int pa[4] = {pack_bf16(p[2 * kk][0], p[2 * kk][1]), pack_bf16(p[2 * kk][2], p[2 * kk][3]),
+                                    pack_bf16(p[2 * kk + 1][0], p[2 * kk + 1][1]),
+                                    pack_bf16(p[2 * kk + 1][2], p[2 * kk + 1][3])};
+#pragma unroll
+        for (int n = 0; n < D / 8; ++n) {
+            const floatX* b = tileT + (n * 8 + g) * LK + kk * 16 + 2 * t;
+            mma_bf16(acc[n], pa, lds32(b), lds32(b + 8));
+        }
+    }
+}
+
 template <int D>
 __device__ void attention_forward_mma_body(const floatX* __restrict__ q, const floatX* __restrict__ k,
                                            const floatX* __restrict__ v, floatX* __restrict__ y, float* __restrict__ lse,
@@ -323,14 +369,7 @@ __device__ void attention_forward_mma_body(const floatX* __restrict__ q, const f
     load_rows_bf16<D>(Qs, LH, q, base_of(qs, bh, H), qs.t, q0, T, vec, false);
     __syncthreads();
     unsigned int qa[D / 16][4];            // this warp's Q rows as A fragments, one per 16 of D
-#pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk) {
-        const floatX* b = Qs + warp * 16 * LH + kk * 16 + 2 * t;
-        qa[kk][0] = lds32(b + g * LH);
-        qa[kk][1] = lds32(b + (g + 8) * LH);
-        qa[kk][2] = lds32(b + g * LH + 8);
-        qa[kk][3] = lds32(b + (g + 8) * LH + 8);
-    }
+    a_fragments<D>(qa, Qs, warp * 16, g, t);
     float o[D / 8][4], m[2] = {NEG_INF, NEG_INF}, l[2] = {0.f, 0.f};
 #pragma unroll
     for (int n = 0; n < D / 8; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.f;
@@ -342,13 +381,7 @@ __device__ void attention_forward_mma_body(const floatX* __restrict__ q, const f
         load_rows_bf16<D>(Vt, LK, v, base_of(vs, bh, H), vs.t, k0, S, vec, true);
         __syncthreads();
         float s[TILE / 8][4];              // S: 16 rows x 64 keys, as 8 C fragments
-#pragma unroll
-        for (int nb = 0; nb < TILE / 8; ++nb) {
-            s[nb][0] = s[nb][1] = s[nb][2] = s[nb][3] = 0.f;
-            const floatX* b = Ks + (nb * 8 + g) * LH + 2 * t;
-#pragma unroll
-            for (int kk = 0; kk < D / 16; ++kk) mma_bf16(s[nb], qa[kk], lds32(b + kk * 16), lds32(b + kk * 16 + 8));
-        }
+        mma_rows<D>(s, qa, Ks, g, t);
         float alpha[2];
 #pragma unroll
         for (int hr = 0; hr < 2; ++hr) {   // element e of a fragment: row hr = e / 2, column 2t + e % 2
@@ -385,18 +418,7 @@ __device__ void attention_forward_mma_body(const floatX* __restrict__ q, const f
             o[n][0] *= alpha[0]; o[n][1] *= alpha[0];
             o[n][2] *= alpha[1]; o[n][3] *= alpha[1];
         }
-        // O += P V: P's C fragments, two 8-key blocks at a time, are the A fragments of m16n8k16
-#pragma unroll
-        for (int kk = 0; kk < TILE / 16; ++kk) {
-            const unsigned int pa[4] = {pack_bf16(s[2 * kk][0], s[2 * kk][1]), pack_bf16(s[2 * kk][2], s[2 * kk][3]),
-                                        pack_bf16(s[2 * kk + 1][0], s[2 * kk + 1][1]),
-                                        pack_bf16(s[2 * kk + 1][2], s[2 * kk + 1][3])};
-#pragma unroll
-            for (int n = 0; n < D / 8; ++n) {
-                const floatX* b = Vt + (n * 8 + g) * LK + kk * 16 + 2 * t;
-                mma_bf16(o[n], pa, lds32(b), lds32(b + 8));
-            }
-        }
+        mma_tile<D>(o, s, Vt, g, t);       // O += P V
     }
 #pragma unroll
     for (int hr = 0; hr < 2; ++hr) {
@@ -590,51 +612,6 @@ __device__ void attention_backward_q_body(const floatX* __restrict__ q, const fl
 // Operands read as B are stored so that each B register is one 32-bit load:
 // row-major when the product contracts over D (Q, K, V, dY), transposed when
 // it contracts over the tile (K^T for dQ, Q^T, dY^T for dK, dV).
-
-template <int D>
-__device__ __forceinline__ void a_fragments(unsigned int (&a)[D / 16][4], const floatX* tile, int row0, int g, int t) {
-    constexpr int LH = D + 8;
-#pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk) {
-        const floatX* b = tile + row0 * LH + kk * 16 + 2 * t;
-        a[kk][0] = lds32(b + g * LH);
-        a[kk][1] = lds32(b + (g + 8) * LH);
-        a[kk][2] = lds32(b + g * LH + 8);
-        a[kk][3] = lds32(b + (g + 8) * LH + 8);
-    }
-}
-
-// c[nb] = A (16 x D, fragments a) times the rows of a (64, LH) tile, transposed: 8 blocks of 8 columns
-template <int D>
-__device__ __forceinline__ void mma_rows(float (&c)[TILE / 8][4], const unsigned int (&a)[D / 16][4], const floatX* tile,
-                                         int g, int t) {
-    constexpr int LH = D + 8;
-#pragma unroll
-    for (int nb = 0; nb < TILE / 8; ++nb) {
-        c[nb][0] = c[nb][1] = c[nb][2] = c[nb][3] = 0.f;
-        const floatX* b = tile + (nb * 8 + g) * LH + 2 * t;
-#pragma unroll
-        for (int kk = 0; kk < D / 16; ++kk) mma_bf16(c[nb], a[kk], lds32(b + kk * 16), lds32(b + kk * 16 + 8));
-    }
-}
-
-// acc (16 x D) += P (16 x 64, C fragments p) times a transposed (D, TILE + 8) tile
-template <int D>
-__device__ __forceinline__ void mma_tile(float (&acc)[D / 8][4], const float (&p)[TILE / 8][4], const floatX* tileT,
-                                         int g, int t) {
-    constexpr int LK = TILE + 8;
-#pragma unroll
-    for (int kk = 0; kk < TILE / 16; ++kk) {
-        const unsigned int pa[4] = {pack_bf16(p[2 * kk][0], p[2 * kk][1]), pack_bf16(p[2 * kk][2], p[2 * kk][3]),
-                                    pack_bf16(p[2 * kk + 1][0], p[2 * kk + 1][1]),
-                                    pack_bf16(p[2 * kk + 1][2], p[2 * kk + 1][3])};
-#pragma unroll
-        for (int n = 0; n < D / 8; ++n) {
-            const floatX* b = tileT + (n * 8 + g) * LK + kk * 16 + 2 * t;
-            mma_bf16(acc[n], pa, lds32(b), lds32(b + 8));
-        }
-    }
-}
 
 // rows r (fragment row g) and r + 8 of a 16 x D result, times f, into out rows at `row` stride st
 template <int D>
