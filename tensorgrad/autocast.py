@@ -59,9 +59,16 @@ def autocast_dtype():
     return _dtype
 
 
+def narrowed_dtype(t):
+    """The dtype autocast turns tensor t into: the autocast dtype for a float32 CUDA tensor
+    inside a block, else None (t stays as it is). The one rule cast_inputs and layer_norm share."""
+    if _dtype is None or t is None or t.device != "cuda" or t.data.dtype != np.float32:
+        return None
+    return _dtype
+
+
 def cast_inputs(*tensors):
     """The tensors, with float32 CUDA ones cast to the autocast dtype (None and others unchanged)."""
     if _dtype is None:
         return tensors
-    return tuple(cast(t, _dtype) if t is not None and t.device == "cuda" and t.data.dtype == np.float32
-                 else t for t in tensors)
+    return tuple(t if narrowed_dtype(t) is None else cast(t, _dtype) for t in tensors)

@@ -8,11 +8,11 @@ against them; Function.apply picks which one runs.
 """
 import numpy as np
 
-from ..autocast import autocast_dtype
+from ..autocast import narrowed_dtype
 from ..backend import generator, get_array_module, scatter_add
 from ..function import Function, ShapeError
 from ..tensor import Tensor
-from .promote import same_float_dtype
+from .promote import _result, same_float_dtype
 
 
 class Softmax(Function):
@@ -265,7 +265,7 @@ class DropoutAdd(Function):
             raise ShapeError(f"dropout_add: input {x.shape} and residual {r.shape} must have the same shape")
         xp = get_array_module(x)
         self.dtypes = x.dtype, r.dtype
-        out = x.dtype if x.dtype.itemsize >= r.dtype.itemsize else r.dtype
+        out = _result(x.dtype, r.dtype) or np.result_type(x.dtype, r.dtype)   # the wider float, as + gives
         self.mask = None
         if p > 0.0:
             keep = generator("cpu" if xp is np else "cuda").random(x.shape, dtype=np.float32) >= p
@@ -290,7 +290,7 @@ def log_softmax(x, axis=-1, dim=None):
 def layer_norm(x, weight=None, bias=None, eps=1e-5):
     if weight is not None and weight.data.dtype != x.data.dtype or bias is not None and bias.data.dtype != x.data.dtype:
         same_float_dtype("layer_norm", input=x, weight=weight, bias=bias)   # raises: no silent cast
-    narrow = autocast_dtype() if x.device == "cuda" and x.data.dtype == np.float32 else None
+    narrow = narrowed_dtype(x)
     if narrow is not None:   # autocast: float32 statistics, the output in bf16 for the product that follows
         return LayerNorm.apply(x, weight, bias, eps=eps, out_dtype=narrow)
     return LayerNorm.apply(x, weight, bias, eps=eps)

@@ -24,7 +24,7 @@ from ..tensor import Tensor, get_default_dtype
 
 
 def _result(da, db):
-    """The dtype two tensors of dtypes da != db meet in, or None for NumPy's rule (integers)."""
+    """The dtype two tensors of dtypes da and db meet in, or None for NumPy's rule (integers)."""
     fa, fb = is_floating(da), is_floating(db)
     if fa and fb:
         return da if da.itemsize >= db.itemsize else db
