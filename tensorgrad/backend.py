@@ -143,8 +143,38 @@ class HostToDevice:
 
 def scatter_add(target, index, values):
     """target[index] += values, accumulating repeated indices (in place)."""
-    xp = np if isinstance(target, np.ndarray) else _cupy
-    xp.add.at(target, index, values)  # unbuffered: repeats add up (target[index] += would not)
+    if not isinstance(target, np.ndarray):
+        _cupy.add.at(target, index, values)
+        return
+    if not (isinstance(index, np.ndarray) and index.ndim == 1 and index.dtype.kind in "iu"
+            and isinstance(values, np.ndarray) and values.shape == index.shape + target.shape[1:]):
+        np.add.at(target, index, values)  # any other index (GetItem's tuples, negatives in lists...)
+        return
+    # The plain form is np.add.at(target, index, values): unbuffered, so repeats add up
+    # (target[index] += values would not), one row after another in index order. It costs
+    # about a microsecond a row (1.1 ms for an embedding's 1024 rows). The same sums in the
+    # same order, a few vectorised steps instead: the k-th occurrence of every index is added
+    # in round k (an index appears at most once a round, so a buffered += is right), and
+    # within an index the rounds follow index order (a stable sort). Same bits as add.at
+    # (tests/test_fast_forms.py); 0.2 ms for the embedding. An index repeated very often
+    # (more rounds than rows / 8) goes to add.at.
+    n = len(index)
+    if n == 0:
+        return
+    if index.min() < 0:                   # -1 and len - 1 are one row: the rounds below would miss that
+        np.add.at(target, index, values)
+        return
+    order = np.argsort(index, kind="stable")
+    rows = index[order]                                                 # sorted, ties in index order
+    first = np.flatnonzero(np.r_[True, rows[1:] != rows[:-1]])          # where each index's run starts
+    counts = np.diff(np.r_[first, n])
+    if counts.max() * 8 > n:
+        np.add.at(target, index, values)
+        return
+    rank = np.arange(n) - np.repeat(first, counts)                      # occurrence number, 0, 1, ...
+    for k in range(int(counts.max())):
+        now = rank == k
+        target[rows[now]] += values[order[now]]
 
 
 def keep_freed_memory(on=True):

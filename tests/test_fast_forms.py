@@ -131,3 +131,23 @@ def test_adamw_in_place_equals_plain_form():
         denom += eps
         p -= lr / (1 - b1 ** t) * m / denom
         np.testing.assert_array_equal(param.data, p)
+
+
+@pytest.mark.parametrize("rows, n, width, spread", [(65, 1024, 128, 1), (64, 1024, 128, 0), (7, 3, 5, 3),
+                                                     (300, 4999, 17, 3), (1, 50, 4, 2), (5, 40, 3, 0)])
+def test_scatter_add_equals_add_at(rows, n, width, spread):
+    """backend.scatter_add (an embedding's backward) adds the k-th repeat of every index in
+    round k; the plain form is np.add.at, which adds row after row. Same sums, same order,
+    so the same bits; values of very different sizes make any other order show."""
+    from tensorgrad.backend import scatter_add
+    index = rng.integers(0, rows, n) if spread else np.tile(np.arange(rows), n // rows)  # spread 0: positions
+    values = (rng.standard_normal((len(index), width)) * 10.0 ** rng.uniform(-spread, spread, (len(index), 1))
+              ).astype(np.float32)
+    plain = np.zeros((rows, width), np.float32)
+    np.add.at(plain, index, values)
+    fast = np.zeros((rows, width), np.float32)
+    scatter_add(fast, index, values)
+    np.testing.assert_array_equal(fast, plain)
+    with_negatives = np.zeros((rows, width), np.float32)        # -1 is the last row: add.at's way
+    scatter_add(with_negatives, index - rows, values)
+    np.testing.assert_array_equal(with_negatives, plain)
