@@ -1,4 +1,4 @@
-"""The plain forms of the ops that the NumPy path computes in place, and checks that they agree.
+"""The plain forms of the ops that the NumPy path computes in a faster way, and checks that they agree.
 
 On the CPU, LayerNorm, GELU, attention and AdamW run their formulas as in-place steps
 on one or two buffers (no temporary array per operation: that is most of a CPU step's
@@ -6,6 +6,13 @@ memory traffic). The one-line formulas below are the reference those in-place fo
 were written from: the same operations in the same order, so in float32 the results
 are identical bit for bit, not just close. A change to either side that breaks this
 shows up here (and in the cpu preset's seeded losses).
+
+Two fast forms change the order of sums, and with it the last bits: the sums along rows
+(LayerNorm's means, attention's softmax denominators, cross-entropy's) and the bias
+gradients' column sums are matrix-vector products with ones in BLAS (ops/rowsum.py), and
+attention's products q k^T and g v^T take a contiguous copy of the transposed operand
+(ops/attention.py). Those are checked to agree with the plain forms to float32 rounding:
+the differences are of the size of the plain forms' own rounding errors (against float64).
 """
 import math
 
@@ -59,6 +66,17 @@ def _randn(*shape):
     return rng.standard_normal(shape).astype(np.float32)
 
 
+def assert_as_close_as_plain(got, plain, exact):
+    """got (a fast form, float32) differs from plain (the plain form, float32) by float32
+    rounding only: its error against exact (the plain form in float64) is at most a few times
+    the plain form's own, or a few float32 ulps of the values' scale."""
+    assert got.dtype == plain.dtype == np.float32
+    scale = np.abs(exact).max() + 1e-30
+    err_got = np.abs(got - exact).max() / scale
+    err_plain = np.abs(plain - exact).max() / scale
+    assert err_got <= 4 * err_plain + 4 * np.finfo(np.float32).eps, (err_got, err_plain)
+
+
 @pytest.mark.parametrize("shape", [(2, 5, 7), (3, 64, 128), (1, 1, 1)])
 def test_gelu_in_place_equals_plain_form(shape):
     a, g = _randn(*shape) * 3, _randn(*shape)
@@ -90,8 +108,9 @@ def test_layer_norm_in_place_equals_plain_form(shape):
     y = tg.layer_norm(xt, wt, bt)
     y.backward(tg.tensor(g))
     ref = plain_layer_norm(x, w, b, g)
-    for got, want in zip((y.numpy(), xt.grad, wt.grad, bt.grad), ref):
-        np.testing.assert_array_equal(got, want)
+    exact = plain_layer_norm(*(a.astype(np.float64) for a in (x, w, b, g)))
+    for got, want, truth in zip((y.numpy(), xt.grad, wt.grad, bt.grad), ref, exact):
+        assert_as_close_as_plain(got, want, truth)
 
 
 @pytest.mark.parametrize("B,nh,T,S,hs", [(2, 3, 5, 5, 4), (1, 4, 64, 64, 32), (2, 1, 3, 7, 8)])
@@ -108,8 +127,9 @@ def test_attention_in_place_equals_plain_form(B, nh, T, S, hs, p):
         tg.manual_seed(5)   # the same draw as the op's
         keep = tg.backend.generator("cpu").random((B, nh, T, S), dtype=np.float32) >= p
     ref = plain_attention(q, k, v, g, keep, p)
-    for got, want in zip((y.numpy(), qt.grad, kt.grad, vt.grad), ref):
-        np.testing.assert_array_equal(got, want)
+    exact = plain_attention(*(a.astype(np.float64) for a in (q, k, v, g)), keep, p)
+    for got, want, truth in zip((y.numpy(), qt.grad, kt.grad, vt.grad), ref, exact):
+        assert_as_close_as_plain(got, want, truth)
 
 
 def test_adamw_in_place_equals_plain_form():
@@ -151,3 +171,30 @@ def test_scatter_add_equals_add_at(rows, n, width, spread):
     with_negatives = np.zeros((rows, width), np.float32)        # -1 is the last row: add.at's way
     scatter_add(with_negatives, index - rows, values)
     np.testing.assert_array_equal(with_negatives, plain)
+
+
+@pytest.mark.parametrize("shape", [(16, 64, 128), (2, 3, 5), (7, 1), (3, 4, 64, 64), (1000, 3)])
+def test_row_and_column_sums_agree_with_numpy_sums(shape):
+    """ops/rowsum.py: sums as products with ones (BLAS). The plain forms are x.sum(...)."""
+    from tensorgrad.ops.rowsum import column_sum, row_mean, row_sum
+    x = _randn(*shape) * 3 + 1
+    exact = x.astype(np.float64)
+    assert_as_close_as_plain(row_sum(x), x.sum(axis=-1, keepdims=True), exact.sum(axis=-1, keepdims=True))
+    assert_as_close_as_plain(row_mean(x), x.mean(axis=-1, keepdims=True), exact.mean(axis=-1, keepdims=True))
+    lead = tuple(range(x.ndim - 1))
+    assert_as_close_as_plain(column_sum(x), x.sum(axis=lead), exact.sum(axis=lead))
+    assert row_sum(x).shape == x.sum(axis=-1, keepdims=True).shape and column_sum(x).shape == (shape[-1],)
+    # what BLAS can't take as one matrix (a strided view) is summed by NumPy, as before
+    view = np.repeat(x, 2, axis=-1)[..., ::2]
+    np.testing.assert_array_equal(row_sum(view), view.sum(axis=-1, keepdims=True))
+    np.testing.assert_array_equal(column_sum(view), view.sum(axis=lead))
+
+
+def test_attention_transposed_copy_agrees_with_the_view():
+    """ops/attention.py multiplies by a contiguous copy of k^T, not by the transposed view:
+    faster in OpenBLAS, and the same products to float32 rounding."""
+    from tensorgrad.ops.attention import _transposed_copy
+    for B, T, S, hs in [(16, 64, 64, 32), (3, 17, 100, 33), (1, 256, 256, 64)]:
+        q, k = _randn(B, 2, T, hs), _randn(B, 2, S, hs)
+        exact = q.astype(np.float64) @ k.astype(np.float64).swapaxes(-1, -2)
+        assert_as_close_as_plain(q @ _transposed_copy(k), q @ k.swapaxes(-1, -2), exact)

@@ -7,7 +7,7 @@ product (cuBLASLt's bias epilogue) instead of in a second pass over y.
 """
 from ..autocast import cast_inputs
 from ..function import Function
-from .broadcast import sum_to
+from .rowsum import column_sum
 from .matmul import mm
 from .promote import same_float_dtype
 
@@ -38,7 +38,7 @@ class LinearFn(Function):
         g2 = g.reshape(-1, g.shape[-1])                # (N, out)
         dx = mm(g2, self.w).reshape(self.x_shape) if need_x else None # (..., in)
         dw = mm(g2.T, self.x2) if need_w else None     # (out, in)
-        db = sum_to(g2, (g2.shape[1],)) if self.has_b and need_b else None   # (out,): sum over rows
+        db = column_sum(g2) if self.has_b and need_b else None   # (out,): sum over rows
         return dx, dw, db
 
 

@@ -13,6 +13,7 @@ from ..backend import generator, get_array_module, scatter_add
 from ..function import Function, ShapeError
 from ..tensor import Tensor
 from .promote import _result, same_float_dtype
+from .rowsum import column_sum, row_mean, row_sum
 
 
 class Softmax(Function):
@@ -56,9 +57,9 @@ class LayerNorm(Function):
         self.has_w, self.has_b = w is not None, b is not None
         xp = get_array_module(x)
         # in place on two (..., C) buffers, xh and y, in the formula's order (see GELU)
-        xh = x - x.mean(axis=-1, keepdims=True)                                  # x - mean
+        xh = x - row_mean(x)                                                     # x - mean
         y = xp.multiply(xh, xh)                                                  # y holds (x - mean)^2 for now
-        self.rstd = 1.0 / xp.sqrt(y.mean(axis=-1, keepdims=True) + eps)          # (..., 1)
+        self.rstd = 1.0 / xp.sqrt(row_mean(y) + eps)                             # (..., 1)
         xh *= self.rstd
         self.xh = xh                                                             # (..., C)
         self.w = w
@@ -76,15 +77,14 @@ class LayerNorm(Function):
         xp = get_array_module(g)
         xh, rstd = self.xh, self.rstd
         g = g.astype(xh.dtype, copy=False)                      # a narrowed output's gradient
-        lead = tuple(range(g.ndim - 1))
         gxh = g * xh
-        dw = gxh.sum(axis=lead) if self.has_w else None
-        db = g.sum(axis=lead) if self.has_b else None
+        dw = column_sum(gxh) if self.has_w else None
+        db = column_sum(g) if self.has_b else None
         dx = g * self.w if self.has_w else g.copy()                             # dxh, made dx in place
         xp.multiply(dx, xh, out=gxh)                                            # dxh * xh
-        mean_dxh_xh = gxh.mean(axis=-1, keepdims=True)
+        mean_dxh_xh = row_mean(gxh)
         xp.multiply(xh, mean_dxh_xh, out=gxh)
-        dx -= dx.mean(axis=-1, keepdims=True)
+        dx -= row_mean(dx)
         dx -= gxh
         dx *= rstd
         return dx, dw, db
@@ -165,7 +165,7 @@ class CrossEntropy(_ClassLoss):
         xp = get_array_module(x)
         m = x.max(axis=1, keepdims=True)
         e = xp.exp(x - m)
-        s = e.sum(axis=1, keepdims=True)
+        s = row_sum(e)
         self.probs = e / s                                          # (N, V): saved for backward
         lse = (m + xp.log(s))[:, 0]
         loss = lse - x[xp.arange(x.shape[0]), t]                    # -log p[t]
