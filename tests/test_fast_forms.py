@@ -198,3 +198,14 @@ def test_attention_transposed_copy_agrees_with_the_view():
         q, k = _randn(B, 2, T, hs), _randn(B, 2, S, hs)
         exact = q.astype(np.float64) @ k.astype(np.float64).swapaxes(-1, -2)
         assert_as_close_as_plain(q @ _transposed_copy(k), q @ k.swapaxes(-1, -2), exact)
+
+
+@pytest.mark.parametrize("out_f, in_f", [(128, 512), (65, 128), (384, 128), (3, 7)])
+def test_linear_weight_gradient_agrees_with_plain_form(out_f, in_f):
+    """LinearFn.weight_grad: (x^T g)^T on the CPU when out < in; the plain form is g^T x."""
+    x, w, g = _randn(4, 33, in_f), _randn(out_f, in_f), _randn(4, 33, out_f)
+    xt, wt = tg.tensor(x, requires_grad=True), tg.tensor(w, requires_grad=True)
+    tg.linear(xt, wt).backward(tg.tensor(g))
+    x2, g2 = x.reshape(-1, in_f), g.reshape(-1, out_f)
+    exact = g2.astype(np.float64).T @ x2.astype(np.float64)
+    assert_as_close_as_plain(wt.grad, g2.T @ x2, exact)
