@@ -465,6 +465,41 @@ def test_dropout_kernel_keep_rate_and_same_mask_backward(cp):
         assert cp.array_equal(kernels.dropout(view, p, slot, residual=r), kernels.dropout(view.copy(), p, slot, residual=r))
 
 
+def test_dropout_kernel_p0_is_identity_and_exact_add(cp):
+    """p = 0 (evaluation's fused residual add) draws nothing: y = x, and r + x exactly."""
+    for n in (1, 7, 1000, 100_003):
+        x = cp.asarray(rng.standard_normal(n).astype(np.float32))
+        r = cp.asarray(rng.standard_normal(n).astype(np.float32))
+        slot = kernels.rng_slot()
+        assert cp.array_equal(kernels.dropout(x, 0.0, slot), x)
+        assert cp.array_equal(kernels.dropout(x, 0.0, slot, residual=r), r + x)
+        assert cp.array_equal(kernels.dropout(x[1:], 0.0, slot, residual=r[1:]), r[1:] + x[1:])  # scalar path
+
+
+def test_compile_ahead_builds_on_threads_and_kernels_run(cp, monkeypatch):
+    """compile_ahead leaves Futures that launch() waits on; the modules work like lazily built ones."""
+    monkeypatch.setattr(kernels, "_modules", {})
+    monkeypatch.setattr(kernels, "_functions", {})
+    kernels.compile_ahead("float32", head_size=64)
+    keys = list(kernels._modules)
+    assert ("adamw", np.dtype(np.float32), ()) in keys
+    assert ("attention", np.dtype(np.float32), (("TG_HEAD_DIM", 64), ("TG_MMA", 0))) in keys
+    x = cp.asarray(rng.standard_normal((5, 65)).astype(np.float32))
+    xd = x.astype(np.float64)
+    ref = 0.5 * xd * (1 + cp.tanh(0.7978845608028654 * (xd + 0.044715 * xd ** 3)))
+    assert float(cp.abs(kernels.gelu_forward(x) - ref).max()) < 1e-5
+    q = cp.asarray(rng.standard_normal((1, 2, 70, 64)).astype(np.float32))
+    out = cp.empty_like(q)
+    kernels.attention_forward(q, q, q, out, True, 0.125, 0.0, kernels.rng_slot())
+    s = cp.einsum("bhtd,bhsd->bhts", q, q) * 0.125
+    s = cp.where(cp.tril(cp.ones((70, 70), dtype=bool)), s, -cp.inf)
+    p = cp.exp(s - s.max(-1, keepdims=True))
+    ref = cp.einsum("bhts,bhsd->bhtd", p / p.sum(-1, keepdims=True), q)
+    assert float(cp.abs(out - ref).max()) < 1e-4
+    assert not any(isinstance(m, kernels.Future) for k, m in kernels._modules.items()
+                   if k[0] in ("gelu", "attention"))     # launched: the Futures were swapped for modules
+
+
 def test_dropout_op_on_cuda_uses_philox_and_manual_seed():
     x = tg.ones(100_000, device="cuda", requires_grad=True)
     tg.manual_seed(5)
