@@ -104,7 +104,7 @@ def compile_ahead(dtype=_F32, head_size=None):
     cp = backend.cupy()
     device = cp.cuda.Device()       # this process's GPU: a new thread would start on GPU 0
     dtypes = sorted({_F32, np.dtype(dtype)}, key=str)
-    wanted = [("adamw", _F32, ())]
+    wanted = [("adamw", _F32, ()), ("clip", _F32, ())]
     wanted += [(stem, dt, ()) for stem in ("layernorm", "gelu", "dropout", "cross_entropy", "colsum")
                for dt in dtypes]
     if head_size in ATTENTION_HEAD_SIZES:
@@ -121,6 +121,49 @@ def compile_ahead(dtype=_F32, head_size=None):
     for key in wanted:
         _modules[key] = pool.submit(build, key)
     pool.shutdown(wait=False)      # the threads finish their queue; _kernel waits on what it needs
+
+
+_tables = {}           # rows -> [device table, pinned host copy or None, kept for a graph]
+_EAGER_TABLES = 64     # tables made outside a capture that are kept for reuse
+
+
+def device_table(rows):
+    """The int64 device array (len(rows), k) of `rows` (addresses and sizes), for a kernel
+    that works on many arrays in one launch (adamw_many, the clipping kernels).
+
+    A CUDA graph replays its kernels with the arguments they were captured with, so a
+    table read by a captured kernel must hold the same addresses forever: one made while
+    the stream is capturing is copied from pinned host memory by a copy the graph itself
+    holds, and neither copy is ever freed or rewritten. Outside a capture a table is
+    uploaded directly and the last _EAGER_TABLES distinct ones are kept: a memory pool
+    hands each step's gradients the same addresses again, so steady steps upload nothing.
+    Equal rows always give the same table back (its contents never change)."""
+    key = tuple(tuple(int(v) for v in row) for row in rows)
+    cp = backend.cupy()
+    stream = cp.cuda.get_current_stream()
+    capturing = stream.is_capturing()
+    entry = _tables.get(key)
+    if entry is None:
+        host = np.array(key, dtype=np.int64)
+        if capturing:
+            pinned = cp.cuda.alloc_pinned_memory(host.nbytes)
+            staged = np.frombuffer(pinned, np.int64, host.size).reshape(host.shape)
+            staged[...] = host
+            table = cp.empty(host.shape, dtype=np.int64)
+            # a node of the graph that replays this copy (ndarray.set refuses to run in a
+            # capture; from pinned memory the runtime allows it)
+            cp.cuda.runtime.memcpyAsync(table.data.ptr, pinned.ptr, host.nbytes,
+                                        cp.cuda.runtime.memcpyHostToDevice, stream.ptr)
+            entry = [table, pinned, True]
+        else:
+            entry = [cp.asarray(host), None, False]
+            eager = [k for k, e in _tables.items() if not e[2]]
+            for old in eager[:max(0, len(eager) + 1 - _EAGER_TABLES)]:
+                del _tables[old]
+        _tables[key] = entry
+    if capturing:
+        entry[2] = True       # a graph reads it from now on: never drop it
+    return entry[0]
 
 
 _sm_count = None
@@ -422,6 +465,35 @@ def colsum(a):
     launch("colsum", "colsum_final", (-(-N // 256),), (256,), (part, out, np.int32(slices), np.int32(N)),
            dtype=a.dtype)
     return out
+
+
+# ------------------------------------------------ gradient clipping, many at once
+def clip_grads(grads, max_norm, eps=1e-6):
+    """Scale the float32 arrays `grads` in place by min(1, max_norm / (norm + eps)), norm = the
+    L2 norm of all of them together (clip.cu, three launches); returns norm as a 0-d array."""
+    cp = backend.cupy()
+    for g in grads:
+        _arr(g, "gradient to clip")
+        if not g.flags.c_contiguous:
+            raise ValueError(f"clip_grads: gradients must be contiguous (scaled in place), got strides {g.strides}")
+    if not grads:
+        return cp.zeros((), dtype=cp.float32)
+    table = device_table([(g.data.ptr, g.size) for g in grads])
+    X = _share_blocks([g.size for g in grads])
+    part = cp.empty(len(grads) * X, dtype=cp.float32)
+    out = cp.empty(2, dtype=cp.float32)
+    launch("clip", "sumsq_partials", (X, len(grads)), (256,), (table, part))
+    launch("clip", "clip_coefficient", (1,), (1024,),
+           (part, np.int32(part.size), np.float32(max_norm), np.float32(eps), out))
+    launch("clip", "scale_many", (X, len(grads)), (256,), (table, out))
+    return out[0]
+
+
+def _share_blocks(sizes, threads=256):
+    """Blocks per array of a (X, n) many-array launch: the largest array gets up to one
+    element a thread, and all blocks together about 32 per SM (the smaller arrays' extra
+    blocks find no work and return)."""
+    return max(1, min(-(-max(sizes) // threads), -(-sm_count() * 32 // len(sizes))))
 
 
 # ------------------------------------------------- dropout (Philox, no stored mask)
