@@ -21,6 +21,12 @@ change from call to call lives in device memory that the graph reads:
     array may ever be given that memory: a private pool keeps it reserved
     (and the eager warm-up's cached blocks are released first, so the graph's
     memory replaces the eager step's instead of adding to it).
+    Two graphs may share one pool (the training step and evaluation do): then one's
+    temporaries sit where the other's were, and even one graph's output may sit in
+    the other's temporaries. That is safe when they replay one after the other on
+    one stream and each output is read before the other graph runs again, as the
+    training loop does (the step's loss right after the step, each evaluation
+    loss before the next batch); it saves the smaller graph's memory.
 Everything runs on one non-default stream (capture can't use the default
 one), eager work included, so it is ordered with the replays. The graph is an
 execution mode of a function, not a copy of it: GraphedCall(fn) runs fn.
@@ -43,10 +49,11 @@ class GraphedCall:
     create the optimizer state and fill the memory pool); the next one is
     captured as fn(X, Y, True), and every later call replays that capture.
     `before()` runs on the host ahead of the capture and of every replay,
-    outside the graph (the optimizer's per-step scalars).
+    outside the graph (the optimizer's per-step scalars). pool: another
+    GraphedCall's pool to share (see the module docstring for when that is safe).
     """
 
-    def __init__(self, fn, batch_shape, stream, before=None, warmup=2):
+    def __init__(self, fn, batch_shape, stream, before=None, warmup=2, pool=None):
         self.fn, self.before, self.warmup, self.stream = fn, before, warmup, stream
         cp = backend.cupy()
         with stream:
@@ -55,7 +62,7 @@ class GraphedCall:
         self.upload = backend.HostToDevice(2 * self.x.data.nbytes)
         self.graph, self.out, self.calls = None, None, 0
         self.pieces = []                       # (graph, work between it and the next graph)
-        self.pool = cp.cuda.MemoryPool()       # the graph's memory, see the module docstring
+        self.pool = pool if pool is not None else cp.cuda.MemoryPool()   # the graph's memory, see the module docstring
 
     def __call__(self, x, y):
         s = self.stream

@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 import nn
 import tensorgrad as tg
-from tensorgrad.kernels import ATTENTION_HEAD_SIZES
+from tensorgrad.kernels import ATTENTION_HEAD_SIZES, compile_ahead
 
 from . import distributed
 from .cuda_graph import GraphedCall
@@ -152,7 +152,9 @@ def make_runners(model, opt, tc, block_size, world=None):
         return train_step(model, opt, unstack(x, y), tc.grad_clip,
                           update=opt.apply if graphed else None, reduce_grads=reduce_grads, dtype=dtype)
     step = GraphedCall(graphed_step, shape, stream, before=opt.prepare)
-    evaluate = GraphedCall(lambda x, y, graphed: forward_loss(model, x, y, dtype), shape[1:], stream)
+    # one memory pool for both graphs: the loop reads each loss before the other graph runs
+    evaluate = GraphedCall(lambda x, y, graphed: forward_loss(model, x, y, dtype), shape[1:], stream,
+                           pool=step.pool)
     return step, evaluate, stream
 
 
@@ -425,6 +427,8 @@ def train(model_config, tc, data_dir, resume=False, progress=True, overwrite=Fal
     if problems:
         raise ConfigError("\n".join(problems))
     check_out_dir(tc.out_dir, resume, overwrite)
+    if tc.device == "cuda":     # NVRTC builds the step's kernels on every core while the data loads
+        compile_ahead(training_dtype(tc), model_config.n_embd // model_config.n_head)
     out = Path(tc.out_dir)
     data = TokenData(data_dir)
     if model_config.vocab_size < data.meta["vocab_size"]:

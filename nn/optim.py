@@ -10,7 +10,7 @@ import numpy as np
 
 from tensorgrad import backend, kernels
 from tensorgrad.function import no_grad
-from tensorgrad.kernels.adamw import N_HYPER, adamw_step, hyper_row, usable
+from tensorgrad.kernels.adamw import N_HYPER, adamw_many, hyper_row, usable
 
 
 class Optimizer:
@@ -141,10 +141,10 @@ class AdamW(Optimizer):
         return state
 
     # ------------------------------------------------------------ fused GPU path
-    # On the GPU each parameter is updated by one kernel (tensorgrad/kernels/adamw.cu)
-    # whose scalars (learning rate, bias corrections) sit in device memory. prepare()
-    # writes them (host work: step counts, schedules); apply() launches the kernels
-    # (device work only, so a CUDA graph can capture it and replay it every step).
+    # On the GPU one kernel updates every parameter (tensorgrad/kernels/adamw.cu). Its
+    # scalars (learning rate, bias corrections) sit in device memory: prepare() writes
+    # them (host work: step counts, schedules); apply() launches the kernel (device
+    # work only, so a CUDA graph can capture it and replay it every step).
     def _fused_params(self):
         """(index, param, group) of every parameter with a gradient, or None when the
         fused kernel can't take them all (CPU, float64, kernels off)."""
@@ -178,10 +178,9 @@ class AdamW(Optimizer):
         self._prepared = params
 
     def apply(self):
-        """Device side of a fused step: one kernel per parameter, nothing read back."""
-        for i, p, _ in self._prepared:
-            state = self.state[id(p)]
-            adamw_step(p.data, p.grad, state["exp_avg"], state["exp_avg_sq"], self._hyper[i])
+        """Device side of a fused step: one kernel for all parameters, nothing read back."""
+        adamw_many([(p.data, p.grad, self.state[id(p)]["exp_avg"], self.state[id(p)]["exp_avg_sq"], i)
+                    for i, p, _ in self._prepared], self._hyper)
 
     def step(self):
         if self._fused_params() is not None:

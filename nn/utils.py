@@ -1,7 +1,8 @@
 """Gradient clipping by global norm, computed on the device without a host sync."""
 import numpy as np
 
-from tensorgrad import backend
+from tensorgrad import backend, kernels
+from tensorgrad.kernels.adamw import usable
 from tensorgrad.tensor import Tensor
 
 
@@ -18,6 +19,8 @@ def clip_grad_norm_(parameters, max_norm, eps=1e-6):
             grads.append(p.grad)
     if not grads:
         return Tensor(0.0)
+    if kernels.enabled() and usable(*grads):    # float32 on the GPU: three launches for all of them
+        return Tensor.from_array(kernels.clip_grads(grads, max_norm, eps))
     xp = backend.get_array_module(grads[0])
     # each gradient's sum of squares into one slot of a device vector (not xp.stack: CuPy
     # copies a table of pointers from the host for that, which a CUDA graph can't capture)

@@ -465,6 +465,91 @@ def test_dropout_kernel_keep_rate_and_same_mask_backward(cp):
         assert cp.array_equal(kernels.dropout(view, p, slot, residual=r), kernels.dropout(view.copy(), p, slot, residual=r))
 
 
+def test_dropout_kernel_p0_is_identity_and_exact_add(cp):
+    """p = 0 (evaluation's fused residual add) draws nothing: y = x, and r + x exactly."""
+    for n in (1, 7, 1000, 100_003):
+        x = cp.asarray(rng.standard_normal(n).astype(np.float32))
+        r = cp.asarray(rng.standard_normal(n).astype(np.float32))
+        slot = kernels.rng_slot()
+        assert cp.array_equal(kernels.dropout(x, 0.0, slot), x)
+        assert cp.array_equal(kernels.dropout(x, 0.0, slot, residual=r), r + x)
+        assert cp.array_equal(kernels.dropout(x[1:], 0.0, slot, residual=r[1:]), r[1:] + x[1:])  # scalar path
+
+
+def test_compile_ahead_builds_on_threads_and_kernels_run(cp, monkeypatch):
+    """compile_ahead leaves Futures that launch() waits on; the modules work like lazily built ones."""
+    monkeypatch.setattr(kernels, "_modules", {})
+    monkeypatch.setattr(kernels, "_functions", {})
+    kernels.compile_ahead("float32", head_size=64)
+    keys = list(kernels._modules)
+    assert ("adamw", np.dtype(np.float32), ()) in keys
+    assert ("attention", np.dtype(np.float32), (("TG_HEAD_DIM", 64), ("TG_MMA", 0))) in keys
+    x = cp.asarray(rng.standard_normal((5, 65)).astype(np.float32))
+    xd = x.astype(np.float64)
+    ref = 0.5 * xd * (1 + cp.tanh(0.7978845608028654 * (xd + 0.044715 * xd ** 3)))
+    assert float(cp.abs(kernels.gelu_forward(x) - ref).max()) < 1e-5
+    q = cp.asarray(rng.standard_normal((1, 2, 70, 64)).astype(np.float32))
+    out = cp.empty_like(q)
+    kernels.attention_forward(q, q, q, out, True, 0.125, 0.0, kernels.rng_slot())
+    s = cp.einsum("bhtd,bhsd->bhts", q, q) * 0.125
+    s = cp.where(cp.tril(cp.ones((70, 70), dtype=bool)), s, -cp.inf)
+    p = cp.exp(s - s.max(-1, keepdims=True))
+    ref = cp.einsum("bhts,bhsd->bhtd", p / p.sum(-1, keepdims=True), q)
+    assert float(cp.abs(out - ref).max()) < 1e-4
+    assert not any(isinstance(m, kernels.Future) for k, m in kernels._modules.items()
+                   if k[0] in ("gelu", "attention"))     # launched: the Futures were swapped for modules
+
+
+def _clip_reference(grads, max_norm, eps=1e-6):
+    norm = np.sqrt(sum(float((g.astype(np.float64) ** 2).sum()) for g in grads))
+    return norm, [g * min(max_norm / (norm + eps), 1.0) for g in grads]
+
+
+@pytest.mark.parametrize("max_norm", [0.5, 1e9])     # scaled, and under the limit (left alone)
+def test_clip_grads_many_arrays_match_reference(cp, max_norm):
+    sizes = [1, 7, 384, 65 * 384, 384 * 1536, 1_000_003]
+    host = [rng.standard_normal(n).astype(np.float32) * 1e-2 for n in sizes]
+    grads = [cp.asarray(h) for h in host]
+    norm = kernels.clip_grads(grads, max_norm)
+    ref_norm, ref = _clip_reference(host, max_norm)
+    print(f"clip_grads: norm {float(norm):.6f} vs {ref_norm:.6f}")
+    assert abs(float(norm) - ref_norm) <= 1e-5 * ref_norm
+    for g, r in zip(grads, ref):
+        np.testing.assert_allclose(g.get(), r, rtol=2e-6, atol=1e-12)
+    again = [cp.asarray(h) for h in host]
+    assert float(kernels.clip_grads(again, max_norm)) == float(norm)       # fixed summation order
+
+
+def test_clip_and_adamw_tables_made_in_a_capture_replay_right(cp):
+    """A CUDA graph replays the table a capture made: refill the gradients, replay, compare."""
+    from tensorgrad.kernels.adamw import N_HYPER, adamw_many, hyper_row
+    sizes = [3, 1000, 50_000]
+    grads = [cp.zeros(n, dtype=cp.float32) for n in sizes]
+    params = [cp.asarray(rng.standard_normal(n).astype(np.float32)) for n in sizes]
+    ms, vs = [cp.zeros_like(p) for p in params], [cp.zeros_like(p) for p in params]
+    hyper = cp.asarray(np.array([hyper_row(1e-2, 0.9, 0.99, 1e-8, 0.1, 1)] * len(sizes), dtype=np.float32))
+    assert hyper.shape == (len(sizes), N_HYPER)
+    stream = cp.cuda.Stream(non_blocking=True)
+    with stream:
+        stream.begin_capture()
+        norm = kernels.clip_grads(grads, 1.0)
+        adamw_many([(p, g, m, v, i) for i, (p, g, m, v) in enumerate(zip(params, grads, ms, vs))], hyper)
+        graph = stream.end_capture()
+        before = [p.get() for p in params]
+        host = [rng.standard_normal(n).astype(np.float32) for n in sizes]
+        for g, h in zip(grads, host):
+            g.set(h, stream=stream)
+        graph.launch(stream)
+        stream.synchronize()
+    ref_norm, clipped = _clip_reference(host, 1.0)
+    assert abs(float(norm) - ref_norm) <= 1e-5 * ref_norm
+    for p, p0, g in zip(params, before, clipped):     # first AdamW step: p*(1 - lr wd) - lr * sign-ish(g)
+        m = 0.1 * g
+        v = 0.01 * g * g
+        expect = p0 * (1 - 1e-2 * 0.1) - (1e-2 / 0.1) * m / (np.sqrt(v) / np.sqrt(0.01) + 1e-8)
+        np.testing.assert_allclose(p.get(), expect, rtol=1e-5, atol=1e-6)
+
+
 def test_dropout_op_on_cuda_uses_philox_and_manual_seed():
     x = tg.ones(100_000, device="cuda", requires_grad=True)
     tg.manual_seed(5)

@@ -140,8 +140,10 @@ def test_cuda_graph_dropout_changes_every_replay():
 
 
 def test_graph_memory_is_private_and_evaluation_does_not_clobber_training():
-    """The eval graph's temporaries must never be handed to arrays that live on (Adam state):
-    graphs own private pools. Train eagerly and graphed side by side with evaluations between."""
+    """The step and evaluation graphs share one pool, so each one's temporaries are the other's
+    memory: neither may reach arrays that live on (weights, Adam state), and each loss read
+    right after its call must be that call's. Train eagerly and graphed side by side with
+    evaluations between, the eval graph captured first."""
     from gpt.train import TrainConfig, make_runners
     cfg = GPTConfig(block_size=32, vocab_size=65, n_layer=2, n_head=2, n_embd=64, dropout=0.0)
     rng = np.random.default_rng(1)
@@ -161,5 +163,7 @@ def test_graph_memory_is_private_and_evaluation_does_not_clobber_training():
                     losses.append(evaluate(*batches[0]).item())   # evaluate first: its graph is made early
                 model.train()
                 losses.append(step(x, y).item())
+        if graph:
+            assert evaluate.pool is step.pool
         results[graph] = np.array(losses)
     np.testing.assert_allclose(results[True], results[False], rtol=1e-4)

@@ -20,14 +20,15 @@ tensor cores.
 import contextlib
 import os
 import re
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 
 from .. import backend
 
 _DIR = os.path.dirname(os.path.abspath(__file__))
-_modules = {}          # (file stem, dtype) -> cupy.RawModule
-_functions = {}        # (file stem, kernel name, dtype) -> cupy.RawKernel
+_modules = {}          # (file stem, dtype, defines) -> cupy.RawModule, or its Future (compile_ahead)
+_functions = {}        # (file stem, kernel name, dtype, defines) -> cupy.RawKernel
 _F32 = np.dtype(np.float32)
 ELEMENT_TYPES = tuple(d for d in (_F32, backend.bfloat16) if d is not None)   # what floatX can be
 _OPTIONS = ("-std=c++17",)
@@ -42,13 +43,15 @@ def enabled():
     return os.environ.get("TENSORGRAD_KERNELS", "1") != "0" and backend.cuda_available()
 
 
-def source(stem, dtype=_F32):
+def source(stem, dtype=_F32, defines=()):
     """The CUDA source of <stem>.cu for arrays of `dtype`, with common.cuh pasted in
     place of its #include (NVRTC compiles one string, and CuPy's disk cache keys on
     that string, so a change to the header recompiles too). For bfloat16 a first
-    line `#define TG_BF16 1` makes common.cuh's floatX __nv_bfloat16."""
+    line `#define TG_BF16 1` makes common.cuh's floatX __nv_bfloat16; `defines`,
+    (name, value) pairs, become #define lines too (attention.cu builds one head size)."""
     with open(os.path.join(_DIR, stem + ".cu")) as f:
         code = f.read()
+    code = "".join(f"#define {name} {value}\n" for name, value in defines) + code
     if np.dtype(dtype) != _F32:
         code = "#define TG_BF16 1\n" + code
 
@@ -58,26 +61,109 @@ def source(stem, dtype=_F32):
     return re.sub(r'^#include "([\w.]+\.cuh)"[ \t]*$', paste, code, flags=re.M)
 
 
-def _kernel(stem, name, dtype):
-    key = (stem, name, dtype)
+def _build(stem, dtype, defines):
+    """A compiled module (NVRTC, or CuPy's disk cache when this source was built before)."""
+    cp = backend.cupy()
+    mod = cp.RawModule(code=source(stem, dtype, defines), options=_OPTIONS)
+    mod.compile()
+    return mod
+
+
+def _kernel(stem, name, dtype, defines=()):
+    key = (stem, name, dtype, defines)
     fn = _functions.get(key)
     if fn is None:
-        mod = _modules.get((stem, dtype))
+        mod = _modules.get((stem, dtype, defines))
         if mod is None:
-            cp = backend.cupy()
-            mod = _modules[(stem, dtype)] = cp.RawModule(code=source(stem, dtype), options=_OPTIONS)
+            mod = _build(stem, dtype, defines)
+        elif isinstance(mod, Future):       # compile_ahead started it: wait for that thread
+            mod = mod.result()
+        _modules[(stem, dtype, defines)] = mod
         fn = _functions[key] = mod.get_function(name)
     return fn
 
 
-def launch(stem, name, grid, block, args, shared_mem=0, dtype=_F32):
-    """Run kernel `name` of <stem>.cu, built for arrays of `dtype`, on the current stream:
-    the one launch point. Dynamic shared memory over 48 KiB needs the kernel's opt-in,
-    set here once."""
-    fn = _kernel(stem, name, np.dtype(dtype))
+def launch(stem, name, grid, block, args, shared_mem=0, dtype=_F32, defines=()):
+    """Run kernel `name` of <stem>.cu, built for arrays of `dtype` (and `defines`), on the
+    current stream: the one launch point. Dynamic shared memory over 48 KiB needs the
+    kernel's opt-in, set here once."""
+    fn = _kernel(stem, name, np.dtype(dtype), defines)
     if shared_mem > 48 * 1024 and fn.max_dynamic_shared_size_bytes < shared_mem:
         fn.max_dynamic_shared_size_bytes = shared_mem
     fn(tuple(grid), tuple(block), args, shared_mem=shared_mem)
+
+
+def compile_ahead(dtype=_F32, head_size=None):
+    """Start compiling, on background threads, the modules a GPT's training step in `dtype`
+    launches (attention for one head size), and return at once. A first run on a machine
+    then waits for NVRTC once, all modules in parallel, instead of module after module as
+    the step reaches them; NVRTC lets go of the GIL, so the threads use every core while
+    the caller goes on (loading data, building the model). Later runs read CuPy's disk cache."""
+    if not enabled():
+        return
+    cp = backend.cupy()
+    device = cp.cuda.Device()       # this process's GPU: a new thread would start on GPU 0
+    dtypes = sorted({_F32, np.dtype(dtype)}, key=str)
+    wanted = [("adamw", _F32, ()), ("clip", _F32, ())]
+    wanted += [(stem, dt, ()) for stem in ("layernorm", "gelu", "dropout", "cross_entropy", "colsum")
+               for dt in dtypes]
+    if head_size in ATTENTION_HEAD_SIZES:
+        wanted += [("attention", np.dtype(dtype), _attention_defines(np.dtype(dtype), head_size))]
+    wanted = [key for key in wanted if key not in _modules]
+    if not wanted:
+        return
+
+    def build(key):
+        with device:
+            return _build(*key)
+    pool = ThreadPoolExecutor(max_workers=min(len(wanted), os.cpu_count() or 1),
+                              thread_name_prefix="tensorgrad-nvrtc")
+    for key in wanted:
+        _modules[key] = pool.submit(build, key)
+    pool.shutdown(wait=False)      # the threads finish their queue; _kernel waits on what it needs
+
+
+_tables = {}           # rows -> [device table, pinned host copy or None, kept for a graph]
+_EAGER_TABLES = 64     # tables made outside a capture that are kept for reuse
+
+
+def device_table(rows):
+    """The int64 device array (len(rows), k) of `rows` (addresses and sizes), for a kernel
+    that works on many arrays in one launch (adamw_many, the clipping kernels).
+
+    A CUDA graph replays its kernels with the arguments they were captured with, so a
+    table read by a captured kernel must hold the same addresses forever: one made while
+    the stream is capturing is copied from pinned host memory by a copy the graph itself
+    holds, and neither copy is ever freed or rewritten. Outside a capture a table is
+    uploaded directly and the last _EAGER_TABLES distinct ones are kept: a memory pool
+    hands each step's gradients the same addresses again, so steady steps upload nothing.
+    Equal rows always give the same table back (its contents never change)."""
+    key = tuple(tuple(int(v) for v in row) for row in rows)
+    cp = backend.cupy()
+    stream = cp.cuda.get_current_stream()
+    capturing = stream.is_capturing()
+    entry = _tables.get(key)
+    if entry is None:
+        host = np.array(key, dtype=np.int64)
+        if capturing:
+            pinned = cp.cuda.alloc_pinned_memory(host.nbytes)
+            staged = np.frombuffer(pinned, np.int64, host.size).reshape(host.shape)
+            staged[...] = host
+            table = cp.empty(host.shape, dtype=np.int64)
+            # a node of the graph that replays this copy (ndarray.set refuses to run in a
+            # capture; from pinned memory the runtime allows it)
+            cp.cuda.runtime.memcpyAsync(table.data.ptr, pinned.ptr, host.nbytes,
+                                        cp.cuda.runtime.memcpyHostToDevice, stream.ptr)
+            entry = [table, pinned, True]
+        else:
+            entry = [cp.asarray(host), None, False]
+            eager = [k for k, e in _tables.items() if not e[2]]
+            for old in eager[:max(0, len(eager) + 1 - _EAGER_TABLES)]:
+                del _tables[old]
+        _tables[key] = entry
+    if capturing:
+        entry[2] = True       # a graph reads it from now on: never drop it
+    return entry[0]
 
 
 _sm_count = None
@@ -381,6 +467,35 @@ def colsum(a):
     return out
 
 
+# ------------------------------------------------ gradient clipping, many at once
+def clip_grads(grads, max_norm, eps=1e-6):
+    """Scale the float32 arrays `grads` in place by min(1, max_norm / (norm + eps)), norm = the
+    L2 norm of all of them together (clip.cu, three launches); returns norm as a 0-d array."""
+    cp = backend.cupy()
+    for g in grads:
+        _arr(g, "gradient to clip")
+        if not g.flags.c_contiguous:
+            raise ValueError(f"clip_grads: gradients must be contiguous (scaled in place), got strides {g.strides}")
+    if not grads:
+        return cp.zeros((), dtype=cp.float32)
+    table = device_table([(g.data.ptr, g.size) for g in grads])
+    X = _share_blocks([g.size for g in grads])
+    part = cp.empty(len(grads) * X, dtype=cp.float32)
+    out = cp.empty(2, dtype=cp.float32)
+    launch("clip", "sumsq_partials", (X, len(grads)), (256,), (table, part))
+    launch("clip", "clip_coefficient", (1,), (1024,),
+           (part, np.int32(part.size), np.float32(max_norm), np.float32(eps), out))
+    launch("clip", "scale_many", (X, len(grads)), (256,), (table, out))
+    return out[0]
+
+
+def _share_blocks(sizes, threads=256):
+    """Blocks per array of a (X, n) many-array launch: the largest array gets up to one
+    element a thread, and all blocks together about 32 per SM (the smaller arrays' extra
+    blocks find no work and return)."""
+    return max(1, min(-(-max(sizes) // threads), -(-sm_count() * 32 // len(sizes))))
+
+
 # ------------------------------------------------- dropout (Philox, no stored mask)
 def rng_slot():
     """A fresh (seed, offset) slot in device memory for one dropout call: a one-thread
@@ -478,9 +593,14 @@ def _strides(*arrays):
     return tuple(np.int64(st // a.itemsize) for a in arrays for st in a.strides[:3])
 
 
-def _mma(q):
+def _mma(dtype):
     """bf16 attention runs its tile products on tensor cores (mma.sync); float32 on FMAs."""
-    return q.dtype != _F32 and os.environ.get("TENSORGRAD_ATTENTION_MMA", "1") != "0"
+    return dtype != _F32 and os.environ.get("TENSORGRAD_ATTENTION_MMA", "1") != "0"
+
+
+def _attention_defines(dtype, D):
+    """attention.cu is built one head size and one path (tensor cores or FMAs) per module."""
+    return (("TG_HEAD_DIM", D), ("TG_MMA", int(_mma(dtype))))
 
 
 def attention_forward(q, k, v, y, causal, scale, p, slot):
@@ -495,13 +615,13 @@ def attention_forward(q, k, v, y, causal, scale, p, slot):
     lse = cp.empty((B, H, T), dtype=cp.float32)
     drop16, dscale = drop_threshold(p)
     name, shared = f"attention_forward_{D}", (3 * _TILE * (D + 4) + _TILE * (_TILE + 4)) * 4
-    if _mma(q):
+    if _mma(q.dtype):
         # bf16: the tile products on tensor cores (attention.cu); Q, K and V^T tiles in bf16
         name, shared = f"attention_forward_mma_{D}", (2 * _TILE * (D + 8) + D * (_TILE + 8)) * 2
     launch("attention", name, (-(-T // _TILE), B * H), (128,),
            (q, k, v, y, lse) + _strides(q, k, v, y) +
            (np.int32(H), np.int32(T), np.int32(S), np.float32(scale), np.int32(causal), slot, drop16, dscale,
-            np.int32(_vec4(q, k, v))), shared_mem=shared, dtype=q.dtype)
+            np.int32(_vec4(q, k, v))), shared_mem=shared, dtype=q.dtype, defines=_attention_defines(q.dtype, D))
     return lse
 
 
@@ -519,11 +639,12 @@ def attention_backward(g, q, k, v, y, lse, causal, scale, p, slot, dq, dk, dv):
     rows = B * H * T
     dot = cp.empty((B, H, T), dtype=cp.float32)
     ys = _strides(y)
+    build = _attention_defines(q.dtype, D)
     launch("attention", "attention_row_dot", (-(-rows // 8),), (256,),
-           (g, y, dot) + ys + (np.int32(H), np.int32(T), np.int32(D), np.int32(rows)), dtype=q.dtype)
+           (g, y, dot) + ys + (np.int32(H), np.int32(T), np.int32(D), np.int32(rows)), dtype=q.dtype, defines=build)
     tail = _strides(q, k, v, y) + (np.int32(H), np.int32(T), np.int32(S), np.float32(scale), np.int32(causal),
                                    slot, drop16, dscale, np.int32(_vec4(q, k, v, g)))
-    if _mma(q):      # bf16 on tensor cores: bf16 row-major and transposed tiles, keep flags (kv)
+    if _mma(q.dtype):      # bf16 on tensor cores: bf16 row-major and transposed tiles, keep flags (kv)
         rows, cols = _TILE * (D + 8), D * (_TILE + 8)
         kv, qq = f"attention_backward_kv_mma_{D}", f"attention_backward_q_mma_{D}"
         kv_shared, q_shared = (4 * rows + 2 * cols) * 2 + 2 * _TILE * 4 + _TILE * _TILE, (4 * rows + cols) * 2
@@ -532,9 +653,9 @@ def attention_backward(g, q, k, v, y, lse, causal, scale, p, slot, dq, dk, dv):
         kv, qq = f"attention_backward_kv_{D}", f"attention_backward_q_{D}"
         kv_shared, q_shared = (4 * tile + 2 * ptile + 2 * _TILE) * 4, (4 * tile + ptile + 2 * _TILE) * 4
     launch("attention", kv, (-(-S // _TILE), B * H), (128,),
-           (q, k, v, g, lse, dot, dk, dv) + tail, shared_mem=kv_shared, dtype=q.dtype)
+           (q, k, v, g, lse, dot, dk, dv) + tail, shared_mem=kv_shared, dtype=q.dtype, defines=build)
     launch("attention", qq, (-(-T // _TILE), B * H), (128,),
-           (q, k, v, g, lse, dot, dq) + tail, shared_mem=q_shared, dtype=q.dtype)
+           (q, k, v, g, lse, dot, dq) + tail, shared_mem=q_shared, dtype=q.dtype, defines=build)
 
 
 def attention_dropout_mask(BH, T, S, p, slot):
@@ -544,5 +665,5 @@ def attention_dropout_mask(BH, T, S, p, slot):
     out = cp.empty((BH, T, S), dtype=cp.float32)
     n = BH * T * (-(-S // _TILE)) * 8
     launch("attention", "attention_dropout_mask", (elementwise_grid(n),), (256,),
-           (out, np.int32(BH), np.int32(T), np.int32(S), slot, drop16, dscale))
+           (out, np.int32(BH), np.int32(T), np.int32(S), slot, drop16, dscale), defines=(("TG_HEAD_DIM", 0),))
     return out

@@ -12,14 +12,17 @@
 // learning rate and step count on every replay:
 //   hyper = {1 - lr*wd, 1 - b1, b2, 1 - b2, 1/sqrt(1 - b2^t), eps, lr/(1 - b1^t)}
 //
-// Launch: 1-D grid-stride loop, 256 threads a block; n may exceed 2^31.
-extern "C" __global__ void adamw_step(float* __restrict__ p, const float* __restrict__ g,
-                                      float* __restrict__ m, float* __restrict__ v, long long n,
-                                      const float* __restrict__ hyper) {
+// Launch: all parameters in one launch. Row t of `table` (int64, kernels.device_table)
+// holds parameter t's addresses of p, g, m, v, its size and its row of hyper; block
+// (x, t) of an (X, n) grid walks its share of parameter t (grid-stride; a size may
+// exceed 2^31). A GPT has dozens of parameters: one launch each would cost more
+// than the update itself.
+__device__ __forceinline__ void adamw_range(float* __restrict__ p, const float* __restrict__ g,
+                                            float* __restrict__ m, float* __restrict__ v, long long n,
+                                            const float* __restrict__ hyper, long long first, long long stride) {
     const float decay = hyper[0], one_minus_b1 = hyper[1], b2 = hyper[2], one_minus_b2 = hyper[3];
     const float inv_sqrt_bc2 = hyper[4], eps = hyper[5], step_size = hyper[6];
-    long long stride = (long long)gridDim.x * blockDim.x;
-    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
+    for (long long i = first; i < n; i += stride) {
         float gi = g[i];
         float mi = m[i] + one_minus_b1 * (gi - m[i]);
         float vi = b2 * v[i] + one_minus_b2 * gi * gi;
@@ -28,4 +31,12 @@ extern "C" __global__ void adamw_step(float* __restrict__ p, const float* __rest
         float denom = sqrtf(vi) * inv_sqrt_bc2 + eps;
         p[i] = p[i] * decay - step_size * mi / denom;
     }
+}
+
+extern "C" __global__ void adamw_many(const long long* __restrict__ table, const float* __restrict__ hyper,
+                                      int n_hyper) {
+    const long long* row = table + 6 * (long long)blockIdx.y;    // p, g, m, v, size, hyper row
+    adamw_range((float*)row[0], (const float*)row[1], (float*)row[2], (float*)row[3], row[4],
+                hyper + row[5] * n_hyper, (long long)blockIdx.x * blockDim.x + threadIdx.x,
+                (long long)gridDim.x * blockDim.x);
 }

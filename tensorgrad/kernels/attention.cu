@@ -800,9 +800,32 @@ extern "C" __global__ void __launch_bounds__(NT) attention_backward_q_##D(      
                                  dscale, vec);                                                                 \
 }
 
+// The loader builds one head size per module (TG_HEAD_DIM; 0 for none, only the two
+// small kernels below) and, in bf16, only the tensor-core or only the FMA kernels
+// (TG_MMA), so a first run on a machine compiles a sixth of this file. With neither
+// set (nvcc --ptx, the compile test) every kernel is built.
+#ifdef TG_HEAD_DIM
+#define HEAD_DIM(D) (TG_HEAD_DIM == D)
+#else
+#define HEAD_DIM(D) 1
+#endif
+#ifdef TG_MMA
+#define FMA_PATH (!TG_MMA)
+#define MMA_PATH (TG_MMA)
+#else
+#define FMA_PATH 1
+#define MMA_PATH 1
+#endif
+
+#if FMA_PATH && HEAD_DIM(32)
 ATTENTION_KERNELS(32)
+#endif
+#if FMA_PATH && HEAD_DIM(64)
 ATTENTION_KERNELS(64)
+#endif
+#if FMA_PATH && HEAD_DIM(128)
 ATTENTION_KERNELS(128)
+#endif
 
 #ifdef TG_BF16
 #define ATTENTION_MMA_KERNEL(D)                                                                                \
@@ -826,12 +849,18 @@ extern "C" __global__ void __launch_bounds__(NT) attention_backward_q_mma_##D(  
     attention_backward_q_mma_body<D>(q, k, v, dy, lse, dot, dq, STRIDES, H, T, S, scale, causal, rng, drop16,  \
                                      dscale, vec);                                                             \
 }
+#if MMA_PATH && HEAD_DIM(32)
 ATTENTION_MMA_KERNEL(32)
-ATTENTION_MMA_KERNEL(64)
-ATTENTION_MMA_KERNEL(128)
 ATTENTION_MMA_BACKWARD(32)
+#endif
+#if MMA_PATH && HEAD_DIM(64)
+ATTENTION_MMA_KERNEL(64)
 ATTENTION_MMA_BACKWARD(64)
+#endif
+#if MMA_PATH && HEAD_DIM(128)
+ATTENTION_MMA_KERNEL(128)
 ATTENTION_MMA_BACKWARD(128)
+#endif
 #endif
 
 // The mask the kernels draw, written out (1 / (1 - p) or 0) for tests: (B*H, T, S)

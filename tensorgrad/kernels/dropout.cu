@@ -39,11 +39,16 @@ __device__ __forceinline__ void dropout_body(const TX* __restrict__ x, const TR*
     const long long groups = (n + 7) >> 3;
     const long long stride = (long long)gridDim.x * blockDim.x;
     for (long long gi = (long long)blockIdx.x * blockDim.x + threadIdx.x; gi < groups; gi += stride) {
-        const Philox4 bits = philox_draw(rng, (unsigned int)gi, (unsigned int)(gi >> 32), DROPOUT_TAG);
         const long long i0 = gi << 3;
         float z[8];
+        if (drop16 == 0) {      // p = 0 (evaluation): every element kept, no numbers to draw
 #pragma unroll
-        for (int u = 0; u < 8; ++u) z[u] = philox_u16(bits, u) >= drop16 ? scale : 0.f;
+            for (int u = 0; u < 8; ++u) z[u] = scale;
+        } else {
+            const Philox4 bits = philox_draw(rng, (unsigned int)gi, (unsigned int)(gi >> 32), DROPOUT_TAG);
+#pragma unroll
+            for (int u = 0; u < 8; ++u) z[u] = philox_u16(bits, u) >= drop16 ? scale : 0.f;
+        }
         if (vec && i0 + 8 <= n) {
             // a thread's 8 elements as two vector loads: a warp reads one contiguous
             // sweep (8 scalar loads at a stride of 8 elements would each touch 32 sectors)
