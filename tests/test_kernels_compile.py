@@ -4,9 +4,9 @@ Compiles exactly the string the loader hands to NVRTC (common.cuh pasted in),
 so a kernel that would fail to compile on the GPU machine fails here, in CI.
 Which files and kernels to check comes from the sources themselves: every .cu
 file of tensorgrad/kernels, and in it every `extern "C" __global__` function,
-including those a macro stamps out once per value (attention_forward_##D with
-ATTENTION_KERNELS(32), ...). The compiles run side by side to keep this test to
-a few seconds.
+including those a macro stamps out once per use (attention_forward##PATH##_##D
+with ATTENTION_KERNELS(32, ), ...). The compiles run side by side to keep this
+test to a few seconds.
 """
 import os
 import re
@@ -21,17 +21,20 @@ from tensorgrad import kernels
 KERNEL_DIR = os.path.dirname(kernels.__file__)
 STEMS = sorted(f[:-3] for f in os.listdir(KERNEL_DIR) if f.endswith(".cu"))
 
-_ENTRY = re.compile(r'extern\s+"C"\s+__global__\s+void\s+(?:__launch_bounds__\([^)]*\)\s+)?(\w+(?:##\w+)?)\s*\(')
-_MACRO = re.compile(r"^#define\s+(\w+)\((\w+)\)((?:.*\\\n)*.*)$", re.M)
+_MACRO = re.compile(r"^#define\s+(\w+)\(([\w\s,]+)\)((?:.*\\\n)*.*)$", re.M)
+_ENTRY = re.compile(r'extern\s+"C"\s+__global__\s+void\s+(?:__launch_bounds__\([^)]*\)\s+)?(\w+(?:##\w+)*)\s*\(')
 
 
 def kernel_names(src):
-    """The extern "C" kernels a source defines, macro-generated ones expanded by the macro's uses."""
+    """The extern "C" kernels a source defines, macro-generated ones expanded by the macro's uses
+    (ATTENTION_KERNELS(64, _mma) pastes attention_forward##PATH##_##D into attention_forward_mma_64)."""
     names = [n for n in _ENTRY.findall(src) if "##" not in n]
-    for macro, param, body in _MACRO.findall(src):
-        values = re.findall(rf"^{macro}\((\w+)\)", src, re.M)
-        for stem in _ENTRY.findall(body):
-            names += [stem.replace("##" + param, v) for v in values]
+    for macro, params, body in _MACRO.findall(src):
+        params = [p.strip() for p in params.split(",")]
+        for args in re.findall(rf"^{macro}\(([^)]*)\)", src, re.M):
+            value = dict(zip(params, (a.strip() for a in args.split(","))))
+            for stem in _ENTRY.findall(body):
+                names.append("".join(value.get(piece, piece) for piece in stem.split("##")))
     return names
 
 

@@ -779,25 +779,29 @@ __device__ void attention_backward_kv_mma_body(const floatX* __restrict__ q, con
 #define STRIDE_PARAMS long long qb, long long qh, long long qt, long long kb, long long kh, long long kt,     \
                       long long vb, long long vh, long long vt, long long yb, long long yh, long long yt
 #define STRIDES Strides{qb, qh, qt}, Strides{kb, kh, kt}, Strides{vb, vh, vt}, Strides{yb, yh, yt}
-#define ATTENTION_KERNELS(D)                                                                                   \
-extern "C" __global__ void __launch_bounds__(NT) attention_forward_##D(                                        \
+// One set of entry points per path and head size: PATH is empty for the float-FMA
+// kernels (attention_forward_64, ...) and _mma for the tensor-core ones
+// (attention_forward_mma_64, ..., bf16 only); each calls the body of its path.
+#define ATTENTION_KERNELS(D, PATH)                                                                             \
+extern "C" __global__ void __launch_bounds__(NT) attention_forward##PATH##_##D(                                \
         const floatX* q, const floatX* k, const floatX* v, floatX* y, float* lse, STRIDE_PARAMS, int H, int T, \
         int S, float scale, int causal, const unsigned int* rng, unsigned int drop16, float dscale, int vec) { \
-    attention_forward_body<D>(q, k, v, y, lse, STRIDES, H, T, S, scale, causal, rng, drop16, dscale, vec);    \
+    attention_forward##PATH##_body<D>(q, k, v, y, lse, STRIDES, H, T, S, scale, causal, rng, drop16, dscale,  \
+                                      vec);                                                                    \
 }                                                                                                              \
-extern "C" __global__ void __launch_bounds__(NT) attention_backward_kv_##D(                                    \
+extern "C" __global__ void __launch_bounds__(NT) attention_backward_kv##PATH##_##D(                            \
         const floatX* q, const floatX* k, const floatX* v, const floatX* dy, const float* lse,                 \
-        const float* dot, floatX* dk, floatX* dv, STRIDE_PARAMS, int H, int T, int S, float scale, int causal,                     \
+        const float* dot, floatX* dk, floatX* dv, STRIDE_PARAMS, int H, int T, int S, float scale, int causal,  \
         const unsigned int* rng, unsigned int drop16, float dscale, int vec) {                                 \
-    attention_backward_kv_body<D>(q, k, v, dy, lse, dot, dk, dv, STRIDES, H, T, S, scale, causal, rng,         \
-                                  drop16, dscale, vec);                                                        \
+    attention_backward_kv##PATH##_body<D>(q, k, v, dy, lse, dot, dk, dv, STRIDES, H, T, S, scale, causal, rng, \
+                                          drop16, dscale, vec);                                                \
 }                                                                                                              \
-extern "C" __global__ void __launch_bounds__(NT) attention_backward_q_##D(                                     \
+extern "C" __global__ void __launch_bounds__(NT) attention_backward_q##PATH##_##D(                             \
         const floatX* q, const floatX* k, const floatX* v, const floatX* dy, const float* lse,                 \
-        const float* dot, floatX* dq, STRIDE_PARAMS, int H, int T, int S, float scale, int causal, const unsigned int* rng,       \
-        unsigned int drop16, float dscale, int vec) {                                                          \
-    attention_backward_q_body<D>(q, k, v, dy, lse, dot, dq, STRIDES, H, T, S, scale, causal, rng, drop16,      \
-                                 dscale, vec);                                                                 \
+        const float* dot, floatX* dq, STRIDE_PARAMS, int H, int T, int S, float scale, int causal,             \
+        const unsigned int* rng, unsigned int drop16, float dscale, int vec) {                                 \
+    attention_backward_q##PATH##_body<D>(q, k, v, dy, lse, dot, dq, STRIDES, H, T, S, scale, causal, rng,      \
+                                         drop16, dscale, vec);                                                 \
 }
 
 // The loader builds one head size per module (TG_HEAD_DIM; 0 for none, only the two
@@ -818,48 +822,23 @@ extern "C" __global__ void __launch_bounds__(NT) attention_backward_q_##D(      
 #endif
 
 #if FMA_PATH && HEAD_DIM(32)
-ATTENTION_KERNELS(32)
+ATTENTION_KERNELS(32, )
 #endif
 #if FMA_PATH && HEAD_DIM(64)
-ATTENTION_KERNELS(64)
+ATTENTION_KERNELS(64, )
 #endif
 #if FMA_PATH && HEAD_DIM(128)
-ATTENTION_KERNELS(128)
+ATTENTION_KERNELS(128, )
 #endif
-
 #ifdef TG_BF16
-#define ATTENTION_MMA_KERNEL(D)                                                                                \
-extern "C" __global__ void __launch_bounds__(NT) attention_forward_mma_##D(                                    \
-        const floatX* q, const floatX* k, const floatX* v, floatX* y, float* lse, STRIDE_PARAMS, int H, int T, \
-        int S, float scale, int causal, const unsigned int* rng, unsigned int drop16, float dscale, int vec) { \
-    attention_forward_mma_body<D>(q, k, v, y, lse, STRIDES, H, T, S, scale, causal, rng, drop16, dscale, vec); \
-}
-#define ATTENTION_MMA_BACKWARD(D)                                                                              \
-extern "C" __global__ void __launch_bounds__(NT) attention_backward_kv_mma_##D(                                \
-        const floatX* q, const floatX* k, const floatX* v, const floatX* dy, const float* lse,                 \
-        const float* dot, floatX* dk, floatX* dv, STRIDE_PARAMS, int H, int T, int S, float scale, int causal,  \
-        const unsigned int* rng, unsigned int drop16, float dscale, int vec) {                                 \
-    attention_backward_kv_mma_body<D>(q, k, v, dy, lse, dot, dk, dv, STRIDES, H, T, S, scale, causal, rng,     \
-                                      drop16, dscale, vec);                                                    \
-}                                                                                                              \
-extern "C" __global__ void __launch_bounds__(NT) attention_backward_q_mma_##D(                                 \
-        const floatX* q, const floatX* k, const floatX* v, const floatX* dy, const float* lse,                 \
-        const float* dot, floatX* dq, STRIDE_PARAMS, int H, int T, int S, float scale, int causal,             \
-        const unsigned int* rng, unsigned int drop16, float dscale, int vec) {                                 \
-    attention_backward_q_mma_body<D>(q, k, v, dy, lse, dot, dq, STRIDES, H, T, S, scale, causal, rng, drop16,  \
-                                     dscale, vec);                                                             \
-}
 #if MMA_PATH && HEAD_DIM(32)
-ATTENTION_MMA_KERNEL(32)
-ATTENTION_MMA_BACKWARD(32)
+ATTENTION_KERNELS(32, _mma)
 #endif
 #if MMA_PATH && HEAD_DIM(64)
-ATTENTION_MMA_KERNEL(64)
-ATTENTION_MMA_BACKWARD(64)
+ATTENTION_KERNELS(64, _mma)
 #endif
 #if MMA_PATH && HEAD_DIM(128)
-ATTENTION_MMA_KERNEL(128)
-ATTENTION_MMA_BACKWARD(128)
+ATTENTION_KERNELS(128, _mma)
 #endif
 #endif
 
