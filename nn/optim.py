@@ -179,8 +179,11 @@ class AdamW(Optimizer):
 
     def apply(self):
         """Device side of a fused step: one kernel for all parameters, nothing read back."""
-        adamw_many([(p.data, p.grad, self.state[id(p)]["exp_avg"], self.state[id(p)]["exp_avg_sq"], i)
-                    for i, p, _ in self._prepared], self._hyper)
+        rows = []
+        for i, p, _ in self._prepared:
+            state = self.state[id(p)]
+            rows.append((p.data, p.grad, state["exp_avg"], state["exp_avg_sq"], i))
+        adamw_many(rows, self._hyper)
 
     def step(self):
         if self._fused_params() is not None:
