@@ -6,7 +6,7 @@ from .gradcheck import GradcheckError, gradcheck
 from .ops import *  # noqa: F401,F403  (every op, and Tensor's operators)
 from .ops import __all__ as _ops_all
 from .autocast import autocast    # after ops: the ops import autocast.py, which uses their cast
-from .tensor import (Tensor, arange, as_tensor, bfloat16, bool_, float16, float32, float64, full, get_default_dtype, int32,
+from .tensor import (Tensor, arange, grad, as_tensor, bfloat16, bool_, float16, float32, float64, full, get_default_dtype, int32,
                      int64, manual_seed, set_default_dtype, ones, ones_like, rand, randint, randn, tensor, zeros, zeros_like)
 
 __version__ = "0.1.0"

@@ -218,55 +218,12 @@ class Tensor:
         grad: the gradient of some scalar with respect to self; may be omitted
         only when self has one element (then it is 1).
         """
-        if not self.requires_grad:
-            raise RuntimeError("backward(): this tensor does not require grad, so there is no graph "
-                               "to differentiate (did you forget requires_grad=True, or call it inside no_grad()?)")
-        xp = backend.get_array_module(self.data)
-        if grad is None:
-            if self.data.size != 1:
-                raise RuntimeError(f"backward(): output has shape {self.shape}; gradients can be implied only "
-                                   "for a one-element output, so pass backward(grad) with a gradient of that shape")
-            grad = xp.ones_like(self.data)
-        else:
-            grad = grad.data if isinstance(grad, Tensor) else xp.asarray(grad, dtype=self.dtype)
-            if tuple(grad.shape) != self.shape:
-                raise ValueError(f"backward(): gradient shape {tuple(grad.shape)} does not match output shape {self.shape}")
-
-        # graph nodes are Functions and leaf Tensors (see function.py); run each
-        # Function's backward once all gradients flowing into its output are summed
-        root = self._ctx or self         # a leaf is its own node
-        order = _topological_order(root)
-        grads = {id(root): grad}
-        for node in reversed(order):
-            g = grads.pop(id(node), None)
-            if g is None:
-                continue
-            if isinstance(node, Tensor):  # a leaf: keep the sum
-                if node.grad is None:
-                    node.grad = g.copy()  # g may be shared with other grads: own it
-                else:
-                    node.grad += g
-                continue
-            fn = node
-            if fn.freed:
-                raise RuntimeError("backward(): the graph was already freed by an earlier backward(); "
-                                   "pass retain_graph=True to the first call to go through it twice")
-            in_grads = fn.backward(g)
-            if not isinstance(in_grads, tuple):
-                in_grads = (in_grads,)
-            for edge, meta, ig in zip(fn.inputs, fn.input_meta, in_grads):
-                if ig is None or edge is None:
-                    continue
-                if isinstance(ig, np.generic):
-                    ig = np.asarray(ig)
-                if ig.shape != meta[0] or ig.dtype != meta[1]:
-                    raise RuntimeError(f"internal error: {type(fn).__name__}.backward returned a gradient of "
-                                       f"shape {ig.shape} {ig.dtype} for an input of shape {meta[0]} {meta[1]}")
-                prev = grads.get(id(edge))
-                grads[id(edge)] = ig if prev is None else prev + ig
-            if not retain_graph:
-                fn.__dict__.clear()   # drop the arrays it saved (and its edges)
-                fn.freed = True
+        def into_leaf(leaf, g):                  # keep the sum
+            if leaf.grad is None:
+                leaf.grad = g.copy()             # g may be shared with other grads: own it
+            else:
+                leaf.grad += g
+        _backpropagate(self, grad, retain_graph, "backward()", into_leaf)
 
     # --------------------------------------------------------------- operators
     # (bound at the end of ops/__init__.py, next to the ops themselves)
@@ -384,3 +341,87 @@ def as_tensor(x, dtype=None, device=None):
 __all__ = ["Tensor", "tensor", "zeros", "ones", "full", "randn", "rand", "randint", "arange",
            "zeros_like", "ones_like", "manual_seed", "is_grad_enabled", "as_tensor", "get_default_dtype",
            "set_default_dtype"]
+
+
+def _backpropagate(root_tensor, grad, retain_graph, caller, into_leaf, on_node=None):
+    """The engine: run the graph behind root_tensor backwards from grad. Each leaf's
+    summed gradient goes to into_leaf(leaf, g); on_node(node, g), when given, sees the
+    summed gradient of every node (Function or leaf) before it is used."""
+    self = root_tensor
+    if not self.requires_grad:
+        raise RuntimeError(f"{caller}: this tensor does not require grad, so there is no graph "
+                           "to differentiate (did you forget requires_grad=True, or call it inside no_grad()?)")
+    xp = backend.get_array_module(self.data)
+    if grad is None:
+        if self.data.size != 1:
+            raise RuntimeError(f"{caller}: output has shape {self.shape}; gradients can be implied only "
+                               "for a one-element output, so pass a gradient of that shape")
+        grad = xp.ones_like(self.data)
+    else:
+        grad = grad.data if isinstance(grad, Tensor) else xp.asarray(grad, dtype=self.dtype)
+        if tuple(grad.shape) != self.shape:
+            raise ValueError(f"{caller}: gradient shape {tuple(grad.shape)} does not match output shape {self.shape}")
+
+    # graph nodes are Functions and leaf Tensors (see function.py); run each
+    # Function's backward once all gradients flowing into its output are summed
+    root = self._ctx or self         # a leaf is its own node
+    order = _topological_order(root)
+    grads = {id(root): grad}
+    for node in reversed(order):
+        g = grads.pop(id(node), None)
+        if g is None:
+            continue
+        if on_node is not None:
+            on_node(node, g)
+        if isinstance(node, Tensor):
+            into_leaf(node, g)
+            continue
+        fn = node
+        if fn.freed:
+            raise RuntimeError(f"{caller}: the graph was already freed by an earlier backward(); "
+                               "pass retain_graph=True to the first call to go through it twice")
+        in_grads = fn.backward(g)
+        if not isinstance(in_grads, tuple):
+            in_grads = (in_grads,)
+        for edge, meta, ig in zip(fn.inputs, fn.input_meta, in_grads):
+            if ig is None or edge is None:
+                continue
+            if isinstance(ig, np.generic):
+                ig = np.asarray(ig)
+            if ig.shape != meta[0] or ig.dtype != meta[1]:
+                raise RuntimeError(f"internal error: {type(fn).__name__}.backward returned a gradient of "
+                                   f"shape {ig.shape} {ig.dtype} for an input of shape {meta[0]} {meta[1]}")
+            prev = grads.get(id(edge))
+            grads[id(edge)] = ig if prev is None else prev + ig
+        if not retain_graph:
+            fn.__dict__.clear()   # drop the arrays it saved (and its edges)
+            fn.freed = True
+
+
+def grad(output, inputs, grad_output=None, retain_graph=False, allow_unused=False):
+    """d(output)/d(input) for each of inputs, returned as arrays; no .grad is touched
+    (PyTorch's torch.autograd.grad). Two graphs can go backward at once on two threads
+    this way, each keeping its own gradients, with no race on a shared leaf's .grad.
+
+    inputs: a Tensor or a list of them, leaves or results of ops in output's graph.
+    grad_output: as backward()'s grad. An input the output does not depend on is an
+    error, or None with allow_unused=True.
+    """
+    single = isinstance(inputs, Tensor)
+    inputs = [inputs] if single else list(inputs)
+    for i, t in enumerate(inputs):
+        if not isinstance(t, Tensor):
+            raise TypeError(f"grad(): inputs[{i}] is a {type(t).__name__}, not a Tensor")
+    wanted = {id(t._ctx or t): k for k, t in enumerate(inputs)}    # a result is found by its Function
+    found = [None] * len(inputs)
+
+    def keep(node, g):
+        k = wanted.get(id(node))
+        if k is not None:
+            found[k] = g.copy()          # g may be shared with other grads, or reused by a backward: own it
+    _backpropagate(output, grad_output, retain_graph, "grad()", lambda leaf, g: None, on_node=keep)
+    for t, g in zip(inputs, found):
+        if g is None and not allow_unused:
+            raise RuntimeError(f"grad(): an input of shape {t.shape} is not used to compute the output "
+                               "(pass allow_unused=True to get None for it)")
+    return found[0] if single else found

@@ -300,3 +300,59 @@ def test_import_keeps_freed_memory_unless_switched_off(monkeypatch):
     monkeypatch.delenv("TENSORGRAD_KEEP_FREED_MEMORY")
     tg.backend._keep_freed_memory_on_import()
     assert calls == [True]
+
+
+# ------------------------------------------------------------ grad(): gradients returned
+def test_grad_returns_what_backward_accumulates_and_touches_no_grad():
+    tg.manual_seed(0)
+    w = tg.randn(3, 4, requires_grad=True)
+    b = tg.randn(4, requires_grad=True)
+    x = tg.randn(5, 3)
+
+    def loss():
+        h = (x @ w + b).tanh()
+        return (h * h).sum() + (w * w).sum()            # w reached twice: its two gradients summed
+    gw, gb = tg.grad(loss(), [w, b])
+    assert w.grad is None and b.grad is None
+    loss().backward()
+    np.testing.assert_array_equal(gw, w.grad)
+    np.testing.assert_array_equal(gb, b.grad)
+
+
+def test_grad_of_an_intermediate_result_and_unused_inputs():
+    x = tg.tensor([1.0, 2.0, 3.0], requires_grad=True)
+    h = x * 2.0                                          # not a leaf: found by the op that made it
+    out = (h * h).sum()
+    gh, gx = tg.grad(out, [h, x])
+    np.testing.assert_allclose(gh, 2 * h.data)
+    np.testing.assert_allclose(gx, 8 * x.data)
+    unused = tg.tensor([1.0], requires_grad=True)
+    with pytest.raises(RuntimeError, match="not used to compute the output"):
+        tg.grad((x * 3.0).sum(), [x, unused])
+    gx, gu = tg.grad((x * 3.0).sum(), [x, unused], allow_unused=True)
+    np.testing.assert_allclose(gx, 3.0)
+    assert gu is None
+    with pytest.raises(TypeError, match=r"inputs\[0\] is a ndarray"):
+        tg.grad((x * 3.0).sum(), [np.ones(3)])
+
+
+def test_grad_on_two_threads_at_once_keeps_each_graphs_gradients():
+    """Two graphs over one shared weight going backward concurrently: each gets its own."""
+    import threading
+    tg.manual_seed(1)
+    w = tg.randn(64, 64, requires_grad=True)
+    xs = [tg.randn(256, 64) for _ in range(2)]
+    want = [tg.grad(((x @ w).tanh()).sum(), w) for x in xs]
+    got = [None, None]
+
+    def run(i):
+        for _ in range(20):
+            got[i] = tg.grad(((xs[i] @ w).tanh()).sum(), w)
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for g, h in zip(got, want):
+        np.testing.assert_array_equal(g, h)
+    assert w.grad is None
