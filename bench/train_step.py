@@ -27,7 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import nn  # noqa: E402  (from the checkout just put on sys.path)
 import tensorgrad as tg  # noqa: E402
 from gpt import GPT, GPTConfig, TrainConfig  # noqa: E402
-from gpt.train import make_runners  # noqa: E402
+from gpt.threads import Shards, default_threads  # noqa: E402
+from gpt.train import make_runners, train_step  # noqa: E402
 from tensorgrad.function import Function  # noqa: E402
 
 CFG = dict(n_layer=6, n_head=6, n_embd=384, block_size=256, vocab_size=65, dropout=0.2)
@@ -298,27 +299,27 @@ CPU_SHAPES = {
 
 
 def cpu_steppers(cfg, batch):
-    """(tensorgrad step, torch step or None): each step(i) runs forward, backward, clip, AdamW on batch i % 4."""
+    """(tensorgrad step factory, torch step or None). make_tg_step(shards) -> step(i): forward,
+    backward, clip and AdamW on batch i % 4 through the trainer's own step (gpt.train.train_step),
+    on one thread (shards None) or on the shards' threads (gpt/threads.py)."""
 
-    tg.manual_seed(0)
-    model = GPT(GPTConfig(**cfg))
-    opt = nn.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.99), weight_decay=0.1)
     rng = np.random.default_rng(0)
     V, T = cfg["vocab_size"], cfg["block_size"]
     batches = [(rng.integers(0, V, (batch, T)), rng.integers(0, V, (batch, T))) for _ in range(4)]
 
-    def tg_step(i):
-        x, y = batches[i % 4]
-        _, loss = model(tg.tensor(x), tg.tensor(y))
-        opt.zero_grad()
-        loss.backward()
-        nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        return float(loss.item())
+    def make_tg_step(shards):
+        tg.manual_seed(0)
+        model = GPT(GPTConfig(**cfg))
+        opt = nn.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.99), weight_decay=0.1)
+
+        def tg_step(i):
+            x, y = batches[i % 4]
+            return float(train_step(model, opt, [(tg.tensor(x), tg.tensor(y))], 1.0, shards=shards).item())
+        return tg_step
     try:
         import torch
     except ImportError:
-        return tg_step, None
+        return make_tg_step, None
     torch.manual_seed(0)
     tmodel = torch_model(cfg, "cpu")
     topt = torch.optim.AdamW(tmodel.parameters(), lr=1e-3, betas=(0.9, 0.99), weight_decay=0.1)
@@ -332,44 +333,60 @@ def cpu_steppers(cfg, batch):
         torch.nn.utils.clip_grad_norm_(tmodel.parameters(), 1.0)
         topt.step()
         return float(loss.item())
-    return tg_step, torch_step
+    return make_tg_step, torch_step
 
 
 def time_cpu(name, steps, rounds, profile):
-    """Alternate `rounds` rounds of `steps` steps of each library; print min and median ms per step."""
+    """Alternate `rounds` rounds of `steps` steps of each implementation; print min and median ms
+    per step. tensorgrad runs twice: on one thread (NumPy's BLAS on every core) and with each batch
+    in shards on one thread per core (gpt/threads.py, BLAS on one thread each), as the trainer does."""
+    import contextlib
     import statistics
     cfg, batch = CPU_SHAPES[name]
-    tg_step, torch_step = cpu_steppers(cfg, batch)
-    steppers = [("tensorgrad", tg_step)] + ([("PyTorch", torch_step)] if torch_step and not NO_TORCH else [])
-    times = {n: [] for n, _ in steppers}
-    for n, step in steppers:          # warm-up: first-touch of buffers, BLAS threads, allocator
-        for i in range(3):
-            step(i)
-    for r in range(rounds):
-        for n, step in steppers:
-            t0 = time.perf_counter()
-            for i in range(steps):
+    make_tg_step, torch_step = cpu_steppers(cfg, batch)
+    threads = default_threads()
+    shards = Shards(threads) if threads > 1 else None
+    steppers = [("tensorgrad 1 thread", make_tg_step(None), contextlib.nullcontext)]
+    if shards is not None:
+        steppers.append((f"tensorgrad {threads} threads", make_tg_step(shards), lambda: shards))
+    if torch_step and not NO_TORCH:
+        steppers.append(("PyTorch", torch_step, contextlib.nullcontext))
+    times = {n: [] for n, _, _ in steppers}
+    for n, step, ctx in steppers:     # warm-up: first-touch of buffers, BLAS threads, allocator
+        with ctx():
+            for i in range(3):
                 step(i)
-            times[n].append((time.perf_counter() - t0) / steps)
+    for r in range(rounds):
+        for n, step, ctx in steppers:
+            with ctx():
+                t0 = time.perf_counter()
+                for i in range(steps):
+                    step(i)
+                times[n].append((time.perf_counter() - t0) / steps)
     print(f"\nGPT training step on the CPU, {name} (L={cfg['n_layer']} C={cfg['n_embd']}), batch {batch}, "
           f"block {cfg['block_size']}, dropout {cfg['dropout']}, float32; {rounds} alternating rounds of {steps} steps")
     if torch_step:
         import torch
-        print(f"PyTorch: {torch.get_num_threads()} threads; NumPy: BLAS's default (one thread per core)")
-    print(f"{'implementation':14s} {'min ms':>8s} {'median ms':>10s} {'vs torch (median)':>18s}")
+        print(f"PyTorch: {torch.get_num_threads()} threads; NumPy's BLAS: {tg.backend.blas_threads()} threads "
+              f"(1 each while the shards run)")
+    print(f"{'implementation':22s} {'min ms':>8s} {'median ms':>10s} {'vs torch (median)':>18s}")
     ref = statistics.median(times["PyTorch"]) if "PyTorch" in times else None
     for n, ts in times.items():
         med = statistics.median(ts)
         rel = f"{med / ref:17.2f}x" if ref else ""
-        print(f"{n:14s} {min(ts) * 1e3:8.1f} {med * 1e3:10.1f} {rel}")
+        print(f"{n:22s} {min(ts) * 1e3:8.1f} {med * 1e3:10.1f} {rel}")
     print("rounds (ms): " + "; ".join(n + " " + " ".join(f"{t * 1e3:.1f}" for t in ts) for n, ts in times.items()))
     if ref:
         # each round against the PyTorch round right after it: load from other work drifts slowly
-        paired = sorted(t / tt for t, tt in zip(times["tensorgrad"], times["PyTorch"]))
-        print(f"tensorgrad / PyTorch, round by round: min {paired[0]:.2f}x, median {statistics.median(paired):.2f}x, "
-              f"ratio of the minima {min(times['tensorgrad']) / min(times['PyTorch']):.2f}x")
+        for n, ts in times.items():
+            if n == "PyTorch":
+                continue
+            paired = sorted(t / tt for t, tt in zip(ts, times["PyTorch"]))
+            print(f"{n} / PyTorch, round by round: min {paired[0]:.2f}x, median {statistics.median(paired):.2f}x, "
+                  f"ratio of the minima {min(ts) / min(times['PyTorch']):.2f}x")
     if profile:
-        profile_ops(tg_step, None)
+        print("per op, tensorgrad on 1 thread:")
+        profile_ops(steppers[0][1], None)
 
 
 def main():

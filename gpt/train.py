@@ -35,6 +35,7 @@ from .data import TokenData, copy_tokenizer, same_tokenizer
 from .distributed import GradientAverager
 from .errors import ConfigError
 from .model import GPT, GPTConfig
+from .threads import Shards, default_threads
 
 
 @dataclass
@@ -59,6 +60,7 @@ class TrainConfig:
     cuda_graph: bool = None   # capture the step and evaluation in CUDA graphs (gpt/cuda_graph.py); None: on cuda
     dtype: str = None             # float32 or bfloat16 (autocast: bf16 products, float32 weights); default: bfloat16 on a GPU that has it
     graph_all_reduce: bool = True   # GPUs: the NCCL all-reduce inside the step's CUDA graph (else between two)
+    cpu_threads: int = None       # --device cpu: each batch in this many shards, one thread each (gpt/threads.py); default: one per core
 
 
 def configure_optimizer(model, tc):
@@ -87,7 +89,7 @@ def forward_loss(model, x, y, dtype):
         return model(x, y)[1]
 
 
-def train_step(model, optimizer, batches, grad_clip, update=None, reduce_grads=None, dtype="float32"):
+def train_step(model, optimizer, batches, grad_clip, update=None, reduce_grads=None, dtype="float32", shards=None):
     """One optimisation step on the micro-batches [(x, y), ...]: forward and backward of
     each (the gradients add up), all-reduce over ranks, clipping, update. Returns the
     loss averaged over the micro-batches.
@@ -97,11 +99,17 @@ def train_step(model, optimizer, batches, grad_clip, update=None, reduce_grads=N
     step counts and learning rate) runs before each replay, outside the graph.
     reduce_grads() averages the gradients over ranks (gpt/distributed.py); None
     in a single process. dtype 'bfloat16' runs the forwards in autocast; backward
-    follows their dtypes.
+    follows their dtypes. shards (gpt/threads.py): each micro-batch's forward and
+    backward on several CPU threads, a shard of it each.
     """
     optimizer.zero_grad()
     total = None
     for x, y in batches:
+        if shards is not None:      # adds into the gradients itself; the loss comes back without a graph
+            loss = shards.backward(lambda xk, yk: forward_loss(model, xk, yk, dtype), x, y,
+                                   list(model.parameters()), scale=1 / len(batches))
+            total = loss if total is None else tg.Tensor(total.data + loss.data)
+            continue
         loss = forward_loss(model, x, y, dtype)
         if len(batches) > 1:        # the mean over micro-batches, as one batch of all of them would give
             loss = loss / len(batches)
@@ -113,6 +121,13 @@ def train_step(model, optimizer, batches, grad_clip, update=None, reduce_grads=N
         nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     (update or optimizer.step)()
     return total
+
+
+def cpu_threads(tc):
+    """Threads a CPU step runs on (gpt/threads.py); 1 on a GPU."""
+    if tc.device != "cpu":
+        return 1
+    return default_threads() if tc.cpu_threads is None else tc.cpu_threads
 
 
 def use_cuda_graph(tc):
@@ -136,13 +151,21 @@ def make_runners(model, opt, tc, block_size, world=None):
         return [(tg.Tensor(x.data[i]), tg.Tensor(y.data[i])) for i in range(accumulation)]
 
     if not use_cuda_graph(tc):
+        several_ranks = world is not None and world.size > 1
+        threads = 1 if several_ranks and tc.cpu_threads is None else cpu_threads(tc)   # ranks share the cores
+        shards = Shards(threads) if threads > 1 else None
+
         def step(x, y):
             x, y = (tg.tensor(np.reshape(a, shape), device=tc.device) for a in (x, y))
-            return train_step(model, opt, unstack(x, y), tc.grad_clip, reduce_grads=average, dtype=dtype)
+            return train_step(model, opt, unstack(x, y), tc.grad_clip, reduce_grads=average, dtype=dtype,
+                              shards=shards)
 
         def evaluate(x, y):
-            return forward_loss(model, tg.tensor(x, device=tc.device), tg.tensor(y, device=tc.device), dtype)
-        return step, evaluate, contextlib.nullcontext()
+            x, y = tg.tensor(x, device=tc.device), tg.tensor(y, device=tc.device)
+            if shards is not None:
+                return shards.forward(lambda xk, yk: forward_loss(model, xk, yk, dtype), x, y)
+            return forward_loss(model, x, y, dtype)
+        return step, evaluate, shards or contextlib.nullcontext()   # leaving it gives BLAS its threads back
     stream = tg.backend.cupy().cuda.Stream(non_blocking=True)
 
     def graphed_step(x, y, graphed):
@@ -242,7 +265,7 @@ def check_settings(model_settings, tc):
     n_embd, n_head = settings.get("n_embd", 1), settings.get("n_head", 1)
     if n_embd >= 1 and n_head >= 1 and n_embd % n_head:
         problems.append(f"--n-embd ({n_embd}) must be divisible by --n-head ({n_head})")
-    problems += _dtype_problems(tc)
+    problems += _dtype_problems(tc) + _thread_problems(tc)
     if not problems and settings["min_lr"] > settings["learning_rate"]:
         problems.append(f"--min-lr ({settings['min_lr']}) must not exceed the learning rate "
                         f"({settings['learning_rate']})")
@@ -252,6 +275,19 @@ def check_settings(model_settings, tc):
         except ValueError as e:       # GPTConfig's own checks (norm, mlp, pos, ...)
             problems.append(str(e))
     return problems
+
+
+def _thread_problems(tc):
+    if tc.cpu_threads is None or tc.cpu_threads == 1:
+        return []
+    if tc.cpu_threads < 1:
+        return [f"--cpu-threads must be at least 1 (got {tc.cpu_threads})"]
+    if tc.device != "cpu":
+        return [f"--cpu-threads applies to --device cpu only (got --device {tc.device})"]
+    if tg.backend.blas_threads() is None:
+        return [f"--cpu-threads {tc.cpu_threads} needs NumPy's BLAS to be OpenBLAS (its thread count is set "
+                f"to 1 while the shards run); this NumPy's BLAS can't be told: use --cpu-threads 1"]
+    return []
 
 
 def _dtype_problems(tc):
@@ -479,8 +515,9 @@ def train(model_config, tc, data_dir, resume=False, progress=True, overwrite=Fal
         tg.manual_seed(int(np.random.SeedSequence([tc.seed, world.rank, start_it]).generate_state(1)[0]))
     sequences = tc.batch_size * tc.gradient_accumulation_steps * world.size
     tokens_per_iter = sequences * model_config.block_size
+    threads = cpu_threads(tc) if world.size == 1 or tc.cpu_threads else 1
     say(f"model: {model.num_parameters(exclude_position_embeddings=True) / 1e6:.2f}M parameters, device {tc.device} "
-        f"({training_dtype(tc)}); "
+        f"({training_dtype(tc)}{f', {threads} threads' if threads > 1 else ''}); "
         f"{tokens_per_iter:,} tokens per iteration (global batch {sequences} = batch {tc.batch_size} x "
         f"accumulation {tc.gradient_accumulation_steps} x {world.size} rank{'s' * (world.size != 1)}, "
         f"x block {model_config.block_size}), {tc.max_iters - start_it} iterations to go")

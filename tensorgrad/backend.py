@@ -4,8 +4,10 @@ Every op is written once against `xp` (NumPy or CuPy have the same API), so the
 CPU and GPU paths are the same code. CuPy is imported lazily: `import tensorgrad`
 works without it, and asking for 'cuda' without it is a clear error.
 """
+import contextlib
 import ctypes
 import sys
+import threading
 
 import numpy as np
 
@@ -203,6 +205,52 @@ def keep_freed_memory(on=True):
     return bool(libc.mallopt(M_MMAP_THRESHOLD, threshold)) and bool(libc.mallopt(M_TRIM_THRESHOLD, threshold))
 
 
+_BLAS_THREAD_CALLS = [                 # (get, set) as OpenBLAS builds name them: plain, 64-bit ints, NumPy's wheels
+    (prefix + "get_num_threads" + suffix, prefix + "set_num_threads" + suffix)
+    for prefix in ("openblas_", "scipy_openblas_") for suffix in ("", "64_", "_64_")]
+_blas = []                             # [(get, set)] once looked up: empty when none was found
+
+
+def blas_threads(n=None):
+    """The number of threads NumPy's BLAS (OpenBLAS) multiplies with; with n, set it first.
+    None when this NumPy's BLAS can't be told (not OpenBLAS, or not found).
+
+    One process that runs products on several Python threads at once (gpt/threads.py)
+    wants one BLAS thread each: OpenBLAS's own threads would otherwise fight them for
+    the cores. Found the way threadpoolctl finds it: the loaded library whose path names
+    openblas, and its get/set functions.
+    """
+    if not _blas:
+        _blas.append(_find_blas_thread_calls())
+    calls = _blas[0]
+    if calls is None:
+        return None
+    get, set_ = calls
+    if n is not None:
+        set_(int(n))
+    return int(get())
+
+
+def _find_blas_thread_calls():
+    np.dot(np.ones((2, 2)), np.ones((2, 2)))     # the library is loaded by now, whatever NumPy's build
+    try:
+        with open("/proc/self/maps") as f:
+            paths = {line.split()[-1] for line in f if "openblas" in line.lower() and "/" in line}
+    except OSError:                               # not Linux
+        return None
+    for path in sorted(paths):
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        for get, set_ in _BLAS_THREAD_CALLS:
+            if hasattr(lib, get) and hasattr(lib, set_):
+                getter, setter = getattr(lib, get), getattr(lib, set_)
+                getter.restype, setter.argtypes = ctypes.c_int, [ctypes.c_int]
+                return getter, setter
+    return None
+
+
 def _keep_freed_memory_on_import():
     import os
     if os.environ.get("TENSORGRAD_KEEP_FREED_MEMORY", "1") != "0":
@@ -214,6 +262,7 @@ def _keep_freed_memory_on_import():
 # reproducible on each device (CPU and GPU streams differ from each other).
 _generators = {}
 _seed = None
+_thread = threading.local()   # .generators: a thread's own, see thread_generator()
 
 
 def manual_seed(seed):
@@ -224,13 +273,34 @@ def manual_seed(seed):
 
 
 def generator(device):
-    """The random generator of a device (numpy or cupy Generator)."""
+    """The random generator of a device (numpy or cupy Generator); inside
+    thread_generator(), this thread's own."""
+    own = getattr(_thread, "generators", None)
+    if own and device in own:
+        return own[device]
     g = _generators.get(device)
     if g is None:
         xp = xp_of_device(device)
         g = xp.random.default_rng(_seed)
         _generators[device] = g
     return g
+
+
+@contextlib.contextmanager
+def thread_generator(device, seed):
+    """Draws on this thread come from a generator of its own, seeded with seed, while
+    inside. Shards of a batch on several threads (gpt/threads.py) each get one, so
+    their dropout masks do not depend on which thread draws first."""
+    own = _thread.__dict__.setdefault("generators", {})
+    before = own.get(device)
+    own[device] = xp_of_device(device).random.default_rng(seed)
+    try:
+        yield own[device]
+    finally:
+        if before is None:
+            del own[device]
+        else:
+            own[device] = before
 
 
 def philox_state():

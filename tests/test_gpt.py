@@ -264,7 +264,7 @@ def _small_run(tmp_path, dropout=0.0, **train_settings):
 
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
-    cfg, tc = _small_run(tmp_path)
+    cfg, tc = _small_run(tmp_path, cpu_threads=1)       # counts forward calls: one a step
     calls = {"n": 0}
     real_forward = GPT.forward
 
