@@ -359,6 +359,9 @@ def time_cpu(name, steps, rounds, profile):
     for r in range(rounds):
         for n, step, ctx in steppers:
             with ctx():
+                # two untimed steps first: the threads of the implementation before (OpenBLAS's
+                # spin 2^28 cycles after their last product) go to sleep before the clock starts
+                step(0), step(1)
                 t0 = time.perf_counter()
                 for i in range(steps):
                     step(i)

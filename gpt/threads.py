@@ -93,6 +93,18 @@ class Shards:
                     p.grad += g
         return tg.Tensor(_ordered_sum(loss for loss, _ in results))
 
+    def step(self, optimizer):
+        """optimizer.step() with its parameters dealt out to the threads, about the same
+        number of elements each (NumPy's elementwise work, one core a thread)."""
+        bins = [[] for _ in range(self.n)]
+        sizes = [0] * self.n
+        for p, group in sorted(optimizer.pending(), key=lambda item: -item[0].data.size):
+            k = sizes.index(min(sizes))                                 # the lightest bin so far
+            bins[k].append((p, group))
+            sizes[k] += p.data.size
+        with tg.no_grad():
+            self._run(optimizer.update, [(b,) for b in bins])
+
     def forward(self, loss_fn, x, y):
         """loss_fn(x, y) (a mean over the batch) as the sum of the shards' shares; no graph."""
         with tg.no_grad():

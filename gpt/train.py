@@ -119,7 +119,10 @@ def train_step(model, optimizer, batches, grad_clip, update=None, reduce_grads=N
         reduce_grads()
     if grad_clip > 0:
         nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-    (update or optimizer.step)()
+    if update is None and shards is not None:
+        shards.step(optimizer)      # the parameters' updates dealt out to the shards' threads
+    else:
+        (update or optimizer.step)()
     return total
 
 

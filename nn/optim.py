@@ -41,10 +41,18 @@ class Optimizer:
 
     def step(self):
         with no_grad():
-            for group in self.param_groups:
-                for p in group["params"]:
-                    if p.grad is not None:
-                        self._update(p, p.grad, self.state.setdefault(id(p), {}), group)
+            self.update(self.pending())
+
+    def pending(self):
+        """[(param, group)] of the parameters that have a gradient: what step() updates."""
+        return [(p, group) for group in self.param_groups for p in group["params"] if p.grad is not None]
+
+    def update(self, items):
+        """Update the (param, group) pairs of pending(). Each parameter's update reads and
+        writes only its own arrays and state, so disjoint lists may run on two threads
+        at once (gpt/threads.py)."""
+        for p, group in items:
+            self._update(p, p.grad, self.state.setdefault(id(p), {}), group)
 
     def _update(self, p, g, state, group):
         raise NotImplementedError

@@ -85,3 +85,18 @@ def test_cpu_threads_setting_is_checked():
     assert _thread_problems(TrainConfig(device="cuda", cpu_threads=2)) == [      # (a GPU check needs CuPy)
         "--cpu-threads applies to --device cpu only (got --device cuda)"]
     assert _thread_problems(TrainConfig(device="cuda", cpu_threads=1)) == []
+
+
+def test_optimizer_step_on_threads_is_the_same_bits():
+    import nn
+    models = [_model(), _model()]
+    opts = [nn.optim.AdamW(m.parameters(), lr=1e-2, weight_decay=0.1) for m in models]
+    x, y = _batch(6)
+    for step in range(3):
+        for m in models:
+            _whole_grads(m, x, y)
+        opts[0].step()
+        with Shards(2) as shards:
+            shards.step(opts[1])
+        for p, q in zip(models[0].parameters(), models[1].parameters()):
+            np.testing.assert_array_equal(p.data, q.data)
