@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import nn  # noqa: E402  (from the checkout just put on sys.path)
 import tensorgrad as tg  # noqa: E402
 from gpt import GPT, GPTConfig, TrainConfig  # noqa: E402
-from gpt.threads import Shards, default_threads  # noqa: E402
+from nn.threads import Shards, default_threads  # noqa: E402
 from gpt.train import make_runners, train_step  # noqa: E402
 from tensorgrad.function import Function  # noqa: E402
 
@@ -301,7 +301,7 @@ CPU_SHAPES = {
 def cpu_steppers(cfg, batch):
     """(tensorgrad step factory, torch step or None). make_tg_step(shards) -> step(i): forward,
     backward, clip and AdamW on batch i % 4 through the trainer's own step (gpt.train.train_step),
-    on one thread (shards None) or on the shards' threads (gpt/threads.py)."""
+    on one thread (shards None) or on the shards' threads (nn/threads.py)."""
 
     rng = np.random.default_rng(0)
     V, T = cfg["vocab_size"], cfg["block_size"]
@@ -339,7 +339,7 @@ def cpu_steppers(cfg, batch):
 def time_cpu(name, steps, rounds, profile):
     """Alternate `rounds` rounds of `steps` steps of each implementation; print min and median ms
     per step. tensorgrad runs twice: on one thread (NumPy's BLAS on every core) and with each batch
-    in shards on one thread per core (gpt/threads.py, BLAS on one thread each), as the trainer does."""
+    in shards on one thread per core (nn/threads.py, BLAS on one thread each), as the trainer does."""
     import contextlib
     import statistics
     cfg, batch = CPU_SHAPES[name]

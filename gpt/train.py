@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 import nn
 import tensorgrad as tg
+from nn.threads import Shards, default_threads
 from tensorgrad.kernels import ATTENTION_HEAD_SIZES, compile_ahead
 
 from . import distributed
@@ -35,7 +36,6 @@ from .data import TokenData, copy_tokenizer, same_tokenizer
 from .distributed import GradientAverager
 from .errors import ConfigError
 from .model import GPT, GPTConfig
-from .threads import Shards, default_threads
 
 
 @dataclass
@@ -60,7 +60,7 @@ class TrainConfig:
     cuda_graph: bool = None   # capture the step and evaluation in CUDA graphs (gpt/cuda_graph.py); None: on cuda
     dtype: str = None             # float32 or bfloat16 (autocast: bf16 products, float32 weights); default: bfloat16 on a GPU that has it
     graph_all_reduce: bool = True   # GPUs: the NCCL all-reduce inside the step's CUDA graph (else between two)
-    cpu_threads: int = None       # --device cpu: each batch in this many shards, one thread each (gpt/threads.py); default: one per core
+    cpu_threads: int = None       # --device cpu: each batch in this many shards, one thread each (nn/threads.py); default: one per core
 
 
 def configure_optimizer(model, tc):
@@ -99,7 +99,7 @@ def train_step(model, optimizer, batches, grad_clip, update=None, reduce_grads=N
     step counts and learning rate) runs before each replay, outside the graph.
     reduce_grads() averages the gradients over ranks (gpt/distributed.py); None
     in a single process. dtype 'bfloat16' runs the forwards in autocast; backward
-    follows their dtypes. shards (gpt/threads.py): each micro-batch's forward and
+    follows their dtypes. shards (nn/threads.py): each micro-batch's forward and
     backward on several CPU threads, a shard of it each.
     """
     optimizer.zero_grad()
@@ -127,7 +127,7 @@ def train_step(model, optimizer, batches, grad_clip, update=None, reduce_grads=N
 
 
 def cpu_threads(tc):
-    """Threads a CPU step runs on (gpt/threads.py); 1 on a GPU."""
+    """Threads a CPU step runs on (nn/threads.py); 1 on a GPU."""
     if tc.device != "cpu":
         return 1
     return default_threads() if tc.cpu_threads is None else tc.cpu_threads

@@ -50,7 +50,7 @@ class Optimizer:
     def update(self, items):
         """Update the (param, group) pairs of pending(). Each parameter's update reads and
         writes only its own arrays and state, so disjoint lists may run on two threads
-        at once (gpt/threads.py)."""
+        at once (nn/threads.py)."""
         for p, group in items:
             self._update(p, p.grad, self.state.setdefault(id(p), {}), group)
 

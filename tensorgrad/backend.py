@@ -215,7 +215,7 @@ def blas_threads(n=None):
     """The number of threads NumPy's BLAS (OpenBLAS) multiplies with; with n, set it first.
     None when this NumPy's BLAS can't be told (not OpenBLAS, or not found).
 
-    One process that runs products on several Python threads at once (gpt/threads.py)
+    One process that runs products on several Python threads at once (nn/threads.py)
     wants one BLAS thread each: OpenBLAS's own threads would otherwise fight them for
     the cores. Found the way threadpoolctl finds it: the loaded library whose path names
     openblas, and its get/set functions.
@@ -289,7 +289,7 @@ def generator(device):
 @contextlib.contextmanager
 def thread_generator(device, seed):
     """Draws on this thread come from a generator of its own, seeded with seed, while
-    inside. Shards of a batch on several threads (gpt/threads.py) each get one, so
+    inside. Shards of a batch on several threads (nn/threads.py) each get one, so
     their dropout masks do not depend on which thread draws first."""
     own = _thread.__dict__.setdefault("generators", {})
     before = own.get(device)

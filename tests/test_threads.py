@@ -1,10 +1,10 @@
-"""gpt/threads.py: a batch's forward and backward in shards on CPU threads equals the whole batch's."""
+"""nn/threads.py: a batch's forward and backward in shards on CPU threads equals the whole batch's."""
 import numpy as np
 import pytest
 
 import tensorgrad as tg
 from gpt.model import GPT, GPTConfig
-from gpt.threads import Shards
+from nn.threads import Shards
 from gpt.train import TrainConfig, _thread_problems, check_settings, forward_loss
 
 CFG = dict(n_layer=2, n_head=2, n_embd=32, block_size=16, vocab_size=50)

@@ -1,4 +1,4 @@
-"""Data parallelism over a CPU's cores, inside one process (TrainConfig.cpu_threads).
+"""Data parallelism over a CPU's cores, inside one process (the GPT trainer's cpu_threads).
 
 NumPy runs each elementwise operation on one core, and a small model's step is full
 of them (LayerNorm, GELU, softmax, AdamW). So with n cores the trainer cuts each
@@ -16,6 +16,14 @@ What keeps the result the whole batch's:
   so a seeded run repeats itself exactly.
 A sum over the batch becomes a sum over shards, so the step equals the one-thread
 step up to float32 rounding, not bit for bit.
+
+In a loop of your own:
+
+    with nn.threads.Shards(2) as shards:
+        for x, y in batches:
+            opt.zero_grad()
+            loss = shards.backward(lambda xk, yk: model(xk, yk)[1], x, y, list(model.parameters()))
+            shards.step(opt)
 """
 import os
 from concurrent.futures import ThreadPoolExecutor
