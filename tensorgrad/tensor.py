@@ -6,6 +6,8 @@ gradient of its output and accumulates what it returns into its inputs. Leaf
 tensors (made by the user, requires_grad=True) keep the sum in `.grad`;
 intermediate gradients are dropped as soon as they are used.
 """
+import sys
+
 import numpy as np
 
 from . import backend
@@ -218,9 +220,9 @@ class Tensor:
         grad: the gradient of some scalar with respect to self; may be omitted
         only when self has one element (then it is 1).
         """
-        def into_leaf(leaf, g):                  # keep the sum
+        def into_leaf(leaf, g, only_ref):        # keep the sum
             if leaf.grad is None:
-                leaf.grad = g.copy()             # g may be shared with other grads: own it
+                leaf.grad = g if only_ref else g.copy()   # g may be shared with other grads: own it
             else:
                 leaf.grad += g
         _backpropagate(self, grad, retain_graph, "backward()", into_leaf)
@@ -345,8 +347,10 @@ __all__ = ["Tensor", "tensor", "zeros", "ones", "full", "randn", "rand", "randin
 
 def _backpropagate(root_tensor, grad, retain_graph, caller, into_leaf, on_node=None):
     """The engine: run the graph behind root_tensor backwards from grad. Each leaf's
-    summed gradient goes to into_leaf(leaf, g); on_node(node, g), when given, sees the
-    summed gradient of every node (Function or leaf) before it is used."""
+    summed gradient goes to into_leaf(leaf, g, only_ref); on_node(node, g), when given, sees
+    the summed gradient of every node (Function or leaf) before it is used.
+    only_ref: nothing but the engine holds g, and g is no view of another array, so the
+    leaf may keep g itself instead of a copy (a GPT step's weight gradients, mostly)."""
     self = root_tensor
     if not self.requires_grad:
         raise RuntimeError(f"{caller}: this tensor does not require grad, so there is no graph "
@@ -374,7 +378,9 @@ def _backpropagate(root_tensor, grad, retain_graph, caller, into_leaf, on_node=N
         if on_node is not None:
             on_node(node, g)
         if isinstance(node, Tensor):
-            into_leaf(node, g)
+            # references to g: this frame's name and getrefcount's argument, nothing else
+            only_ref = getattr(g, "base", None) is None and sys.getrefcount(g) == 2
+            into_leaf(node, g, only_ref)
             continue
         fn = node
         if fn.freed:
@@ -393,6 +399,7 @@ def _backpropagate(root_tensor, grad, retain_graph, caller, into_leaf, on_node=N
                                    f"shape {ig.shape} {ig.dtype} for an input of shape {meta[0]} {meta[1]}")
             prev = grads.get(id(edge))
             grads[id(edge)] = ig if prev is None else prev + ig
+        in_grads = ig = prev = None   # the dict holds them now: a leaf's g may then be held by grads alone
         if not retain_graph:
             fn.__dict__.clear()   # drop the arrays it saved (and its edges)
             fn.freed = True
@@ -419,7 +426,7 @@ def grad(output, inputs, grad_output=None, retain_graph=False, allow_unused=Fals
         k = wanted.get(id(node))
         if k is not None:
             found[k] = g.copy()          # g may be shared with other grads, or reused by a backward: own it
-    _backpropagate(output, grad_output, retain_graph, "grad()", lambda leaf, g: None, on_node=keep)
+    _backpropagate(output, grad_output, retain_graph, "grad()", lambda leaf, g, only_ref: None, on_node=keep)
     for t, g in zip(inputs, found):
         if g is None and not allow_unused:
             raise RuntimeError(f"grad(): an input of shape {t.shape} is not used to compute the output "

@@ -356,3 +356,23 @@ def test_grad_on_two_threads_at_once_keeps_each_graphs_gradients():
     for g, h in zip(got, want):
         np.testing.assert_array_equal(g, h)
     assert w.grad is None
+
+
+def test_leaf_keeps_an_unshared_gradient_and_copies_a_shared_one():
+    """The engine hands a leaf the summed gradient itself when nothing else holds it, else a
+    copy: changing one .grad in place never changes another array."""
+    x1 = tg.tensor([1.0, 2.0], requires_grad=True)
+    x2 = tg.tensor([3.0, 4.0], requires_grad=True)
+    (x1 + x2).sum().backward()                        # Add gives both inputs one array
+    x2.grad += 1
+    np.testing.assert_array_equal(x1.grad, [1.0, 1.0])
+    np.testing.assert_array_equal(x2.grad, [2.0, 2.0])
+    g = np.array([5.0, 6.0], dtype=np.float32)
+    x1.grad = None
+    x1.backward(g)                                   # a leaf's own backward: the caller's array
+    x1.grad += 1
+    np.testing.assert_array_equal(g, [5.0, 6.0])
+    w = tg.tensor(np.ones((3, 2)), requires_grad=True)
+    out = tg.tensor(np.ones((4, 3))) @ w
+    out.sum().backward()
+    assert w.grad.flags.owndata and w.grad.base is None
