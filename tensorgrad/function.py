@@ -70,6 +70,12 @@ class Function:
     # float32, kernels on) and the twin supports this call, else this class.
     cuda = None
 
+    # The index of an input whose gradient from the graph's other uses backward can add
+    # in itself, or None. Then the engine calls backward(g, acc=that gradient) when there
+    # is one, and backward returns the input's gradient with acc added: one pass fewer
+    # where a residual stream's skip connection meets a branch (LayerNorm's input).
+    adds_into = None
+
     @classmethod
     def supports(cls, *arrays, **params):
         """On a twin: can the kernels do this call (shapes, options)? Default: yes."""

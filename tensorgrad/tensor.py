@@ -386,7 +386,11 @@ def _backpropagate(root_tensor, grad, retain_graph, caller, into_leaf, on_node=N
         if fn.freed:
             raise RuntimeError(f"{caller}: the graph was already freed by an earlier backward(); "
                                "pass retain_graph=True to the first call to go through it twice")
-        in_grads = fn.backward(g)
+        acc, k = None, fn.adds_into
+        if k is not None and fn.needs_input_grad[k] and fn.inputs[k] is not None:
+            acc = grads.pop(id(fn.inputs[k]), None)    # added by backward itself (Function.adds_into)
+        in_grads = fn.backward(g) if acc is None else fn.backward(g, acc=acc)
+        acc = None
         if not isinstance(in_grads, tuple):
             in_grads = (in_grads,)
         for edge, meta, ig in zip(fn.inputs, fn.input_meta, in_grads):

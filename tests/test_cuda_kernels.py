@@ -212,6 +212,27 @@ def test_layernorm_backward_is_deterministic(cp):
             assert np.array_equal(a, b2), "layernorm_backward must give bit-identical results run to run"
 
 
+@pytest.mark.parametrize("narrow", [False, True])
+@pytest.mark.parametrize("shape", [(100, 65), (4097, 384), (3, 1001, 768)])
+def test_layernorm_backward_adds_acc(cp, shape, narrow):
+    """dx with acc (the skip connection's gradient, Function.adds_into) is acc + dx, bit for
+    bit the separate add it replaces; dw and db do not change. narrow: a bf16 g for a float32 x."""
+    if narrow:
+        pytest.importorskip("ml_dtypes")
+    C = shape[-1]
+    x = cp.asarray((rng.standard_normal(shape) * 2 + 1).astype(np.float32))
+    w = cp.asarray(rng.standard_normal(C).astype(np.float32))
+    _, mean, rstd = kernels.layernorm_forward(x, w, cp.zeros(C, cp.float32), 1e-5)
+    g = cp.asarray(rng.standard_normal(shape).astype(np.float32))
+    if narrow:
+        g = g.astype(tg.backend.bfloat16)
+    acc = cp.asarray(rng.standard_normal(shape).astype(np.float32))
+    plain = kernels.layernorm_backward(g, x, w, mean, rstd)
+    folded = kernels.layernorm_backward(g, x, w, mean, rstd, acc)
+    assert cp.array_equal(folded[0], acc + plain[0])
+    assert cp.array_equal(folded[1], plain[1]) and cp.array_equal(folded[2], plain[2])
+
+
 # ------------------------------------------------------------- cross-entropy
 def ce_ref(x, t, keep):
     x = x.astype(np.float64)

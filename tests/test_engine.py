@@ -376,3 +376,32 @@ def test_leaf_keeps_an_unshared_gradient_and_copies_a_shared_one():
     out = tg.tensor(np.ones((4, 3))) @ w
     out.sum().backward()
     assert w.grad.flags.owndata and w.grad.base is None
+
+
+def test_layernorm_adds_the_skip_connections_gradient_itself_with_the_same_bits(monkeypatch):
+    """Function.adds_into: the engine hands LayerNorm's backward the gradient its input already
+    has (a residual stream's other use) instead of adding the two afterwards; same bits."""
+    from gpt import GPT, GPTConfig
+    from tensorgrad.ops.nn import LayerNorm
+    x, y = (tg.tensor(np.random.default_rng(i).integers(0, 40, (3, 12))) for i in range(2))
+
+    def grads():
+        tg.manual_seed(0)
+        model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=12, vocab_size=40))
+        model(x, y)[1].backward()
+        return [p.grad for p in model.parameters()]
+    calls = []
+    real = LayerNorm.backward
+
+    def counted(self, g, acc=None):
+        calls.append(acc is not None)
+        return real(self, g, acc)
+    monkeypatch.setattr(LayerNorm, "backward", counted)
+    folded = grads()
+    assert sum(calls) == 4                               # each block's ln_1 and ln_2 meet a skip connection
+    monkeypatch.setattr(LayerNorm, "adds_into", None)
+    calls.clear()
+    plain = grads()
+    assert not any(calls)
+    for a, b in zip(folded, plain):
+        np.testing.assert_array_equal(a, b)

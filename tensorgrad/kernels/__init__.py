@@ -311,9 +311,10 @@ def layernorm_forward(x, w, b, eps=1e-5, out_dtype=None):
     return y, mean, rstd
 
 
-def layernorm_backward(g, x, w, mean, rstd):
+def layernorm_backward(g, x, w, mean, rstd, acc=None):
     """(dx, dw, db) of layernorm_forward; dw, db have shape (C,) and x's dtype. g may be
-    bf16 for a float32 x (the gradient of a narrow forward)."""
+    bf16 for a float32 x (the gradient of a narrow forward). acc (x's shape and dtype):
+    a gradient x already has, added into dx by the kernel (dx = acc + ...)."""
     cp = backend.cupy()
     dt = _element(x, "layernorm input")
     gdt = _element(g, "layernorm gradient")
@@ -331,6 +332,10 @@ def layernorm_backward(g, x, w, mean, rstd):
     if w.shape != (C,) or mean.size != N or rstd.size != N:
         raise ValueError(f"layernorm_backward: for input {x.shape} expected weight ({C},) and mean/rstd of "
                          f"{N} rows, got {w.shape}, {mean.shape}, {rstd.shape}")
+    if acc is not None:
+        acc = _arr(acc, "layernorm accumulated gradient", dt)
+        if acc.shape != x.shape:
+            raise ValueError(f"layernorm_backward: accumulated gradient {acc.shape} and input {x.shape} differ in shape")
     dx = cp.empty_like(x)
     if N == 0 or C == 0:
         return dx, cp.zeros((C,), dt), cp.zeros((C,), dt)
@@ -342,7 +347,8 @@ def layernorm_backward(g, x, w, mean, rstd):
     db_part = cp.empty((tiles, C), dtype=cp.float32)
     threads = min(1024, max(64, (C + 31) // 32 * 32))  # ~one column a thread
     launch("layernorm", "layernorm_backward_narrow" if narrow else "layernorm_backward", (tiles,), (threads,),
-           (g, x, w, mean, rstd, dx, dw_part, db_part, np.int32(N), np.int32(C), np.int32(tile)), dtype=gdt)
+           (g, x, w, mean, rstd, dx, dx if acc is None else acc, np.int32(acc is not None),   # acc unread when 0
+            dw_part, db_part, np.int32(N), np.int32(C), np.int32(tile)), dtype=gdt)
     dw = cp.empty((C,), dtype=dt)
     db = cp.empty((C,), dtype=dt)
     launch("layernorm", "layernorm_dwdb_reduce", ((C + 31) // 32,), (32, 32),

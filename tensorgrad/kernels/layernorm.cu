@@ -14,6 +14,9 @@
 //   partial per (tile, column). layernorm_dwdb_reduce adds the partials of the
 //   tiles in a fixed order: deterministic, no atomics, and g and x are read
 //   from DRAM once (the column pass re-reads the tile from L2).
+//   With accumulate = 1, dx = acc + (the above): the gradient x already has
+//   from its other uses (a residual stream's skip connection) is added here,
+//   instead of by a separate pass over both arrays.
 // Types: x, w, b, dx, dw, db are TX; y and its gradient g are TY. Both are
 //   floatX, except in the *_narrow kernels of a bf16 build: there x, the
 //   weights and their gradients are float32 and y, g are bf16, so under
@@ -77,6 +80,7 @@ template <typename TX, typename TY>
 __device__ __forceinline__ void layernorm_backward_body(const TY* __restrict__ g, const TX* __restrict__ x,
                                               const TX* __restrict__ w, const float* __restrict__ mean,
                                               const float* __restrict__ rstd, TX* __restrict__ dx,
+                                              const TX* __restrict__ acc, int accumulate,
                                               float* __restrict__ dw_part, float* __restrict__ db_part,
                                               int N, int C, int rows) {
     __shared__ float s_mu[MAX_ROWS], s_rs[MAX_ROWS], s_a[MAX_ROWS], s_b[MAX_ROWS];
@@ -136,7 +140,8 @@ __device__ __forceinline__ void layernorm_backward_body(const TY* __restrict__ g
             const long long i = (r0 + r) * C + c;
             const float gv = to_f(g[i]);
             const float xh = (to_f(x[i]) - s_mu[r]) * s_rs[r];
-            st(dx + i, s_rs[r] * (gv * wc - s_a[r] - xh * s_b[r]));
+            const float d = s_rs[r] * (gv * wc - s_a[r] - xh * s_b[r]);
+            st(dx + i, accumulate ? to_f(acc[i]) + d : d);
             dwc += gv * xh;
             dbc += gv;
         }
@@ -150,14 +155,14 @@ __device__ __forceinline__ void layernorm_backward_body(const TY* __restrict__ g
 // sums per column are then added in a fixed order in shared memory.
 extern "C" __global__ void __launch_bounds__(1024) layernorm_backward(
         const floatX* g, const floatX* x, const floatX* w, const float* mean, const float* rstd, floatX* dx,
-        float* dw_part, float* db_part, int N, int C, int rows) {
-    layernorm_backward_body<floatX, floatX>(g, x, w, mean, rstd, dx, dw_part, db_part, N, C, rows);
+        const floatX* acc, int accumulate, float* dw_part, float* db_part, int N, int C, int rows) {
+    layernorm_backward_body<floatX, floatX>(g, x, w, mean, rstd, dx, acc, accumulate, dw_part, db_part, N, C, rows);
 }
 #ifdef TG_BF16
 extern "C" __global__ void __launch_bounds__(1024) layernorm_backward_narrow(
         const floatX* g, const float* x, const float* w, const float* mean, const float* rstd, float* dx,
-        float* dw_part, float* db_part, int N, int C, int rows) {
-    layernorm_backward_body<float, floatX>(g, x, w, mean, rstd, dx, dw_part, db_part, N, C, rows);
+        const float* acc, int accumulate, float* dw_part, float* db_part, int N, int C, int rows) {
+    layernorm_backward_body<float, floatX>(g, x, w, mean, rstd, dx, acc, accumulate, dw_part, db_part, N, C, rows);
 }
 #endif
 

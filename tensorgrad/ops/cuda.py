@@ -46,8 +46,8 @@ class LayerNormCUDA(LayerNorm):
         self.x, self.w = x, w
         return y
 
-    def backward(self, g):
-        return kernels.layernorm_backward(g, self.x, self.w, self.mean, self.rstd)
+    def backward(self, g, acc=None):
+        return kernels.layernorm_backward(g, self.x, self.w, self.mean, self.rstd, acc)
 
 
 class CrossEntropyCUDA(CrossEntropy):

@@ -48,7 +48,10 @@ class LayerNorm(Function):
     """y = (x - mean) * rstd * w + b over the last axis, rstd = 1/sqrt(var + eps);
     dx = rstd * (dxh - mean(dxh) - xh * mean(dxh * xh)), dxh = g * w, xh = (x - mean) * rstd;
     dw = sum(g * xh), db = sum(g) over the leading axes.
-    out_dtype (autocast): y is written in that dtype, the math stays in x's."""
+    out_dtype (autocast): y is written in that dtype, the math stays in x's.
+    backward(g, acc): dx + acc, acc being x's gradient from its other uses (Function.adds_into)."""
+    adds_into = 0
+
     def forward(self, x, w, b, eps=1e-5, out_dtype=None):
         C = x.shape[-1]
         if w is not None and w.shape != (C,) or b is not None and b.shape != (C,):
@@ -73,7 +76,7 @@ class LayerNorm(Function):
             y += b
         return y if out_dtype is None else y.astype(out_dtype)
 
-    def backward(self, g):
+    def backward(self, g, acc=None):
         xp = get_array_module(g)
         xh, rstd = self.xh, self.rstd
         g = g.astype(xh.dtype, copy=False)                      # a narrowed output's gradient
@@ -87,6 +90,8 @@ class LayerNorm(Function):
         dx -= row_mean(dx)
         dx -= gxh
         dx *= rstd
+        if acc is not None:
+            dx += acc                                                           # the skip connection's gradient
         return dx, dw, db
 
 
