@@ -18,7 +18,6 @@ from .attention import QKVAttention, ScaledDotProductAttention
 from ..kernels import cublaslt
 from .elementwise import GELU
 from .linear import LinearFn
-from .matmul import mm
 from .nn import CrossEntropy, Dropout, DropoutAdd, LayerNorm, Softmax
 
 
@@ -180,8 +179,7 @@ class QKVAttentionCUDA(QKVAttention):
 
 class LinearCUDA(LinearFn):
     """The bias is added by the matrix product's epilogue (kernels/cublaslt.py), not by
-    a second pass over y; in the backward, the weight gradient's product also sums the
-    bias gradient (epilogue BGRADB) instead of a column-sum kernel after it."""
+    a second pass over y; the backward is the reference's (two GEMMs and a column sum)."""
     @classmethod
     def supports(cls, x, w, b):
         return (b is not None and x.flags.c_contiguous and x.ndim >= 1 and w.ndim == 2
@@ -189,16 +187,6 @@ class LinearCUDA(LinearFn):
 
     def product(self, x2, w, b):
         return cublaslt.linear_bias(x2, w, b)
-
-    def backward(self, g):
-        need_x, need_w, need_b = self.needs_input_grad
-        g2 = g.reshape(-1, g.shape[-1])                                 # (N, out)
-        if not (need_w and need_b and g2.flags.c_contiguous and g2.data.ptr % 16 == 0
-                and g2.dtype == self.x2.dtype):
-            return super().backward(g)                                  # the reference's: product + column sum
-        dx = mm(g2, self.w).reshape(self.x_shape) if need_x else None   # (..., in)
-        dw, db = cublaslt.weight_bias_grad(g2, self.x2)                 # (out, in), (out,)
-        return dx, dw, db
 
 
 # ------------------------------------------------ the registry: reference -> twin
