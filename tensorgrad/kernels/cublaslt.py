@@ -12,12 +12,6 @@ y^T (out, N) = W (out, in) @ x^T (in, N): A = w read as (in, out), transposed;
 B = x read as (in, N); D = y read as (out, N); the bias runs along D's rows.
 The descriptors and the algorithm cuBLASLt picks depend only on the shape,
 so they are made once per shape and kept; only the pointers change per call.
-
-The backward's weight gradient takes the bias gradient along the same way
-(epilogue BGRADB): dw^T (in, out) = x^T (in, N) @ g (N, out), A = x read as
-(in, N), B = g read as (out, N) and transposed, D = dw read as (in, out); the
-sums of op(B)'s columns over N, g's column sums, are db. One call instead of a
-product and a two-kernel column sum.
 """
 import ctypes
 import warnings
@@ -28,7 +22,7 @@ from .cublas import data_type, mapped_library
 _OP_N, _OP_T = 0, 1
 _R_32F = 0
 _DESC_TRANSA, _DESC_TRANSB, _DESC_EPILOGUE, _DESC_BIAS_POINTER = 3, 4, 7, 8
-_EPILOGUE_BIAS, _EPILOGUE_BGRADB = 4, 512
+_EPILOGUE_BIAS = 4
 _PREF_MAX_WORKSPACE_BYTES = 1
 _WORKSPACE_BYTES = 32 << 20
 _HEURISTIC_BYTES = 96            # sizeof(cublasLtMatmulHeuristicResult_t); the algo is its first 64 bytes
@@ -70,27 +64,20 @@ def _layout(lib, dt, rows, cols, ld):
     return lay
 
 
-def _plan(kind, n, k, m, dt, compute):
-    """Descriptor, layouts and algorithm of one of the two products, made once per shape and
-    type (the scale type stays float32; the bias and its gradient have D's type):
-    'bias':   y (n, m) = x (n, k) @ w (m, k)^T + b;
-    'bgradb': dw (m, k) = g (n, m)^T @ x (n, k), and db (m,) = g's column sums."""
-    key = (kind, n, k, m, dt, compute)
+def _plan(n, k, m, dt, compute):
+    """Descriptor, layouts and algorithm of y (n, m) = x (n, k) @ w (m, k)^T + b, made once per
+    shape and type. The scale type stays float32 (alpha, beta); the bias has D's type."""
+    key = (n, k, m, dt, compute)
     plan = _state["plans"].get(key)
     if plan is not None:
         return plan
     lib = _state["lib"]
     desc = ctypes.c_void_p()
     _check(lib.cublasLtMatmulDescCreate(ctypes.byref(desc), compute, _R_32F), "cublasLtMatmulDescCreate")
-    if kind == "bias":
-        ops, epilogue = (_OP_T, _OP_N), _EPILOGUE_BIAS
-        a, b, d = _layout(lib, dt, k, m, k), _layout(lib, dt, k, n, k), _layout(lib, dt, m, n, m)
-    else:
-        ops, epilogue = (_OP_N, _OP_T), _EPILOGUE_BGRADB
-        a, b, d = _layout(lib, dt, k, n, k), _layout(lib, dt, m, n, m), _layout(lib, dt, k, m, k)
-    _set(lib, desc, _DESC_TRANSA, ctypes.c_int32(ops[0]))
-    _set(lib, desc, _DESC_TRANSB, ctypes.c_int32(ops[1]))
-    _set(lib, desc, _DESC_EPILOGUE, ctypes.c_uint32(epilogue))
+    _set(lib, desc, _DESC_TRANSA, ctypes.c_int32(_OP_T))
+    _set(lib, desc, _DESC_TRANSB, ctypes.c_int32(_OP_N))
+    _set(lib, desc, _DESC_EPILOGUE, ctypes.c_uint32(_EPILOGUE_BIAS))
+    a, b, d = _layout(lib, dt, k, m, k), _layout(lib, dt, k, n, k), _layout(lib, dt, m, n, m)
     pref = ctypes.c_void_p()
     _check(lib.cublasLtMatmulPreferenceCreate(ctypes.byref(pref)), "cublasLtMatmulPreferenceCreate")
     ws = ctypes.c_uint64(_WORKSPACE_BYTES)
@@ -100,7 +87,7 @@ def _plan(kind, n, k, m, dt, compute):
     _check(lib.cublasLtMatmulAlgoGetHeuristic(_state["handle"], desc, a, b, d, d, pref, 1, result,
                                               ctypes.byref(found)), "cublasLtMatmulAlgoGetHeuristic")
     if found.value < 1:
-        raise RuntimeError(f"cublasLt has no algorithm for the {kind} product of ({n}, {k}) and ({m}, {k})")
+        raise RuntimeError(f"cublasLt has no algorithm for ({n}, {k}) @ ({m}, {k})^T + bias")
     plan = _state["plans"][key] = (desc, a, b, d, result)
     return plan
 
@@ -117,34 +104,19 @@ def usable(x, w, b):
     return available()
 
 
-def _matmul(plan, a_ptr, b_ptr, d_ptr, bias_ptr):
-    """One cublasLtMatmul of plan on the current stream, D = op(A) op(B) with the epilogue's vector at bias_ptr."""
-    s = _state
-    desc, a, bl, d, algo = plan
-    _set(s["lib"], desc, _DESC_BIAS_POINTER, ctypes.c_void_p(bias_ptr))
-    ptr = ctypes.c_void_p
-    _check(s["lib"].cublasLtMatmul(s["handle"], desc, ctypes.byref(s["alpha"]), ptr(a_ptr), a, ptr(b_ptr), bl,
-                                   ctypes.byref(s["beta"]), ptr(d_ptr), d, ptr(d_ptr), d, algo,
-                                   ptr(s["workspace"].data.ptr), ctypes.c_size_t(_WORKSPACE_BYTES),
-                                   ptr(s["cp"].cuda.get_current_stream().ptr)), "cublasLtMatmul")
-
-
 def linear_bias(x, w, b):
     """x (n, k) @ w (m, k)^T + b (m,) -> (n, m), on the current stream."""
+    s = _state
+    cp, lib = s["cp"], s["lib"]
     n, k = x.shape
     m = w.shape[0]
-    y = _state["cp"].empty((n, m), dtype=x.dtype)
-    _matmul(_plan("bias", n, k, m, *data_type(x.dtype)), w.data.ptr, x.data.ptr, y.data.ptr, b.data.ptr)
+    dt, compute = data_type(x.dtype)
+    desc, a, bl, d, algo = _plan(n, k, m, dt, compute)
+    y = cp.empty((n, m), dtype=x.dtype)
+    _set(lib, desc, _DESC_BIAS_POINTER, ctypes.c_void_p(b.data.ptr))
+    ptr = ctypes.c_void_p
+    _check(lib.cublasLtMatmul(s["handle"], desc, ctypes.byref(s["alpha"]), ptr(w.data.ptr), a, ptr(x.data.ptr), bl,
+                              ctypes.byref(s["beta"]), ptr(y.data.ptr), d, ptr(y.data.ptr), d, algo,
+                              ptr(s["workspace"].data.ptr), ctypes.c_size_t(_WORKSPACE_BYTES),
+                              ptr(cp.cuda.get_current_stream().ptr)), "cublasLtMatmul")
     return y
-
-
-def weight_bias_grad(g, x):
-    """(dw, db) of linear_bias: dw (m, k) = g (n, m)^T @ x (n, k), db (m,) = g summed over its n rows,
-    in one call. g and x as usable() wants them (x for x, g for w's rows: m a multiple of 4)."""
-    cp = _state["cp"]
-    n, k = x.shape
-    m = g.shape[1]
-    dw = cp.empty((m, k), dtype=x.dtype)
-    db = cp.empty((m,), dtype=x.dtype)
-    _matmul(_plan("bgradb", n, k, m, *data_type(x.dtype)), x.data.ptr, g.data.ptr, dw.data.ptr, db.data.ptr)
-    return dw, db
