@@ -141,7 +141,7 @@ __device__ __forceinline__ void layernorm_backward_body(const TY* __restrict__ g
             const float gv = to_f(g[i]);
             const float xh = (to_f(x[i]) - s_mu[r]) * s_rs[r];
             const float d = s_rs[r] * (gv * wc - s_a[r] - xh * s_b[r]);
-            st(dx + i, accumulate ? to_f(acc[i]) + d : d);
+            st(dx + i, accumulate ? __fadd_rn(to_f(acc[i]), d) : d);   // _rn: no FMA contraction, the bits of a separate add
             dwc += gv * xh;
             dbc += gv;
         }
