@@ -15,7 +15,9 @@ What keeps the result the whole batch's:
 - dropout on each shard draws from a generator of its own, seeded from the main one,
   so a seeded run repeats itself exactly.
 A sum over the batch becomes a sum over shards, so the step equals the one-thread
-step up to float32 rounding, not bit for bit.
+step up to float32 rounding, not bit for bit. Each shard also brings a fixed amount of
+Python work (building and walking its graph), which holds the GIL and so does not run
+side by side: shards of a few sequences each gain less than large ones.
 
 In a loop of your own:
 
