@@ -426,11 +426,15 @@ def grad(output, inputs, grad_output=None, retain_graph=False, allow_unused=Fals
     wanted = {id(t._ctx or t): k for k, t in enumerate(inputs)}    # a result is found by its Function
     found = [None] * len(inputs)
 
-    def keep(node, g):
+    def keep(node, g, only_ref=False):
         k = wanted.get(id(node))
-        if k is not None:
-            found[k] = g.copy()          # g may be shared with other grads, or reused by a backward: own it
-    _backpropagate(output, grad_output, retain_graph, "grad()", lambda leaf, g, only_ref: None, on_node=keep)
+        if k is not None:                # g may be shared with other grads, or reused by a backward: own it
+            found[k] = g if only_ref else g.copy()
+
+    def keep_result(node, g):            # leaves come to keep() with only_ref, from the engine
+        if not isinstance(node, Tensor):
+            keep(node, g)
+    _backpropagate(output, grad_output, retain_graph, "grad()", keep, on_node=keep_result)
     for t, g in zip(inputs, found):
         if g is None and not allow_unused:
             raise RuntimeError(f"grad(): an input of shape {t.shape} is not used to compute the output "

@@ -405,3 +405,11 @@ def test_layernorm_adds_the_skip_connections_gradient_itself_with_the_same_bits(
     assert not any(calls)
     for a, b in zip(folded, plain):
         np.testing.assert_array_equal(a, b)
+
+
+def test_grad_returns_arrays_of_their_own():
+    a = tg.tensor([1.0, 2.0], requires_grad=True)
+    b = tg.tensor([3.0, 4.0], requires_grad=True)
+    ga, gb = tg.grad((a + b).sum(), [a, b])           # Add hands both inputs one array
+    ga += 1
+    np.testing.assert_array_equal(gb, [1.0, 1.0])
