@@ -100,3 +100,26 @@ def test_optimizer_step_on_threads_is_the_same_bits():
             shards.step(opts[1])
         for p, q in zip(models[0].parameters(), models[1].parameters()):
             np.testing.assert_array_equal(p.data, q.data)
+
+
+def test_train_step_with_accumulation_in_shards_equals_one_thread():
+    """gpt.train.train_step over two micro-batches: on shards, the gradients and the loss are the
+    one-thread step's to float32 rounding (SGD at lr 0 leaves the summed gradients in .grad)."""
+    import nn
+    from gpt.train import train_step
+    xa, ya = _batch(6, seed=1)
+    xb, yb = _batch(6, seed=2)
+    results = []
+    for shards in (None, Shards(2)):
+        model = _model()
+        opt = nn.optim.SGD(model.parameters(), lr=0.0)
+        if shards is None:
+            loss = train_step(model, opt, [(xa, ya), (xb, yb)], grad_clip=0.0)
+        else:
+            with shards:
+                loss = train_step(model, opt, [(xa, ya), (xb, yb)], grad_clip=0.0, shards=shards)
+        results.append((float(loss.data), [p.grad.copy() for p in model.parameters()]))
+    (l1, g1), (l2, g2) = results
+    assert l2 == pytest.approx(l1, rel=1e-6)
+    for a, b in zip(g1, g2):
+        np.testing.assert_allclose(b, a, rtol=0, atol=2e-6 * np.abs(a).max() + 1e-12)
