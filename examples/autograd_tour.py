@@ -6,6 +6,7 @@
 2. a tensor expression with broadcasting
 3. a two-layer MLP fitting a toy problem
 4. checking a gradient against finite differences
+5. gradients returned instead of accumulated (tg.grad)
 """
 import sys
 from pathlib import Path
@@ -81,8 +82,18 @@ def gradient_check():
     print(f"   a wrong backward:          passed: {result.ok}, worst: {result.worst}")
 
 
+def returned_gradients():
+    print("5. tg.grad: the gradients handed back, no .grad touched (PyTorch's torch.autograd.grad)")
+    x = tg.tensor([1.0, 2.0, 3.0], requires_grad=True)
+    h = x * x                  # not a leaf: its gradient is found through the op that made it
+    gx, gh = tg.grad((3.0 * h).sum(), [x, h])
+    print(f"   d/dx = {gx} (by hand 6x), d/dh = {gh} (by hand 3), and x.grad is still {x.grad}")
+    print("   so two batches can go backward on two threads at once, each with its own gradients (nn/threads.py)")
+
+
 if __name__ == "__main__":
     scalars()
     broadcasting()
     mlp()
     gradient_check()
+    returned_gradients()

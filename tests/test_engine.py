@@ -253,6 +253,7 @@ def test_autograd_tour_runs(capsys):
     out = capsys.readouterr().out
     assert "passed: True" in out and "step 500" in out
     assert "a wrong backward:          passed: False" in out      # the check catches the planted bug
+    assert "d/dx = [ 6. 12. 18.] (by hand 6x), d/dh = [3. 3. 3.] (by hand 3), and x.grad is still None" in out
 
 
 def test_readme_tour_prints_what_its_comments_say(capsys):
