@@ -47,7 +47,7 @@ def default_threads():
 
 
 class Shards:
-    """Runs loss_fn on the shards of a batch on n threads (the calling one among them).
+    """Runs loss_fn on the shards of a batch on n CPU threads (the calling one among them).
     Use it inside `with`: entering holds BLAS to one thread, leaving gives it its
     threads back and stops the pool's threads."""
 
@@ -69,10 +69,11 @@ class Shards:
             tg.backend.blas_threads(self._blas)
 
     def _split(self, x, y):
-        """[(x_k, y_k, share_k)]: rows of the (B, ...) tensors x, y, and each shard's share of B."""
+        """[(x_k, y_k, share_k)]: rows of the (B, ...) tensors (or arrays) x, y, and each shard's share of B."""
+        x, y = (getattr(a, "data", a) for a in (x, y))
         B = x.shape[0]
         cuts = [round(B * k / min(self.n, B)) for k in range(min(self.n, B) + 1)]
-        return [(tg.Tensor(x.data[a:b]), tg.Tensor(y.data[a:b]), (b - a) / B) for a, b in zip(cuts, cuts[1:])]
+        return [(tg.Tensor(x[a:b]), tg.Tensor(y[a:b]), (b - a) / B) for a, b in zip(cuts, cuts[1:])]
 
     def _run(self, work, parts):
         """[work(*part) for part in parts], the first on this thread, the others on the pool's."""
