@@ -108,12 +108,11 @@ def train_step(model, optimizer, batches, grad_clip, update=None, reduce_grads=N
         if shards is not None:      # adds into the gradients itself; the loss comes back without a graph
             loss = shards.backward(lambda xk, yk: forward_loss(model, xk, yk, dtype), x, y,
                                    list(model.parameters()), scale=1 / len(batches))
-            total = loss if total is None else tg.Tensor(total.data + loss.data)
-            continue
-        loss = forward_loss(model, x, y, dtype)
-        if len(batches) > 1:        # the mean over micro-batches, as one batch of all of them would give
-            loss = loss / len(batches)
-        loss.backward()             # adds into the gradients of the micro-batches before
+        else:
+            loss = forward_loss(model, x, y, dtype)
+            if len(batches) > 1:    # the mean over micro-batches, as one batch of all of them would give
+                loss = loss / len(batches)
+            loss.backward()         # adds into the gradients of the micro-batches before
         total = loss if total is None else tg.Tensor(total.data + loss.data)   # no graph: stays on the device
     if reduce_grads is not None:
         reduce_grads()
@@ -126,11 +125,14 @@ def train_step(model, optimizer, batches, grad_clip, update=None, reduce_grads=N
     return total
 
 
-def cpu_threads(tc):
-    """Threads a CPU step runs on (nn/threads.py); 1 on a GPU."""
+def cpu_threads(tc, ranks=1):
+    """Threads a CPU step runs on (nn/threads.py); 1 on a GPU, and by default 1 when several
+    ranks share the machine's cores."""
     if tc.device != "cpu":
         return 1
-    return default_threads() if tc.cpu_threads is None else tc.cpu_threads
+    if tc.cpu_threads is None:
+        return default_threads() if ranks == 1 else 1
+    return tc.cpu_threads
 
 
 def use_cuda_graph(tc):
@@ -154,8 +156,7 @@ def make_runners(model, opt, tc, block_size, world=None):
         return [(tg.Tensor(x.data[i]), tg.Tensor(y.data[i])) for i in range(accumulation)]
 
     if not use_cuda_graph(tc):
-        several_ranks = world is not None and world.size > 1
-        threads = 1 if several_ranks and tc.cpu_threads is None else cpu_threads(tc)   # ranks share the cores
+        threads = cpu_threads(tc, 1 if world is None else world.size)
         shards = Shards(threads) if threads > 1 else None
 
         def step(x, y):
@@ -518,7 +519,7 @@ def train(model_config, tc, data_dir, resume=False, progress=True, overwrite=Fal
         tg.manual_seed(int(np.random.SeedSequence([tc.seed, world.rank, start_it]).generate_state(1)[0]))
     sequences = tc.batch_size * tc.gradient_accumulation_steps * world.size
     tokens_per_iter = sequences * model_config.block_size
-    threads = cpu_threads(tc) if world.size == 1 or tc.cpu_threads else 1
+    threads = cpu_threads(tc, world.size)
     say(f"model: {model.num_parameters(exclude_position_embeddings=True) / 1e6:.2f}M parameters, device {tc.device} "
         f"({training_dtype(tc)}{f', {threads} threads' if threads > 1 else ''}); "
         f"{tokens_per_iter:,} tokens per iteration (global batch {sequences} = batch {tc.batch_size} x "

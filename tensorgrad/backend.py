@@ -6,6 +6,7 @@ works without it, and asking for 'cuda' without it is a clear error.
 """
 import contextlib
 import ctypes
+import functools
 import sys
 import threading
 
@@ -208,7 +209,6 @@ def keep_freed_memory(on=True):
 _BLAS_THREAD_CALLS = [                 # (get, set) as OpenBLAS builds name them: plain, 64-bit ints, NumPy's wheels
     (prefix + "get_num_threads" + suffix, prefix + "set_num_threads" + suffix)
     for prefix in ("openblas_", "scipy_openblas_") for suffix in ("", "64_", "_64_")]
-_blas = []                             # [(get, set)] once looked up: empty when none was found
 
 
 def blas_threads(n=None):
@@ -220,9 +220,7 @@ def blas_threads(n=None):
     the cores. Found the way threadpoolctl finds it: the loaded library whose path names
     openblas, and its get/set functions.
     """
-    if not _blas:
-        _blas.append(_find_blas_thread_calls())
-    calls = _blas[0]
+    calls = _find_blas_thread_calls()
     if calls is None:
         return None
     get, set_ = calls
@@ -231,7 +229,9 @@ def blas_threads(n=None):
     return int(get())
 
 
+@functools.lru_cache(maxsize=None)
 def _find_blas_thread_calls():
+    """(get, set) of the loaded OpenBLAS, or None; looked up once."""
     np.dot(np.ones((2, 2)), np.ones((2, 2)))     # the library is loaded by now, whatever NumPy's build
     try:
         with open("/proc/self/maps") as f:

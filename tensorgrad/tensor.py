@@ -345,10 +345,10 @@ __all__ = ["Tensor", "tensor", "zeros", "ones", "full", "randn", "rand", "randin
            "set_default_dtype"]
 
 
-def _backpropagate(root_tensor, grad, retain_graph, caller, into_leaf, on_node=None):
+def _backpropagate(root_tensor, grad, retain_graph, caller, into_leaf, on_result=None):
     """The engine: run the graph behind root_tensor backwards from grad. Each leaf's
-    summed gradient goes to into_leaf(leaf, g, only_ref); on_node(node, g), when given, sees
-    the summed gradient of every node (Function or leaf) before it is used.
+    summed gradient goes to into_leaf(leaf, g, only_ref); on_result(fn, g), when given, sees
+    the summed gradient of each Function's output before its backward uses it.
     only_ref: nothing but the engine holds g, and g is no view of another array, so the
     leaf may keep g itself instead of a copy (a GPT step's weight gradients, mostly)."""
     self = root_tensor
@@ -375,14 +375,14 @@ def _backpropagate(root_tensor, grad, retain_graph, caller, into_leaf, on_node=N
         g = grads.pop(id(node), None)
         if g is None:
             continue
-        if on_node is not None:
-            on_node(node, g)
         if isinstance(node, Tensor):
             # references to g: this frame's name and getrefcount's argument, nothing else
             only_ref = getattr(g, "base", None) is None and sys.getrefcount(g) == 2
             into_leaf(node, g, only_ref)
             continue
         fn = node
+        if on_result is not None:
+            on_result(fn, g)
         if fn.freed:
             raise RuntimeError(f"{caller}: the graph was already freed by an earlier backward(); "
                                "pass retain_graph=True to the first call to go through it twice")
@@ -426,15 +426,11 @@ def grad(output, inputs, grad_output=None, retain_graph=False, allow_unused=Fals
     wanted = {id(t._ctx or t): k for k, t in enumerate(inputs)}    # a result is found by its Function
     found = [None] * len(inputs)
 
-    def keep(node, g, only_ref=False):
+    def keep(node, g, only_ref=False):   # a leaf, or the Function that made a result
         k = wanted.get(id(node))
         if k is not None:                # g may be shared with other grads, or reused by a backward: own it
             found[k] = g if only_ref else g.copy()
-
-    def keep_result(node, g):            # leaves come to keep() with only_ref, from the engine
-        if not isinstance(node, Tensor):
-            keep(node, g)
-    _backpropagate(output, grad_output, retain_graph, "grad()", keep, on_node=keep_result)
+    _backpropagate(output, grad_output, retain_graph, "grad()", keep, on_result=keep)
     for t, g in zip(inputs, found):
         if g is None and not allow_unused:
             raise RuntimeError(f"grad(): an input of shape {t.shape} is not used to compute the output "
