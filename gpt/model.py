@@ -14,6 +14,7 @@ import numpy as np
 import nn
 import nn.functional as F
 import tensorgrad as tg
+from tensorgrad.autocast import cast_inputs
 
 from .pretrained import load_gpt2_safetensors
 
@@ -200,8 +201,41 @@ class GPT(nn.Module):
                 return self.lm_head(x), None                                 # (B, T, V)
             return self.lm_head(x[:, -1:, :]), None                          # (B, 1, V): only what sampling needs
         targets = targets if isinstance(targets, tg.Tensor) else tg.tensor(np.asarray(targets), device=self.device)
-        logits = self.lm_head(x)                                             # (B, T, V)
-        return logits, F.cross_entropy(logits, targets, ignore_index=-1)
+        logits = self._padded_head(x)                                        # (B, T, Vp)
+        loss = F.cross_entropy(logits, targets, ignore_index=-1)
+        return logits[..., :self.config.vocab_size], loss                    # (B, T, V): a view
+
+    # ------------------------------------------------------- the padded vocabulary
+    # GPT-2's vocabulary has 50257 tokens, an odd number: a (B*T, 50257) logits matrix has
+    # rows that start off the 16-byte boundary, and cuBLAS then falls back to a slow kernel
+    # for all three LM-head products. So on the GPU the head computes vocab_multiple-aligned
+    # logits (50304 for GPT-2, as nanoGPT and llm.c do): the weight gets zero rows below it
+    # and the extra columns a bias of -inf, so their softmax share is exactly 0, they never
+    # change the loss, and their gradient is exactly 0. Users never see them: the parameter,
+    # the checkpoints and the returned logits keep vocab_size columns.
+    vocab_multiple = None   # None: 64 on the GPU, 1 (no padding) on the CPU
+
+    def padded_vocab_size(self):
+        V = self.config.vocab_size
+        multiple = self.vocab_multiple or (64 if self.device == "cuda" else 1)
+        return -(-V // multiple) * multiple
+
+    def _padded_head(self, x):
+        """x (B, T, C) -> logits (B, T, Vp), columns past vocab_size -inf."""
+        V, Vp = self.config.vocab_size, self.padded_vocab_size()
+        if Vp == V:
+            return self.lm_head(x)
+        w, = cast_inputs(self.lm_head.weight)                    # bf16 under autocast: pad the narrow copy
+        key = (Vp, w.shape[1], w.dtype, w.device)
+        if self.__dict__.get("_pad_key") != key:                 # constants, made once per shape and device
+            zeros = tg.zeros((Vp - V, w.shape[1]), dtype=w.dtype, device=w.device)           # (Vp - V, C)
+            bias = np.zeros(Vp, dtype=np.float32)
+            bias[V:] = -np.inf
+            bias = tg.tensor(bias, device=w.device).astype(w.dtype)                          # (Vp,)
+            object.__setattr__(self, "_pad", (zeros, bias))
+            object.__setattr__(self, "_pad_key", key)
+        zeros, bias = self._pad
+        return F.linear(x, tg.cat([w, zeros]), bias)                                          # (B, T, Vp)
 
     @property
     def device(self):

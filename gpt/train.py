@@ -28,7 +28,6 @@ from tqdm import tqdm
 import nn
 import tensorgrad as tg
 from nn.threads import Shards, default_threads
-from tensorgrad.kernels import ATTENTION_HEAD_SIZES, compile_ahead
 
 from . import distributed
 from .cuda_graph import GraphedCall
@@ -311,7 +310,7 @@ def attention_bytes(mc, batch_size, device):
     (NumPy, or CuPy for head sizes the fused kernels do not take) stores one (B, n_head, T, T)
     float32 array per layer for backward, plus one being computed. The fused GPU kernels
     store none."""
-    if device == "cuda" and mc.n_embd // mc.n_head in ATTENTION_HEAD_SIZES:
+    if device == "cuda" and mc.n_embd // mc.n_head in tg.ATTENTION_HEAD_SIZES:
         return 0
     return (mc.n_layer + 1) * batch_size * mc.n_head * mc.block_size ** 2 * 4
 
@@ -468,7 +467,7 @@ def train(model_config, tc, data_dir, resume=False, progress=True, overwrite=Fal
         raise ConfigError("\n".join(problems))
     check_out_dir(tc.out_dir, resume, overwrite)
     if tc.device == "cuda":     # NVRTC builds the step's kernels on every core while the data loads
-        compile_ahead(training_dtype(tc), model_config.n_embd // model_config.n_head)
+        tg.compile_ahead(training_dtype(tc), model_config.n_embd // model_config.n_head)
     out = Path(tc.out_dir)
     data = TokenData(data_dir)
     if model_config.vocab_size < data.meta["vocab_size"]:

@@ -4,13 +4,10 @@ Each step updates p.data in place with array-module (xp) operations, so the
 same code runs on NumPy and CuPy, and reads nothing back from the device.
 Only the step count (a host-side Python int) enters as Python floats.
 """
-import math
-
 import numpy as np
 
-from tensorgrad import backend, kernels
+from tensorgrad import backend, foreach
 from tensorgrad.function import no_grad
-from tensorgrad.kernels.adamw import N_HYPER, adamw_many, hyper_row, usable
 
 
 class Optimizer:
@@ -137,7 +134,7 @@ class AdamW(Optimizer):
         if lr < 0 or eps < 0 or not (0 <= betas[0] < 1 and 0 <= betas[1] < 1):
             raise ValueError(f"AdamW: bad hyperparameters lr={lr}, betas={betas}, eps={eps}")
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay))
-        self._hyper = None  # GPU: (n_params, 7) device array of per-step scalars, see prepare()
+        self._scalars = None  # GPU: the per-step scalars in device memory (foreach.AdamWScalars)
 
     def _state_of(self, p):
         """p's AdamW state, made on first use (the one place it is created, for both paths):
@@ -149,49 +146,43 @@ class AdamW(Optimizer):
         return state
 
     # ------------------------------------------------------------ fused GPU path
-    # On the GPU one kernel updates every parameter (tensorgrad/kernels/adamw.cu). Its
-    # scalars (learning rate, bias corrections) sit in device memory: prepare() writes
-    # them (host work: step counts, schedules); apply() launches the kernel (device
-    # work only, so a CUDA graph can capture it and replay it every step).
+    # On the GPU one multi-tensor op updates every parameter (tensorgrad.foreach.adamw_).
+    # Its scalars (learning rate, bias corrections) sit in device memory: prepare() writes
+    # them (host work: step counts, schedules); apply() runs the update (device work only,
+    # so a CUDA graph can capture it and replay it every step).
     def _fused_params(self):
         """(index, param, group) of every parameter with a gradient, or None when the
-        fused kernel can't take them all (CPU, float64, kernels off)."""
+        engine's multi-tensor op can't take them all (CPU, float64, kernels off)."""
         out, i = [], 0
         for group in self.param_groups:
             for p in group["params"]:
                 if p.grad is not None:
                     out.append((i, p, group))
                 i += 1
-        if not out or isinstance(out[0][1].data, np.ndarray) or not kernels.enabled():
-            return None
-        return out if all(usable(p.data, p.grad) for _, p, _ in out) else None
+        arrays = [a for _, p, _ in out for a in (p.data, p.grad)]
+        return out if out and foreach.fused(*arrays) else None
 
     def prepare(self):
         """Host side of a fused step: advance step counts, write the scalars to the device."""
         params = self._fused_params()
         if params is None:
             raise RuntimeError("AdamW.prepare: the fused GPU step needs float32 CuPy parameters with gradients")
-        xp = backend.get_array_module(params[0][1].data)
         n_all = sum(len(g["params"]) for g in self.param_groups)
-        if self._hyper is None or self._hyper.shape[0] != n_all:
-            self._hyper = xp.zeros((n_all, N_HYPER), dtype=np.float32)
-            self._upload = backend.HostToDevice(self._hyper.nbytes)   # no wait for the GPU (backend.py)
-        host = np.zeros((n_all, N_HYPER), dtype=np.float32)
+        if self._scalars is None or len(self._scalars) != n_all:
+            self._scalars = foreach.AdamWScalars(n_all)
         for i, p, group in params:
             state = self._state_of(p)
             state["step"] += 1
-            (b1, b2) = group["betas"]
-            host[i] = hyper_row(group["lr"], b1, b2, group["eps"], group["weight_decay"], state["step"])
-        self._upload([(self._hyper, host)], xp.cuda.get_current_stream())   # ordered after earlier work
+            self._scalars.set(i, group["lr"], group["betas"], group["eps"], group["weight_decay"], state["step"])
+        self._scalars.upload()
         self._prepared = params
 
     def apply(self):
-        """Device side of a fused step: one kernel for all parameters, nothing read back."""
-        rows = []
-        for i, p, _ in self._prepared:
-            state = self.state[id(p)]
-            rows.append((p.data, p.grad, state["exp_avg"], state["exp_avg_sq"], i))
-        adamw_many(rows, self._hyper)
+        """Device side of a fused step: one multi-tensor op for all parameters, nothing read back."""
+        states = [self.state[id(p)] for _, p, _ in self._prepared]
+        foreach.adamw_([p.data for _, p, _ in self._prepared], [p.grad for _, p, _ in self._prepared],
+                       [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states], self._scalars,
+                       [i for i, _, _ in self._prepared])
 
     def step(self):
         if self._fused_params() is not None:
@@ -202,27 +193,7 @@ class AdamW(Optimizer):
         super().step()
 
     def _update(self, p, g, state, group):
-        xp = backend.get_array_module(p.data)
-        lr, (b1, b2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
         state = self._state_of(p)
         state["step"] += 1
-        t = state["step"]
-        m, v = state["exp_avg"], state["exp_avg_sq"]
-        if wd != 0:
-            p.data *= 1 - lr * wd
-        # the same operations in the same order as torch's single-tensor path, for matching
-        # rounding; in place, through one scratch buffer instead of a temporary per operation
-        buf = g - m
-        buf *= 1 - b1
-        m += buf                                     # m += (1 - b1) (g - m); torch: exp_avg.lerp_(grad, 1 - beta1)
-        v *= b2
-        xp.multiply(g, 1 - b2, out=buf)
-        buf *= g
-        v += buf                                     # v = b2 v + (1 - b2) g g; torch: mul_(beta2).addcmul_(grad, grad, 1 - beta2)
-        step_size = lr / (1 - b1 ** t)               # host-side floats: the step count lives on the host
-        denom = xp.sqrt(v)
-        denom /= math.sqrt(1 - b2 ** t)
-        denom += eps
-        xp.multiply(m, step_size, out=buf)
-        buf /= denom
-        p.data -= buf                                # p -= step_size * m / denom
+        foreach.adamw_step(p.data, g, state["exp_avg"], state["exp_avg_sq"], group["lr"], group["betas"],
+                           group["eps"], group["weight_decay"], state["step"])

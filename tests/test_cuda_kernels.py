@@ -505,7 +505,7 @@ def test_compile_ahead_builds_on_threads_and_kernels_run(cp, monkeypatch):
     kernels.compile_ahead("float32", head_size=64)
     keys = list(kernels._modules)
     assert ("adamw", np.dtype(np.float32), ()) in keys
-    assert ("attention", np.dtype(np.float32), (("TG_HEAD_DIM", 64), ("TG_MMA", 0))) in keys
+    assert ("attention", np.dtype(np.float32), (("TG_HEAD_DIM", 64),)) in keys
     x = cp.asarray(rng.standard_normal((5, 65)).astype(np.float32))
     xd = x.astype(np.float64)
     ref = 0.5 * xd * (1 + cp.tanh(0.7978845608028654 * (xd + 0.044715 * xd ** 3)))
@@ -544,12 +544,12 @@ def test_clip_grads_many_arrays_match_reference(cp, max_norm):
 
 def test_clip_and_adamw_tables_made_in_a_capture_replay_right(cp):
     """A CUDA graph replays the table a capture made: refill the gradients, replay, compare."""
-    from tensorgrad.kernels.adamw import N_HYPER, adamw_many, hyper_row
-    sizes = [3, 1000, 50_000]
+    from tensorgrad.kernels.many import N_HYPER, adamw_hyper, adamw_many
+    sizes = [3, 1000, 50_000, 100_001]
     grads = [cp.zeros(n, dtype=cp.float32) for n in sizes]
     params = [cp.asarray(rng.standard_normal(n).astype(np.float32)) for n in sizes]
     ms, vs = [cp.zeros_like(p) for p in params], [cp.zeros_like(p) for p in params]
-    hyper = cp.asarray(np.array([hyper_row(1e-2, 0.9, 0.99, 1e-8, 0.1, 1)] * len(sizes), dtype=np.float32))
+    hyper = cp.asarray(np.array([adamw_hyper(1e-2, 0.9, 0.99, 1e-8, 0.1, 1)] * len(sizes), dtype=np.float32))
     assert hyper.shape == (len(sizes), N_HYPER)
     stream = cp.cuda.Stream(non_blocking=True)
     with stream:
@@ -570,6 +570,49 @@ def test_clip_and_adamw_tables_made_in_a_capture_replay_right(cp):
         v = 0.01 * g * g
         expect = p0 * (1 - 1e-2 * 0.1) - (1e-2 / 0.1) * m / (np.sqrt(v) / np.sqrt(0.01) + 1e-8)
         np.testing.assert_allclose(p.get(), expect, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("offset", [0, 1])      # float4 path, and arrays off the vector boundary
+def test_foreach_adamw_matches_the_per_array_reference(cp, offset):
+    """tg.foreach.adamw_ (one launch, chunks) against foreach.adamw_step (the plain form) on the
+    same GPU arrays, over sizes that cut chunks unevenly, for three steps of two groups."""
+    from tensorgrad import foreach
+    from tensorgrad.kernels.many import CHUNK
+    sizes = [1, 3, 768, 4 * 768 + 1, CHUNK - 1, CHUNK + 5, 3 * CHUNK + 7]
+    def arrays():
+        out = []
+        for n in sizes:
+            base = cp.asarray(rng.standard_normal(n + offset).astype(np.float32))
+            out.append(base[offset:])                     # contiguous; off by one float when offset=1
+        return out
+    params, grads = arrays(), arrays()
+    ref_p = [p.copy() for p in params]
+    ms, vs = [cp.zeros_like(p) for p in params], [cp.zeros_like(p) for p in params]
+    ref_m, ref_v = [cp.zeros_like(p) for p in params], [cp.zeros_like(p) for p in params]
+    groups = [(1e-2, (0.9, 0.95), 1e-8, 0.1), (3e-3, (0.8, 0.99), 1e-6, 0.0)]
+    scalars = foreach.AdamWScalars(len(sizes))
+    for step in (1, 2, 3):
+        for i in range(len(sizes)):
+            lr, betas, eps, wd = groups[i % 2]
+            scalars.set(i, lr, betas, eps, wd, step)
+            foreach.adamw_step(ref_p[i], grads[i], ref_m[i], ref_v[i], lr, betas, eps, wd, step)
+        scalars.upload()
+        assert foreach.fused(*params, *grads)
+        foreach.adamw_(params, grads, ms, vs, scalars, range(len(sizes)))
+    for name, got, ref in (("p", params, ref_p), ("m", ms, ref_m), ("v", vs, ref_v)):
+        for n, a, b in zip(sizes, got, ref):
+            np.testing.assert_allclose(a.get(), b.get(), rtol=2e-6, atol=1e-7, err_msg=f"adamw {name} size {n}")
+
+
+def test_foreach_clip_unaligned_and_empty_gradients(cp):
+    from tensorgrad import foreach
+    host = [rng.standard_normal(n).astype(np.float32) for n in (5, 70_001)]
+    grads = [cp.asarray(np.r_[np.float32(0), h])[1:] for h in host] + [cp.zeros(0, dtype=cp.float32)]
+    norm = foreach.clip_grad_norm_(grads, 0.5)
+    ref_norm, ref = _clip_reference(host, 0.5)
+    assert abs(float(norm) - ref_norm) <= 1e-5 * ref_norm
+    for g, r in zip(grads, ref):
+        np.testing.assert_allclose(g.get(), r, rtol=2e-6, atol=1e-12)
 
 
 def test_dropout_op_on_cuda_uses_philox_and_manual_seed():

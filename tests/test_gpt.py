@@ -474,3 +474,27 @@ def test_interrupted_and_resumed_run_on_cuda(tmp_path, monkeypatch, cuda_graph):
             worst = max(worst, float(np.abs(q.numpy() - p.numpy()).max()))
         print(f"cuda resume, Ctrl-C at batch read {at_call}: largest weight difference {worst:.2e}")
         assert s2["best_val_loss"] == pytest.approx(s1["best_val_loss"], rel=1e-4)
+
+
+def test_padded_vocabulary_gives_the_unpadded_model():
+    """The LM head padded to a multiple of 64 (what the GPU does for GPT-2's 50257) gives the
+    same logits, loss and gradients; users see vocab_size columns and unpadded parameters."""
+    tg.manual_seed(0)
+    model = GPT(GPTConfig(block_size=16, vocab_size=67, n_layer=1, n_head=2, n_embd=32))
+    rng = np.random.default_rng(0)
+    idx, tgt = rng.integers(0, 67, (2, 16)), rng.integers(0, 67, (2, 16))
+    tgt[0, 3] = -1                                            # an ignored position
+    results = []
+    for multiple in (1, 64):
+        model.zero_grad()
+        model.vocab_multiple = multiple
+        logits, loss = model(idx, tgt)
+        loss.backward()
+        results.append((logits.numpy(), loss.item(), {n: p.grad.copy() for n, p in model.named_parameters()}))
+    assert model.padded_vocab_size() == 128 and results[1][0].shape == (2, 16, 67)
+    assert results[0][1] == results[1][1]
+    np.testing.assert_array_equal(results[0][0], results[1][0])
+    for name, g in results[0][2].items():
+        assert results[1][2][name].shape == g.shape
+        np.testing.assert_allclose(results[1][2][name], g, rtol=1e-5, atol=1e-7, err_msg=name)
+    assert model.transformer.wte.weight.shape == (67, 32) and model.state_dict()["lm_head.weight"].shape == (67, 32)

@@ -167,3 +167,28 @@ def test_graph_memory_is_private_and_evaluation_does_not_clobber_training():
             assert evaluate.pool is step.pool
         results[graph] = np.array(losses)
     np.testing.assert_allclose(results[True], results[False], rtol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_padded_vocabulary_on_the_gpu_equals_unpadded(dtype):
+    """GPT-2-like odd vocabulary: the GPU's padded head (multiple of 64) against no padding,
+    in float32 and under bf16 autocast: same loss, logits and gradients to the dtype's rounding."""
+    tg.manual_seed(0)
+    model = GPT(GPTConfig(block_size=64, vocab_size=1001, n_layer=1, n_head=2, n_embd=128)).to("cuda")
+    rng = np.random.default_rng(0)
+    x = tg.tensor(rng.integers(0, 1001, (4, 64)), device="cuda")
+    y = tg.tensor(rng.integers(0, 1001, (4, 64)), device="cuda")
+    out = []
+    for multiple in (1, None):
+        model.zero_grad()
+        model.vocab_multiple = multiple
+        with tg.autocast("cuda", enabled=dtype == "bfloat16"):
+            logits, loss = model(x, y)
+        loss.backward()
+        out.append((logits.numpy().astype(np.float64), loss.item(), [p.grad.get() for p in model.parameters()]))
+    assert model.padded_vocab_size() == 1024 and out[1][0].shape == (4, 64, 1001)
+    tol = 1e-5 if dtype == "float32" else 2e-2
+    assert abs(out[0][1] - out[1][1]) <= tol * out[0][1]
+    assert _rel(out[1][0], out[0][0]) < tol
+    for a, b in zip(out[1][2], out[0][2]):
+        assert _rel(a, b) < (1e-4 if dtype == "float32" else 3e-2)

@@ -44,10 +44,12 @@ KERNELS = {stem: kernel_names(kernels.source(stem)) for stem in STEMS}
 def test_kernel_list_comes_from_the_sources():
     # the parse finds what the wrappers launch: a regex that silently found nothing would make
     # the compile test below check nothing
-    assert {"softmax", "layernorm", "attention", "softmax_naive", "layernorm_naive", "attention_naive"} <= set(STEMS)
+    assert {"softmax", "layernorm", "attention", "attention_mma", "softmax_naive", "layernorm_naive",
+            "attention_naive"} <= set(STEMS)
     for stem, names in KERNELS.items():
         assert names, f"{stem}.cu: no extern \"C\" __global__ kernel found"
     assert {"attention_forward_32", "attention_backward_q_128", "attention_row_dot"} <= set(KERNELS["attention"])
+    assert {"attention_forward_mma_64", "attention_backward_kv_mma_128"} <= set(KERNELS["attention_mma"])
     assert "softmax_forward_naive" in KERNELS["softmax_naive"]
 
 
@@ -58,10 +60,10 @@ def test_every_kernel_the_wrappers_launch_by_name_is_in_its_source():
     for f in sorted(os.listdir(KERNEL_DIR)):
         if f.endswith(".py"):
             text = open(os.path.join(KERNEL_DIR, f)).read()
-            calls += re.findall(r'\b(launch|_launch|_per_thread)\("(\w+)", "(\w+)"', text)
+            calls += re.findall(r'\b(launch|launch_rows|_per_thread)\("(\w+)", "(\w+)"', text)
     assert len(calls) > 12, f"only {len(calls)} launches found: the pattern no longer matches the wrappers"
     for how, stem, name in calls:
-        wanted = [name + "_warp", name + "_block"] if how == "_launch" else [name]
+        wanted = [name + "_warp", name + "_block"] if how == "launch_rows" else [name]
         for kernel in wanted:
             assert kernel in KERNELS[stem], f"{how}({stem!r}, {name!r}): no kernel {kernel} in {stem}.cu"
 

@@ -12,31 +12,46 @@
 // learning rate and step count on every replay:
 //   hyper = {1 - lr*wd, 1 - b1, b2, 1 - b2, 1/sqrt(1 - b2^t), eps, lr/(1 - b1^t)}
 //
-// Launch: all parameters in one launch. Row t of `table` (int64, kernels.device_table)
-// holds parameter t's addresses of p, g, m, v, its size and its row of hyper; block
-// (x, t) of an (X, n) grid walks its share of parameter t (grid-stride; a size may
-// exceed 2^31). A GPT has dozens of parameters: one launch each would cost more
-// than the update itself.
-__device__ __forceinline__ void adamw_range(float* __restrict__ p, const float* __restrict__ g,
-                                            float* __restrict__ m, float* __restrict__ v, long long n,
-                                            const float* __restrict__ hyper, long long first, long long stride) {
-    const float decay = hyper[0], one_minus_b1 = hyper[1], b2 = hyper[2], one_minus_b2 = hyper[3];
-    const float inv_sqrt_bc2 = hyper[4], eps = hyper[5], step_size = hyper[6];
-    for (long long i = first; i < n; i += stride) {
-        float gi = g[i];
-        float mi = m[i] + one_minus_b1 * (gi - m[i]);
-        float vi = b2 * v[i] + one_minus_b2 * gi * gi;
-        m[i] = mi;
-        v[i] = vi;
-        float denom = sqrtf(vi) * inv_sqrt_bc2 + eps;
-        p[i] = p[i] * decay - step_size * mi / denom;
-    }
+// Launch: all parameters in one launch, one block per chunk (kernels/many.py).
+// Row r of `table` (int64) holds the addresses of p, g, m, v, the parameter's
+// row of hyper, and the chunk's first and last+1 element. The update is
+// bandwidth-bound (7 floats moved per element): float4 loads and stores when the
+// four arrays allow them.
+
+__device__ __forceinline__ float adamw_one(float& p, float g, float& m, float& v, const float* h) {
+    m = m + h[1] * (g - m);
+    v = h[2] * v + h[3] * g * g;
+    p = p * h[0] - h[6] * m / (sqrtf(v) * h[4] + h[5]);
+    return p;
 }
 
 extern "C" __global__ void adamw_many(const long long* __restrict__ table, const float* __restrict__ hyper,
                                       int n_hyper) {
-    const long long* row = table + 6 * (long long)blockIdx.y;    // p, g, m, v, size, hyper row
-    adamw_range((float*)row[0], (const float*)row[1], (float*)row[2], (float*)row[3], row[4],
-                hyper + row[5] * n_hyper, (long long)blockIdx.x * blockDim.x + threadIdx.x,
-                (long long)gridDim.x * blockDim.x);
+    const long long* row = table + 7 * (long long)blockIdx.x;    // p, g, m, v, hyper row, start, end
+    float* p = (float*)row[0];
+    const float* g = (const float*)row[1];
+    float* m = (float*)row[2];
+    float* v = (float*)row[3];
+    float h[7];
+#pragma unroll
+    for (int j = 0; j < 7; ++j) h[j] = hyper[row[4] * n_hyper + j];
+    long long i = row[5];
+    const long long end = row[6];
+    const bool vec = ((row[0] | row[1] | row[2] | row[3]) & 15) == 0;   // chunks start on multiples of 4
+    if (vec) {
+        for (long long j = i + 4 * threadIdx.x; j + 3 < end; j += 4 * blockDim.x) {
+            float4 p4 = *reinterpret_cast<float4*>(p + j), m4 = *reinterpret_cast<float4*>(m + j);
+            float4 v4 = *reinterpret_cast<float4*>(v + j);
+            const float4 g4 = *reinterpret_cast<const float4*>(g + j);
+            adamw_one(p4.x, g4.x, m4.x, v4.x, h);
+            adamw_one(p4.y, g4.y, m4.y, v4.y, h);
+            adamw_one(p4.z, g4.z, m4.z, v4.z, h);
+            adamw_one(p4.w, g4.w, m4.w, v4.w, h);
+            *reinterpret_cast<float4*>(p + j) = p4;
+            *reinterpret_cast<float4*>(m + j) = m4;
+            *reinterpret_cast<float4*>(v + j) = v4;
+        }
+        i += (end - i) / 4 * 4;                  // the last (end - i) % 4 elements, one a thread below
+    }
+    for (long long j = i + threadIdx.x; j < end; j += blockDim.x) adamw_one(p[j], g[j], m[j], v[j], h);
 }

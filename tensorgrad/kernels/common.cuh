@@ -55,43 +55,23 @@ __device__ __forceinline__ float warp_sum(float v) {
     return v;
 }
 
-// Sum over the group. BLOCK: all threads of the block must call it (it has
-// barriers); the trailing barrier lets callers run it again on the next row.
-template <bool BLOCK>
-__device__ __forceinline__ float group_sum(float v) {
+__device__ __forceinline__ float2 warp_sum(float2 v) { return make_float2(warp_sum(v.x), warp_sum(v.y)); }
+
+// Sum over the group: the one block reduction of the kernels (V: float, or float2
+// for two sums in one barrier round). BLOCK: all threads of the block must call it
+// (it has barriers); the trailing barrier lets callers run it again on the next row.
+template <bool BLOCK, typename V>
+__device__ __forceinline__ V group_sum(V v) {
     v = warp_sum(v);
     if (!BLOCK) return v;
-    __shared__ float part[32];
-    __shared__ float total;
+    __shared__ V part[32];
+    __shared__ V total;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     if (lane == 0) part[warp] = v;
     __syncthreads();
     if (warp == 0) {
-        v = lane < (int)(blockDim.x >> 5) ? part[lane] : 0.f;
+        v = lane < (int)(blockDim.x >> 5) ? part[lane] : V{};
         v = warp_sum(v);
-        if (lane == 0) total = v;
-    }
-    __syncthreads();
-    v = total;
-    __syncthreads();
-    return v;
-}
-
-// Two sums at once (one barrier round instead of two).
-template <bool BLOCK>
-__device__ __forceinline__ float2 group_sum2(float2 v) {
-    v.x = warp_sum(v.x);
-    v.y = warp_sum(v.y);
-    if (!BLOCK) return v;
-    __shared__ float2 part[32];
-    __shared__ float2 total;
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    if (lane == 0) part[warp] = v;
-    __syncthreads();
-    if (warp == 0) {
-        v = lane < (int)(blockDim.x >> 5) ? part[lane] : make_float2(0.f, 0.f);
-        v.x = warp_sum(v.x);
-        v.y = warp_sum(v.y);
         if (lane == 0) total = v;
     }
     __syncthreads();

@@ -15,10 +15,13 @@ import numpy as np
 
 from .. import backend, kernels
 from .attention import QKVAttention, ScaledDotProductAttention
-from ..kernels import cublaslt
+from ..kernels import compile_ahead, cublaslt  # noqa: F401  (compile_ahead: tg.compile_ahead)
 from .elementwise import GELU
 from .linear import LinearFn
 from .nn import CrossEntropy, Dropout, DropoutAdd, LayerNorm, Softmax
+
+
+ATTENTION_HEAD_SIZES = kernels.attention.HEAD_SIZES   # what the fused attention kernels take (else: reference)
 
 
 class SoftmaxCUDA(Softmax):

@@ -1,0 +1,129 @@
+"""Fused attention (attention.cu, attention_mma.cu, attention_common.cuh): forward and backward.
+
+The (T, S) matrix of scores never reaches memory: the forward saves y and the
+logsumexp of each query row, the backward recomputes the probabilities from them.
+"""
+import os
+
+import numpy as np
+
+from .. import backend
+from . import _F32, elementwise_grid, launch, takes
+from .dropout import drop_threshold
+
+HEAD_SIZES = (32, 64, 128)
+ATTENTION_HEAD_SIZES = HEAD_SIZES
+_TILE = 64
+
+
+def attention_supported(q, k, v, causal):
+    """Can the fused kernels take q (B, H, T, D), k, v (B, H, S, D)? CuPy arrays of one
+    kernel element type, D in ATTENTION_HEAD_SIZES, last axis contiguous, S >= T when causal."""
+    if not takes(q, k, v) or q.ndim != 4 or k.shape != v.shape or k.ndim != 4:
+        return False
+    B, H, T, D = q.shape
+    S = k.shape[2]
+    if D not in HEAD_SIZES or k.shape[:2] != (B, H) or k.shape[3] != D or T == 0 or S == 0:
+        return False
+    if causal and S < T:
+        return False
+    return all(a.strides[3] == a.itemsize for a in (q, k, v))
+
+
+def _vec4(*arrays):
+    """Do all arrays start on a vector boundary (4 elements) with (batch, head, time) strides
+    of whole vectors? Then the kernels read four elements at a time; otherwise one."""
+    return all(a.data.ptr % (4 * a.itemsize) == 0 and all(st % (4 * a.itemsize) == 0 for st in a.strides[:3])
+               for a in arrays)
+
+
+def _check_out(**arrays):
+    """Outputs are written four elements at a time: they must be vector-aligned (fresh arrays and
+    their head views are)."""
+    for name, a in arrays.items():
+        if not _vec4(a):
+            raise ValueError(f"attention: output {name} {a.shape} {a.strides} is not aligned to 4 elements")
+
+
+def _strides(*arrays):
+    """(batch, head, time) strides in elements of each (B, H, T, D) array, flattened."""
+    return tuple(np.int64(st // a.itemsize) for a in arrays for st in a.strides[:3])
+
+
+def _mma(dtype):
+    """bf16 attention runs its tile products on tensor cores (mma.sync); float32 on FMAs."""
+    return dtype != _F32 and os.environ.get("TENSORGRAD_ATTENTION_MMA", "1") != "0"
+
+
+def module_key(dtype, D):
+    """(stem, dtype, defines) of the module that runs attention of head size D on `dtype`:
+    attention_mma.cu (tensor cores) for bf16, attention.cu (float FMAs) otherwise,
+    built for one head size (TG_HEAD_DIM)."""
+    return ("attention_mma" if _mma(dtype) else "attention", np.dtype(dtype), (("TG_HEAD_DIM", D),))
+
+
+def attention_forward(q, k, v, y, causal, scale, p, slot):
+    """Fill y (B, H, T, D), any strides with D contiguous, with softmax(q k^T * scale) v
+    (dropout p with `slot`); returns lse (B, H, T) for the backward."""
+    cp = backend.cupy()
+    B, H, T, D = q.shape
+    S = k.shape[2]
+    if y.shape != q.shape or y.dtype != q.dtype or y.strides[3] != y.itemsize:
+        raise ValueError(f"attention_forward: output {y.shape} must match q {q.shape} with a contiguous last axis")
+    _check_out(y=y)
+    lse = cp.empty((B, H, T), dtype=cp.float32)
+    drop16, dscale = drop_threshold(p)
+    name, shared = f"attention_forward_{D}", (3 * _TILE * (D + 4) + _TILE * (_TILE + 4)) * 4
+    if _mma(q.dtype):
+        # bf16: the tile products on tensor cores (attention.cu); Q, K and V^T tiles in bf16
+        name, shared = f"attention_forward_mma_{D}", (2 * _TILE * (D + 8) + D * (_TILE + 8)) * 2
+    stem, _, build = module_key(q.dtype, D)
+    launch(stem, name, (-(-T // _TILE), B * H), (128,),
+           (q, k, v, y, lse) + _strides(q, k, v, y) +
+           (np.int32(H), np.int32(T), np.int32(S), np.float32(scale), np.int32(causal), slot, drop16, dscale,
+            np.int32(_vec4(q, k, v))), shared_mem=shared, dtype=q.dtype, defines=build)
+    return lse
+
+
+def attention_backward(g, q, k, v, y, lse, causal, scale, p, slot, dq, dk, dv):
+    """Fill dq, dk, dv (strides of q, k, v) from g = dL/dy (strides of y) and the forward's y, lse."""
+    cp = backend.cupy()
+    B, H, T, D = q.shape
+    S = k.shape[2]
+    for grad, like, name in ((g, y, "dy"), (dq, q, "dq"), (dk, k, "dk"), (dv, v, "dv")):
+        if grad.shape != like.shape or grad.strides != like.strides or grad.dtype != like.dtype:
+            raise ValueError(f"attention_backward: {name} {grad.shape} {grad.strides} needs the shape and "
+                             f"strides of its tensor, {like.shape} {like.strides}")
+    _check_out(dq=dq, dk=dk, dv=dv)
+    drop16, dscale = drop_threshold(p)
+    rows = B * H * T
+    dot = cp.empty((B, H, T), dtype=cp.float32)
+    ys = _strides(y)
+    stem, _, build = module_key(q.dtype, D)
+    launch(stem, "attention_row_dot", (-(-rows // 8),), (256,),
+           (g, y, dot) + ys + (np.int32(H), np.int32(T), np.int32(D), np.int32(rows)), dtype=q.dtype, defines=build)
+    tail = _strides(q, k, v, y) + (np.int32(H), np.int32(T), np.int32(S), np.float32(scale), np.int32(causal),
+                                   slot, drop16, dscale, np.int32(_vec4(q, k, v, g)))
+    if _mma(q.dtype):      # bf16 on tensor cores: bf16 row-major and transposed tiles, keep flags (kv)
+        rows, cols = _TILE * (D + 8), D * (_TILE + 8)
+        kv, qq = f"attention_backward_kv_mma_{D}", f"attention_backward_q_mma_{D}"
+        kv_shared, q_shared = (4 * rows + 2 * cols) * 2 + 2 * _TILE * 4 + _TILE * _TILE, (4 * rows + cols) * 2
+    else:
+        tile, ptile = _TILE * (D + 4), _TILE * (_TILE + 4)
+        kv, qq = f"attention_backward_kv_{D}", f"attention_backward_q_{D}"
+        kv_shared, q_shared = (4 * tile + 2 * ptile + 2 * _TILE) * 4, (4 * tile + ptile + 2 * _TILE) * 4
+    launch(stem, kv, (-(-S // _TILE), B * H), (128,),
+           (q, k, v, g, lse, dot, dk, dv) + tail, shared_mem=kv_shared, dtype=q.dtype, defines=build)
+    launch(stem, qq, (-(-T // _TILE), B * H), (128,),
+           (q, k, v, g, lse, dot, dq) + tail, shared_mem=q_shared, dtype=q.dtype, defines=build)
+
+
+def attention_dropout_mask(BH, T, S, p, slot):
+    """The dropout factors (0 or 1/keep) the attention kernels draw from `slot`, as a (BH, T, S) array (tests)."""
+    cp = backend.cupy()
+    drop16, dscale = drop_threshold(p)
+    out = cp.empty((BH, T, S), dtype=cp.float32)
+    n = BH * T * (-(-S // _TILE)) * 8
+    launch("attention", "attention_dropout_mask", (elementwise_grid(n),), (256,),
+           (out, np.int32(BH), np.int32(T), np.int32(S), slot, drop16, dscale), defines=(("TG_HEAD_DIM", 0),))
+    return out

@@ -1,0 +1,29 @@
+"""Column sums of a matrix (colsum.cu): the bias gradient of a linear layer."""
+import numpy as np
+
+from .. import backend
+from . import _arr, _element, launch, sm_count
+
+
+def colsum(a):
+    """Sum of a contiguous (R, N) CuPy array over its rows -> (N,) of its dtype (colsum.cu)."""
+    cp = backend.cupy()
+    a = _arr(a, "colsum input", _element(a, "colsum input"))
+    if a.ndim != 2:
+        raise ValueError(f"colsum: expected a 2-D array, got shape {a.shape}")
+    R, N = a.shape
+    if R == 0 or N == 0:
+        return cp.zeros((N,), dtype=a.dtype)
+    width = 4 if N % 4 == 0 and a.data.ptr % (4 * a.itemsize) == 0 else 1
+    col_blocks = -(-N // (32 * width))
+    # enough (column block, row slice) blocks for ~8 per SM, each slice at least 8 rows
+    slices = max(1, min(-(-R // 8), sm_count() * 8 // col_blocks))
+    rows_per_slice = -(-R // slices)
+    slices = -(-R // rows_per_slice)
+    part = cp.empty((slices, N), dtype=cp.float32)
+    launch("colsum", f"colsum_partial{width}", (col_blocks, slices), (32, 8),
+           (a, part, np.int32(R), np.int32(N), np.int32(rows_per_slice)), dtype=a.dtype)
+    out = cp.empty((N,), dtype=a.dtype)
+    launch("colsum", "colsum_final", (-(-N // 256),), (256,), (part, out, np.int32(slices), np.int32(N)),
+           dtype=a.dtype)
+    return out

@@ -1,0 +1,50 @@
+"""Cross-entropy of rows of logits (cross_entropy.cu): logsumexp and loss per row, and dlogits."""
+import numpy as np
+
+from .. import backend
+from . import _arr, _element, _rows
+from .rows import launch_rows
+
+
+def _ce_args(x, t, keep):
+    cp = backend.cupy()
+    x = _arr(x, "cross_entropy logits", _element(x, "cross_entropy logits"))
+    if x.ndim != 2:
+        raise ValueError(f"cross_entropy kernels: logits must be (N, V), got {x.shape}")
+    N, V = _rows(x, "cross_entropy logits")
+    if t.shape != (N,) or keep.shape != (N,):
+        raise ValueError(f"cross_entropy kernels: targets and keep must have shape ({N},), got {t.shape}, {keep.shape}")
+    if t.dtype.kind not in "iu":
+        raise TypeError(f"cross_entropy kernels: targets must be integer class ids, got {t.dtype}")
+    t = cp.ascontiguousarray(t, dtype=cp.int64)       # exact for every integer class id
+    keep = cp.ascontiguousarray(keep, dtype=cp.bool_)
+    return x, t, keep, N, V
+
+
+def cross_entropy_forward(x, t, keep):
+    """(losses, lse), each (N,) float32: lse = logsumexp of each row of x (N, V),
+    losses = lse - x[t] where keep, else 0."""
+    cp = backend.cupy()
+    x, t, keep, N, V = _ce_args(x, t, keep)
+    if V == 0:
+        raise ValueError("cross_entropy_forward: logits have no classes (V == 0)")
+    losses = cp.empty((N,), dtype=cp.float32)
+    lse = cp.empty((N,), dtype=cp.float32)
+    launch_rows("cross_entropy", "cross_entropy_forward", N, V, (x, t, keep, losses, lse, np.int32(N), np.int32(V)),
+            x.dtype)
+    return losses, lse
+
+
+def cross_entropy_backward(x, t, keep, lse, row_scale):
+    """dx (N, V) = (exp(x - lse) - onehot(t)) * row_scale[:, None], zero where not keep."""
+    cp = backend.cupy()
+    x, t, keep, N, V = _ce_args(x, t, keep)
+    lse = _arr(lse, "cross_entropy lse")
+    # the scale is g / n_kept from the engine; a cast costs nothing at (N,)
+    row_scale = cp.ascontiguousarray(row_scale, dtype=cp.float32)
+    if lse.size != N or row_scale.size != N:
+        raise ValueError(f"cross_entropy_backward: lse and row_scale need {N} entries, got {lse.shape}, {row_scale.shape}")
+    dx = cp.empty_like(x)
+    launch_rows("cross_entropy", "cross_entropy_backward", N, V,
+            (x, t, keep, lse, row_scale, dx, np.int32(N), np.int32(V)), x.dtype)
+    return dx
