@@ -14,6 +14,7 @@ cudnn=$(python3 -c "import nvidia.cudnn, os; print(list(nvidia.cudnn.__path__)[0
 libs=$(mktemp -d)
 for f in "$cudnn"/lib/libcudnn*.so.9; do ln -sf "$f" "$libs/$(basename "$f" .9)"; done
 cd "$llmc"
+[ -e cudnn-frontend ] || ln -s "$frontend" cudnn-frontend     # where llm.c's Makefile looks for it
 CPATH="$cudnn/include" LIBRARY_PATH="$libs:$cudnn/lib" \
     make train_gpt2cu NO_MULTI_GPU=1 USE_CUDNN=1 CUDNN_FRONTEND_PATH="$frontend/include" >&2
 echo "LD_LIBRARY_PATH=$cudnn/lib"

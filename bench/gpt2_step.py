@@ -117,7 +117,7 @@ def child_nanogpt(args):
 
 def child_llmc(args):
     """llm.c's own loop on random tokens: its printed step times, the first 5 left out."""
-    exe = Path(args.llmc) / "train_gpt2cu"
+    exe = (Path(args.llmc) / "train_gpt2cu").resolve()
     if not exe.exists():
         raise SystemExit(f"error: {exe} not found: build it first (bench/build_llmc.sh)")
     steps = 5 + 3 * args.steps

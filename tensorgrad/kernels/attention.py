@@ -30,11 +30,17 @@ def attention_supported(q, k, v, causal):
     return all(a.strides[3] == a.itemsize for a in (q, k, v))
 
 
-def _vec4(*arrays):
-    """Do all arrays start on a vector boundary (4 elements) with (batch, head, time) strides
-    of whole vectors? Then the kernels read four elements at a time; otherwise one."""
-    return all(a.data.ptr % (4 * a.itemsize) == 0 and all(st % (4 * a.itemsize) == 0 for st in a.strides[:3])
+def _vec4(*arrays, n=4):
+    """Do all arrays start on a vector boundary (n elements) with (batch, head, time) strides
+    of whole vectors? Then the kernels read n elements at a time; otherwise one."""
+    return all(a.data.ptr % (n * a.itemsize) == 0 and all(st % (n * a.itemsize) == 0 for st in a.strides[:3])
                for a in arrays)
+
+
+def _vec(*arrays):
+    """The kernels' vec flag: 2 when every row starts on 16 bytes (the tensor-core kernels then
+    copy tiles with cp.async), 1 on 4 elements, 0 otherwise."""
+    return np.int32(2 if _vec4(*arrays, n=16 // arrays[0].itemsize) else 1 if _vec4(*arrays) else 0)
 
 
 def _check_out(**arrays):
@@ -76,12 +82,12 @@ def attention_forward(q, k, v, y, causal, scale, p, slot):
     name, shared = f"attention_forward_{D}", (3 * _TILE * (D + 4) + _TILE * (_TILE + 4)) * 4
     if _mma(q.dtype):
         # bf16: the tile products on tensor cores (attention.cu); Q, K and V^T tiles in bf16
-        name, shared = f"attention_forward_mma_{D}", (2 * _TILE * (D + 8) + D * (_TILE + 8)) * 2
+        name, shared = f"attention_forward_mma_{D}", 5 * _TILE * (D + 8) * 2       # Q, two buffers of K, V
     stem, _, build = module_key(q.dtype, D)
     launch(stem, name, (-(-T // _TILE), B * H), (128,),
            (q, k, v, y, lse) + _strides(q, k, v, y) +
            (np.int32(H), np.int32(T), np.int32(S), np.float32(scale), np.int32(causal), slot, drop16, dscale,
-            np.int32(_vec4(q, k, v))), shared_mem=shared, dtype=q.dtype, defines=build)
+            _vec(q, k, v)), shared_mem=shared, dtype=q.dtype, defines=build)
     return lse
 
 
@@ -103,11 +109,11 @@ def attention_backward(g, q, k, v, y, lse, causal, scale, p, slot, dq, dk, dv):
     launch(stem, "attention_row_dot", (-(-rows // 8),), (256,),
            (g, y, dot) + ys + (np.int32(H), np.int32(T), np.int32(D), np.int32(rows)), dtype=q.dtype, defines=build)
     tail = _strides(q, k, v, y) + (np.int32(H), np.int32(T), np.int32(S), np.float32(scale), np.int32(causal),
-                                   slot, drop16, dscale, np.int32(_vec4(q, k, v, g)))
-    if _mma(q.dtype):      # bf16 on tensor cores: bf16 row-major and transposed tiles, keep flags (kv)
-        rows, cols = _TILE * (D + 8), D * (_TILE + 8)
+                                   slot, drop16, dscale, _vec(q, k, v, g))
+    if _mma(q.dtype):      # bf16 on tensor cores: four bf16 tiles; lse, dot and keep flags (kv)
+        rows = _TILE * (D + 8)
         kv, qq = f"attention_backward_kv_mma_{D}", f"attention_backward_q_mma_{D}"
-        kv_shared, q_shared = (4 * rows + 2 * cols) * 2 + 2 * _TILE * 4 + _TILE * _TILE, (4 * rows + cols) * 2
+        kv_shared, q_shared = 6 * rows * 2 + 2 * _TILE * 4 + _TILE * _TILE, 6 * rows * 2   # double buffers
     else:
         tile, ptile = _TILE * (D + 4), _TILE * (_TILE + 4)
         kv, qq = f"attention_backward_kv_{D}", f"attention_backward_q_{D}"

@@ -15,17 +15,35 @@
 // P's A operand without leaving registers (C of m16n8 = half of A of m16k16).
 // Key column j = 8 nb + 2t + e is drop_row's (tx = 2t + e, c = nb): the same
 // dropout mask as the float kernels and the backward. P is rounded to bf16 for
-// its product, as in any bf16 attention; S, O, m, l stay float32. V is stored
-// transposed in shared memory, so both B operands are 32-bit loads.
-// (mma.sync in inline PTX: NVRTC with the pip CUDA headers has no crt/mma.h
-// for the WMMA API.)
+// its product, as in any bf16 attention; S, O, m, l stay float32. Every tile
+// sits in shared memory as it is in global memory (rows of D), and fragments
+// are read with ldmatrix: four 8 x 8 blocks in one instruction, transposed on
+// the way (.trans) where a product contracts over the tile's rows (P V, dS K,
+// P^T dY, dS^T Q), so no tile is ever stored transposed.
+// (mma.sync and ldmatrix in inline PTX: NVRTC with the pip CUDA headers has no
+// crt/mma.h for the WMMA API.)
 
 __device__ __forceinline__ unsigned int pack_bf16(float lo, float hi) {
     __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);          // lo in the low half: the lower column
     return *reinterpret_cast<unsigned int*>(&v);
 }
 
-__device__ __forceinline__ unsigned int lds32(const floatX* p) { return *reinterpret_cast<const unsigned int*>(p); }
+// ldmatrix: lane L gives the address of row L % 8 of 8 x 8 block L / 8 (16 bytes each);
+// register i of lane (g, t) receives block i's row g, columns 2t and 2t + 1 (.trans:
+// column g, rows 2t and 2t + 1 of block i).
+__device__ __forceinline__ unsigned int smem_address(const void* p) {
+    unsigned int a;
+    asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(a) : "l"(p));
+    return a;
+}
+__device__ __forceinline__ void ldsm4(unsigned int (&r)[4], const floatX* p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(smem_address(p)));
+}
+__device__ __forceinline__ void ldsm4_trans(unsigned int (&r)[4], const floatX* p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(smem_address(p)));
+}
 
 // c (16 x 8, float) += a (16 x 16, bf16, row-major fragment) b (16 x 8, bf16, column-major fragment)
 __device__ __forceinline__ void mma_bf16(float (&c)[4], const unsigned int (&a)[4], unsigned int b0, unsigned int b1) {
@@ -35,11 +53,11 @@ __device__ __forceinline__ void mma_bf16(float (&c)[4], const unsigned int (&a)[
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
-// rows [row0, row0 + 64) of a (.., rows, D) bf16 operand -> tile[r * ld + d], or transposed
-// tile[d * ld + r]; zeros past n_rows. vec: rows can be read four elements (8 bytes) at a time.
+// rows [row0, row0 + 64) of a (.., rows, D) bf16 operand -> tile[r * ld + d]; zeros past
+// n_rows. vec: rows can be read four elements (8 bytes) at a time.
 template <int D>
 __device__ __forceinline__ void load_rows_bf16(floatX* tile, int ld, const floatX* g, long long base, long long st,
-                                               int row0, int n_rows, bool vec, bool transpose) {
+                                               int row0, int n_rows, bool vec) {
     for (int e = threadIdx.x; e < TILE * D / 4; e += NT) {
         const int r = e / (D / 4), d = e % (D / 4) * 4;
         const int row = row0 + r;
@@ -54,57 +72,83 @@ __device__ __forceinline__ void load_rows_bf16(floatX* tile, int ld, const float
                 for (int i = 0; i < 4; ++i) w[i] = src[i];
             }
         }
-        if (transpose) {
-#pragma unroll
-            for (int i = 0; i < 4; ++i) tile[(d + i) * ld + r] = w[i];
-        } else {
-            *reinterpret_cast<uint2*>(tile + r * ld + d) = u;
-        }
+        *reinterpret_cast<uint2*>(tile + r * ld + d) = u;
+    }
+}
+
+// cp.async: global -> shared without passing through registers, so the next tile's loads
+// fly while the warps compute on the current one (double buffering). src_size 0 fills zeros.
+__device__ __forceinline__ void cp_async16(floatX* dst, const floatX* src, bool full) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_address(dst)), "l"(src),
+                 "r"(full ? 16 : 0));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+__device__ __forceinline__ void cp_async_wait_one() { asm volatile("cp.async.wait_group 1;\n" ::); }
+
+// load_rows_bf16 into a (64, D + 8) tile, asynchronously when rows start on 16 bytes (vec == 2);
+// the caller commits the group and waits for it (cp_async_wait_one + __syncthreads) before reading.
+template <int D>
+__device__ __forceinline__ void load_tile_async(floatX* tile, const floatX* g, long long base, long long st, int row0,
+                                                int n_rows, int vec) {
+    constexpr int LH = D + 8;
+    if (vec != 2) {
+        load_rows_bf16<D>(tile, LH, g, base, st, row0, n_rows, vec != 0);
+        return;
+    }
+    for (int e = threadIdx.x; e < TILE * D / 8; e += NT) {
+        const int r = e / (D / 8), d = e % (D / 8) * 8;
+        const bool in = row0 + r < n_rows;
+        cp_async16(tile + r * LH + d, in ? g + base + (long long)(row0 + r) * st + d : g, in);
     }
 }
 
 // This warp's 16 rows (from row0) of a (64, D + 8) tile as the A fragments of m16n8k16, one per 16 of D
+// (blocks: rows +0 / +8, columns +0 / +8)
 template <int D>
-__device__ __forceinline__ void a_fragments(unsigned int (&a)[D / 16][4], const floatX* tile, int row0, int g, int t) {
+__device__ __forceinline__ void a_fragments(unsigned int (&a)[D / 16][4], const floatX* tile, int row0, int lane) {
     constexpr int LH = D + 8;
 #pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk) {
-        const floatX* b = tile + row0 * LH + kk * 16 + 2 * t;
-        a[kk][0] = lds32(b + g * LH);
-        a[kk][1] = lds32(b + (g + 8) * LH);
-        a[kk][2] = lds32(b + g * LH + 8);
-        a[kk][3] = lds32(b + (g + 8) * LH + 8);
-    }
+    for (int kk = 0; kk < D / 16; ++kk)
+        ldsm4(a[kk], tile + (row0 + lane % 16) * LH + kk * 16 + 8 * (lane / 16));
 }
 
-// c[nb] = A (16 x D, fragments a) times the rows of a (64, LH) tile, transposed: 8 blocks of 8 columns
+// c[nb] = A (16 x D, fragments a) times the rows of a (64, D + 8) tile, transposed: 8 blocks of 8
+// columns. One ldmatrix gives the B fragments of two 16-deep steps (blocks: columns +0, +8, +16, +24).
 template <int D>
 __device__ __forceinline__ void mma_rows(float (&c)[TILE / 8][4], const unsigned int (&a)[D / 16][4], const floatX* tile,
-                                         int g, int t) {
+                                         int lane) {
     constexpr int LH = D + 8;
 #pragma unroll
     for (int nb = 0; nb < TILE / 8; ++nb) {
         c[nb][0] = c[nb][1] = c[nb][2] = c[nb][3] = 0.f;
-        const floatX* b = tile + (nb * 8 + g) * LH + 2 * t;
 #pragma unroll
-        for (int kk = 0; kk < D / 16; ++kk) mma_bf16(c[nb], a[kk], lds32(b + kk * 16), lds32(b + kk * 16 + 8));
+        for (int kk = 0; kk < D / 16; kk += 2) {
+            unsigned int b[4];
+            ldsm4(b, tile + (nb * 8 + lane % 8) * LH + kk * 16 + 8 * (lane / 8));
+            mma_bf16(c[nb], a[kk], b[0], b[1]);
+            mma_bf16(c[nb], a[kk + 1], b[2], b[3]);
+        }
     }
 }
 
-// acc (16 x D) += P (16 x 64, C fragments p) times a transposed (D, TILE + 8) tile
+// acc (16 x D) += P (16 x 64, C fragments p) times a (64, D + 8) tile M (rows: the 64 keys or
+// queries P's columns run over). B fragments come from M through ldmatrix.trans, two 8-column
+// blocks of D a call (blocks: rows +0 / +8 of this 16-step, columns +0 / +8).
 template <int D>
-__device__ __forceinline__ void mma_tile(float (&acc)[D / 8][4], const float (&p)[TILE / 8][4], const floatX* tileT,
-                                         int g, int t) {
-    constexpr int LK = TILE + 8;
+__device__ __forceinline__ void mma_tile(float (&acc)[D / 8][4], const float (&p)[TILE / 8][4], const floatX* tile,
+                                         int lane) {
+    constexpr int LH = D + 8;
 #pragma unroll
     for (int kk = 0; kk < TILE / 16; ++kk) {
         const unsigned int pa[4] = {pack_bf16(p[2 * kk][0], p[2 * kk][1]), pack_bf16(p[2 * kk][2], p[2 * kk][3]),
                                     pack_bf16(p[2 * kk + 1][0], p[2 * kk + 1][1]),
                                     pack_bf16(p[2 * kk + 1][2], p[2 * kk + 1][3])};
 #pragma unroll
-        for (int n = 0; n < D / 8; ++n) {
-            const floatX* b = tileT + (n * 8 + g) * LK + kk * 16 + 2 * t;
-            mma_bf16(acc[n], pa, lds32(b), lds32(b + 8));
+        for (int n = 0; n < D / 8; n += 2) {
+            unsigned int b[4];
+            ldsm4_trans(b, tile + (kk * 16 + lane % 16) * LH + n * 8 + 8 * (lane / 16));
+            mma_bf16(acc[n], pa, b[0], b[1]);
+            mma_bf16(acc[n + 1], pa, b[2], b[3]);
         }
     }
 }
@@ -115,33 +159,42 @@ __device__ void attention_forward_mma_body(const floatX* __restrict__ q, const f
                                            Strides qs, Strides ks, Strides vs, Strides ys, int H, int T, int S,
                                            float scale, int causal, const unsigned int* rng, unsigned int drop16,
                                            float dscale, int vec) {
-    constexpr int LH = D + 8;              // row stride of the Q and K tiles (bank-staggered)
-    constexpr int LK = TILE + 8;           // row stride of the transposed V tile
+    constexpr int LH = D + 8;              // row stride of the tiles (bank-staggered: ldmatrix rows hit all banks)
     extern __shared__ __align__(16) float smem[];
     floatX* Qs = reinterpret_cast<floatX*>(smem);   // (64, LH)
-    floatX* Ks = Qs + TILE * LH;                     // (64, LH)
-    floatX* Vt = Ks + TILE * LH;                     // (D, LK): V^T
+    floatX* KV = Qs + TILE * LH;                     // two buffers of (K, V): (2, 2, 64, LH)
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     const int bh = blockIdx.y, q0 = blockIdx.x * TILE;
     const int row[2] = {q0 + warp * 16 + g, q0 + warp * 16 + g + 8};   // this lane's two query rows
     const float sl2 = scale * LOG2E;
+    const int nkt = key_tiles(q0, T, S, causal);
 
-    load_rows_bf16<D>(Qs, LH, q, base_of(qs, bh, H), qs.t, q0, T, vec, false);
+    load_tile_async<D>(Qs, q, base_of(qs, bh, H), qs.t, q0, T, vec);
+    cp_async_commit();
+    load_tile_async<D>(KV, k, base_of(ks, bh, H), ks.t, 0, S, vec);          // key tile 0 into buffer 0
+    load_tile_async<D>(KV + TILE * LH, v, base_of(vs, bh, H), vs.t, 0, S, vec);
+    cp_async_commit();
+    cp_async_wait_one();                   // Q has landed (the first K, V may still fly)
     __syncthreads();
     unsigned int qa[D / 16][4];            // this warp's Q rows as A fragments, one per 16 of D
-    a_fragments<D>(qa, Qs, warp * 16, g, t);
+    a_fragments<D>(qa, Qs, warp * 16, lane);
     float o[D / 8][4], m[2] = {NEG_INF, NEG_INF}, l[2] = {0.f, 0.f};
 #pragma unroll
     for (int n = 0; n < D / 8; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.f;
-    const int nkt = key_tiles(q0, T, S, causal);
     for (int kt = 0; kt < nkt; ++kt) {
         const int k0 = kt * TILE;
-        __syncthreads();                   // every warp is done with the previous K, V
-        load_rows_bf16<D>(Ks, LH, k, base_of(ks, bh, H), ks.t, k0, S, vec, false);
-        load_rows_bf16<D>(Vt, LK, v, base_of(vs, bh, H), vs.t, k0, S, vec, true);
+        const floatX* Ks = KV + (kt & 1) * 2 * TILE * LH;
+        const floatX* Vs = Ks + TILE * LH;
+        if (kt + 1 < nkt) {                // the next K, V into the other buffer, read two steps ago
+            floatX* next = KV + ((kt + 1) & 1) * 2 * TILE * LH;
+            load_tile_async<D>(next, k, base_of(ks, bh, H), ks.t, k0 + TILE, S, vec);
+            load_tile_async<D>(next + TILE * LH, v, base_of(vs, bh, H), vs.t, k0 + TILE, S, vec);
+        }
+        cp_async_commit();
+        cp_async_wait_one();               // this tile's K, V have landed
         __syncthreads();
         float s[TILE / 8][4];              // S: 16 rows x 64 keys, as 8 C fragments
-        mma_rows<D>(s, qa, Ks, g, t);
+        mma_rows<D>(s, qa, Ks, lane);
         float alpha[2];
 #pragma unroll
         for (int hr = 0; hr < 2; ++hr) {   // element e of a fragment: row hr = e / 2, column 2t + e % 2
@@ -178,7 +231,8 @@ __device__ void attention_forward_mma_body(const floatX* __restrict__ q, const f
             o[n][0] *= alpha[0]; o[n][1] *= alpha[0];
             o[n][2] *= alpha[1]; o[n][3] *= alpha[1];
         }
-        mma_tile<D>(o, s, Vt, g, t);       // O += P V
+        mma_tile<D>(o, s, Vs, lane);       // O += P V
+        __syncthreads();                   // every warp is done with this buffer before it is refilled
     }
 #pragma unroll
     for (int hr = 0; hr < 2; ++hr) {
@@ -205,9 +259,8 @@ __device__ void attention_forward_mma_body(const floatX* __restrict__ q, const f
 //     key) pairs are not drop_row's: the block first writes the tile's keep
 //     flags to shared memory (one byte each, drawn as the float kernels draw
 //     them) and every lane reads its own.
-// Operands read as B are stored so that each B register is one 32-bit load:
-// row-major when the product contracts over D (Q, K, V, dY), transposed when
-// it contracts over the tile (K^T for dQ, Q^T, dY^T for dK, dV).
+// Every tile is stored row-major once; the products that contract over the
+// tile (dQ = dS K, dK = dS^T Q, dV = (P z)^T dY) read it with ldmatrix.trans.
 
 // rows r (fragment row g) and r + 8 of a 16 x D result, times f, into out rows at `row` stride st
 template <int D>
@@ -228,23 +281,27 @@ __device__ void attention_backward_q_mma_body(const floatX* __restrict__ q, cons
                                               floatX* __restrict__ dq, Strides qs, Strides ks, Strides vs, Strides ys,
                                               int H, int T, int S, float scale, int causal,
                                               const unsigned int* rng, unsigned int drop16, float dscale, int vec) {
-    constexpr int LH = D + 8, LK = TILE + 8;
+    constexpr int LH = D + 8;
     extern __shared__ __align__(16) float smem[];
     floatX* Qs = reinterpret_cast<floatX*>(smem);   // (64, LH)
     floatX* dYs = Qs + TILE * LH;                    // (64, LH)
-    floatX* Ks = dYs + TILE * LH;                    // (64, LH)
-    floatX* Vs = Ks + TILE * LH;                     // (64, LH)
-    floatX* Kt = Vs + TILE * LH;                     // (D, LK): K^T
+    floatX* KV = dYs + TILE * LH;                    // two buffers of (K, V): (2, 2, 64, LH)
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     const int bh = blockIdx.y, q0 = blockIdx.x * TILE;
     const int row[2] = {q0 + warp * 16 + g, q0 + warp * 16 + g + 8};
     const float sl2 = scale * LOG2E;
-    load_rows_bf16<D>(Qs, LH, q, base_of(qs, bh, H), qs.t, q0, T, vec, false);
-    load_rows_bf16<D>(dYs, LH, dy, base_of(ys, bh, H), ys.t, q0, T, vec, false);
+    const int nkt = key_tiles(q0, T, S, causal);
+    load_tile_async<D>(Qs, q, base_of(qs, bh, H), qs.t, q0, T, vec);
+    load_tile_async<D>(dYs, dy, base_of(ys, bh, H), ys.t, q0, T, vec);
+    cp_async_commit();
+    load_tile_async<D>(KV, k, base_of(ks, bh, H), ks.t, 0, S, vec);
+    load_tile_async<D>(KV + TILE * LH, v, base_of(vs, bh, H), vs.t, 0, S, vec);
+    cp_async_commit();
+    cp_async_wait_one();
     __syncthreads();
     unsigned int qa[D / 16][4], ya[D / 16][4];
-    a_fragments<D>(qa, Qs, warp * 16, g, t);
-    a_fragments<D>(ya, dYs, warp * 16, g, t);
+    a_fragments<D>(qa, Qs, warp * 16, lane);
+    a_fragments<D>(ya, dYs, warp * 16, lane);
     float l2[2], dt[2];
 #pragma unroll
     for (int hr = 0; hr < 2; ++hr) {
@@ -255,17 +312,21 @@ __device__ void attention_backward_q_mma_body(const floatX* __restrict__ q, cons
     float acc[D / 8][4];
 #pragma unroll
     for (int n = 0; n < D / 8; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.f;
-    const int nkt = key_tiles(q0, T, S, causal);
     for (int kt = 0; kt < nkt; ++kt) {
         const int k0 = kt * TILE;
-        __syncthreads();
-        load_rows_bf16<D>(Ks, LH, k, base_of(ks, bh, H), ks.t, k0, S, vec, false);
-        load_rows_bf16<D>(Vs, LH, v, base_of(vs, bh, H), vs.t, k0, S, vec, false);
-        load_rows_bf16<D>(Kt, LK, k, base_of(ks, bh, H), ks.t, k0, S, vec, true);
+        const floatX* Ks = KV + (kt & 1) * 2 * TILE * LH;
+        const floatX* Vs = Ks + TILE * LH;
+        if (kt + 1 < nkt) {
+            floatX* next = KV + ((kt + 1) & 1) * 2 * TILE * LH;
+            load_tile_async<D>(next, k, base_of(ks, bh, H), ks.t, k0 + TILE, S, vec);
+            load_tile_async<D>(next + TILE * LH, v, base_of(vs, bh, H), vs.t, k0 + TILE, S, vec);
+        }
+        cp_async_commit();
+        cp_async_wait_one();
         __syncthreads();
         float sv[TILE / 8][4], dp[TILE / 8][4];
-        mma_rows<D>(sv, qa, Ks, g, t);      // S
-        mma_rows<D>(dp, ya, Vs, g, t);      // dP (of the dropped p)
+        mma_rows<D>(sv, qa, Ks, lane);      // S
+        mma_rows<D>(dp, ya, Vs, lane);      // dP (of the dropped p)
 #pragma unroll
         for (int hr = 0; hr < 2; ++hr) {
             float z[2][8];
@@ -280,7 +341,8 @@ __device__ void attention_backward_q_mma_body(const floatX* __restrict__ q, cons
                     sv[nb][e] = p * (dp[nb][e] * z[e & 1][nb] - dt[hr]);     // dS
                 }
         }
-        mma_tile<D>(acc, sv, Kt, g, t);     // dQ += dS K
+        mma_tile<D>(acc, sv, Ks, lane);     // dQ += dS K
+        __syncthreads();
     }
     floatX* out = dq + base_of(qs, bh, H) + (long long)row[0] * qs.t;
     store_fragments<D>(out, qs.t, acc, scale, row[0] < T, row[1] < T, t);
@@ -294,15 +356,12 @@ __device__ void attention_backward_kv_mma_body(const floatX* __restrict__ q, con
                                                Strides qs, Strides ks, Strides vs, Strides ys,
                                                int H, int T, int S, float scale, int causal, const unsigned int* rng,
                                                unsigned int drop16, float dscale, int vec) {
-    constexpr int LH = D + 8, LK = TILE + 8;
+    constexpr int LH = D + 8;
     extern __shared__ __align__(16) float smem[];
     floatX* Ks = reinterpret_cast<floatX*>(smem);   // (64, LH): this block's keys
     floatX* Vs = Ks + TILE * LH;                     // (64, LH)
-    floatX* Qs = Vs + TILE * LH;                     // (64, LH): the current query tile
-    floatX* dYs = Qs + TILE * LH;                    // (64, LH)
-    floatX* Qt = dYs + TILE * LH;                    // (D, LK): Q^T
-    floatX* dYt = Qt + D * LK;                       // (D, LK): dY^T
-    float* L = reinterpret_cast<float*>(dYt + D * LK);   // (64): lse of the query tile, in log2 units
+    floatX* QY = Vs + TILE * LH;                     // two buffers of the query tile's (Q, dY): (2, 2, 64, LH)
+    float* L = reinterpret_cast<float*>(QY + 4 * TILE * LH);   // (64): lse of the query tile, in log2 units
     float* Dot = L + TILE;                           // (64)
     unsigned char* keep = reinterpret_cast<unsigned char*>(Dot + TILE);   // (64 queries, 64 keys)
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
@@ -310,26 +369,34 @@ __device__ void attention_backward_kv_mma_body(const floatX* __restrict__ q, con
     const int key[2] = {k0 + warp * 16 + g, k0 + warp * 16 + g + 8};   // this lane's two keys
     const int kr[2] = {warp * 16 + g, warp * 16 + g + 8};              // ... in the tile
     const float sl2 = scale * LOG2E;
-    load_rows_bf16<D>(Ks, LH, k, base_of(ks, bh, H), ks.t, k0, S, vec, false);
-    load_rows_bf16<D>(Vs, LH, v, base_of(vs, bh, H), vs.t, k0, S, vec, false);
+    const int first = causal ? max(0, k0 - (S - T)) / TILE : 0;   // the first query row that sees key k0
+    const int nqt = (T + TILE - 1) / TILE;
+    load_tile_async<D>(Ks, k, base_of(ks, bh, H), ks.t, k0, S, vec);
+    load_tile_async<D>(Vs, v, base_of(vs, bh, H), vs.t, k0, S, vec);
+    cp_async_commit();
+    load_tile_async<D>(QY, q, base_of(qs, bh, H), qs.t, first * TILE, T, vec);
+    load_tile_async<D>(QY + TILE * LH, dy, base_of(ys, bh, H), ys.t, first * TILE, T, vec);
+    cp_async_commit();
+    cp_async_wait_one();
     __syncthreads();
     unsigned int ka[D / 16][4], va[D / 16][4];
-    a_fragments<D>(ka, Ks, warp * 16, g, t);
-    a_fragments<D>(va, Vs, warp * 16, g, t);
+    a_fragments<D>(ka, Ks, warp * 16, lane);
+    a_fragments<D>(va, Vs, warp * 16, lane);
     float dk_acc[D / 8][4], dv_acc[D / 8][4];
 #pragma unroll
     for (int n = 0; n < D / 8; ++n)
 #pragma unroll
         for (int e = 0; e < 4; ++e) { dk_acc[n][e] = 0.f; dv_acc[n][e] = 0.f; }
-    const int first = causal ? max(0, k0 - (S - T)) / TILE : 0;   // the first query row that sees key k0
-    const int nqt = (T + TILE - 1) / TILE;
     for (int qt = first; qt < nqt; ++qt) {
         const int q0 = qt * TILE;
-        __syncthreads();
-        load_rows_bf16<D>(Qs, LH, q, base_of(qs, bh, H), qs.t, q0, T, vec, false);
-        load_rows_bf16<D>(dYs, LH, dy, base_of(ys, bh, H), ys.t, q0, T, vec, false);
-        load_rows_bf16<D>(Qt, LK, q, base_of(qs, bh, H), qs.t, q0, T, vec, true);
-        load_rows_bf16<D>(dYt, LK, dy, base_of(ys, bh, H), ys.t, q0, T, vec, true);
+        const floatX* Qs = QY + ((qt - first) & 1) * 2 * TILE * LH;
+        const floatX* dYs = Qs + TILE * LH;
+        if (qt + 1 < nqt) {
+            floatX* next = QY + ((qt + 1 - first) & 1) * 2 * TILE * LH;
+            load_tile_async<D>(next, q, base_of(qs, bh, H), qs.t, q0 + TILE, T, vec);
+            load_tile_async<D>(next + TILE * LH, dy, base_of(ys, bh, H), ys.t, q0 + TILE, T, vec);
+        }
+        cp_async_commit();
         for (int r = threadIdx.x; r < TILE; r += NT) {
             const bool in = q0 + r < T;
             L[r] = in ? lse[(long long)bh * T + q0 + r] * LOG2E : 0.f;
@@ -345,10 +412,11 @@ __device__ void attention_backward_kv_mma_body(const floatX* __restrict__ q, con
                 for (int c = 0; c < 8; ++c) keep[(4 * ty + i) * TILE + tx + 8 * c] = z[c] != 0.f;
             }
         }
+        cp_async_wait_one();               // this query tile's Q, dY have landed
         __syncthreads();
         float st[TILE / 8][4], dpt[TILE / 8][4];
-        mma_rows<D>(st, ka, Qs, g, t);      // S^T: keys x queries
-        mma_rows<D>(dpt, va, dYs, g, t);    // dP^T
+        mma_rows<D>(st, ka, Qs, lane);      // S^T: keys x queries
+        mma_rows<D>(dpt, va, dYs, lane);    // dP^T
 #pragma unroll
         for (int nb = 0; nb < TILE / 8; ++nb)
 #pragma unroll
@@ -359,8 +427,9 @@ __device__ void attention_backward_kv_mma_body(const floatX* __restrict__ q, con
                 st[nb][e] = p * (dpt[nb][e] * zv - Dot[qc]);   // dS^T
                 dpt[nb][e] = p * zv;                           // (P z)^T
             }
-        mma_tile<D>(dv_acc, dpt, dYt, g, t);   // dV += (P z)^T dY
-        mma_tile<D>(dk_acc, st, Qt, g, t);     // dK += dS^T Q
+        mma_tile<D>(dv_acc, dpt, dYs, lane);   // dV += (P z)^T dY
+        mma_tile<D>(dk_acc, st, Qs, lane);     // dK += dS^T Q
+        __syncthreads();                       // L, Dot, keep and this buffer are refilled next
     }
     store_fragments<D>(dk + base_of(ks, bh, H) + (long long)key[0] * ks.t, ks.t, dk_acc, scale,
                        key[0] < S, key[1] < S, t);

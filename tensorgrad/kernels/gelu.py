@@ -29,7 +29,7 @@ def gelu_forward(x, approximate="tanh"):
     form = _gelu_form(approximate)
     x = _arr(x, "gelu input", _element(x, "gelu input"))
     y = cp.empty_like(x)
-    _elementwiselaunch_rows("gelu_forward_" + form, (x, y))
+    _elementwise_launch("gelu_forward_" + form, (x, y))
     return y
 
 
@@ -42,5 +42,5 @@ def gelu_backward(g, x, approximate="tanh"):
     if g.shape != x.shape:
         raise ValueError(f"gelu_backward: gradient {g.shape} and input {x.shape} differ in shape")
     dx = cp.empty_like(x)
-    _elementwiselaunch_rows("gelu_backward_" + form, (g, x, dx))
+    _elementwise_launch("gelu_backward_" + form, (g, x, dx))
     return dx
