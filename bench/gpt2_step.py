@@ -86,7 +86,8 @@ def child_nanogpt(args):
     model = NanoGPT(NanoConfig(n_layer=L, n_head=H, n_embd=C, block_size=T, vocab_size=50304, dropout=0.0,
                                bias=True)).cuda()
     opt = model.configure_optimizers(0.1, 6e-4, (0.9, 0.95), "cuda")
-    model = torch.compile(model)
+    if not args.nanogpt_eager:
+        model = torch.compile(model)
     rng = np.random.default_rng(0)
     batches = [tuple(torch.from_numpy(rng.integers(0, V, (B, T))).cuda() for _ in range(2)) for _ in range(4)]
     ctx = torch.autocast("cuda", dtype=torch.bfloat16, enabled=args.dtype == "bfloat16")
@@ -208,6 +209,7 @@ def main():
     p.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"))
     p.add_argument("--steps", type=int, default=20, help="steps a round (3 rounds)")
     p.add_argument("--json", help="also write the rows to this file")
+    p.add_argument("--nanogpt-eager", action="store_true", help="run nanoGPT's model without torch.compile")
     p.add_argument("--profile", action="store_true", help="tensorgrad: print GPU time per kernel (needs PyTorch)")
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -218,6 +220,8 @@ def main():
     for r in runs:
         if r not in CHILDREN:
             p.error(f"--runs: unknown implementation {r!r} (tensorgrad, nanogpt, llmc)")
+    if args.nanogpt_eager and "nanogpt" in runs:
+        print("nanoGPT runs eager (no torch.compile)")
     if "nanogpt" in runs and not (args.nanogpt and (Path(args.nanogpt) / "model.py").exists()):
         p.error("--runs nanogpt needs --nanogpt DIR holding nanoGPT's model.py")
     if "llmc" in runs and not args.llmc:
