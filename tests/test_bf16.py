@@ -165,10 +165,12 @@ def test_colsum_bf16(shape):
                                               (2, 6, 256, 256, 64, True), (1, 1, 17, 80, 128, True),
                                               (2, 2, 70, 90, 64, False)])
 @pytest.mark.parametrize("p", [0.0, 0.2])
-@pytest.mark.parametrize("mma", [True, False])
-def test_attention_bf16(B, H, T, S, D, causal, p, mma, monkeypatch):
-    """bf16 against float32; the forward on tensor cores (mma, the default) and on float FMAs."""
+@pytest.mark.parametrize("mma,stored_ds", [(True, True), (True, False), (False, False)])
+def test_attention_bf16(B, H, T, S, D, causal, p, mma, stored_ds, monkeypatch):
+    """bf16 against float32; on tensor cores (mma, the default) with dS stored for the dQ kernel
+    (the default when it fits) or recomputed, and on float FMAs."""
     monkeypatch.setenv("TENSORGRAD_ATTENTION_MMA", "1" if mma else "0")
+    monkeypatch.setattr(kernels.attention, "DS_MAX_BYTES", kernels.attention.DS_MAX_BYTES if stored_ds else 0)
     cp = tg.backend.cupy()
     qb, qf = _pair((B, H, T, D), 14)
     kb, kf = _pair((B, H, S, D), 15)

@@ -12,6 +12,10 @@ from . import _F32, elementwise_grid, launch, takes
 from .dropout import drop_threshold
 
 HEAD_SIZES = (32, 64, 128)
+# The tensor-core backward stores dS (B*H, S, T) in bf16 when it is at most this large (402 MB for
+# GPT-2 small's B=16, T=1024), so dQ needs one tile product instead of recomputing S, P and dP;
+# longer sequences recompute, keeping the backward's memory linear in T.
+DS_MAX_BYTES = 1 << 30
 ATTENTION_HEAD_SIZES = HEAD_SIZES
 _TILE = 64
 
@@ -118,6 +122,16 @@ def attention_backward(g, q, k, v, y, lse, causal, scale, p, slot, dq, dk, dv):
         tile, ptile = _TILE * (D + 4), _TILE * (_TILE + 4)
         kv, qq = f"attention_backward_kv_{D}", f"attention_backward_q_{D}"
         kv_shared, q_shared = (4 * tile + 2 * ptile + 2 * _TILE) * 4, (4 * tile + ptile + 2 * _TILE) * 4
+    if _mma(q.dtype) and B * H * S * T * q.itemsize <= DS_MAX_BYTES:
+        # the kv kernel also writes dS^T; dQ = dS K is then one product a tile instead of three
+        ds = cp.empty((B * H, S, T), dtype=q.dtype)
+        launch(stem, f"attention_backward_kvs_mma_{D}", (-(-S // _TILE), B * H), (128,),
+               (q, k, v, g, lse, dot, dk, dv) + tail + (ds,), shared_mem=kv_shared, dtype=q.dtype, defines=build)
+        launch(stem, f"attention_backward_dq_mma_{D}", (-(-T // _TILE), B * H), (128,),
+               (k, ds, dq) + _strides(q, k) + (np.int32(H), np.int32(T), np.int32(S), np.float32(scale),
+                                            np.int32(causal), _vec(q, k, v, g)),
+               shared_mem=2 * _TILE * (D + 8 + _TILE + 8) * 2, dtype=q.dtype, defines=build)
+        return
     launch(stem, kv, (-(-S // _TILE), B * H), (128,),
            (q, k, v, g, lse, dot, dk, dv) + tail, shared_mem=kv_shared, dtype=q.dtype, defines=build)
     launch(stem, qq, (-(-T // _TILE), B * H), (128,),

@@ -348,14 +348,15 @@ __device__ void attention_backward_q_mma_body(const floatX* __restrict__ q, cons
     store_fragments<D>(out, qs.t, acc, scale, row[0] < T, row[1] < T, t);
 }
 
-template <int D>
+// WRITE_DS: also write dS^T (before the scale) to ds, (B*H, S, T) bf16, for the dQ kernel below.
+template <int D, bool WRITE_DS = false>
 __device__ void attention_backward_kv_mma_body(const floatX* __restrict__ q, const floatX* __restrict__ k,
                                                const floatX* __restrict__ v, const floatX* __restrict__ dy,
                                                const float* __restrict__ lse, const float* __restrict__ dot,
                                                floatX* __restrict__ dk, floatX* __restrict__ dv,
                                                Strides qs, Strides ks, Strides vs, Strides ys,
                                                int H, int T, int S, float scale, int causal, const unsigned int* rng,
-                                               unsigned int drop16, float dscale, int vec) {
+                                               unsigned int drop16, float dscale, int vec, floatX* __restrict__ ds = nullptr) {
     constexpr int LH = D + 8;
     extern __shared__ __align__(16) float smem[];
     floatX* Ks = reinterpret_cast<floatX*>(smem);   // (64, LH): this block's keys
@@ -427,6 +428,23 @@ __device__ void attention_backward_kv_mma_body(const floatX* __restrict__ q, con
                 st[nb][e] = p * (dpt[nb][e] * zv - Dot[qc]);   // dS^T
                 dpt[nb][e] = p * zv;                           // (P z)^T
             }
+        if (WRITE_DS) {                        // this lane's two keys, queries 2t, 2t + 1 of each 8-block
+#pragma unroll
+            for (int hr = 0; hr < 2; ++hr) {
+                if (key[hr] >= S) continue;
+                floatX* out = ds + ((long long)bh * S + key[hr]) * T + q0 + 2 * t;
+#pragma unroll
+                for (int nb = 0; nb < TILE / 8; ++nb) {
+                    const int qc = q0 + nb * 8 + 2 * t;
+                    if (qc + 1 < T && (T & 1) == 0) {
+                        *reinterpret_cast<unsigned int*>(out + nb * 8) = pack_bf16(st[nb][2 * hr], st[nb][2 * hr + 1]);
+                    } else {
+                        if (qc < T) out[nb * 8] = __float2bfloat16_rn(st[nb][2 * hr]);
+                        if (qc + 1 < T) out[nb * 8 + 1] = __float2bfloat16_rn(st[nb][2 * hr + 1]);
+                    }
+                }
+            }
+        }
         mma_tile<D>(dv_acc, dpt, dYs, lane);   // dV += (P z)^T dY
         mma_tile<D>(dk_acc, st, Qs, lane);     // dK += dS^T Q
         __syncthreads();                       // L, Dot, keep and this buffer are refilled next
@@ -436,6 +454,109 @@ __device__ void attention_backward_kv_mma_body(const floatX* __restrict__ q, con
     store_fragments<D>(dv + base_of(vs, bh, H) + (long long)key[0] * vs.t, vs.t, dv_acc, 1.f,
                        key[0] < S, key[1] < S, t);
 }
+
+// ------------------------------------------ dQ from a stored dS (bf16, when it fits)
+// The q kernel above recomputes S, P and dP to get dS: three tile products for one.
+// When (B*H, S, T) bf16 fits in memory, the kv kernel writes dS^T as it goes
+// (attention_backward_kvs_mma) and this kernel does only dQ = dS K * scale: per key
+// tile, the stored dS^T tile (keys x queries) read with ldmatrix.trans as the A
+// operand, K as in the q kernel. Both tiles double-buffered with cp.async.
+
+// a (64, 64 + 8) dS^T tile: keys [k0, k0 + 64) x queries [q0, q0 + 64) of ds (rows of T);
+// zeros past S or T. vec: T % 8 == 0, so 16-byte chunks never straddle T.
+__device__ __forceinline__ void load_ds_tile(floatX* tile, const floatX* ds, long long base, int k0, int q0, int S,
+                                             int T, bool vec) {
+    constexpr int LD = TILE + 8;
+    if (vec) {
+        for (int e = threadIdx.x; e < TILE * TILE / 8; e += NT) {
+            const int r = e / (TILE / 8), c = e % (TILE / 8) * 8;
+            const bool in = k0 + r < S && q0 + c < T;
+            cp_async16(tile + r * LD + c, in ? ds + base + (long long)(k0 + r) * T + q0 + c : ds, in);
+        }
+    } else {
+        for (int e = threadIdx.x; e < TILE * TILE; e += NT) {
+            const int r = e / TILE, c = e % TILE;
+            const bool in = k0 + r < S && q0 + c < T;
+            tile[r * LD + c] = in ? ds[base + (long long)(k0 + r) * T + q0 + c] : __float2bfloat16_rn(0.f);
+        }
+    }
+}
+
+template <int D>
+__device__ void attention_backward_dq_mma_body(const floatX* __restrict__ k, const floatX* __restrict__ ds,
+                                               floatX* __restrict__ dq, Strides qs, Strides ks, int H, int T, int S,
+                                               float scale, int causal, int vec) {
+    constexpr int LH = D + 8, LD = TILE + 8;
+    extern __shared__ __align__(16) float smem[];
+    floatX* buf = reinterpret_cast<floatX*>(smem);  // two buffers of (K (64, LH), dS^T (64, LD))
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    const int bh = blockIdx.y, q0 = blockIdx.x * TILE;
+    const int row0 = q0 + warp * 16 + g;
+    const long long dbase = (long long)bh * S * T;
+    const bool dvec = (T & 7) == 0;
+    const int nkt = key_tiles(q0, T, S, causal);
+    constexpr int STEP = TILE * LH + TILE * LD;
+    load_tile_async<D>(buf, k, base_of(ks, bh, H), ks.t, 0, S, vec);
+    load_ds_tile(buf + TILE * LH, ds, dbase, 0, q0, S, T, dvec);
+    cp_async_commit();
+    float acc[D / 8][4];
+#pragma unroll
+    for (int n = 0; n < D / 8; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.f;
+    for (int kt = 0; kt < nkt; ++kt) {
+        const floatX* Ks = buf + (kt & 1) * STEP;
+        const floatX* dSt = Ks + TILE * LH;
+        if (kt + 1 < nkt) {
+            floatX* next = buf + ((kt + 1) & 1) * STEP;
+            load_tile_async<D>(next, k, base_of(ks, bh, H), ks.t, (kt + 1) * TILE, S, vec);
+            load_ds_tile(next + TILE * LH, ds, dbase, (kt + 1) * TILE, q0, S, T, dvec);
+        }
+        cp_async_commit();
+        cp_async_wait_one();
+        __syncthreads();
+#pragma unroll
+        for (int kk = 0; kk < TILE / 16; ++kk) {
+            // A = dS rows (this warp's 16 queries) x keys kk*16.. : the transpose of dS^T's blocks
+            // (blocks: keys +0 / queries +0, keys +0 / queries +8, keys +8 / queries +0, keys +8 / queries +8)
+            unsigned int a[4];
+            const int blk = lane / 8;
+            ldsm4_trans(a, dSt + (kk * 16 + lane % 8 + 8 * (blk / 2)) * LD + warp * 16 + 8 * (blk % 2));
+#pragma unroll
+            for (int n = 0; n < D / 8; n += 2) {
+                unsigned int b[4];
+                ldsm4_trans(b, Ks + (kk * 16 + lane % 16) * LH + n * 8 + 8 * (lane / 16));
+                mma_bf16(acc[n], a, b[0], b[1]);
+                mma_bf16(acc[n + 1], a, b[2], b[3]);
+            }
+        }
+        __syncthreads();
+    }
+    store_fragments<D>(dq + base_of(qs, bh, H) + (long long)row0 * qs.t, qs.t, acc, scale, row0 < T, row0 + 8 < T, t);
+}
+
+#define ATTENTION_DS_KERNELS(D)                                                                                \
+extern "C" __global__ void __launch_bounds__(NT) attention_backward_kvs_mma_##D(                               \
+        const floatX* q, const floatX* k, const floatX* v, const floatX* dy, const float* lse,                 \
+        const float* dot, floatX* dk, floatX* dv, STRIDE_PARAMS, int H, int T, int S, float scale, int causal,  \
+        const unsigned int* rng, unsigned int drop16, float dscale, int vec, floatX* ds) {                     \
+    attention_backward_kv_mma_body<D, true>(q, k, v, dy, lse, dot, dk, dv, STRIDES, H, T, S, scale, causal,   \
+                                            rng, drop16, dscale, vec, ds);                                     \
+}                                                                                                              \
+extern "C" __global__ void __launch_bounds__(NT) attention_backward_dq_mma_##D(                                \
+        const floatX* k, const floatX* ds, floatX* dq, long long qb, long long qh, long long qt, long long kb,  \
+        long long kh, long long kt, int H, int T, int S, float scale, int causal, int vec) {                    \
+    attention_backward_dq_mma_body<D>(k, ds, dq, Strides{qb, qh, qt}, Strides{kb, kh, kt}, H, T, S, scale,    \
+                                      causal, vec);                                                            \
+}
+
+#if HEAD_DIM(32)
+ATTENTION_DS_KERNELS(32)
+#endif
+#if HEAD_DIM(64)
+ATTENTION_DS_KERNELS(64)
+#endif
+#if HEAD_DIM(128)
+ATTENTION_DS_KERNELS(128)
+#endif
 
 #if HEAD_DIM(32)
 ATTENTION_KERNELS(32, _mma)
