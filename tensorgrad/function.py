@@ -14,13 +14,18 @@ of a network alive until backward ends). Positional inputs may be Tensors or
 plain Python scalars (constants: their gradient is ignored).
 """
 import contextlib
+import os
 
 import numpy as np
 
-from . import kernels
 from .backend import is_floating
 
 _grad_enabled = True
+# Twins (below): on unless TENSORGRAD_REFERENCE=1 asks for the plain reference ops everywhere.
+_twins_on = os.environ.get("TENSORGRAD_REFERENCE", "0") != "1"
+# device -> gate(*arrays): may that device's twins take these arrays? Set where the twins are
+# registered (ops/cpu.py, ops/cuda.py), so this module knows no kernels.
+twin_gates = {}
 # The one deliberate import cycle: Function.apply makes Tensors and tensor.py imports this
 # module (no_grad, is_grad_enabled), so tensor.py sets this name when it is loaded.
 Tensor = None
@@ -46,6 +51,23 @@ def no_grad():
 
 
 @contextlib.contextmanager
+def reference_ops():
+    """Inside this block every op runs its plain reference Function, never a CPU or CUDA
+    twin (what TENSORGRAD_REFERENCE=1 does for a whole process)."""
+    global _twins_on
+    prev, _twins_on = _twins_on, False
+    try:
+        yield
+    finally:
+        _twins_on = prev
+
+
+def twins_enabled():
+    """False inside reference_ops() or under TENSORGRAD_REFERENCE=1."""
+    return _twins_on
+
+
+@contextlib.contextmanager
 def enable_grad():
     global _grad_enabled
     prev, _grad_enabled = _grad_enabled, True
@@ -64,10 +86,12 @@ class Function:
     # No __slots__ here: subclasses keep their saved arrays as attributes.
     freed = False
 
-    # The GPU twin of this op (a subclass whose forward/backward run CUDA kernels,
-    # registered in ops/cuda.py), or None. apply() is the one place that decides
-    # which runs: the twin when the kernels take the arrays (kernels.takes: CuPy,
-    # float32, kernels on) and the twin supports this call, else this class.
+    # The twins of this op, one slot per device: a subclass that computes the same thing
+    # faster (cuda: hand-written kernels, registered in ops/cuda.py; cpu: in-place and BLAS
+    # forms of the NumPy math, ops/cpu.py), or None. apply() is the one place that decides
+    # which runs: the device's twin when twins are on, the device's gate takes the arrays
+    # (twin_gates) and the twin supports this call; else this class, the plain reference.
+    cpu = None
     cuda = None
 
     # The index of an input whose gradient from the graph's other uses backward can add
@@ -89,7 +113,6 @@ class Function:
 
     @classmethod
     def apply(cls, *inputs, **kwargs):
-        fn = cls()
         arrays = []
         needs = []
         device = None
@@ -107,9 +130,11 @@ class Function:
                 arrays.append(x)
                 needs.append(False)
         requires = _grad_enabled and any(needs)
-        twin = cls.cuda
-        if twin is not None and device == "cuda" and kernels.takes(*arrays) and twin.supports(*arrays, **kwargs):
+        twin = getattr(cls, device) if _twins_on and device is not None else None
+        if twin is not None and twin_gates[device](*arrays) and twin.supports(*arrays, **kwargs):
             fn = twin()
+        else:
+            fn = cls()
         fn.needs_input_grad = needs
         try:
             out = fn.forward(*arrays, **kwargs)
