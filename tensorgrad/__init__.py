@@ -2,6 +2,7 @@
 from . import backend
 from .backend import cuda_available, get_array_module
 from .function import Function, enable_grad, is_grad_enabled, no_grad, reference_ops
+from .draw import draw_graph
 from .gradcheck import GradcheckError, gradcheck
 from .ops import *  # noqa: F401,F403  (every op, and Tensor's operators)
 from .ops import __all__ as _ops_all
@@ -11,9 +12,7 @@ from .tensor import (Tensor, arange, grad, as_tensor, bfloat16, bool_, float16, 
 
 __version__ = "0.1.0"
 
-backend._keep_freed_memory_on_import()   # fast CPU temporaries for every user (see keep_freed_memory)
-
 __all__ = ["autocast", "backend", "cuda_available", "get_array_module", "Function", "enable_grad", "is_grad_enabled",
-           "no_grad", "reference_ops", "GradcheckError", "gradcheck", "Tensor", "arange", "as_tensor", "bfloat16", "bool_", "float16",
+           "no_grad", "reference_ops", "draw_graph", "GradcheckError", "gradcheck", "Tensor", "arange", "as_tensor", "bfloat16", "bool_", "float16",
            "float32", "float64", "full", "int32", "int64", "manual_seed", "ones", "ones_like", "rand",
            "randint", "randn", "tensor", "zeros", "zeros_like", "get_default_dtype", "set_default_dtype"] + list(_ops_all)
