@@ -113,40 +113,14 @@ class Function:
 
     @classmethod
     def apply(cls, *inputs, **kwargs):
-        arrays = []
-        needs = []
-        device = None
-        for x in inputs:
-            if isinstance(x, Tensor):
-                arrays.append(x.data)
-                needs.append(x.requires_grad)
-                if device is None:
-                    device = x._device
-                elif x._device != device:
-                    raise RuntimeError(
-                        f"{cls.__name__}: inputs are on different devices ({device} and "
-                        f"{x._device}); move them with .to('{device}') first")
-            else:
-                arrays.append(x)
-                needs.append(False)
-        requires = _grad_enabled and any(needs)
-        twin = getattr(cls, device) if _twins_on and device is not None else None
-        if twin is not None and twin_gates[device](*arrays) and twin.supports(*arrays, **kwargs):
-            fn = twin()
-        else:
-            fn = cls()
+        """Run forward on the inputs' arrays and, when a gradient is needed, record the node."""
+        arrays = [x.data if isinstance(x, Tensor) else x for x in inputs]
+        needs = [isinstance(x, Tensor) and x.requires_grad for x in inputs]
+        fn = cls._pick(_device(cls, inputs), arrays, kwargs)()       # this class, or its twin
         fn.needs_input_grad = needs
-        try:
-            out = fn.forward(*arrays, **kwargs)
-        except ShapeError:
-            raise
-        except (ValueError, IndexError, TypeError) as e:
-            shapes = ", ".join(str(getattr(a, "shape", type(a).__name__)) for a in arrays)
-            raise type(e)(f"{cls.__name__.lower()}: {e} (input shapes: {shapes})") from None
-        if isinstance(out, np.generic):  # NumPy returns scalars for 0-d results; keep arrays
-            out = np.asarray(out)
+        out = _forward(cls, fn, arrays, kwargs)
         # Integer and boolean results (argmax, comparisons) are never differentiable.
-        requires = requires and is_floating(out.dtype)
+        requires = _grad_enabled and any(needs) and is_floating(out.dtype)
         t = Tensor._make(out, requires)
         if requires:
             fn.inputs = tuple((x._ctx or x) if isinstance(x, Tensor) and x.requires_grad else None for x in inputs)
@@ -154,5 +128,38 @@ class Function:
             t._ctx = fn
         return t
 
+    @classmethod
+    def _pick(cls, device, arrays, kwargs):
+        """The one place that decides which implementation runs: the device's twin when twins
+        are on, the device's gate takes the arrays and the twin supports this call; else cls."""
+        twin = getattr(cls, device) if _twins_on and device is not None else None
+        if twin is not None and twin_gates[device](*arrays) and twin.supports(*arrays, **kwargs):
+            return twin
+        return cls
+
     def __repr__(self):
         return f"<{type(self).__name__}>"
+
+
+def _device(cls, inputs):
+    """The device of the tensors among inputs (None when there are none); all must agree."""
+    device = None
+    for x in inputs:
+        if isinstance(x, Tensor):
+            if device is not None and x._device != device:
+                raise RuntimeError(f"{cls.__name__}: inputs are on different devices ({device} and "
+                                   f"{x._device}); move them with .to('{device}') first")
+            device = x._device
+    return device
+
+
+def _forward(cls, fn, arrays, kwargs):
+    """fn.forward(*arrays, **kwargs) as an array; NumPy's complaints get the op's name and shapes."""
+    try:
+        out = fn.forward(*arrays, **kwargs)
+    except ShapeError:
+        raise
+    except (ValueError, IndexError, TypeError) as e:
+        shapes = ", ".join(str(getattr(a, "shape", type(a).__name__)) for a in arrays)
+        raise type(e)(f"{cls.__name__.lower()}: {e} (input shapes: {shapes})") from None
+    return np.asarray(out) if isinstance(out, np.generic) else out   # NumPy gives scalars for 0-d results

@@ -183,8 +183,8 @@ _GELU_FORMS = ("none", "tanh")          # PyTorch's approximate=
 
 
 def _erf(xp, a):
-    """erf elementwise. NumPy has none: math.erf per element (exact; about twice the time of
-    the tanh form's whole expression); CuPy's is a kernel."""
+    """erf elementwise. NumPy has none: math.erf per element (exact, and slower than the
+    tanh form's whole expression: bench/results.md); CuPy's is a kernel."""
     if xp is np:
         return np.asarray(_erf_np(a), dtype=a.dtype)
     import cupyx.scipy.special
