@@ -11,7 +11,9 @@ leaf (a parameter). Not the input tensors: a Function holds no array it did
 not save, so an intermediate result nobody saved is freed as soon as the user
 drops it, as in PyTorch (holding every op's inputs would keep every activation
 of a network alive until backward ends). Positional inputs may be Tensors or
-plain Python scalars (constants: their gradient is ignored).
+plain Python scalars (constants: their gradient is ignored). backward returns
+new arrays, views, or the gradient it was handed, never an array it keeps: a
+leaf may then keep a new array as its .grad without a copy (autograd.py).
 """
 import contextlib
 import os
@@ -116,7 +118,7 @@ class Function:
         """Run forward on the inputs' arrays and, when a gradient is needed, record the node."""
         arrays = [x.data if isinstance(x, Tensor) else x for x in inputs]
         needs = [isinstance(x, Tensor) and x.requires_grad for x in inputs]
-        fn = cls._pick(_device(cls, inputs), arrays, kwargs)()       # this class, or its twin
+        fn = cls._pick(_device(cls, inputs), arrays, kwargs)()       # an instance of cls (or see _pick)
         fn.needs_input_grad = needs
         out = _forward(cls, fn, arrays, kwargs)
         # Integer and boolean results (argmax, comparisons) are never differentiable.
