@@ -74,7 +74,7 @@ def _owned(ig, in_grads, g, g_owned):
     ig itself instead of a copy (a GPT step's weight gradients, mostly). A backward returns
     new arrays, views, or g itself (it never returns an array it keeps): so ig is the
     engine's own when it is no view, goes to this one input only, and is not g, unless g was."""
-    if getattr(ig, "base", None) is not None or sum(x is ig for x in in_grads) > 1:
+    if getattr(ig, "base", None) is not None or len(in_grads) > 1 and [x is ig for x in in_grads].count(True) > 1:
         return False
     return g_owned or ig is not g
 
