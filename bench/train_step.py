@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import nn  # noqa: E402  (from the checkout just put on sys.path)
 import tensorgrad as tg  # noqa: E402
+from tensorgrad import cpu_tuning  # noqa: E402
 from gpt import GPT, GPTConfig, TrainConfig  # noqa: E402
 from nn.threads import Shards, default_threads  # noqa: E402
 from gpt.train import make_runners, train_step  # noqa: E402
@@ -343,6 +344,7 @@ def time_cpu(name, steps, rounds, profile):
     import contextlib
     import statistics
     cfg, batch = CPU_SHAPES[name]
+    cpu_tuning.keep_freed_memory()     # as the trainer does on the CPU (gpt/train.py)
     make_tg_step, torch_step = cpu_steppers(cfg, batch)
     threads = default_threads()
     shards = Shards(threads) if threads > 1 else None
@@ -370,7 +372,7 @@ def time_cpu(name, steps, rounds, profile):
           f"block {cfg['block_size']}, dropout {cfg['dropout']}, float32; {rounds} alternating rounds of {steps} steps")
     if torch_step:
         import torch
-        print(f"PyTorch: {torch.get_num_threads()} threads; NumPy's BLAS: {tg.backend.blas_threads()} threads "
+        print(f"PyTorch: {torch.get_num_threads()} threads; NumPy's BLAS: {cpu_tuning.blas_threads()} threads "
               f"(1 each while the shards run)")
     print(f"{'implementation':22s} {'min ms':>8s} {'median ms':>10s} {'vs torch (median)':>18s}")
     ref = statistics.median(times["PyTorch"]) if "PyTorch" in times else None

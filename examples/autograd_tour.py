@@ -7,6 +7,7 @@
 3. a two-layer MLP fitting a toy problem
 4. checking a gradient against finite differences
 5. gradients returned instead of accumulated (tg.grad)
+6. a picture of the graph (tg.draw_graph)
 """
 import sys
 from pathlib import Path
@@ -91,9 +92,23 @@ def returned_gradients():
     print("   so two batches can go backward on two threads at once, each with its own gradients (nn/threads.py)")
 
 
+def picture():
+    print("6. tg.draw_graph: the graph behind a tensor, the nodes backward() will visit")
+    x = tg.tensor([[1.0, -2.0, 0.5]])                                    # (1, 3) data: needs no gradient
+    W = tg.randn(3, 2, requires_grad=True)
+    b = tg.zeros(2, requires_grad=True)
+    loss = ((x @ W + b).tanh() ** 2).mean()
+    names = {"W": W, "b": b}
+    print("   " + tg.draw_graph(loss, format="text", names=names).replace("\n", "\n   "))
+    dot = tg.draw_graph(loss, names=names)                               # Graphviz's language
+    print(f"   as Graphviz DOT: {len(dot.splitlines())} lines; tg.draw_graph(loss, 'graph.svg') draws it "
+          "(pip install -e .[graph])")
+
+
 if __name__ == "__main__":
     scalars()
     broadcasting()
     mlp()
     gradient_check()
     returned_gradients()
+    picture()

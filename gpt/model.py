@@ -14,7 +14,7 @@ import numpy as np
 import nn
 import nn.functional as F
 import tensorgrad as tg
-from tensorgrad.autocast import cast_inputs
+from tensorgrad.ops.elementwise import cast_inputs
 
 from .pretrained import load_gpt2_safetensors
 

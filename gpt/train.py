@@ -28,6 +28,7 @@ from tqdm import tqdm
 import nn
 import tensorgrad as tg
 from nn.threads import Shards, default_threads
+from tensorgrad import cpu_tuning
 
 from . import distributed
 from .cuda_graph import GraphedCall
@@ -155,6 +156,8 @@ def make_runners(model, opt, tc, block_size, world=None):
         return [(tg.Tensor(x.data[i]), tg.Tensor(y.data[i])) for i in range(accumulation)]
 
     if not use_cuda_graph(tc):
+        if tc.device == "cpu":
+            cpu_tuning.keep_freed_memory()   # the step's temporaries reuse freed blocks (tensorgrad/cpu_tuning.py)
         threads = cpu_threads(tc, 1 if world is None else world.size)
         shards = Shards(threads) if threads > 1 else None
 
@@ -287,7 +290,7 @@ def _thread_problems(tc):
         return [f"--cpu-threads must be at least 1 (got {tc.cpu_threads})"]
     if tc.device != "cpu":
         return [f"--cpu-threads applies to --device cpu only (got --device {tc.device})"]
-    if tg.backend.blas_threads() is None:
+    if cpu_tuning.blas_threads() is None:
         return [f"--cpu-threads {tc.cpu_threads} needs NumPy's BLAS to be OpenBLAS (its thread count is set "
                 f"to 1 while the shards run); this NumPy's BLAS can't be told: use --cpu-threads 1"]
     return []

@@ -33,6 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 import tensorgrad as tg
+from tensorgrad import cpu_tuning
 
 
 def cores():
@@ -43,7 +44,7 @@ def cores():
 def default_threads():
     """cpu_threads when not given: one per core, if BLAS can be held to one thread; else 1."""
     n = cores()
-    return n if n > 1 and tg.backend.blas_threads() is not None else 1
+    return n if n > 1 and cpu_tuning.blas_threads() is not None else 1
 
 
 class Shards:
@@ -58,15 +59,15 @@ class Shards:
 
     def __enter__(self):
         self._pool = ThreadPoolExecutor(self.n - 1, thread_name_prefix="tg-shard")
-        self._blas = tg.backend.blas_threads()
-        tg.backend.blas_threads(1)
+        self._blas = cpu_tuning.blas_threads()
+        cpu_tuning.blas_threads(1)
         return self
 
     def __exit__(self, *exc):
         self._pool.shutdown()
         self._pool = None
         if self._blas is not None:
-            tg.backend.blas_threads(self._blas)
+            cpu_tuning.blas_threads(self._blas)
 
     def _split(self, x, y):
         """[(x_k, y_k, share_k)]: rows of the (B, ...) tensors (or arrays) x, y, and each shard's share of B."""

@@ -25,13 +25,15 @@ small gradients do not underflow, they only lose mantissa bits.
 
 Only CUDA tensors are cast (bf16 is a GPU feature here; the NumPy path stays
 float32/float64), and only float32 ones: a float64 gradcheck is left alone.
+
+This module holds the switch only and imports no op: the ops read it (the cast
+itself is ops/elementwise.py's cast_inputs), so there is no import cycle.
 """
 import contextlib
 
 import numpy as np
 
 from . import backend
-from .ops.elementwise import cast
 
 _dtype = None      # the bf16 dtype inside an autocast block, else None
 
@@ -61,14 +63,8 @@ def autocast_dtype():
 
 def narrowed_dtype(t):
     """The dtype autocast turns tensor t into: the autocast dtype for a float32 CUDA tensor
-    inside a block, else None (t stays as it is). The one rule cast_inputs and layer_norm share."""
+    inside a block, else None (t stays as it is). The one rule ops/elementwise.py's cast_inputs
+    and layer_norm share."""
     if _dtype is None or t is None or t.device != "cuda" or t.data.dtype != np.float32:
         return None
     return _dtype
-
-
-def cast_inputs(*tensors):
-    """The tensors, with float32 CUDA ones cast to the autocast dtype (None and others unchanged)."""
-    if _dtype is None:
-        return tensors
-    return tuple(t if narrowed_dtype(t) is None else cast(t, _dtype) for t in tensors)

@@ -11,16 +11,23 @@ leaf (a parameter). Not the input tensors: a Function holds no array it did
 not save, so an intermediate result nobody saved is freed as soon as the user
 drops it, as in PyTorch (holding every op's inputs would keep every activation
 of a network alive until backward ends). Positional inputs may be Tensors or
-plain Python scalars (constants: their gradient is ignored).
+plain Python scalars (constants: their gradient is ignored). backward returns
+new arrays, views, or the gradient it was handed, never an array it keeps: a
+leaf may then keep a new array as its .grad without a copy (autograd.py).
 """
 import contextlib
+import os
 
 import numpy as np
 
-from . import kernels
 from .backend import is_floating
 
 _grad_enabled = True
+# Twins (below): on unless TENSORGRAD_REFERENCE=1 asks for the plain reference ops everywhere.
+_twins_on = os.environ.get("TENSORGRAD_REFERENCE", "0") != "1"
+# device -> gate(*arrays): may that device's twins take these arrays? Set where the twins are
+# registered (ops/cpu.py, ops/cuda.py), so this module knows no kernels.
+twin_gates = {}
 # The one deliberate import cycle: Function.apply makes Tensors and tensor.py imports this
 # module (no_grad, is_grad_enabled), so tensor.py sets this name when it is loaded.
 Tensor = None
@@ -46,6 +53,23 @@ def no_grad():
 
 
 @contextlib.contextmanager
+def reference_ops():
+    """Inside this block every op runs its plain reference Function, never a CPU or CUDA
+    twin (what TENSORGRAD_REFERENCE=1 does for a whole process)."""
+    global _twins_on
+    prev, _twins_on = _twins_on, False
+    try:
+        yield
+    finally:
+        _twins_on = prev
+
+
+def twins_enabled():
+    """False inside reference_ops() or under TENSORGRAD_REFERENCE=1."""
+    return _twins_on
+
+
+@contextlib.contextmanager
 def enable_grad():
     global _grad_enabled
     prev, _grad_enabled = _grad_enabled, True
@@ -64,10 +88,12 @@ class Function:
     # No __slots__ here: subclasses keep their saved arrays as attributes.
     freed = False
 
-    # The GPU twin of this op (a subclass whose forward/backward run CUDA kernels,
-    # registered in ops/cuda.py), or None. apply() is the one place that decides
-    # which runs: the twin when the kernels take the arrays (kernels.takes: CuPy,
-    # float32, kernels on) and the twin supports this call, else this class.
+    # The twins of this op, one slot per device: a subclass that computes the same thing
+    # faster (cuda: hand-written kernels, registered in ops/cuda.py; cpu: in-place and BLAS
+    # forms of the NumPy math, ops/cpu.py), or None. apply() is the one place that decides
+    # which runs: the device's twin when twins are on, the device's gate takes the arrays
+    # (twin_gates) and the twin supports this call; else this class, the plain reference.
+    cpu = None
     cuda = None
 
     # The index of an input whose gradient from the graph's other uses backward can add
@@ -89,39 +115,14 @@ class Function:
 
     @classmethod
     def apply(cls, *inputs, **kwargs):
-        fn = cls()
-        arrays = []
-        needs = []
-        device = None
-        for x in inputs:
-            if isinstance(x, Tensor):
-                arrays.append(x.data)
-                needs.append(x.requires_grad)
-                if device is None:
-                    device = x._device
-                elif x._device != device:
-                    raise RuntimeError(
-                        f"{cls.__name__}: inputs are on different devices ({device} and "
-                        f"{x._device}); move them with .to('{device}') first")
-            else:
-                arrays.append(x)
-                needs.append(False)
-        requires = _grad_enabled and any(needs)
-        twin = cls.cuda
-        if twin is not None and device == "cuda" and kernels.takes(*arrays) and twin.supports(*arrays, **kwargs):
-            fn = twin()
+        """Run forward on the inputs' arrays and, when a gradient is needed, record the node."""
+        arrays = [x.data if isinstance(x, Tensor) else x for x in inputs]
+        needs = [isinstance(x, Tensor) and x.requires_grad for x in inputs]
+        fn = cls._pick(_device(cls, inputs), arrays, kwargs)()       # an instance of cls (or see _pick)
         fn.needs_input_grad = needs
-        try:
-            out = fn.forward(*arrays, **kwargs)
-        except ShapeError:
-            raise
-        except (ValueError, IndexError, TypeError) as e:
-            shapes = ", ".join(str(getattr(a, "shape", type(a).__name__)) for a in arrays)
-            raise type(e)(f"{cls.__name__.lower()}: {e} (input shapes: {shapes})") from None
-        if isinstance(out, np.generic):  # NumPy returns scalars for 0-d results; keep arrays
-            out = np.asarray(out)
+        out = _forward(cls, fn, arrays, kwargs)
         # Integer and boolean results (argmax, comparisons) are never differentiable.
-        requires = requires and is_floating(out.dtype)
+        requires = _grad_enabled and any(needs) and is_floating(out.dtype)
         t = Tensor._make(out, requires)
         if requires:
             fn.inputs = tuple((x._ctx or x) if isinstance(x, Tensor) and x.requires_grad else None for x in inputs)
@@ -129,5 +130,38 @@ class Function:
             t._ctx = fn
         return t
 
+    @classmethod
+    def _pick(cls, device, arrays, kwargs):
+        """The one place that decides which implementation runs: the device's twin when twins
+        are on, the device's gate takes the arrays and the twin supports this call; else cls."""
+        twin = getattr(cls, device) if _twins_on and device is not None else None
+        if twin is not None and twin_gates[device](*arrays) and twin.supports(*arrays, **kwargs):
+            return twin
+        return cls
+
     def __repr__(self):
         return f"<{type(self).__name__}>"
+
+
+def _device(cls, inputs):
+    """The device of the tensors among inputs (None when there are none); all must agree."""
+    device = None
+    for x in inputs:
+        if isinstance(x, Tensor):
+            if device is not None and x._device != device:
+                raise RuntimeError(f"{cls.__name__}: inputs are on different devices ({device} and "
+                                   f"{x._device}); move them with .to('{device}') first")
+            device = x._device
+    return device
+
+
+def _forward(cls, fn, arrays, kwargs):
+    """fn.forward(*arrays, **kwargs) as an array; NumPy's complaints get the op's name and shapes."""
+    try:
+        out = fn.forward(*arrays, **kwargs)
+    except ShapeError:
+        raise
+    except (ValueError, IndexError, TypeError) as e:
+        shapes = ", ".join(str(getattr(a, "shape", type(a).__name__)) for a in arrays)
+        raise type(e)(f"{cls.__name__.lower()}: {e} (input shapes: {shapes})") from None
+    return np.asarray(out) if isinstance(out, np.generic) else out   # NumPy gives scalars for 0-d results

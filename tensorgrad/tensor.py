@@ -1,16 +1,14 @@
 """Tensor: an array (NumPy or CuPy), its gradient, and the op that made it.
 
-`backward()` walks the graph of Functions in reverse topological order (built
-with an explicit stack, so a chain of 100,000 ops is fine), hands each node the
-gradient of its output and accumulates what it returns into its inputs. Leaf
-tensors (made by the user, requires_grad=True) keep the sum in `.grad`;
+`backward()` hands the graph behind a tensor to the engine (autograd.py), which
+walks it in reverse topological order, hands each node the gradient of its
+output and accumulates what it returns into its inputs. Leaf tensors (made by
+the user, requires_grad=True) keep the sum in `.grad` (`_keep_sum`);
 intermediate gradients are dropped as soon as they are used.
 """
-import sys
-
 import numpy as np
 
-from . import backend
+from . import autograd, backend
 from .function import is_grad_enabled
 
 float32 = np.float32
@@ -215,17 +213,13 @@ class Tensor:
 
     # ---------------------------------------------------------------- backward
     def backward(self, grad=None, retain_graph=False):
-        """Accumulate d(self)/d(leaf) into every leaf's .grad.
+        """Accumulate d(self)/d(leaf) into every leaf's .grad (the engine: autograd.py).
 
         grad: the gradient of some scalar with respect to self; may be omitted
         only when self has one element (then it is 1).
         """
-        def into_leaf(leaf, g, only_ref):        # keep the sum
-            if leaf.grad is None:
-                leaf.grad = g if only_ref else g.copy()   # g may be shared with other grads: own it
-            else:
-                leaf.grad += g
-        _backpropagate(self, grad, retain_graph, "backward()", into_leaf)
+        g, owned = _output_grad(self, grad, "backward()")
+        autograd.backpropagate(self._ctx or self, g, owned, retain_graph, _keep_sum)
 
     # --------------------------------------------------------------- operators
     # (bound at the end of ops/__init__.py, next to the ops themselves)
@@ -238,25 +232,31 @@ from . import function as _function  # noqa: E402
 _function.Tensor = Tensor
 
 
-def _topological_order(root):
-    """Graph nodes (Functions and leaf Tensors) that lead to root, inputs before outputs
-    (iterative DFS)."""
-    order, visited = [], set()
-    stack = [(root, False)]
-    while stack:
-        node, done = stack.pop()
-        if done:
-            order.append(node)
-            continue
-        if id(node) in visited:
-            continue
-        visited.add(id(node))
-        stack.append((node, True))
-        if not isinstance(node, Tensor):
-            for edge in getattr(node, "inputs", ()):   # a freed Function has no edges left
-                if edge is not None and id(edge) not in visited:
-                    stack.append((edge, False))
-    return order
+def _keep_sum(leaf, g, owned):
+    """The leaf-gradient ownership rule: a leaf's .grad is an array of its own, which later
+    backward() calls add into in place. The first gradient is kept as it is when nothing but
+    the engine held it (owned: no copy, so a model's weight gradients exist once), else copied."""
+    if leaf.grad is None:
+        leaf.grad = g if owned else g.copy()
+    else:
+        leaf.grad += g
+
+
+def _output_grad(t, grad, caller):
+    """(the gradient backward starts from, as an array of t's kind; whether the engine owns it)."""
+    if not t.requires_grad:
+        raise RuntimeError(f"{caller}: this tensor does not require grad, so there is no graph "
+                           "to differentiate (did you forget requires_grad=True, or call it inside no_grad()?)")
+    xp = backend.get_array_module(t.data)
+    if grad is None:
+        if t.data.size != 1:
+            raise RuntimeError(f"{caller}: output has shape {t.shape}; gradients can be implied only "
+                               "for a one-element output, so pass a gradient of that shape")
+        return xp.ones_like(t.data), True
+    grad = grad.data if isinstance(grad, Tensor) else xp.asarray(grad, dtype=t.dtype)
+    if tuple(grad.shape) != t.shape:
+        raise ValueError(f"{caller}: gradient shape {tuple(grad.shape)} does not match output shape {t.shape}")
+    return grad, False
 
 
 # ------------------------------------------------------------------- factories
@@ -345,70 +345,6 @@ __all__ = ["Tensor", "tensor", "zeros", "ones", "full", "randn", "rand", "randin
            "set_default_dtype"]
 
 
-def _backpropagate(root_tensor, grad, retain_graph, caller, into_leaf, on_result=None):
-    """The engine: run the graph behind root_tensor backwards from grad. Each leaf's
-    summed gradient goes to into_leaf(leaf, g, only_ref); on_result(fn, g), when given, sees
-    the summed gradient of each Function's output before its backward uses it.
-    only_ref: nothing but the engine holds g, and g is no view of another array, so the
-    leaf may keep g itself instead of a copy (a GPT step's weight gradients, mostly)."""
-    self = root_tensor
-    if not self.requires_grad:
-        raise RuntimeError(f"{caller}: this tensor does not require grad, so there is no graph "
-                           "to differentiate (did you forget requires_grad=True, or call it inside no_grad()?)")
-    xp = backend.get_array_module(self.data)
-    if grad is None:
-        if self.data.size != 1:
-            raise RuntimeError(f"{caller}: output has shape {self.shape}; gradients can be implied only "
-                               "for a one-element output, so pass a gradient of that shape")
-        grad = xp.ones_like(self.data)
-    else:
-        grad = grad.data if isinstance(grad, Tensor) else xp.asarray(grad, dtype=self.dtype)
-        if tuple(grad.shape) != self.shape:
-            raise ValueError(f"{caller}: gradient shape {tuple(grad.shape)} does not match output shape {self.shape}")
-
-    # graph nodes are Functions and leaf Tensors (see function.py); run each
-    # Function's backward once all gradients flowing into its output are summed
-    root = self._ctx or self         # a leaf is its own node
-    order = _topological_order(root)
-    grads = {id(root): grad}
-    for node in reversed(order):
-        g = grads.pop(id(node), None)
-        if g is None:
-            continue
-        if isinstance(node, Tensor):
-            # references to g: this frame's name and getrefcount's argument, nothing else
-            only_ref = getattr(g, "base", None) is None and sys.getrefcount(g) == 2
-            into_leaf(node, g, only_ref)
-            continue
-        fn = node
-        if on_result is not None:
-            on_result(fn, g)
-        if fn.freed:
-            raise RuntimeError(f"{caller}: the graph was already freed by an earlier backward(); "
-                               "pass retain_graph=True to the first call to go through it twice")
-        acc, k = None, fn.adds_into
-        if k is not None and fn.needs_input_grad[k] and fn.inputs[k] is not None:
-            acc = grads.pop(id(fn.inputs[k]), None)    # added by backward itself (Function.adds_into)
-        in_grads = fn.backward(g) if acc is None else fn.backward(g, acc=acc)
-        acc = None
-        if not isinstance(in_grads, tuple):
-            in_grads = (in_grads,)
-        for edge, meta, ig in zip(fn.inputs, fn.input_meta, in_grads):
-            if ig is None or edge is None:
-                continue
-            if isinstance(ig, np.generic):
-                ig = np.asarray(ig)
-            if ig.shape != meta[0] or ig.dtype != meta[1]:
-                raise RuntimeError(f"internal error: {type(fn).__name__}.backward returned a gradient of "
-                                   f"shape {ig.shape} {ig.dtype} for an input of shape {meta[0]} {meta[1]}")
-            prev = grads.get(id(edge))
-            grads[id(edge)] = ig if prev is None else prev + ig
-        in_grads = ig = prev = None   # the dict holds them now: a leaf's g may then be held by grads alone
-        if not retain_graph:
-            fn.__dict__.clear()   # drop the arrays it saved (and its edges)
-            fn.freed = True
-
-
 def grad(output, inputs, grad_output=None, retain_graph=False, allow_unused=False):
     """d(output)/d(input) for each of inputs, returned as arrays; no .grad is touched
     (PyTorch's torch.autograd.grad). Two graphs can go backward at once on two threads
@@ -426,11 +362,12 @@ def grad(output, inputs, grad_output=None, retain_graph=False, allow_unused=Fals
     wanted = {id(t._ctx or t): k for k, t in enumerate(inputs)}    # a result is found by its Function
     found = [None] * len(inputs)
 
-    def keep(node, g, only_ref=False):   # a leaf, or the Function that made a result
+    def keep(node, g, owned=False):      # a leaf, or the Function that made a result
         k = wanted.get(id(node))
         if k is not None:                # g may be shared with other grads, or reused by a backward: own it
-            found[k] = g if only_ref else g.copy()
-    _backpropagate(output, grad_output, retain_graph, "grad()", keep, on_result=keep)
+            found[k] = g if owned else g.copy()
+    g, owned = _output_grad(output, grad_output, "grad()")
+    autograd.backpropagate(output._ctx or output, g, owned, retain_graph, keep, on_result=keep)
     for t, g in zip(inputs, found):
         if g is None and not allow_unused:
             raise RuntimeError(f"grad(): an input of shape {t.shape} is not used to compute the output "

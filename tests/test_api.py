@@ -225,7 +225,7 @@ def test_cross_entropy_label_smoothing_and_ignore_index(eps):
 
 
 def test_cross_entropy_twin_declines_label_smoothing():
-    from tensorgrad.ops.nn import CrossEntropy
+    from tensorgrad.ops.fused import CrossEntropy
     twin = CrossEntropy.cuda
     x, t = np.zeros((2, 3), np.float32), np.zeros(2, np.int64)
     assert twin.supports(x, t, ignore_index=-1, reduction="mean", label_smoothing=0.0)   # the kernel masks ignored rows

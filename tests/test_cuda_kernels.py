@@ -336,7 +336,7 @@ def test_engine_gelu_cuda_vs_cpu(approximate):
 
 
 def test_engine_cross_entropy_label_smoothing_runs_the_reference_on_cuda():
-    from tensorgrad.ops.nn import CrossEntropy
+    from tensorgrad.ops.fused import CrossEntropy
     logits = (rng.standard_normal((4, 16, 100)) * 5).astype(np.float32)
     t = rng.integers(0, 100, (4, 16))
     t[1, :3] = -1

@@ -254,6 +254,8 @@ def test_autograd_tour_runs(capsys):
     assert "passed: True" in out and "step 500" in out
     assert "a wrong backward:          passed: False" in out      # the check catches the planted bug
     assert "d/dx = [ 6. 12. 18.] (by hand 6x), d/dh = [3. 3. 3.] (by hand 3), and x.grad is still None" in out
+    assert "   Mean -> () float32\n   └── Pow -> (1, 2) float32\n" in out            # the picture's text form
+    assert "│   └── W (3, 2) float32, requires grad" in out
 
 
 def test_readme_tour_prints_what_its_comments_say(capsys):
@@ -283,23 +285,35 @@ def test_ops_on_two_devices_name_both():
         a + b
 
 
-def test_keep_freed_memory_is_safe_to_call_and_turns_off():
+def test_keep_freed_memory_is_safe_to_call_and_turns_off(monkeypatch):
     import sys
+    from tensorgrad import cpu_tuning
     linux = sys.platform.startswith("linux")
-    for on in (False, True):          # off puts glibc's defaults back; on again, as import left it
-        applied = tg.backend.keep_freed_memory(on)
+    for on in (True, False):          # off puts glibc's defaults back, as a process starts
+        applied = cpu_tuning.keep_freed_memory(on)
         assert applied in (True, False) and (applied or not linux)
         np.testing.assert_array_equal((tg.ones(1000) * 2).numpy(), np.full(1000, 2.0))
-
-
-def test_import_keeps_freed_memory_unless_switched_off(monkeypatch):
-    calls = []
-    monkeypatch.setattr(tg.backend, "keep_freed_memory", lambda on=True: calls.append(on))
     monkeypatch.setenv("TENSORGRAD_KEEP_FREED_MEMORY", "0")
-    tg.backend._keep_freed_memory_on_import()
-    assert calls == []
-    monkeypatch.delenv("TENSORGRAD_KEEP_FREED_MEMORY")
-    tg.backend._keep_freed_memory_on_import()
+    assert cpu_tuning.keep_freed_memory() is False
+
+
+def test_import_tunes_nothing_and_the_cpu_trainer_opts_in(monkeypatch):
+    import subprocess
+    import sys
+    from pathlib import Path
+    from tensorgrad import cpu_tuning
+    from gpt import GPT, GPTConfig, TrainConfig
+    from gpt.train import configure_optimizer, make_runners
+    code = ("import ctypes; real, opened = ctypes.CDLL, []\n"
+            "ctypes.CDLL = lambda name, *a, **k: opened.append(name) or real(name, *a, **k)\n"
+            "import tensorgrad, nn, gpt\n"
+            "assert not any('libc' in str(n) for n in opened), opened")   # mallopt is reached through libc
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
+    calls = []
+    monkeypatch.setattr(cpu_tuning, "keep_freed_memory", lambda on=True: calls.append(on))
+    model = GPT(GPTConfig(n_layer=1, n_head=1, n_embd=8, block_size=4, vocab_size=5))
+    tc = TrainConfig(device="cpu", batch_size=1, cpu_threads=1)
+    make_runners(model, configure_optimizer(model, tc), tc, 4)
     assert calls == [True]
 
 
@@ -383,7 +397,7 @@ def test_layernorm_adds_the_skip_connections_gradient_itself_with_the_same_bits(
     """Function.adds_into: the engine hands LayerNorm's backward the gradient its input already
     has (a residual stream's other use) instead of adding the two afterwards; same bits."""
     from gpt import GPT, GPTConfig
-    from tensorgrad.ops.nn import LayerNorm
+    from tensorgrad.ops.fused import LayerNorm
     x, y = (tg.tensor(np.random.default_rng(i).integers(0, 40, (3, 12))) for i in range(2))
 
     def grads():
@@ -392,12 +406,13 @@ def test_layernorm_adds_the_skip_connections_gradient_itself_with_the_same_bits(
         model(x, y)[1].backward()
         return [p.grad for p in model.parameters()]
     calls = []
-    real = LayerNorm.backward
+    runs = LayerNorm.cpu if tg.function.twins_enabled() else LayerNorm   # the CPU twin, unless switched off
+    real = runs.backward
 
     def counted(self, g, acc=None):
         calls.append(acc is not None)
         return real(self, g, acc)
-    monkeypatch.setattr(LayerNorm, "backward", counted)
+    monkeypatch.setattr(runs, "backward", counted)
     folded = grads()
     assert sum(calls) == 4                               # each block's ln_1 and ln_2 meet a skip connection
     monkeypatch.setattr(LayerNorm, "adds_into", None)

@@ -47,3 +47,45 @@ def test_every_source_file_is_in_the_reading_guide():
 
 def test_readme_links_the_reading_guide():
     assert "(READING.md)" in (ROOT / "README.md").read_text()
+
+
+# What runs for `a * b` and `backward()`: READING.md's Part 1 names these pieces as the first read.
+FIRST_READ = {"tensorgrad/function.py": ["Function.apply"],
+              "tensorgrad/ops/elementwise.py": ["Mul", "mul"],
+              "tensorgrad/tensor.py": ["Tensor.backward", "_keep_sum"],
+              "tensorgrad/autograd.py": ["backpropagate", "topological_order", "_add"],
+              "tensorgrad/ops/broadcast.py": ["sum_to", "unbroadcast", "meta"]}
+
+
+def _piece_lines(path, name):
+    """The source lines of a top-level function or class, or of Class.method, in path."""
+    import ast
+    body = ast.parse((ROOT / path).read_text()).body
+    outer, _, inner = name.partition(".")
+    node = next(n for n in body if getattr(n, "name", None) == outer)
+    if inner:
+        node = next(n for n in node.body if getattr(n, "name", None) == inner)
+    start = min([d.lineno for d in node.decorator_list] + [node.lineno])
+    return (ROOT / path).read_text().splitlines()[start - 1:node.end_lineno]
+
+
+def test_the_first_read_of_the_engine_is_short_and_plain():
+    part1 = (ROOT / "READING.md").read_text().split("## Part 1.")[1].split("## Part 2.")[0]
+    lines = []
+    for path, names in FIRST_READ.items():
+        assert f"`{path}`" in part1
+        for name in names:
+            assert f"`{name}`" in part1, f"READING.md's Part 1 does not name {name} ({path})"
+            lines += _piece_lines(path, name)
+    assert len(lines) <= 150, f"the first read of the engine is {len(lines)} lines"
+    code = "\n".join(lines)
+    for trick in ("kernels", "getrefcount", "twin", "adds_into", "BLAS", "out="):
+        assert trick not in code, f"a speed trick ({trick}) in the first read"
+
+
+def test_the_engine_reads_no_reference_counts_and_imports_no_kernels():
+    for path in ("tensorgrad/function.py", "tensorgrad/tensor.py", "tensorgrad/autograd.py"):
+        text = (ROOT / path).read_text()
+        assert "getrefcount" not in text and "import kernels" not in text and "kernels import" not in text, path
+    loop = _piece_lines("tensorgrad/autograd.py", "backpropagate")
+    assert len(loop) <= 30, f"the backward loop is {len(loop)} lines"

@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 import tensorgrad as tg
+from tensorgrad import cpu_tuning
 from gpt.model import GPT, GPTConfig
 from nn.threads import Shards
 from gpt.train import TrainConfig, _thread_problems, check_settings, forward_loss
@@ -67,14 +68,14 @@ def test_shards_are_reproducible_with_dropout():
 def test_sharded_evaluation_and_blas_threads_given_back():
     model = _model()
     x, y = _batch(6)
-    before = tg.backend.blas_threads()
+    before = cpu_tuning.blas_threads()
     with Shards(2) as shards:
         if before is not None:
-            assert tg.backend.blas_threads() == 1      # one BLAS thread per shard while they run
+            assert cpu_tuning.blas_threads() == 1      # one BLAS thread per shard while they run
         with tg.no_grad():
             whole = float(forward_loss(model, x, y, "float32").data)
         got = float(shards.forward(lambda xk, yk: forward_loss(model, xk, yk, "float32"), x, y).data)
-    assert tg.backend.blas_threads() == before
+    assert cpu_tuning.blas_threads() == before
     assert got == pytest.approx(whole, rel=1e-6)
 
 

@@ -7,12 +7,12 @@ from .elementwise import (abs, add, cast, clamp, clip, div, exp, gelu, leaky_rel
                           minimum, mul, neg, pow, relu, sigmoid, silu, sqrt, sub, tanh, where)
 from .linear import linear
 from .matmul import matmul
-from .nn import (binary_cross_entropy_with_logits, cross_entropy, dropout, dropout_add, embedding, layer_norm, log_softmax,
+from .fused import (binary_cross_entropy_with_logits, cross_entropy, dropout, dropout_add, embedding, layer_norm, log_softmax,
                  mse_loss, nll_loss, rms_norm, softmax)
 from .reduce import argmax, max, mean, min, std, sum, var
 from .shape import (broadcast_to, cat, causal_mask, concatenate, expand, getitem, permute, reshape,
                     split, stack, swapaxes, transpose, tril, triu)
-from . import cuda  # noqa: F401  (registers the GPU twins of the fused ops)
+from . import cpu, cuda  # noqa: F401  (register the CPU and GPU twins of the fused ops)
 
 __all__ = ["sum_to", "abs", "add", "cast", "clamp", "clip", "div", "exp", "gelu", "leaky_relu", "log",
            "masked_fill", "maximum", "minimum", "mul", "neg", "pow", "relu", "sigmoid", "silu", "sqrt", "sub",

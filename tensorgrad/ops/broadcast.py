@@ -19,14 +19,17 @@ def sum_to(grad, shape):
         raise ValueError(f"sum_to: gradient of shape {grad.shape} has fewer dims than {shape}")
     axes = tuple(range(lead)) + tuple(
         lead + i for i, n in enumerate(shape) if n == 1 and grad.shape[lead + i] != 1)
-    if axes == tuple(range(lead)) and grad.flags.c_contiguous and kernels.takes(grad):
-        # only leading axes (a bias gradient): on the GPU a column-sum kernel, as
-        # CuPy's generic reduction is slow for few outputs over many rows
-        return kernels.colsum(grad.reshape(-1, math.prod(shape))).reshape(shape)
-    if axes:
-        grad = grad.sum(axis=axes, keepdims=True)
-    return grad.reshape(shape)
+    if axes == tuple(range(lead)):
+        return _sum_leading(grad, shape)         # the common case: a bias gradient
+    return grad.sum(axis=axes, keepdims=True).reshape(shape)
 
+
+def _sum_leading(grad, shape):
+    """grad summed over its leading axes. On the GPU a column-sum kernel, as CuPy's generic
+    reduction is slow for few outputs over many rows."""
+    if grad.flags.c_contiguous and kernels.takes(grad):
+        return kernels.colsum(grad.reshape(-1, math.prod(shape))).reshape(shape)
+    return grad.sum(axis=tuple(range(grad.ndim - len(shape)))).reshape(shape)
 
 
 def unbroadcast(grad, meta):

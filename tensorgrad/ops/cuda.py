@@ -1,11 +1,11 @@
 """The GPU twins of the fused ops: the same math, run by hand-written CUDA kernels.
 
-Each class here subclasses its reference Function (ops/nn.py, ops/elementwise.py,
+Each class here subclasses its reference Function (ops/fused.py, ops/elementwise.py,
 ops/attention.py), keeps what the reference checks and saves, and replaces the
 array math with calls into tensorgrad.kernels. `supports` says which calls the
 kernels can do. Function.apply is the one place that picks: on CuPy float32
-arrays with the kernels enabled (kernels.takes) and a supported call, the twin
-runs; anything else (NumPy, float64, an explicit attention mask, an odd head
+arrays with the kernels enabled (kernels.takes, this device's gate) and a supported
+call, the twin runs; anything else (NumPy, float64, an explicit attention mask, an odd head
 size) runs the reference. The references stay plain math, and every twin is
 tested against its reference on the GPU (tests/test_cuda_kernels.py).
 """
@@ -14,11 +14,14 @@ import math
 import numpy as np
 
 from .. import backend, kernels
+from ..function import twin_gates
 from .attention import QKVAttention, ScaledDotProductAttention
 from ..kernels import compile_ahead, cublaslt  # noqa: F401  (compile_ahead: tg.compile_ahead)
 from .elementwise import GELU
 from .linear import LinearFn
-from .nn import CrossEntropy, Dropout, DropoutAdd, LayerNorm, Softmax
+from .fused import CrossEntropy, Dropout, DropoutAdd, LayerNorm, Softmax
+
+twin_gates["cuda"] = kernels.takes    # the one test of whether the kernels can run (kernels/__init__.py)
 
 
 ATTENTION_HEAD_SIZES = kernels.attention.HEAD_SIZES   # what the fused attention kernels take (else: reference)

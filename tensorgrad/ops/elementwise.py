@@ -7,6 +7,7 @@ import math
 
 import numpy as np
 
+from ..autocast import autocast_dtype, narrowed_dtype
 from ..backend import get_array_module
 from ..function import Function
 from ..tensor import Tensor
@@ -182,8 +183,8 @@ _GELU_FORMS = ("none", "tanh")          # PyTorch's approximate=
 
 
 def _erf(xp, a):
-    """erf elementwise. NumPy has none: math.erf per element (exact; about twice the time of
-    the tanh form's whole expression); CuPy's is a kernel."""
+    """erf elementwise. NumPy has none: math.erf per element (exact, and slower than the
+    tanh form's whole expression: bench/results.md); CuPy's is a kernel."""
     if xp is np:
         return np.asarray(_erf_np(a), dtype=a.dtype)
     import cupyx.scipy.special
@@ -198,57 +199,22 @@ class GELU(Function):
         da = g (Phi(a) + a phi(a)), phi(a) = e^(-a^2/2) / sqrt(2 pi)
     approximate='tanh' (GPT-2's): out = a/2 (1 + t), t = tanh(c (a + 0.044715 a^3)), c = sqrt(2/pi);
         da = g (1/2 (1 + t) + a/2 (1 - t^2) c (1 + 3 * 0.044715 a^2))"""
-    # Written with in-place steps on one or two buffers: the same operations in the same
-    # order as the formulas above (so the same float32 results: tests/test_fast_forms.py
-    # holds the one-line forms and checks they agree), without a temporary per operation.
     def forward(self, a, approximate="none"):
         xp = get_array_module(a)
         self.a, self.approximate = a, approximate
         if approximate == "none":
-            cdf = a * a.dtype.type(1 / math.sqrt(2))
-            cdf = _erf(xp, cdf)
-            cdf += 1
-            cdf *= 0.5
-            self.cdf = cdf                                   # Phi(a), saved for backward
-            return a * cdf
-        t = a * 0.044715
-        t *= a
-        t *= a
-        t += a
-        t *= _GELU_C
-        self.t = xp.tanh(t, out=t)                           # t = tanh(c (a + 0.044715 a^3)), saved
-        out = t + 1
-        out *= a
-        out *= 0.5                                           # a/2 (1 + t): halving is exact, order is free
-        return out
+            self.cdf = 0.5 * (1 + _erf(xp, a * a.dtype.type(1 / math.sqrt(2))))      # Phi(a)
+            return a * self.cdf
+        self.t = xp.tanh(_GELU_C * (a + 0.044715 * a * a * a))
+        return 0.5 * a * (1 + self.t)
 
     def backward(self, g):
-        a = self.a
+        xp, a = get_array_module(g), self.a
         if self.approximate == "none":
-            xp = get_array_module(a)
-            pdf = a * a
-            pdf *= -0.5
-            xp.exp(pdf, out=pdf)
-            pdf *= a.dtype.type(1 / math.sqrt(2 * math.pi))  # phi(a)
-            pdf *= a
-            pdf += self.cdf                                  # Phi(a) + a phi(a)
-            pdf *= g
-            return pdf
+            pdf = xp.exp(-0.5 * a * a) * a.dtype.type(1 / math.sqrt(2 * math.pi))  # phi(a)
+            return g * (self.cdf + a * pdf)
         t = self.t
-        da = t + 1
-        da *= 0.5                                            # 1/2 (1 + t)
-        rest = t * t
-        xp = get_array_module(a)
-        xp.subtract(1, rest, out=rest)                       # 1 - t^2
-        rest *= a
-        rest *= 0.5 * _GELU_C                                # = * 0.5 then * c: halving is exact
-        poly = a * (3 * 0.044715)
-        poly *= a
-        poly += 1                                            # 1 + 3 * 0.044715 a^2
-        rest *= poly
-        da += rest
-        da *= g
-        return da
+        return g * (0.5 * (1 + t) + 0.5 * a * (1 - t * t) * _GELU_C * (1 + 3 * 0.044715 * a * a))
 
 
 class SiLU(Function):
@@ -352,6 +318,14 @@ def abs(a): return Abs.apply(a)  # noqa: A001
 def maximum(a, b): return Maximum.apply(*operands(a, b))
 def minimum(a, b): return Minimum.apply(*operands(a, b))
 def cast(a, dtype): return Cast.apply(a, dtype=np.dtype(dtype))
+
+
+def cast_inputs(*tensors):
+    """The tensors, with float32 CUDA ones cast to the autocast dtype inside tg.autocast
+    (tensorgrad/autocast.py); None and others unchanged. Linear, matmul and attention call it."""
+    if autocast_dtype() is None:
+        return tensors
+    return tuple(t if narrowed_dtype(t) is None else cast(t, autocast_dtype()) for t in tensors)
 
 
 def gelu(a, approximate="none"):

@@ -3,13 +3,13 @@
 One Function instead of reshape + transpose + matmul + add, so a Linear layer
 saves one input and its backward is three lines: two matrix products and a
 column sum. On the GPU its twin (ops/cuda.py) adds the bias inside the matrix
-product (cuBLASLt's bias epilogue) instead of in a second pass over y.
+product (cuBLASLt's bias epilogue) instead of in a second pass over y; on the
+CPU its twin (ops/cpu.py) takes the weight gradient and the column sum in the
+shapes OpenBLAS is fastest at.
 """
-import numpy as np
-
-from ..autocast import cast_inputs
 from ..function import Function
-from .rowsum import column_sum
+from .broadcast import sum_to
+from .elementwise import cast_inputs
 from .matmul import mm
 from .promote import same_float_dtype
 
@@ -37,22 +37,19 @@ class LinearFn(Function):
 
     def backward(self, g):
         need_x, need_w, need_b = self.needs_input_grad
-        g2 = g.reshape(-1, g.shape[-1])                # (N, out)
-        dx = mm(g2, self.w).reshape(self.x_shape) if need_x else None # (..., in)
-        dw = self.weight_grad(g2) if need_w else None  # (out, in)
-        db = column_sum(g2) if self.has_b and need_b else None   # (out,): sum over rows
+        g2 = g.reshape(-1, g.shape[-1])                                   # (N, out)
+        dx = mm(g2, self.w).reshape(self.x_shape) if need_x else None     # (..., in)
+        dw = self.weight_grad(g2) if need_w else None                     # (out, in)
+        db = self.bias_grad(g2) if self.has_b and need_b else None        # (out,)
         return dx, dw, db
 
-
     def weight_grad(self, g2):
-        """dw = g2^T @ x2 (out, in). On the CPU, for a layer with fewer outputs than inputs,
-        as (x2^T @ g2)^T: OpenBLAS takes that shape faster (a GPT MLP's c_proj, 512 -> 128:
-        0.72 instead of 0.95 ms; its lm_head 0.12 instead of 0.20), the same sums in
-        another order (float32 rounding, not the same bits). The GPU: g2^T @ x2."""
-        out_f, in_f = self.w.shape
-        if isinstance(g2, np.ndarray) and out_f < in_f:
-            return mm(self.x2.T, g2).T
+        """dw = g2^T @ x2"""
         return mm(g2.T, self.x2)
+
+    def bias_grad(self, g2):
+        """db = g2 summed over its rows"""
+        return sum_to(g2, g2.shape[-1:])
 
 
 def linear(x, weight, bias=None):

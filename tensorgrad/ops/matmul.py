@@ -6,9 +6,9 @@ batch axes that broadcast are summed back with sum_to.
 """
 from .. import kernels
 from ..function import Function, ShapeError
-from ..autocast import cast_inputs
 from ..kernels import cublas
 from ..tensor import Tensor
+from .elementwise import cast_inputs
 from .promote import same_float_dtype
 from .broadcast import sum_to
 

@@ -5,7 +5,7 @@ gradient back to where the input's elements were.
 """
 import numpy as np
 
-from ..backend import get_array_module, parse_device, scatter_add, xp_of_device
+from ..backend import get_array_module, parse_device, xp_of_device
 from ..function import Function, ShapeError
 from .broadcast import sum_to
 from .promote import common
@@ -66,7 +66,7 @@ class GetItem(Function):
         xp = get_array_module(g)
         da = xp.zeros(self.shape, dtype=self.dtype)
         if _is_advanced(self.index):
-            scatter_add(da, self.index, g)
+            xp.add.at(da, self.index, g)             # unbuffered: repeated indices add up
         else:  # slices, integers, None, boolean masks: every element at most once
             da[self.index] = g
         return da

@@ -2,18 +2,20 @@
 
 Fusing (one op instead of a chain of exp, sum, div...) saves launches on the
 GPU and saved arrays in memory, and lets us use the numerically stable forms.
-These NumPy/CuPy versions are the reference: plain math. Their GPU twins
-(ops/cuda.py) run the same math in hand-written kernels and are tested
-against them; Function.apply picks which one runs.
+These NumPy/CuPy versions are the reference: plain math, the formula in each
+docstring written out with `xp`. Their twins compute the same faster: on the GPU
+in hand-written kernels (ops/cuda.py), on the CPU in place and through BLAS
+(ops/cpu.py). Each is tested against its reference; Function.apply picks which
+one runs, and TENSORGRAD_REFERENCE=1 runs these everywhere.
 """
 import numpy as np
 
 from ..autocast import narrowed_dtype
-from ..backend import generator, get_array_module, scatter_add
+from ..backend import generator, get_array_module
 from ..function import Function, ShapeError
 from ..tensor import Tensor
+from .broadcast import sum_to
 from .promote import _result, same_float_dtype
-from .rowsum import column_sum, row_mean, row_sum
 
 
 class Softmax(Function):
@@ -45,8 +47,8 @@ class LogSoftmax(Function):
 
 
 class LayerNorm(Function):
-    """y = (x - mean) * rstd * w + b over the last axis, rstd = 1/sqrt(var + eps);
-    dx = rstd * (dxh - mean(dxh) - xh * mean(dxh * xh)), dxh = g * w, xh = (x - mean) * rstd;
+    """y = xh * w + b over the last axis, xh = (x - mean) * rstd, rstd = 1/sqrt(var + eps);
+    dx = rstd * (dxh - mean(dxh) - xh * mean(dxh * xh)), dxh = g * w;
     dw = sum(g * xh), db = sum(g) over the leading axes.
     out_dtype (autocast): y is written in that dtype, the math stays in x's.
     backward(g, acc): dx + acc, acc being x's gradient from its other uses (Function.adds_into)."""
@@ -57,42 +59,25 @@ class LayerNorm(Function):
         if w is not None and w.shape != (C,) or b is not None and b.shape != (C,):
             raise ShapeError(f"layer_norm: weight/bias must have shape ({C},) for input {x.shape}, "
                              f"got {getattr(w, 'shape', None)} and {getattr(b, 'shape', None)}")
-        self.has_w, self.has_b = w is not None, b is not None
+        self.w, self.has_b = w, b is not None
+        return self.normalize(x, w, b, eps).astype(out_dtype or x.dtype, copy=False)
+
+    def normalize(self, x, w, b, eps):
         xp = get_array_module(x)
-        # in place on two (..., C) buffers, xh and y, in the formula's order (see GELU)
-        xh = x - row_mean(x)                                                     # x - mean
-        y = xp.multiply(xh, xh)                                                  # y holds (x - mean)^2 for now
-        self.rstd = 1.0 / xp.sqrt(row_mean(y) + eps)                             # (..., 1)
-        xh *= self.rstd
-        self.xh = xh                                                             # (..., C)
-        self.w = w
-        if self.has_w:
-            xp.multiply(xh, w, out=y)
-        elif self.has_b:
-            y[...] = xh
-        else:
-            y = xh                                                               # no affine part
-        if self.has_b:
-            y += b
-        return y if out_dtype is None else y.astype(out_dtype)
+        xc = x - x.mean(axis=-1, keepdims=True)                                 # x - mean
+        self.rstd = 1.0 / xp.sqrt((xc * xc).mean(axis=-1, keepdims=True) + eps)  # (..., 1)
+        self.xh = xc * self.rstd                                                # (..., C)
+        y = self.xh if w is None else self.xh * w
+        return y if b is None else y + b
 
     def backward(self, g, acc=None):
-        xp = get_array_module(g)
-        xh, rstd = self.xh, self.rstd
+        xh, rstd, w = self.xh, self.rstd, self.w
         g = g.astype(xh.dtype, copy=False)                      # a narrowed output's gradient
-        gxh = g * xh
-        dw = column_sum(gxh) if self.has_w else None
-        db = column_sum(g) if self.has_b else None
-        dx = g * self.w if self.has_w else g.copy()                             # dxh, made dx in place
-        xp.multiply(dx, xh, out=gxh)                                            # dxh * xh
-        mean_dxh_xh = row_mean(gxh)
-        xp.multiply(xh, mean_dxh_xh, out=gxh)
-        dx -= row_mean(dx)
-        dx -= gxh
-        dx *= rstd
-        if acc is not None:
-            dx += acc                                                           # the skip connection's gradient
-        return dx, dw, db
+        dxh = g if w is None else g * w
+        dx = rstd * (dxh - dxh.mean(axis=-1, keepdims=True) - xh * (dxh * xh).mean(axis=-1, keepdims=True))
+        dw = sum_to(g * xh, w.shape) if w is not None else None
+        db = sum_to(g, xh.shape[-1:]) if self.has_b else None
+        return (dx if acc is None else dx + acc), dw, db
 
 
 class RMSNorm(Function):
@@ -165,12 +150,14 @@ class CrossEntropy(_ClassLoss):
     def backward(self, g):
         return self.dlogits(self._row_scale(g)).reshape(self.shape), None
 
+    row_sum = staticmethod(lambda e: e.sum(axis=-1, keepdims=True))   # the CPU twin's is BLAS's
+
     def row_losses(self, x, t, keep):
         """Per-row loss (0 where not keep); saves softmax for dlogits."""
         xp = get_array_module(x)
         m = x.max(axis=1, keepdims=True)
         e = xp.exp(x - m)
-        s = row_sum(e)
+        s = self.row_sum(e)                                         # (N, 1)
         self.probs = e / s                                          # (N, V): saved for backward
         lse = (m + xp.log(s))[:, 0]
         loss = lse - x[xp.arange(x.shape[0]), t]                    # -log p[t]
@@ -245,7 +232,7 @@ class Embedding(Function):
     def backward(self, g):
         xp = get_array_module(g)
         dw = xp.zeros(self.shape, dtype=g.dtype)
-        scatter_add(dw, self.idx.reshape(-1), g.reshape(-1, self.shape[1]))
+        xp.add.at(dw, self.idx.reshape(-1), g.reshape(-1, self.shape[1]))   # unbuffered: repeats add up
         return dw, None
 
 
