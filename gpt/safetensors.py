@@ -131,12 +131,12 @@ class SafetensorsFile:
                 self._fail(f"tensors {n0!r} and {n1!r} overlap (bytes {b1 - self.data_start} to "
                            f"{min(e0, e1) - self.data_start} of the data)")
 
-    def read_into(self, name, out, nbytes=None, file=None):
-        """Copy the first nbytes (default: all) of tensor `name`'s bytes into `out`, a
-        C-contiguous array of exactly that many bytes. file: this file, already open."""
+    def read_into(self, name, out, nbytes=None, file=None, offset=0):
+        """Copy nbytes (default: all) of tensor `name`'s bytes, from its byte `offset` on,
+        into `out`, a C-contiguous array of exactly that many bytes. file: this file, open."""
         info = self.tensors[name]
-        nbytes = info.nbytes if nbytes is None else nbytes
-        if not out.flags.c_contiguous or out.nbytes != nbytes or nbytes > info.nbytes:
+        nbytes = info.nbytes - offset if nbytes is None else nbytes
+        if not out.flags.c_contiguous or out.nbytes != nbytes or offset < 0 or offset + nbytes > info.nbytes:
             raise ValueError(f"read_into {name!r}: need a C-contiguous array of {nbytes} bytes, got "
                              f"{out.nbytes} bytes{'' if out.flags.c_contiguous else ', not contiguous'}")
         if nbytes == 0:
@@ -144,7 +144,7 @@ class SafetensorsFile:
         view = memoryview(out.reshape(-1).view(np.uint8))
         f = file or open(self.path, "rb")
         try:
-            f.seek(info.begin)
+            f.seek(info.begin + offset)
             done = 0
             while done < nbytes:
                 got = f.readinto(view[done:])
