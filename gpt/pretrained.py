@@ -202,6 +202,32 @@ class Checkpoint:
         return self.info(key)[2].shape if key in self.tensors else None
 
 
+def is_pretrained(path):
+    """Is path a GPT-2 checkpoint in Hugging Face's layout (a .safetensors file, an index,
+    or a folder holding one)? Our own runs (.npz) are not."""
+    path = Path(path)
+    if path.is_dir():
+        return (path / "model.safetensors").is_file() or (path / INDEX).is_file()
+    return path.is_file() and (path.suffix == ".safetensors" or path.name.endswith(".index.json"))
+
+
+def pretrained_tokenizer(path, vocab_size):
+    """The tokenizer of a GPT-2 folder: its vocab.json + merges.txt, else GPT-2's own
+    (from the cache, tokenizer/pretrained.py) when the vocabulary is GPT-2's."""
+    from tokenizer import Tokenizer
+    from tokenizer.pretrained import DownloadError, gpt2_tokenizer
+    folder = Path(path) if Path(path).is_dir() else Path(path).parent
+    try:
+        if (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file():
+            return Tokenizer.load(folder)
+        if vocab_size == 50257:
+            return gpt2_tokenizer()
+    except (OSError, ValueError) as e:
+        raise DataError(f"{folder}: {e}") from None
+    raise DataError(f"{folder}: no tokenizer (vocab.json and merges.txt) beside the checkpoint, and its "
+                    f"vocabulary ({vocab_size}) is not GPT-2's")
+
+
 def _other_formats(folder):
     others = [p.name for p in folder.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack")]
     if not others:
@@ -228,22 +254,29 @@ def _config_from_shapes(ckpt, given):
     return found
 
 
+def pretrained_config(ckpt, **overrides):
+    """The GPTConfig of a checkpoint (a Checkpoint or its path): config.json's fields,
+    the shapes of its tensors, then overrides (block_size=, dropout=, n_head=, ...)."""
+    from .model import GPTConfig
+    ckpt = ckpt if isinstance(ckpt, Checkpoint) else Checkpoint(ckpt)
+    if ckpt.config is None and "n_head" not in overrides:
+        raise DataError(f"{ckpt.where}: no config.json beside it, and n_head cannot be read from the "
+                        f"weights; put Hugging Face's config.json there or pass n_head=")
+    fields = read_config(ckpt.config, **overrides) if ckpt.config is not None else dict(overrides)
+    fields = {**_config_from_shapes(ckpt, fields), **fields}
+    try:
+        return GPTConfig(**fields)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{ckpt.config or ckpt.where}: {e}") from None
+
+
 def load_pretrained(cls, path, device="cpu", config=None, **overrides):
     """A `cls` (GPT) with the weights of the GPT-2 checkpoint at path (see GPT.from_pretrained).
     config: a GPTConfig to build instead of config.json's (its shapes must fit the tensors).
     block_size below the checkpoint's keeps the first position embeddings (nanoGPT's crop)."""
-    from .model import GPTConfig
     ckpt = Checkpoint(path)
     if config is None:
-        if ckpt.config is None and "n_head" not in overrides:
-            raise DataError(f"{ckpt.where}: no config.json beside it, and n_head cannot be read from the "
-                            f"weights; put Hugging Face's config.json there or pass n_head=")
-        fields = read_config(ckpt.config, **overrides) if ckpt.config is not None else dict(overrides)
-        fields = {**_config_from_shapes(ckpt, fields), **fields}
-        try:
-            config = GPTConfig(**fields)
-        except (TypeError, ValueError) as e:
-            raise ConfigError(f"{ckpt.config or ckpt.where}: {e}") from None
+        config = pretrained_config(ckpt, **overrides)
     else:
         _config_from_shapes(ckpt, asdict(config))
     model = cls.uninitialized(config)
