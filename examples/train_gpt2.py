@@ -30,15 +30,15 @@ import os
 import sys
 from pathlib import Path
 
-from _cli import Parser, add_dataclass_flags, check_device, parse_with_typed, run, start_ids
-from train_shakespeare import MODEL_HELP, default_device, settings_of_run
+from _cli import Parser, add_dataclass_flags, check_device, parse_with_typed, run
+from train_shakespeare import MODEL_HELP, default_device, print_sample, settings_of_run, status_of
 
 import nn  # after _cli, which puts the checkout on sys.path
 from gpt import GPTConfig, TrainConfig, train
-from gpt.data import data_meta, load_tokenizer
+from gpt.data import data_meta
 from gpt.errors import ConfigError, DataError
 from gpt.pretrained import Checkpoint, pretrained_config
-from gpt.train import check_settings, load_model
+from gpt.train import check_settings
 
 GPT2_SMALL = dict(n_layer=12, n_head=12, n_embd=768, block_size=1024, dropout=0.0, bias=True)
 PRESETS = {
@@ -158,23 +158,13 @@ def main(argv=None):
     if summary["stopped"] == "interrupted" or not world.is_main:
         return summary
     if args.sample_tokens:
-        best, _ = load_model(args.out_dir, device=args.device)
-        try:
-            tok = load_tokenizer(args.out_dir)
-        except DataError as e:
-            print(f"no sample: {e}")
-            return summary
-        ids = best.generate([start_ids(tok)], args.sample_tokens, temperature=0.8, top_k=200, seed=tc.seed)
-        print("-" * 60)
-        print(tok.decode(ids[0].tolist()))
-        print("-" * 60)
+        print_sample(args.out_dir, args.device, args.sample_tokens, tc.seed)
     print(f"sample more: python examples/sample.py --ckpt {args.out_dir}")
     return summary
 
 
 def exit_status(argv=None):
-    """0 when training finished, 130 after Ctrl-C (saved), 1 when the loss went non-finite."""
-    return {"finished": 0, "interrupted": 130}.get(main(argv)["stopped"], 1)
+    return status_of(main(argv))
 
 
 if __name__ == "__main__":

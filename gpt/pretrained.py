@@ -215,7 +215,7 @@ def pretrained_tokenizer(path, vocab_size):
     """The tokenizer of a GPT-2 folder: its vocab.json + merges.txt, else GPT-2's own
     (from the cache, tokenizer/pretrained.py) when the vocabulary is GPT-2's."""
     from tokenizer import Tokenizer
-    from tokenizer.pretrained import DownloadError, gpt2_tokenizer
+    from tokenizer.pretrained import gpt2_tokenizer
     folder = Path(path) if Path(path).is_dir() else Path(path).parent
     try:
         if (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file():
