@@ -222,6 +222,10 @@ def data_meta(folder):
     files, kind = token_files(folder)
     if files is None:
         return None
+    if (folder / "meta.pkl").is_file():     # nanoGPT's character-level data: its vocabulary is in a pickle
+        raise DataError(f"{folder}: its vocabulary is in nanoGPT's meta.pkl, a pickle we do not read; prepare "
+                        f"the text with gpt.data.prepare (train_shakespeare.py) or write a meta.json "
+                        f'({{"vocab_size": N, "tokenizer": "unknown", "dtype": "uint16"}})')
     dtype = np.dtype(np.uint16)
     if kind == "shards" and files["train"]:
         dtype = np.dtype(open_shard(files["train"][0]).dtype)

@@ -100,6 +100,7 @@ def test_bad_token_files_give_one_line(tmp_path):
         (folder("odd", train__bin=b"\0" * 7, val__bin=b"\0" * 8), "not a whole number of uint16 tokens"),
         (folder("noval", x_train_1__bin=good), "has no val tokens"),
         (folder("none", notes__txt=b"hi"), "has no token files"),
+        (folder("pickled", train__bin=b"\0" * 8, val__bin=b"\0" * 8, meta__pkl=b"x"), "nanoGPT's meta.pkl, a pickle"),
     ]
     for d, message in cases:
         with pytest.raises(DataError, match=message) as e:
