@@ -2,7 +2,7 @@
 
     python examples/prepare_tokens.py --input corpus.txt --out data/corpus            # GPT-2 tokens
     python examples/train_gpt2.py --data data/corpus --device cuda                    # GPT-2 small from scratch
-    python examples/train_gpt2.py --data data/shakespeare --init-from gpt2 --device cuda   # fine-tune
+    python examples/train_gpt2.py --data data/shakespeare --init-from path/to/gpt2 --device cuda   # fine-tune
 
 --data DIR: a folder of token files: what prepare_tokens.py writes, nanoGPT's
 train.bin / val.bin, or llm.c's *_train_*.bin / *_val_*.bin shards (a corpus of any
