@@ -1,10 +1,14 @@
-"""Generate text from a run of train_shakespeare.py.
+"""Generate text from a run of train_shakespeare.py or train_gpt2.py, or from GPT-2.
 
     python examples/sample.py --ckpt out-shakespeare-char-cpu --prompt "ROMEO:"
     python examples/sample.py --ckpt out-shakespeare-char-cuda/last.npz --num-samples 3 --top-p 0.9
+    python examples/sample.py --ckpt path/to/gpt2 --prompt "Hello, I'm a language model,"
 
 --ckpt is a run's out dir (best.npz, else last.npz) or one of its .npz files; the
-tokenizer is read from the same folder, so the out dir is all it needs. The same
+tokenizer is read from the same folder, so the out dir is all it needs. It may also
+be a GPT-2 checkpoint in Hugging Face's layout (a folder with config.json and
+model.safetensors, or the file): its tokenizer is the vocab.json + merges.txt beside
+it, else GPT-2's own (downloaded once, see examples/prepare_tokens.py). The same
 --seed gives the same text.
 """
 import json
@@ -14,14 +18,17 @@ from pathlib import Path
 from _cli import Parser, check_device, run, start_ids
 
 import tensorgrad as tg  # after _cli, which puts the checkout on sys.path
+from gpt import GPT
 from gpt.data import load_tokenizer
 from gpt.errors import ConfigError, DataError
+from gpt.pretrained import is_pretrained, pretrained_tokenizer
 from gpt.train import find_checkpoint, load_model
 
 
 def build_parser():
     p = Parser(description=__doc__)
-    p.add_argument("--ckpt", required=True, help="a run's out dir, or a .npz checkpoint in it")
+    p.add_argument("--ckpt", required=True,
+                   help="a run's out dir, a .npz checkpoint in it, or a GPT-2 folder or .safetensors file")
     p.add_argument("--prompt", default=None,
                    help="text to continue (default: a newline, or the first token when the text had none)")
     p.add_argument("--drop-unknown", action="store_true",
@@ -100,9 +107,13 @@ def main(argv=None):
     if problems:
         raise ConfigError("\n".join(problems))
     check_device(args.device)
-    ckpt = find_checkpoint(args.ckpt)
-    model, _ = load_model(ckpt, device=args.device)
-    tok = find_tokenizer(ckpt)
+    if is_pretrained(args.ckpt):
+        model = GPT.from_pretrained(args.ckpt, device=args.device)
+        tok = pretrained_tokenizer(args.ckpt, model.config.vocab_size)
+    else:
+        ckpt = find_checkpoint(args.ckpt)
+        model, _ = load_model(ckpt, device=args.device)
+        tok = find_tokenizer(ckpt)
     prompt = start_ids(tok) if args.prompt is None else encode_prompt(tok, args.prompt, args.drop_unknown)
     for i in range(args.num_samples):
         ids = model.generate([prompt], args.max_new_tokens, temperature=args.temperature,

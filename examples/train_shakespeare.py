@@ -180,20 +180,32 @@ def main(argv=None):
     if summary["stopped"] == "interrupted" or not world.is_main:
         return summary                   # saved; no time spent loading best.npz or sampling
     if args.sample_tokens:
-        best, _ = load_model(args.out_dir, device=args.device)
-        tok = load_tokenizer(args.out_dir)
-        ids = best.generate([start_ids(tok)], args.sample_tokens, temperature=0.8, top_k=200, seed=tc.seed)
-        print("-" * 60)
-        print(tok.decode(ids[0].tolist()))
-        print("-" * 60)
+        print_sample(args.out_dir, args.device, args.sample_tokens, tc.seed)
     print(f"sample more: python examples/sample.py --ckpt {args.out_dir} --prompt \"ROMEO:\"")
     return summary
 
 
-def exit_status(argv=None):
+def print_sample(out_dir, device, tokens, seed):
+    """A sample of a finished run's best checkpoint, decoded with the tokenizer in its out dir."""
+    best, _ = load_model(out_dir, device=device)
+    try:
+        tok = load_tokenizer(out_dir)
+    except DataError as e:        # GPT-2 tokens whose tokenizer cannot be fetched (offline)
+        print(f"no sample: {e}")
+        return
+    ids = best.generate([start_ids(tok)], tokens, temperature=0.8, top_k=200, seed=seed)
+    print("-" * 60)
+    print(tok.decode(ids[0].tolist()))
+    print("-" * 60)
+
+
+def status_of(summary):
     """0 when training finished, 130 after Ctrl-C (saved), 1 when the loss went non-finite."""
-    stopped = main(argv)["stopped"]
-    return {"finished": 0, "interrupted": 130}.get(stopped, 1)
+    return {"finished": 0, "interrupted": 130}.get(summary["stopped"], 1)
+
+
+def exit_status(argv=None):
+    return status_of(main(argv))
 
 
 if __name__ == "__main__":

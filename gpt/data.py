@@ -4,6 +4,14 @@ prepare() tokenizes a text once (character-level, or byte-level BPE trained on
 the training split), writes train.bin / val.bin (uint16, or uint32 for large
 vocabularies) and meta.json; get_batch() reads random windows through
 np.memmap, so the token files never have to fit in memory.
+
+TokenData also reads the token files other projects' data scripts write, so a
+corpus of any size trains with constant memory: nanoGPT's train.bin / val.bin
+(raw uint16 GPT-2 tokens) and llm.c's shards (*_train_*.bin, *_val_*.bin: a
+header of 256 int32, [20240520, 1, token count, 0, ...], then uint16 tokens;
+write_shard writes them, examples/prepare_tokens.py makes them from text). The
+shards of a split are read as one stream, in name order. A folder without
+meta.json holds GPT-2 tokens (vocabulary 50257), as those scripts write.
 """
 import hashlib
 import json
@@ -16,6 +24,7 @@ import numpy as np
 
 import tensorgrad as tg
 from tokenizer import CharTokenizer, Tokenizer, train_bpe
+from tokenizer.pretrained import DownloadError, gpt2_tokenizer
 
 from .errors import ConfigError, DataError
 
@@ -93,20 +102,27 @@ def prepare(text_path, out_dir, tokenizer="char", vocab_size=1024, val_fraction=
 
 def load_tokenizer(folder):
     """The tokenizer of a prepared data folder, or of a training out dir (train() copies
-    meta.json and the tokenizer there, so an out dir is enough to sample from)."""
+    meta.json and the tokenizer there, so an out dir is enough to sample from). GPT-2
+    tokens with no tokenizer beside them (nanoGPT's or llm.c's shards) get GPT-2's
+    tokenizer from the cache (tokenizer/pretrained.py)."""
     folder = Path(folder)
-    meta_path = folder / "meta.json"
-    if not meta_path.is_file() or not (folder / "tokenizer").exists():
+    meta = data_meta(folder)
+    if not (folder / "tokenizer").exists():
+        if meta is not None and meta.get("tokenizer") == "gpt2":
+            try:
+                return gpt2_tokenizer()
+            except DownloadError as e:
+                raise DataError(str(e)) from None
         raise DataError(f"{folder} has no tokenizer (meta.json and tokenizer, written by "
-                        f"gpt.data.prepare or train())")
-    meta = json.loads(meta_path.read_text())
+                        f"gpt.data.prepare, examples/prepare_tokens.py or train())")
     if meta["tokenizer"] == "char":
         return CharTokenizer.load(folder / "tokenizer")
     return Tokenizer.load(folder / "tokenizer")
 
 
 def copy_tokenizer(data_dir, out_dir):
-    """Copy meta.json and the tokenizer of a prepared folder into out_dir (load_tokenizer reads them)."""
+    """Copy meta.json and the tokenizer of a prepared folder into out_dir (load_tokenizer reads them).
+    A folder of shards without them gives its meta.json (GPT-2 tokens) alone."""
     src, dst = Path(data_dir), Path(out_dir)
     if src.resolve() == dst.resolve():
         return
@@ -117,9 +133,12 @@ def copy_tokenizer(data_dir, out_dir):
         old.unlink(missing_ok=True)
     if (src / "tokenizer").is_dir():        # byte-level BPE: vocab.json, merges.txt, ...
         shutil.copytree(src / "tokenizer", old)
-    else:                                   # character-level: one JSON file
+    elif (src / "tokenizer").is_file():     # character-level: one JSON file
         shutil.copyfile(src / "tokenizer", old)
-    shutil.copyfile(src / "meta.json", dst / "meta.json")
+    if (src / "meta.json").is_file():
+        shutil.copyfile(src / "meta.json", dst / "meta.json")
+    else:
+        (dst / "meta.json").write_text(json.dumps(data_meta(src), indent=1))
 
 
 def same_tokenizer(a, b):
@@ -133,17 +152,131 @@ def same_tokenizer(a, b):
     return None if fa is None or fb is None else fa == fb
 
 
+# ----------------------------------------------------------------------------- token shards
+HEADER_INTS = 256                                     # llm.c: a shard starts with 256 int32
+SHARD_MAGIC = {20240520: (1, np.uint16), 20240801: (7, np.uint32)}   # magic -> (version, tokens): GPT-2, LLaMA 3
+
+
+def write_shard(path, tokens):
+    """Write tokens (uint16, or uint32 for vocabularies past 65536; one array or a list of
+    arrays written one after another) as an llm.c shard, atomically."""
+    pieces = [np.asarray(t) for t in (tokens if isinstance(tokens, (list, tuple)) else [tokens])]
+    dtype = pieces[0].dtype if pieces else np.dtype(np.uint16)
+    magic = 20240520 if dtype == np.uint16 else 20240801
+    if any(p.dtype != SHARD_MAGIC[magic][1] for p in pieces):
+        raise ValueError(f"write_shard: tokens must be all uint16 or all uint32, got {[str(p.dtype) for p in pieces]}")
+    header = np.zeros(HEADER_INTS, np.int32)
+    header[:3] = magic, SHARD_MAGIC[magic][0], sum(len(p) for p in pieces)
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        header.tofile(f)
+        for p in pieces:
+            p.tofile(f)
+    tmp.replace(path)
+    return path
+
+
+def open_shard(path):
+    """The tokens of an llm.c shard, through np.memmap, after checking its header."""
+    path = Path(path)
+    size = path.stat().st_size
+    if size < 4 * HEADER_INTS:
+        raise DataError(f"{path}: {size} bytes, fewer than the {4 * HEADER_INTS}-byte header of a token shard "
+                        f"(truncated?)")
+    header = np.fromfile(path, np.int32, HEADER_INTS)
+    magic, version, count = (int(v) for v in header[:3])
+    if magic not in SHARD_MAGIC:
+        raise DataError(f"{path}: wrong magic number {magic} (llm.c's token shards start with "
+                        f"{' or '.join(map(str, SHARD_MAGIC))}): not a token shard")
+    want, dtype = SHARD_MAGIC[magic]
+    if version != want:
+        raise DataError(f"{path}: version {version} with magic {magic}; only version {want} is known")
+    itemsize = np.dtype(dtype).itemsize
+    if count < 0 or 4 * HEADER_INTS + count * itemsize != size:
+        raise DataError(f"{path}: the header says {count} tokens, the file holds "
+                        f"{(size - 4 * HEADER_INTS) / itemsize:g} (truncated?)")
+    if count == 0:
+        return np.zeros(0, dtype)
+    return np.memmap(path, dtype=dtype, mode="r", offset=4 * HEADER_INTS, shape=(count,))
+
+
+def token_files(folder):
+    """{"train": [paths], "val": [paths]} and the format ("raw": train.bin / val.bin, or
+    "shards": llm.c's *_train_*.bin / *_val_*.bin); None when the folder has neither."""
+    folder = Path(folder)
+    if (folder / "train.bin").is_file() or (folder / "val.bin").is_file():
+        return {s: [folder / f"{s}.bin"] for s in ("train", "val")}, "raw"
+    found = {s: sorted(p for p in folder.glob(f"*_{s}*.bin") if p.is_file()) for s in ("train", "val")}
+    if not (found["train"] or found["val"]):
+        return None, None
+    return found, "shards"
+
+
+def data_meta(folder):
+    """meta.json of a data folder; for a folder of token files without one, what can be said
+    of it (GPT-2 tokens for uint16 files); None when it has neither."""
+    folder = Path(folder)
+    if (folder / "meta.json").is_file():
+        return json.loads((folder / "meta.json").read_text())
+    files, kind = token_files(folder)
+    if files is None:
+        return None
+    if (folder / "meta.pkl").is_file():     # nanoGPT's character-level data: its vocabulary is in a pickle
+        raise DataError(f"{folder}: its vocabulary is in nanoGPT's meta.pkl, a pickle we do not read; prepare "
+                        f"the text with gpt.data.prepare (train_shakespeare.py) or write a meta.json "
+                        f'({{"vocab_size": N, "tokenizer": "unknown", "dtype": "uint16"}})')
+    dtype = np.dtype(np.uint16)
+    if kind == "shards" and files["train"]:
+        dtype = np.dtype(open_shard(files["train"][0]).dtype)
+    gpt2 = dtype == np.uint16
+    return {"tokenizer": "gpt2" if gpt2 else "unknown", "vocab_size": 50257 if gpt2 else 1 << 32,
+            "dtype": dtype.name, "format": kind, "val_chars_per_token": None, "source": str(folder)}
+
+
+class _Joined:
+    """Several token arrays read as one: len() and fancy indexing by global positions."""
+
+    def __init__(self, arrays):
+        self.arrays = arrays
+        self.starts = np.cumsum([0] + [len(a) for a in arrays])
+
+    def __len__(self):
+        return int(self.starts[-1])
+
+    def __getitem__(self, positions):
+        positions = np.asarray(positions)
+        which = np.searchsorted(self.starts, positions, side="right") - 1
+        out = np.empty(positions.shape, self.arrays[0].dtype)
+        for k in np.unique(which):
+            here = which == k
+            out[here] = self.arrays[k][positions[here] - self.starts[k]]
+        return out
+
+
 class TokenData:
-    """train.bin / val.bin of a prepared folder, read through np.memmap."""
+    """The token files of a data folder, read through np.memmap: train.bin / val.bin of a
+    prepared folder (or nanoGPT's), or llm.c's shards (see the module's docstring)."""
 
     def __init__(self, data_dir):
         data_dir = Path(data_dir)
-        meta_path = data_dir / "meta.json"
-        if not meta_path.is_file():
-            raise DataError(f"{data_dir} has no meta.json: run gpt.data.prepare first")
-        self.meta = json.loads(meta_path.read_text())
-        self.splits = {s: np.memmap(data_dir / f"{s}.bin", dtype=self.meta["dtype"], mode="r")
-                       for s in ("train", "val")}
+        files, kind = token_files(data_dir)
+        self.meta = data_meta(data_dir)
+        if self.meta is None or files is None:
+            raise DataError(f"{data_dir} has no token files (train.bin and val.bin, or *_train_*.bin and "
+                            f"*_val_*.bin shards) and no meta.json: run gpt.data.prepare or "
+                            f"examples/prepare_tokens.py first")
+        for split in ("train", "val"):
+            if not files[split] or not all(p.is_file() for p in files[split]):
+                raise DataError(f"{data_dir} has no {split} tokens ({split}.bin, or *_{split}_*.bin shards)")
+        self.splits = {}
+        for split, paths in files.items():
+            if kind == "shards":
+                arrays = [open_shard(p) for p in paths]
+            else:
+                arrays = [_open_raw(p, self.meta.get("dtype", "uint16")) for p in paths]
+            self.splits[split] = arrays[0] if len(arrays) == 1 else _Joined(arrays)
+        self.vocab_size, self.where = int(self.meta["vocab_size"]), data_dir
 
     def get_batch(self, split, batch_size, block_size, device="cpu", rng=None):
         """Random windows: x (B, T) and the next tokens y (B, T), int64 tensors on device."""
@@ -156,6 +289,9 @@ class TokenData:
         data = self.splits[split]
         offsets = ix[:, None] + np.arange(block_size + 1)                  # (B, T + 1)
         chunk = data[offsets].astype(np.int64)                             # one gather from the memmap
+        if chunk.size and chunk.max() >= self.vocab_size:    # on a GPU, an id past the table reads garbage
+            raise DataError(f"{self.where}: token id {chunk.max()} in the {split} split, but the vocabulary "
+                            f"has {self.vocab_size} (meta.json's vocab_size): wrong tokenizer or dtype?")
         return chunk[:, :-1], chunk[:, 1:]
 
     def batch_positions(self, split, batch_size, block_size, rng):
@@ -168,3 +304,11 @@ class TokenData:
         # a window starting at i reads data[i : i + block_size + 1], so the last valid start is
         # len - block_size - 1; integers' upper bound is exclusive
         return rng.integers(0, len(data) - block_size, size=batch_size)
+
+
+def _open_raw(path, dtype):
+    """A raw token file (no header) through np.memmap, after checking its size."""
+    size, itemsize = path.stat().st_size, np.dtype(dtype).itemsize
+    if size % itemsize:
+        raise DataError(f"{path}: {size} bytes is not a whole number of {dtype} tokens")
+    return np.memmap(path, dtype=dtype, mode="r") if size else np.zeros(0, dtype)

@@ -16,8 +16,6 @@ import nn.functional as F
 import tensorgrad as tg
 from tensorgrad.ops.elementwise import cast_inputs
 
-from .pretrained import load_gpt2_safetensors
-
 
 @dataclass
 class GPTConfig:
@@ -39,6 +37,9 @@ class GPTConfig:
     rope_theta: float = 10000.0  # RoPE base: pair i turns at pos * rope_theta^(-2i/head_dim)
     attn_dropout: Optional[float] = None   # on the attention weights; None: dropout
     resid_dropout: Optional[float] = None  # on each block's attention and MLP output; None: dropout
+    norm_eps: float = 1e-5      # epsilon of the layer norms (GPT-2's layer_norm_epsilon)
+    scale_attn_weights: bool = True   # attention scores scaled by 1/sqrt(head size) (GPT-2 config's name)
+    scale_attn_by_inverse_layer_idx: bool = False  # and by 1/(layer index + 1) (GPT-2 config's name)
 
     def __post_init__(self):
         if self.n_embd % self.n_head:
@@ -57,6 +58,8 @@ class GPTConfig:
             raise ValueError(f"GPTConfig: d_ff={self.d_ff}, expected a positive width (or None for the default)")
         if self.rope_theta <= 0:
             raise ValueError(f"GPTConfig: rope_theta={self.rope_theta}, expected a positive base")
+        if not self.norm_eps > 0:
+            raise ValueError(f"GPTConfig: norm_eps={self.norm_eps}, expected a positive number")
 
     to_dict = asdict
 
@@ -69,6 +72,13 @@ class GPTConfig:
             return 64 * math.ceil(8 * self.n_embd / 3 / 64)
         return 4 * self.n_embd
 
+    def attn_scale(self, layer):
+        """What block `layer` (from 0) multiplies q k^T by; None for the usual 1/sqrt(head size)."""
+        if self.scale_attn_weights and not self.scale_attn_by_inverse_layer_idx:
+            return None
+        scale = 1.0 / math.sqrt(self.n_embd // self.n_head) if self.scale_attn_weights else 1.0
+        return scale / (layer + 1) if self.scale_attn_by_inverse_layer_idx else scale
+
     def dropouts(self):
         """(attention, residual) dropout probabilities, each falling back to dropout."""
         return (self.dropout if self.attn_dropout is None else self.attn_dropout,
@@ -77,8 +87,8 @@ class GPTConfig:
 
 def _norm(config):
     if config.norm == "rmsnorm":
-        return nn.RMSNorm(config.n_embd)
-    return nn.LayerNorm(config.n_embd, bias=config.bias)
+        return nn.RMSNorm(config.n_embd, eps=config.norm_eps)
+    return nn.LayerNorm(config.n_embd, eps=config.norm_eps, bias=config.bias)
 
 
 class MLP(nn.Module):
@@ -107,14 +117,14 @@ class SwiGLUMLP(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, config):
+    def __init__(self, config, layer=0):
         super().__init__()
         C, attn_p, resid_p = config.n_embd, *config.dropouts()
         rope = (nn.RotaryEmbedding(C // config.n_head, config.block_size, theta=config.rope_theta)
                 if config.pos == "rope" else None)
         self.ln_1 = _norm(config)
         self.attn = nn.MultiHeadSelfAttention(C, config.n_head, causal=True, rope=rope, bias=config.bias,
-                                              dropout=attn_p, resid_dropout=resid_p)
+                                              dropout=attn_p, resid_dropout=resid_p, scale=config.attn_scale(layer))
         self.ln_2 = _norm(config)
         self.mlp = SwiGLUMLP(config) if config.mlp == "swiglu" else MLP(config)
 
@@ -132,7 +142,7 @@ class Transformer(nn.Module):
         if config.pos == "learned":
             self.wpe = nn.Embedding(config.block_size, config.n_embd)
         self.drop = nn.Dropout(config.dropout)
-        self.h = nn.ModuleList([Block(config) for _ in range(config.n_layer)])
+        self.h = nn.ModuleList([Block(config, i) for i in range(config.n_layer)])
         self.ln_f = _norm(config)
 
 
@@ -284,9 +294,26 @@ class GPT(nn.Module):
 
     # ------------------------------------------------------------- GPT-2 files
     @classmethod
-    def from_pretrained(cls, path, n_head=None, **overrides):
-        """Load a Hugging Face GPT-2 `model.safetensors` (n_head from config.json beside it)."""
-        return load_gpt2_safetensors(lambda **shape: cls(GPTConfig(**shape, bias=True, **overrides)), path, n_head)
+    def from_pretrained(cls, path, device="cpu", config=None, **overrides):
+        """GPT-2 in Hugging Face's layout: a folder (config.json and model.safetensors, or the
+        shards of model.safetensors.index.json) or one such file. config.json is honoured
+        field by field; overrides (dropout=0.0, block_size=256, n_head=...) change fields.
+        float32, float16 and bfloat16 files; device="cuda" loads straight onto the GPU."""
+        from .pretrained import load_pretrained
+        return load_pretrained(cls, path, device=device, config=config, **overrides)
+
+    @classmethod
+    def uninitialized(cls, config):
+        """A GPT whose weights are allocated but not set (nn.init.skip_init), for a loader
+        that overwrites every one of them."""
+        with nn.init.skip_init():
+            return cls(config)
+
+    def save_pretrained(self, folder, dtype="float32", max_shard_size=None):
+        """Write config.json and model.safetensors (sharded past max_shard_size bytes) in
+        GPT-2's Hugging Face layout, which transformers' GPT2LMHeadModel loads."""
+        from .pretrained import save_pretrained
+        return save_pretrained(self, folder, dtype=dtype, max_shard_size=max_shard_size)
 
 
 def sample_next(logits, temperature=1.0, top_k=None, top_p=None, rng=None):

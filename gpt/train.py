@@ -453,12 +453,14 @@ class _CtrlC:
 
 
 # ----------------------------------------------------------------------------- the loop
-def train(model_config, tc, data_dir, resume=False, progress=True, overwrite=False):
-    """Train a GPT on the prepared token files in data_dir; returns (model, summary).
+def train(model_config, tc, data_dir, resume=False, progress=True, overwrite=False, init_from=None):
+    """Train a GPT on the token files in data_dir (gpt/data.py's TokenData); returns (model, summary).
 
     resume: continue from out_dir/last.npz. overwrite: delete the run files already in
     out_dir (otherwise a run there is refused). summary["stopped"] is "finished",
-    "interrupted" (Ctrl-C; last.npz saved) or "non-finite loss".
+    "interrupted" (Ctrl-C; last.npz saved) or "non-finite loss". init_from: a GPT-2
+    checkpoint (folder or file, gpt/pretrained.py) whose weights start the run
+    (fine-tuning); model_config is its config (block_size and dropout may differ).
 
     Under mpiexec every rank runs this function (gpt/distributed.py): each trains on
     its share of every step's micro-batches, and rank 0 alone writes files and prints."""
@@ -502,7 +504,10 @@ def train(model_config, tc, data_dir, resume=False, progress=True, overwrite=Fal
 
     tg.manual_seed(tc.seed)
     rng = np.random.default_rng(tc.seed)
-    model = GPT(model_config).to(tc.device)
+    if init_from is not None and not resume:
+        model = GPT.from_pretrained(init_from, device=tc.device, config=model_config)
+    else:
+        model = GPT(model_config).to(tc.device)
     opt = configure_optimizer(model, tc)
     start_it, best_val, evaluated = 0, math.inf, -1
     if resume:
@@ -534,7 +539,10 @@ def train(model_config, tc, data_dir, resume=False, progress=True, overwrite=Fal
                                                      "data_dir": str(Path(data_dir).resolve()),
                                                      "data": data.meta.get("source")}, indent=1))
     metrics = open(out / "metrics.jsonl", "a") if world.is_main else open(os.devnull, "w")
-    chars_per_token = data.meta["val_chars_per_token"]
+    chars_per_token = data.meta.get("val_chars_per_token")     # unknown for others' token files: no bpc
+
+    def bits_per_char(loss):
+        return loss / chars_per_token / math.log(2) if chars_per_token else None
     bar = tqdm(range(start_it, tc.max_iters + 1), initial=start_it, total=tc.max_iters + 1,
                disable=not progress, dynamic_ncols=True)
     log = bar if world.is_main else _Silent()
@@ -571,13 +579,14 @@ def train(model_config, tc, data_dir, resume=False, progress=True, overwrite=Fal
                     ctrl_c.evaluating = False
                     clock.evaluated(time.time() - t_eval)
                     evaluated = it
-                    bpc = losses["val"] / chars_per_token / math.log(2)
+                    bpc = bits_per_char(losses["val"])
                     # lr: the schedule's at this iteration (the optimizer's still holds the step before's)
                     record = {"iter": it, "train_loss": losses["train"], "val_loss": losses["val"],
                               "val_bpc": bpc, "lr": lr_at(it), "time": time.time() - t0}
                     metrics.write(json.dumps(record) + "\n")   # rank 0's file; the others' go nowhere
                     metrics.flush()
-                    log.write(f"iter {it}: train {losses['train']:.4f}, val {losses['val']:.4f} ({bpc:.3f} bits/char)")
+                    log.write(f"iter {it}: train {losses['train']:.4f}, val {losses['val']:.4f}"
+                              + (f" ({bpc:.3f} bits/char)" if bpc is not None else ""))
                     if losses["val"] < best_val:
                         best_val = losses["val"]
                         if world.is_main:
@@ -614,7 +623,7 @@ def train(model_config, tc, data_dir, resume=False, progress=True, overwrite=Fal
             metrics.close()
     finite = math.isfinite(best_val)
     summary.update(best_val_loss=best_val if finite else None,
-                   best_val_bpc=best_val / chars_per_token / math.log(2) if finite else None,
+                   best_val_bpc=bits_per_char(best_val) if finite else None,
                    iterations=it, wall_time_s=time.time() - t0,
                    last_train_loss=last_loss if last_loss is None or math.isfinite(last_loss) else None)
     return model, summary

@@ -126,8 +126,9 @@ class MultiHeadSelfAttention(Module):
     The GPT's blocks use this module (as transformer.h.N.attn)."""
 
     def __init__(self, d_model, n_head, causal=True, rope=None, bias=True, dropout=0.0, resid_dropout=None,
-                 device=None):
-        """dropout: on the attention weights; resid_dropout: on the output (default: dropout)."""
+                 device=None, scale=None):
+        """dropout: on the attention weights; resid_dropout: on the output (default: dropout).
+        scale: what q k^T is multiplied by (default 1/sqrt(head size); GPT-2 configs may ask for another)."""
         super().__init__()
         if d_model % n_head:
             raise ValueError(f"MultiHeadSelfAttention: d_model={d_model} is not a multiple of n_head={n_head}")
@@ -139,6 +140,7 @@ class MultiHeadSelfAttention(Module):
         self.c_proj = Linear(d_model, d_model, bias=bias, device=device)
         self.resid_dropout = Dropout(dropout if resid_dropout is None else resid_dropout)
         self.rope = rope
+        self.scale = scale
 
     def forward(self, x, positions=None, kv_cache=None, residual=None):
         """x: (B, T, C). positions: the T tokens' positions for RoPE (default: after
@@ -148,7 +150,7 @@ class MultiHeadSelfAttention(Module):
         nh, hs = self.n_head, C // self.n_head
         qkv = self.c_attn(x)                                             # (B, T, 3C)
         p = self.dropout if self.training else 0.0
-        if self.rope is None and kv_cache is None:
+        if self.rope is None and kv_cache is None and self.scale is None:
             # training and scoring: one op reads the heads straight from qkv (fused on the GPU)
             y = F.qkv_attention(qkv, nh, is_causal=self.causal, dropout_p=p)   # (B, T, C)
             return self.resid_dropout(self.c_proj(y), residual)
@@ -161,7 +163,8 @@ class MultiHeadSelfAttention(Module):
             q, k = self.rope(q, positions), self.rope(k, positions)
         if kv_cache is not None:
             k, v = kv_cache.update(k, v)                                 # (B, nh, S, hs), S = past + T
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal, dropout_p=p)  # (B, nh, T, hs)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal, dropout_p=p,
+                                           scale=self.scale)                     # (B, nh, T, hs)
         y = y.transpose(1, 2).reshape(B, T, C)                           # (B, T, C): heads side by side
         return self.resid_dropout(self.c_proj(y), residual)
 

@@ -412,7 +412,9 @@ def test_readme_commands_parse_and_sample_the_run_just_trained():
     import shlex
 
     from tokenizer.__main__ import _parser as tokenizer_parser
-    trained_dir, checked = None, 0
+    import prepare_tokens
+    import train_gpt2
+    trained_dir, gpt2_dir, checked = None, None, 0
     for line in (ROOT / "README.md").read_text().splitlines():
         line = line.split("  #")[0].strip()
         for command in line.split("&&"):
@@ -423,8 +425,13 @@ def test_readme_commands_parse_and_sample_the_run_just_trained():
             words = shlex.split(command)
             if words[:2] == ["python", "examples/train_shakespeare.py"]:
                 trained_dir = train_shakespeare.parse_args(words[2:])[0].out_dir
+            elif words[:2] == ["python", "examples/train_gpt2.py"]:   # a run, and the GPT-2 it starts from
+                args = train_gpt2.parse_args(words[2:])[0]
+                trained_dir, gpt2_dir = args.out_dir, args.init_from
+            elif words[:2] == ["python", "examples/prepare_tokens.py"]:
+                prepare_tokens.build_parser().parse_args(words[2:])
             elif words[:2] == ["python", "examples/sample.py"]:
-                assert sample.parse_args(words[2:]).ckpt == trained_dir, line
+                assert sample.parse_args(words[2:]).ckpt in (trained_dir, gpt2_dir), line
             elif words[:2] == ["python", "examples/plot_metrics.py"]:
                 assert plot_metrics.build_parser().parse_args(words[2:]).run_dir == trained_dir, line
             elif words[:3] == ["python", "-m", "tokenizer"] and len(words) > 3:

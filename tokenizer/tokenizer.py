@@ -14,6 +14,7 @@ from .parallel import map_file_chunks
 from .pretokenize import file_size, last_safe_cut, pretokenize, special_regex, split_specials
 
 _NO_MERGE = (1 << 62, -1)  # (rank, merged id) of a pair that is never merged
+ENDOFTEXT = "<|endoftext|>"  # GPT-2's document separator, id 50256 of its vocabulary
 
 
 def bpe_word(word, pair_get, byte_table, byte_ids):
@@ -142,19 +143,30 @@ class Tokenizer:
 
     @classmethod
     def load(cls, directory):
-        """Load what save() wrote; special_tokens.json is optional."""
+        """Load what save() wrote, or a GPT-2 tokenizer folder of Hugging Face or OpenAI
+        (vocab.json + merges.txt). Special tokens: special_tokens.json (save()'s) when
+        present; otherwise the added tokens of HF's tokenizer_config.json and, whenever
+        the vocab has it, GPT-2's <|endoftext|> (id 50256), as HF and tiktoken treat it."""
         d = Path(directory)
         if not d.is_dir():
             raise FileNotFoundError(f"tokenizer directory not found: {d}")
-        specials = {}
         sp = d / "special_tokens.json"
-        if sp.exists():
+        if not sp.exists():
+            vocab = gpt2_format.read_vocab(d / "vocab.json")
+            merges = gpt2_format.read_merges(d / "merges.txt")
+            known = set(vocab.values())
+            specials = [s for s in _added_tokens(d / "tokenizer_config.json") + [ENDOFTEXT]
+                        if s.encode("utf-8") in known]
             try:
-                specials = json.loads(sp.read_text(encoding="utf-8"))
-            except (json.JSONDecodeError, UnicodeDecodeError) as e:
-                raise ValueError(f"special tokens file {sp} is not valid JSON: {e}") from None
-            if not isinstance(specials, dict):
-                raise ValueError(f"special tokens file {sp} must hold {{token: id}}")
+                return cls(vocab, merges, specials)
+            except ValueError as e:
+                raise ValueError(f"{d / 'merges.txt'}: {e}") from None
+        try:
+            specials = json.loads(sp.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"special tokens file {sp} is not valid JSON: {e}") from None
+        if not isinstance(specials, dict):
+            raise ValueError(f"special tokens file {sp} must hold {{token: id}}")
         tok = cls.from_files(d / "vocab.json", d / "merges.txt", list(specials))
         for s, i in specials.items():
             if tok.special_tokens[s] != i:
@@ -287,6 +299,19 @@ class Tokenizer:
     def __repr__(self):
         return (f"Tokenizer(vocab_size={self.vocab_size}, merges={len(self.merges)}, "
                 f"special_tokens={list(self.special_tokens)})")
+
+
+def _added_tokens(path):
+    """The special tokens listed by a Hugging Face tokenizer_config.json (none if it is absent)."""
+    try:
+        config = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    added = config.get("added_tokens_decoder") if isinstance(config, dict) else None
+    if not isinstance(added, dict):
+        return []
+    return [t["content"] for t in added.values()
+            if isinstance(t, dict) and isinstance(t.get("content"), str) and t.get("special", True) and t["content"]]
 
 
 # Worker side of encode_file. With fork the tokenizer is inherited, not pickled.
