@@ -65,7 +65,8 @@ def layernorm_backward(g, x, w, mean, rstd, acc=None):
     tiles = (N + tile - 1) // tile
     dw_part = cp.empty((tiles, C), dtype=cp.float32)
     db_part = cp.empty((tiles, C), dtype=cp.float32)
-    threads = min(1024, max(64, (C + 31) // 32 * 32))  # ~one column a thread
+    per_thread = 4 if C % 4 == 0 else 1                # columns a thread: 4 when rows are whole vectors
+    threads = min(1024, max(64, (C // per_thread + 31) // 32 * 32))
     launch("layernorm", "layernorm_backward_narrow" if narrow else "layernorm_backward", (tiles,), (threads,),
            (g, x, w, mean, rstd, dx, dx if acc is None else acc, np.int32(acc is not None),   # acc unread when 0
             dw_part, db_part, np.int32(N), np.int32(C), np.int32(tile)), dtype=gdt)
