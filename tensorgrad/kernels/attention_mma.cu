@@ -195,10 +195,6 @@ __device__ void attention_forward_mma_body(const floatX* __restrict__ q, const f
         __syncthreads();
         float s[TILE / 8][4];              // S: 16 rows x 64 keys, as 8 C fragments
         mma_rows<D>(s, qa, Ks, lane);
-        // every key of the tile visible to every row of this warp (below the diagonal, inside T, S):
-        // no per-element mask (most tiles of a long causal sequence)
-        const int warp_row = q0 + warp * 16;
-        const bool inside = warp_row + 15 < T && k0 + TILE <= S && (!causal || k0 + TILE - 1 <= warp_row + (S - T));
         float alpha[2];
 #pragma unroll
         for (int hr = 0; hr < 2; ++hr) {   // element e of a fragment: row hr = e / 2, column 2t + e % 2
@@ -208,7 +204,7 @@ __device__ void attention_forward_mma_body(const floatX* __restrict__ q, const f
 #pragma unroll
                 for (int e = 2 * hr; e < 2 * hr + 2; ++e) {
                     const int j = k0 + nb * 8 + 2 * t + (e & 1);
-                    s[nb][e] = inside || visible(row[hr], j, T, S, causal) ? s[nb][e] * sl2 : NEG_INF;
+                    s[nb][e] = visible(row[hr], j, T, S, causal) ? s[nb][e] * sl2 : NEG_INF;
                     mx = fmaxf(mx, s[nb][e]);
                 }
             mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
