@@ -289,7 +289,7 @@ class Tokenizer:
                 f"special_tokens={list(self.special_tokens)})")
 
 
-# Worker side of encode_file. With fork the tokenizer is inherited, not pickled.
+# Worker side of encode_file: each worker gets the tokenizer pickled (its tables rebuilt, __setstate__).
 _worker_tokenizer = None
 
 
