@@ -8,6 +8,7 @@
 4. checking a gradient against finite differences
 5. gradients returned instead of accumulated (tg.grad)
 """
+import argparse
 import sys
 from pathlib import Path
 
@@ -29,6 +30,7 @@ def scalars():
 
 def broadcasting():
     print("2. tensors: a bias of shape (3,) added to every row of a (4, 3) matrix")
+    tg.manual_seed(0)          # the same numbers on every run
     W = tg.randn(4, 3, requires_grad=True)
     b = tg.zeros(3, requires_grad=True)
     loss = ((W + b) ** 2).mean()
@@ -92,6 +94,7 @@ def returned_gradients():
 
 
 if __name__ == "__main__":
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     scalars()
     broadcasting()
     mlp()

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from _cli import Parser, ScriptError, run
 
-from gpt.errors import DataError  # after _cli, which puts the checkout on sys.path
+from gpt.errors import ConfigError, DataError  # after _cli, which puts the checkout on sys.path
 
 
 def read_metrics(run_dir):
@@ -66,6 +66,10 @@ def main(argv=None):
     rows = read_metrics(args.run_dir)
     run_dir = Path(args.run_dir)
     png = Path(args.out) if args.out else (run_dir if run_dir.is_dir() else run_dir.parent) / "metrics.png"
+    if png.is_dir():
+        raise ConfigError(f"--out {png} is a folder: give a file name such as {png / 'metrics.png'}")
+    if not png.parent.is_dir():
+        raise ConfigError(f"--out {png}: the folder {png.parent} does not exist")
     plot(rows, png)
     print(f"{len(rows)} evaluations -> {png}")
     return 0

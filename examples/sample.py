@@ -16,7 +16,8 @@ from _cli import Parser, check_device, run, start_ids
 import tensorgrad as tg  # after _cli, which puts the checkout on sys.path
 from gpt.data import load_tokenizer
 from gpt.errors import ConfigError, DataError
-from gpt.train import find_checkpoint, load_model
+from gpt.rundir import find_checkpoint
+from gpt.train import load_model
 
 
 def build_parser():
@@ -56,6 +57,8 @@ def check(args):
         problems.append(f"--top-k must be 0 (all) or more (got {args.top_k})")
     if not 0 < args.top_p <= 1:
         problems.append(f"--top-p must be in (0, 1] (got {args.top_p})")
+    if not 0 <= args.seed < 2 ** 32:
+        problems.append(f"--seed must be in [0, 2^32) (got {args.seed})")
     return problems
 
 

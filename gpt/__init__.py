@@ -1,4 +1,5 @@
 """GPT: the model, its data pipeline and its training loop."""
+import nn  # noqa: F401  (first: it warns when another project's tensorgrad shadows ours)
 from .data import TokenData, prepare
 from .model import GPT, GPTConfig
 from .train import TrainConfig, load_model, train

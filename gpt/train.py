@@ -19,6 +19,7 @@ import os
 import signal
 import threading
 import time
+import warnings
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -36,6 +37,8 @@ from .data import TokenData, copy_tokenizer, same_tokenizer
 from .distributed import GradientAverager
 from .errors import ConfigError
 from .model import GPT, GPTConfig
+from .rundir import (RUN_FILES, OutDirLock, check_out_dir, config_differences, find_checkpoint, flag,  # noqa: F401
+                     human_bytes, keep_metrics_until, remove_stale_temp_files, save_checkpoint)
 
 
 @dataclass
@@ -230,11 +233,6 @@ def micro_batches(data, tc, block_size, rng, world):
 
 
 # ----------------------------------------------------------------------------- settings
-def flag(name):
-    """The command-line spelling of a setting: batch_size -> --batch-size."""
-    return "--" + name.replace("_", "-")
-
-
 # (setting, test, what it must be). Each failing one is reported on its own line.
 _RULES = {
     "block_size": (lambda v: v >= 1, "at least 1"),
@@ -257,6 +255,7 @@ _RULES = {
     "beta2": (lambda v: 0 <= v < 1, "in [0, 1)"),
     "weight_decay": (lambda v: 0 <= v < math.inf, "0 or more"),
     "grad_clip": (lambda v: 0 <= v < math.inf, "0 (off) or more"),
+    "seed": (lambda v: 0 <= v < 2 ** 32, "in [0, 2^32)"),
 }
 
 
@@ -339,16 +338,9 @@ def _memory_problems(mc, tc):
     need, have = attention_bytes(mc, tc.batch_size, tc.device), available_memory(tc.device)
     if have is None or need <= have:
         return []
-    return [f"--block-size {mc.block_size} needs about {_bytes(need)} for the attention matrices "
+    return [f"--block-size {mc.block_size} needs about {human_bytes(need)} for the attention matrices "
             f"({mc.n_layer + 1} x batch {tc.batch_size} x {mc.n_head} heads x {mc.block_size}^2 floats), "
-            f"more than the {_bytes(have)} this {tc.device} has: use a smaller --block-size or --batch-size"]
-
-
-def _bytes(n):
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.3g} {unit}"
-        n /= 1024
+            f"more than the {human_bytes(have)} this {tc.device} has: use a smaller --block-size or --batch-size"]
 
 
 def _duration(seconds):
@@ -356,64 +348,6 @@ def _duration(seconds):
     if seconds >= 3600:
         return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
     return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
-
-
-# ----------------------------------------------------------------------------- the out dir
-RUN_FILES = ("last.npz", "best.npz", "metrics.jsonl")   # a run's results: never replaced unasked
-
-
-def check_out_dir(out_dir, resume=False, overwrite=False):
-    """Refuse an out dir where this run would lose a user's files, with the ways out."""
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out-dir {out} is a file, not a folder: choose another --out-dir")
-    if resume and overwrite:
-        raise ConfigError("--resume continues the run in the out dir and --overwrite deletes it: give one")
-    if resume:
-        if not (out / "last.npz").is_file():
-            raise ConfigError(f"--resume: no checkpoint at {out / 'last.npz'}; leave out --resume to "
-                              f"start a run there")
-        return
-    held = [name for name in RUN_FILES if (out / name).exists()]
-    if held and not overwrite:
-        raise ConfigError(f"{out} already holds a run ({', '.join(held)}): continue it with --resume, or "
-                          f"start a new one with --overwrite (deletes those files) or another --out-dir")
-
-
-def config_differences(saved, mc):
-    """'name: saved -> asked' for each model setting that differs from a checkpoint's.
-    Settings the checkpoint predates count as their defaults."""
-    saved = {**asdict(GPTConfig()), **saved}
-    asked = asdict(mc)
-    return [f"{flag(k)} {saved.get(k)} in the checkpoint, {asked.get(k)} now"
-            for k in asked if saved.get(k) != asked.get(k)]
-
-
-def _remove_stale_temp_files(out):
-    """A checkpoint write killed mid-way (SIGKILL, power cut) leaves its temporary file
-    (nn.save writes NAME.npz.XXXX.tmp, then renames it); the checkpoint itself is whole."""
-    for tmp in out.glob("*.npz.*.tmp"):
-        tmp.unlink(missing_ok=True)
-
-
-def _keep_metrics_until(path, last_evaluated):
-    """On resume: drop rows written after the checkpoint (a run killed between writing a
-    row and last.npz), so metrics.jsonl matches a run that was never stopped."""
-    if not path.is_file():
-        return
-    lines = [line for line in path.read_text().splitlines(keepends=True) if line.strip()]
-    kept = [line for line in lines if json.loads(line)["iter"] <= last_evaluated]
-    if len(kept) != len(lines):
-        path.write_text("".join(kept))
-
-
-def _checkpoint(path, model, opt, it, best_val, mc, tc, rng, evaluated, world):
-    """evaluated: the last iteration whose evaluation is done (-1: none), so a resumed run
-    evaluates at `it` exactly when the uninterrupted one would have. The batch RNG is the
-    one all ranks share; tg_rng (dropout) is rank 0's."""
-    nn.save(path, model=model, optimizer=opt, iteration=it, best_val_loss=best_val, evaluated=evaluated,
-            model_config=asdict(mc), train_config=asdict(tc), batch_rng=rng.bit_generator.state,
-            tg_rng=tg.backend.get_rng_state(), world_size=world.size)
 
 
 # ----------------------------------------------------------------------------- Ctrl-C
@@ -456,17 +390,28 @@ def train(model_config, tc, data_dir, resume=False, progress=True, overwrite=Fal
 
     resume: continue from out_dir/last.npz. overwrite: delete the run files already in
     out_dir (otherwise a run there is refused). summary["stopped"] is "finished",
-    "interrupted" (Ctrl-C; last.npz saved) or "non-finite loss".
+    "interrupted" (Ctrl-C; last.npz saved) or "non-finite loss" (summary["message"]
+    says where, and which checkpoint is the last finite one; nothing non-finite is saved).
 
     Under mpiexec every rank runs this function (gpt/distributed.py): each trains on
-    its share of every step's micro-batches, and rank 0 alone writes files and prints."""
+    its share of every step's micro-batches, and rank 0 alone writes files and prints;
+    rank 0 holds the out dir's lock (gpt/rundir.py) while it trains."""
     world = distributed.init(tc.device)
-    progress = progress and world.is_main
-    say = print if world.is_main else _Silent().write   # rank 0 alone prints
     problems = check_settings(asdict(model_config), tc)
     if problems:
         raise ConfigError("\n".join(problems))
     check_out_dir(tc.out_dir, resume, overwrite)
+    with OutDirLock(tc.out_dir) if world.is_main else contextlib.nullcontext():
+        check_out_dir(tc.out_dir, resume, overwrite)    # again, now that no other process can start there
+        return _train(model_config, tc, data_dir, resume, progress and world.is_main, overwrite, world)
+
+
+# NumPy's warnings about a diverging run (overflow in exp, ...): the loop checks the loss itself
+_NUMERIC_WARNINGS = "(overflow|invalid value|divide by zero) encountered"
+
+
+def _train(model_config, tc, data_dir, resume, progress, overwrite, world):
+    say = print if world.is_main else _Silent().write   # rank 0 alone prints
     if tc.device == "cuda":     # NVRTC builds the step's kernels on every core while the data loads
         compile_ahead(training_dtype(tc), model_config.n_embd // model_config.n_head)
     out = Path(tc.out_dir)
@@ -495,22 +440,25 @@ def train(model_config, tc, data_dir, resume=False, progress=True, overwrite=Fal
         if overwrite:
             for name in RUN_FILES:
                 (out / name).unlink(missing_ok=True)
-        _remove_stale_temp_files(out)
+        remove_stale_temp_files(out)
         copy_tokenizer(data_dir, out)
 
     tg.manual_seed(tc.seed)
     rng = np.random.default_rng(tc.seed)
     model = GPT(model_config).to(tc.device)
     opt = configure_optimizer(model, tc)
-    start_it, best_val, evaluated = 0, math.inf, -1
+    start_it, best_val, evaluated, elapsed = 0, math.inf, -1, 0.0
+    last_val = None                           # the validation loss of the state last.npz holds
     if resume:
         nn.load(out / "last.npz", model=model, optimizer=opt)
         start_it, best_val = saved["iteration"], saved["best_val_loss"]
         evaluated = saved.get("evaluated", start_it)  # checkpoints before this field: saved after an evaluation
         rng.bit_generator.state = saved["batch_rng"]
         tg.backend.set_rng_state(saved["tg_rng"])
-        if world.is_main:
-            _keep_metrics_until(out / "metrics.jsonl", evaluated)
+        last_row = keep_metrics_until(out / "metrics.jsonl", evaluated) if world.is_main else None
+        # metrics' time goes on from where the run stopped (checkpoints before "elapsed": the last row's)
+        elapsed = saved.get("elapsed", last_row["time"] if last_row else 0.0)
+        last_val = saved.get("val_loss")
         say(f"resumed from {out / 'last.npz'} at iteration {start_it}" + (
             f" (saved by {saved.get('world_size', 1)} rank(s), continued by {world.size})"
             if saved.get("world_size", 1) != world.size else ""))
@@ -533,28 +481,54 @@ def train(model_config, tc, data_dir, resume=False, progress=True, overwrite=Fal
                                                      "data": data.meta.get("source")}, indent=1))
     metrics = open(out / "metrics.jsonl", "a") if world.is_main else open(os.devnull, "w")
     chars_per_token = data.meta["val_chars_per_token"]
-    bar = tqdm(range(start_it, tc.max_iters + 1), initial=start_it, total=tc.max_iters + 1,
-               disable=not progress, dynamic_ncols=True)
+    # one tick per training step: the bar ends at max_iters of max_iters
+    bar = tqdm(total=tc.max_iters, initial=start_it, disable=not progress, dynamic_ncols=True)
     log = bar if world.is_main else _Silent()
     clock = _Clock(tc, tokens_per_iter, start_it)
-    t0, last_loss, it = time.time(), None, start_it
+    t0, last_loss, it = time.time() - elapsed, None, start_it
     summary = {"stopped": "finished"}
+    # the loss is checked at every step on the CPU (reading a NumPy number costs nothing);
+    # on a GPU at log points and evaluations, where the loop reads it anyway
+    check_every_step = tc.device == "cpu"
 
     def lr_at(i):
         return nn.schedules.cosine_with_warmup(i, tc.learning_rate, tc.min_lr, tc.warmup_iters, tc.lr_decay_iters)
 
     saved_at = start_it if resume else None    # the iteration last.npz holds
+    best_at = saved.get("best_iteration") if resume else None
+
+    def intact():
+        files = ([f"{out / 'last.npz'} (iteration {saved_at})"] if saved_at is not None else []) + (
+            [f"{out / 'best.npz'}" + (f" (iteration {best_at})" if best_at is not None else "")]
+            if (out / "best.npz").is_file() else [])
+        return (" and ".join(files) + (" is" if len(files) == 1 else " are") + " intact") if files else \
+            "no checkpoint was saved yet"
+
+    def checkpoint(name, at):
+        if world.is_main:
+            save_checkpoint(out / name, model, opt, intact(), iteration=at, best_val_loss=best_val,
+                            best_iteration=best_at, evaluated=evaluated, val_loss=last_val,
+                            elapsed=time.time() - t0, model_config=asdict(model_config), train_config=asdict(tc),
+                            batch_rng=rng.bit_generator.state, tg_rng=tg.backend.get_rng_state(),
+                            world_size=world.size)
 
     def save_last(at):
         nonlocal saved_at
-        if world.is_main:
-            _checkpoint(out / "last.npz", model, opt, at, best_val, model_config, tc, rng, evaluated, world)
+        checkpoint("last.npz", at)
         saved_at = at
 
+    def diverged(what, value, at):
+        summary["stopped"] = "non-finite loss"
+        last = (f"{out / 'last.npz'} (iteration {saved_at}" + (f", val loss {last_val:.4f}" if last_val else "")
+                + ") is the last finite checkpoint") if saved_at is not None else "no checkpoint was saved"
+        summary["message"] = (f"the {what} is {value} at iteration {at}: stopped; {last}. Try a lower --lr "
+                              f"(now {tc.learning_rate:g})" + (" or --grad-clip 1" if tc.grad_clip == 0 else ""))
+
     # with CUDA graphs, all work (checkpoints too) runs on their stream, ordered with the replays
-    with stream, _CtrlC(world) as ctrl_c:
+    with stream, _CtrlC(world) as ctrl_c, warnings.catch_warnings():
+        warnings.filterwarnings("ignore", _NUMERIC_WARNINGS, RuntimeWarning)
         try:
-            for it in bar:
+            for it in range(start_it, tc.max_iters + 1):
                 if world.any(ctrl_c.requested):  # here model, optimizer and RNGs are those of iteration `it`
                     save_last(it)
                     log.write(f"interrupted at iteration {it}: saved {out / 'last.npz'}; continue with --resume")
@@ -568,6 +542,9 @@ def train(model_config, tc, data_dir, resume=False, progress=True, overwrite=Fal
                                            np.random.default_rng([tc.seed, it]), evaluate, world)
                     ctrl_c.evaluating = False
                     clock.evaluated(time.time() - t_eval)
+                    if not all(map(math.isfinite, losses.values())):   # nothing of this state is saved
+                        diverged("validation loss", losses["val"], it)
+                        break
                     evaluated = it
                     bpc = losses["val"] / chars_per_token / math.log(2)
                     # lr: the schedule's at this iteration (the optimizer's still holds the step before's)
@@ -576,11 +553,10 @@ def train(model_config, tc, data_dir, resume=False, progress=True, overwrite=Fal
                     metrics.write(json.dumps(record) + "\n")   # rank 0's file; the others' go nowhere
                     metrics.flush()
                     log.write(f"iter {it}: train {losses['train']:.4f}, val {losses['val']:.4f} ({bpc:.3f} bits/char)")
+                    last_val = losses["val"]
                     if losses["val"] < best_val:
-                        best_val = losses["val"]
-                        if world.is_main:
-                            _checkpoint(out / "best.npz", model, opt, it, best_val, model_config, tc, rng,
-                                        evaluated, world)
+                        best_val, best_at = losses["val"], it
+                        checkpoint("best.npz", it)
                     save_last(it)
                 if it == tc.max_iters:
                     break
@@ -588,15 +564,16 @@ def train(model_config, tc, data_dir, resume=False, progress=True, overwrite=Fal
                 for group in opt.param_groups:
                     group["lr"] = lr
                 loss = step(*micro_batches(data, tc, model_config.block_size, rng, world))
-                if it % tc.log_interval == 0:
-                    # the only read of a device value per log interval; the mean over ranks
-                    last_loss = world.sum(loss.item()) / world.size
-                    if not math.isfinite(last_loss):
-                        summary["stopped"] = "non-finite loss"
-                        log.write(f"iter {it}: loss is {last_loss}; stopping. The last good checkpoint "
-                                  f"({out / 'last.npz'}) is untouched. Try a lower --lr or --grad-clip.")
+                bar.update()
+                if check_every_step or it % tc.log_interval == 0:
+                    # on a GPU the only read of a device value per log interval; the mean over ranks
+                    value = world.sum(loss.item()) / world.size
+                    if not math.isfinite(value):
+                        diverged("loss", value, it)
                         break
-                    clock.logged(it, last_loss, lr, log, progress)
+                    if it % tc.log_interval == 0:
+                        last_loss = value
+                        clock.logged(it, last_loss, lr, log, progress)
         except KeyboardInterrupt:
             summary["stopped"] = "interrupted"
             if ctrl_c.evaluating:  # the evaluation at `it` was cut short; the state is that of `it`
@@ -667,19 +644,6 @@ class _Clock:
 
 
 # ----------------------------------------------------------------------------- loading
-def find_checkpoint(path):
-    """The checkpoint a user means: a .npz file, or a run's out dir (best.npz, else last.npz)."""
-    p = Path(path)
-    if p.is_dir():
-        for name in ("best.npz", "last.npz"):
-            if (p / name).is_file():
-                return p / name
-        raise ConfigError(f"{path} holds no checkpoint (best.npz or last.npz)")
-    if not p.exists():
-        raise ConfigError(f"no checkpoint at {path}: no such file or folder")
-    return p
-
-
 def load_model(ckpt_path, device="cpu"):
     """A GPT from a checkpoint written by train() (a .npz file, or an out dir: best.npz, else last.npz)."""
     path = find_checkpoint(ckpt_path)

@@ -1,4 +1,5 @@
 """tensorgrad: a small reverse-mode autograd engine on NumPy (CPU) and CuPy (GPU)."""
+from . import _siblings
 from . import backend
 from .backend import cuda_available, get_array_module
 from .function import Function, enable_grad, is_grad_enabled, no_grad
@@ -11,6 +12,7 @@ from .tensor import (Tensor, arange, grad, as_tensor, bfloat16, bool_, float16, 
 
 __version__ = "0.1.0"
 
+_siblings.warn()                         # another project's nn, gpt or tokenizer ahead of ours: one line each
 backend._keep_freed_memory_on_import()   # fast CPU temporaries for every user (see keep_freed_memory)
 
 __all__ = ["autocast", "backend", "cuda_available", "get_array_module", "Function", "enable_grad", "is_grad_enabled",

@@ -124,29 +124,31 @@ def test_several_mistakes_give_one_line_each(tmp_path, capsys, corpus):
 def test_data_and_out_dir_mistakes_are_one_line(tmp_path, capsys):
     (tmp_path / "empty.txt").write_text("")
     (tmp_path / "latin1.txt").write_bytes("caf\xe9 au lait, ".encode("latin-1") * 20)
-    cases = [(["--data", str(tmp_path / "empty.txt")], 1, "is empty"),
-             (["--data", str(tmp_path / "latin1.txt")], 1, "is not UTF-8"),
-             (["--data", str(tmp_path / "nope.txt")], 1, "nope.txt does not exist"),
+    cases = [(["--data", str(tmp_path / "empty.txt")], 2, "is empty"),
+             (["--data", str(tmp_path / "latin1.txt")], 2, "is not UTF-8"),
+             (["--data", str(tmp_path / "nope.txt")], 2, "nope.txt does not exist"),
+             (["--data", str(tmp_path)], 2, f"data file {tmp_path} is a folder"),
              (["--data", str(tmp_path / "empty.txt"), "--out-dir", str(tmp_path / "empty.txt")], 2, "is a file")]
     for args, status, message in cases:
         got, err, _ = _status(capsys, train_shakespeare.exit_status, TINY + ["--out-dir", str(tmp_path / "o")] + args)
         assert got == status and len(err) == 1 and message in err[0], (args, err)
+        assert not (tmp_path / "o").exists()                        # nothing written before the error
 
 
 def test_errors_in_a_subprocess_have_no_traceback(tmp_path, corpus, trained):
     (tmp_path / "empty.txt").write_text("")
     r = _script("train_shakespeare.py", *TINY, "--data", tmp_path / "empty.txt", "--out-dir", tmp_path / "o")
-    assert r.returncode == 1 and "is empty" in _one_line_error(r)
+    assert r.returncode == 2 and "is empty" in _one_line_error(r)
     r = _script("train_shakespeare.py", *TINY, "--data", corpus, "--out-dir", tmp_path / "o", "--batch-size", "-1")
     assert r.returncode == 2 and "--batch-size" in _one_line_error(r)
     r = _script("sample.py", "--ckpt", "missing/", cwd=tmp_path)
     assert r.returncode == 2 and "no checkpoint at missing/" in _one_line_error(r)
     (tmp_path / "notes.txt").write_text("a text file\n")
     r = _script("sample.py", "--ckpt", tmp_path / "notes.txt")
-    assert r.returncode == 1 and "pickle" not in _one_line_error(r)
+    assert r.returncode == 2 and "pickle" not in _one_line_error(r)
     (tmp_path / "cut.npz").write_bytes((trained / "last.npz").read_bytes()[:5000])
     r = _script("sample.py", "--ckpt", tmp_path / "cut.npz")
-    assert r.returncode == 1 and "not a valid tensorgrad checkpoint" in _one_line_error(r)
+    assert r.returncode == 2 and "not a valid tensorgrad checkpoint" in _one_line_error(r)
     import tensorgrad as tg
     if not tg.cuda_available():
         r = _script("train_shakespeare.py", "--device", "cuda", "--data", corpus, "--out-dir", tmp_path / "o")
@@ -196,7 +198,7 @@ def test_a_run_is_never_overwritten_unasked(tmp_path, capsys, corpus, trained):
     # a damaged checkpoint: one line, no pickle
     (out / "last.npz").write_bytes((out / "last.npz").read_bytes()[:1000])
     got, err, _ = _status(capsys, train_shakespeare.exit_status, args + ["--resume"])
-    assert got == 1 and len(err) == 1 and "not a valid tensorgrad checkpoint" in err[0] and "pickle" not in err[0]
+    assert got == 2 and len(err) == 1 and "not a valid tensorgrad checkpoint" in err[0] and "pickle" not in err[0]
 
 
 def _read_until(proc, text, deadline):
@@ -396,7 +398,7 @@ def test_plot_metrics_writes_a_png(tmp_path, capsys, trained):
     assert got == 0, err
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     got, err, _ = _status(capsys, plot_metrics.main, [str(tmp_path)])
-    assert got == 1 and "no metrics at" in err[0]
+    assert got == 2 and "no metrics at" in err[0]
 
 
 def test_plot_metrics_without_matplotlib_says_what_to_install(tmp_path, capsys, monkeypatch, trained):
