@@ -24,7 +24,7 @@ from _cli import Parser, add_dataclass_flags, check_device, parse_with_typed, ru
 
 import nn  # after _cli, which puts the checkout on sys.path
 import tensorgrad as tg
-from gpt import GPTConfig, TrainConfig, prepare, train
+from gpt import GPTConfig, TrainConfig, distributed, prepare, train
 from gpt.data import TINYSHAKESPEARE_URL, download, load_tokenizer
 from gpt.errors import ConfigError, DataError, RunError
 from gpt.rundir import OutDirLock, check_out_dir, run_data_dir, run_source
@@ -113,7 +113,7 @@ def settings_of_run(args, model_names, train_names, typed, world_size=1):
     """(model settings, training settings). On --resume the untyped ones come from the
     checkpoint, so `--resume` alone continues the run as it was started, also on
     another number of ranks: the accumulation is then chosen to keep the global batch."""
-    check_out_dir(args.out_dir, args.resume, args.overwrite)
+    check_out_dir(args.out_dir, args.resume, args.overwrite, lock=distributed.world().is_main)
     model = {k: getattr(args, k) for k in model_names}
     train = {k: getattr(args, k) for k in train_names}
     if args.resume:
@@ -180,7 +180,6 @@ def main(argv=None):
     """Train; returns the summary (summary['stopped'] says how the run ended). A run whose
     loss went non-finite raises RunError after its summary (exit status 1, no sample)."""
     args, model_names, train_names, typed = parse_args(argv)
-    from gpt import distributed
     world = distributed.init(args.device)   # under mpiexec: MPI, and this rank's GPU before any other use
     if not world.is_main:
         sys.stdout = open(os.devnull, "w")  # rank 0 alone prints; errors still reach stderr
@@ -199,7 +198,7 @@ def main(argv=None):
 
     # the out dir is this run's from here until it ends (a second trainer there is refused)
     with OutDirLock(args.out_dir) if world.is_main else contextlib.nullcontext():
-        check_out_dir(args.out_dir, args.resume, args.overwrite)
+        check_out_dir(args.out_dir, args.resume, args.overwrite, lock=world.is_main)
         meta = world.in_turn(prepare_data)      # with several ranks: prepared once, then found ready
         print(f"data: {meta['train_tokens']:,} train / {meta['val_tokens']:,} val tokens, "
               f"vocabulary {meta['vocab_size']} ({meta['tokenizer']}), prepared in {data_dir}")

@@ -30,14 +30,17 @@ def flag(name):
     return "--" + name.replace("_", "-")
 
 
-def check_out_dir(out_dir, resume=False, overwrite=False):
-    """Refuse an out dir where this run would lose a user's files, with the ways out."""
+def check_out_dir(out_dir, resume=False, overwrite=False, lock=True):
+    """Refuse an out dir where this run would lose a user's files, with the ways out, or
+    one another process trains in. lock=False: not the lock (ranks other than 0, whose
+    rank 0 holds it)."""
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out-dir {out} is a file, not a folder: choose another --out-dir")
     if resume and overwrite:
         raise ConfigError("--resume continues the run in the out dir and --overwrite deletes it: give one")
-    OutDirLock.refuse_if_held(out)
+    if lock:
+        OutDirLock.refuse_if_held(out)
     if resume:
         if not (out / "last.npz").is_file():
             raise ConfigError(f"--resume: no checkpoint at {out / 'last.npz'}; leave out --resume to "

@@ -400,9 +400,10 @@ def train(model_config, tc, data_dir, resume=False, progress=True, overwrite=Fal
     problems = check_settings(asdict(model_config), tc)
     if problems:
         raise ConfigError("\n".join(problems))
-    check_out_dir(tc.out_dir, resume, overwrite)
+    check_out_dir(tc.out_dir, resume, overwrite, lock=world.is_main)
     with OutDirLock(tc.out_dir) if world.is_main else contextlib.nullcontext():
-        check_out_dir(tc.out_dir, resume, overwrite)    # again, now that no other process can start there
+        # again, now that no other process can start there
+        check_out_dir(tc.out_dir, resume, overwrite, lock=world.is_main)
         return _train(model_config, tc, data_dir, resume, progress and world.is_main, overwrite, world)
 
 
@@ -519,7 +520,7 @@ def _train(model_config, tc, data_dir, resume, progress, overwrite, world):
 
     def diverged(what, value, at):
         summary["stopped"] = "non-finite loss"
-        last = (f"{out / 'last.npz'} (iteration {saved_at}" + (f", val loss {last_val:.4f}" if last_val else "")
+        last = (f"{out / 'last.npz'} (iteration {saved_at}" + (f", val loss {last_val:.6g}" if last_val else "")
                 + ") is the last finite checkpoint") if saved_at is not None else "no checkpoint was saved"
         summary["message"] = (f"the {what} is {value} at iteration {at}: stopped; {last}. Try a lower --lr "
                               f"(now {tc.learning_rate:g})" + (" or --grad-clip 1" if tc.grad_clip == 0 else ""))
