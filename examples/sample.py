@@ -21,7 +21,7 @@ from gpt.train import load_model
 
 
 def build_parser():
-    p = Parser(description=__doc__)
+    p = Parser(prog=Path(__file__).name, description=__doc__)
     p.add_argument("--ckpt", required=True, help="a run's out dir, or a .npz checkpoint in it")
     p.add_argument("--prompt", default=None,
                    help="text to continue (default: a newline, or the first token when the text had none)")

@@ -60,7 +60,7 @@ def build_parser(device, tokenizer):
     def note(name):
         return f", the {device} preset; {other}: {PRESETS[other][name]}" if name in preset else ""
 
-    p = Parser(description=__doc__)
+    p = Parser(prog=Path(__file__).name, description=__doc__)
     run_group = p.add_argument_group("run")
     run_group.add_argument("--device", choices=["cpu", "cuda"], default=device,
                            help="cuda when a GPU is usable, else cpu (this machine: %(default)s)")

@@ -38,8 +38,9 @@ class ArgumentParser(argparse.ArgumentParser):
         """A close match for the first unknown option or invalid choice, and where --help is."""
         help_line = f"`{self.prog} --help` lists the options"
         if unknown:
-            name = unknown[0].partition("=")[0]
-            match = difflib.get_close_matches(name.replace("_", "-"), self.option_names(), n=1, cutoff=0.6)
+            name = unknown[0].partition("=")[0].replace("_", "-")
+            longer = sorted((o for o in self.option_names() if o.startswith(name)), key=len)   # --temp: --temperature
+            match = longer[:1] or difflib.get_close_matches(name, self.option_names(), n=1, cutoff=0.6)
         else:
             choice, _, choices = message.partition("invalid choice: ")[2].partition(" (choose from ")
             match = difflib.get_close_matches(choice.strip("'"), [c.strip(" ')") for c in choices.split(",")],
