@@ -27,6 +27,12 @@ class ArgumentParser(argparse.ArgumentParser):
         kwargs.setdefault("formatter_class", HelpFormatter)
         super().__init__(allow_abbrev=False, **kwargs)
 
+    def _get_values(self, action, arg_strings):
+        # argparse takes `--flag=--` as a flag given no value at all (it drops the '--')
+        if action.option_strings and action.nargs is None and arg_strings == ["--"]:
+            self.error(f"argument {'/'.join(action.option_strings)}: expected one argument")
+        return super()._get_values(action, arg_strings)
+
     def error(self, message):
         unknown = _unknown_options(message)
         if unknown:
