@@ -8,7 +8,7 @@ A quote in a document names what it quotes, not a copy's lines:
     ```
 
     python docs/quote.py           # rewrite every quote from the current source
-    python docs/quote.py --check   # exit status 1 and the stale quotes named (tests/test_docs.py runs this)
+    python docs/quote.py --check   # exit status 1 and the stale quotes named (tests/test_docs.py checks the same)
 
 The name is a function or class of that file, dotted for methods; its source is
 found by parsing the file, so the quote follows it wherever it moves in the file.

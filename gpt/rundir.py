@@ -14,6 +14,8 @@ import fcntl
 import json
 import os
 import shutil
+import signal
+import threading
 from dataclasses import asdict
 from pathlib import Path
 
@@ -143,6 +145,40 @@ def _lock_holder(path):
                 command = ""
             return f"process {pid}" + (f": {command}" if command else "")
     return None
+
+
+# ----------------------------------------------------------------------------- Ctrl-C
+class CtrlC:
+    """Ctrl-C during training asks for a stop at the next iteration boundary, where the
+    model, optimizer and RNGs agree with the iteration number, so the saved last.npz
+    resumes exactly. During an evaluation (which changes no training state) it stops at
+    once; a second Ctrl-C also stops at once, saving nothing. Outside the main thread
+    (no signal handlers there) Ctrl-C cannot reach the loop anyway.
+
+    With several ranks, a rank stopping alone would leave the others waiting for it
+    in the next all-reduce: the ranks agree at each iteration boundary (World.any), so
+    the first Ctrl-C always waits for one, evaluation or not. A second one stops this
+    rank at once, and the script's error handling then aborts all of them."""
+
+    def __init__(self, world=None):
+        self.requested = False
+        self.evaluating = False
+        self._previous = None
+        self._distributed = world is not None and world.distributed
+
+    def _handler(self, signum, frame):
+        if self.requested or (self.evaluating and not self._distributed):
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
 
 
 # ----------------------------------------------------------------------------- files of a run

@@ -1,26 +1,25 @@
-"""The training loop: AdamW, warmup + cosine, clipping, evaluation, checkpoints.
+"""The training loop: AdamW, warmup + cosine, clipping, evaluation, checkpoints, resume.
 
-Checkpoints (nn.save: atomic, no pickle): `last.npz` at every evaluation and
-on Ctrl-C, `best.npz` when the validation loss improves. `resume=True`
-continues from last.npz exactly where it stopped (model, optimizer, iteration,
-the batch sampler's RNG and tensorgrad's dropout RNG), so on the CPU a resumed
-run is bit-identical to one that was never stopped, wherever it was stopped.
-Metrics go to metrics.jsonl, one JSON object per evaluation.
+gpt/reference_train.py is the same loop in one screen, without what is around it here:
+checkpoints (nn.save: atomic, no pickle): `last.npz` at every evaluation and on
+Ctrl-C, `best.npz` when the validation loss improves; `resume=True` continues from
+last.npz exactly where it stopped (model, optimizer, iteration, the batch sampler's
+RNG and tensorgrad's dropout RNG), so on the CPU a resumed run is bit-identical to
+one that was never stopped, wherever it was stopped; metrics.jsonl, one JSON object
+per evaluation; a loss that goes non-finite stops the run, nothing of it saved.
 
-Nothing a user saved is lost: an out dir holding a run is refused unless the
-call asks to resume it or to overwrite it, and every setting is checked before
-anything is written. The out dir is self-contained: beside the checkpoints it
-holds config.json, meta.json and the tokenizer, enough to sample from.
+Around the loop, each in a module of its own: the settings and their checks
+(gpt/settings.py), the out dir kept safe, its lock, Ctrl-C and a full disk
+(gpt/rundir.py), one training step eager, in CPU shards or as a CUDA graph
+(gpt/step.py), and the ranks of a data-parallel run (gpt/distributed.py).
 """
 import contextlib
 import json
 import math
 import os
-import signal
-import threading
 import time
 import warnings
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, fields
 from pathlib import Path
 
 import numpy as np
@@ -28,164 +27,22 @@ from tqdm import tqdm
 
 import nn
 import tensorgrad as tg
-from nn.threads import Shards, default_threads
-from tensorgrad.kernels import ATTENTION_HEAD_SIZES, compile_ahead
+from tensorgrad.kernels import compile_ahead
 
 from . import distributed
-from .cuda_graph import GraphedCall
 from .data import TokenData, copy_tokenizer, same_tokenizer
-from .distributed import GradientAverager
+from .distributed import micro_batches
 from .errors import ConfigError
 from .model import GPT, GPTConfig
-from .rundir import (RUN_FILES, OutDirLock, check_out_dir, config_differences, find_checkpoint, flag,  # noqa: F401
-                     human_bytes, keep_metrics_until, remove_stale_temp_files, save_checkpoint)
+from .reference_train import configure_optimizer, get_lr
+from .rundir import (RUN_FILES, CtrlC, OutDirLock, check_out_dir, config_differences, find_checkpoint,
+                     keep_metrics_until, remove_stale_temp_files, save_checkpoint)
+from .settings import TrainConfig, check_settings, cpu_threads, training_dtype
+from .step import forward_loss, make_runners
+from .step import train_step  # noqa: F401  (imported from here before gpt/step.py was split off)
 
-
-@dataclass
-class TrainConfig:
-    out_dir: str = "out"          # checkpoints, metrics.jsonl, config.json and the tokenizer
-    max_iters: int = 2000         # training steps
-    eval_interval: int = 250      # evaluate (and write last.npz) every this many steps
-    eval_iters: int = 50          # batches of each split in one evaluation
-    log_interval: int = 10        # read the loss back and log it every this many steps
-    batch_size: int = 12          # sequences in a micro-batch (one forward and backward on one rank)
-    gradient_accumulation_steps: int = 1   # micro-batches per step on each rank, gradients summed
-    learning_rate: float = 1e-3   # peak learning rate, reached after the warmup
-    min_lr: float = 1e-4          # learning rate at the end of the cosine decay
-    warmup_iters: int = 100       # steps of linear warmup from 0
-    lr_decay_iters: int = 2000    # step where the cosine decay reaches min_lr
-    beta1: float = 0.9            # AdamW's decay of the gradient average
-    beta2: float = 0.99           # AdamW's decay of the squared-gradient average
-    weight_decay: float = 0.1     # AdamW's decoupled weight decay, on matrices only
-    grad_clip: float = 1.0        # clip the gradient norm to this (0: no clipping)
-    device: str = "cpu"
-    seed: int = 1337              # initialization, batches, dropout
-    cuda_graph: bool = None   # capture the step and evaluation in CUDA graphs (gpt/cuda_graph.py); None: on cuda
-    dtype: str = None             # float32 or bfloat16 (autocast: bf16 products, float32 weights); default: bfloat16 on a GPU that has it
-    graph_all_reduce: bool = True   # GPUs: the NCCL all-reduce inside the step's CUDA graph (else between two)
-    cpu_threads: int = None       # --device cpu: each batch in this many shards, one thread each (nn/threads.py); default: one per core
-
-
-def configure_optimizer(model, tc):
-    """AdamW with weight decay on matrices only (norm weights and biases are left alone)."""
-    decay = [p for p in model.parameters() if p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.ndim < 2]
-    return nn.optim.AdamW([{"params": decay, "weight_decay": tc.weight_decay},
-                           {"params": no_decay, "weight_decay": 0.0}],
-                          lr=tc.learning_rate, betas=(tc.beta1, tc.beta2))
-
-
-def training_dtype(tc):
-    """The precision of the step's products: tc.dtype, or by default bfloat16 on a GPU that
-    has it (compute capability 8.0 and up, as nanoGPT decides) and float32 elsewhere."""
-    if tc.dtype is not None:
-        return tc.dtype
-    if tc.device == "cuda" and tg.backend.bfloat16 is not None:
-        if int(tg.backend.cupy().cuda.Device().compute_capability) >= 80:
-            return "bfloat16"
-    return "float32"
-
-
-def forward_loss(model, x, y, dtype):
-    """The model's loss on (x, y); in tg.autocast when dtype is 'bfloat16' (tensorgrad/autocast.py)."""
-    with tg.autocast("cuda", enabled=dtype == "bfloat16"):
-        return model(x, y)[1]
-
-
-def train_step(model, optimizer, batches, grad_clip, update=None, reduce_grads=None, dtype="float32", shards=None):
-    """One optimisation step on the micro-batches [(x, y), ...]: forward and backward of
-    each (the gradients add up), all-reduce over ranks, clipping, update. Returns the
-    loss averaged over the micro-batches.
-
-    The eager loop and the CUDA-graph step both run this function. A captured
-    step passes update=optimizer.apply: the update's host half (AdamW.prepare,
-    step counts and learning rate) runs before each replay, outside the graph.
-    reduce_grads() averages the gradients over ranks (gpt/distributed.py); None
-    in a single process. dtype 'bfloat16' runs the forwards in autocast; backward
-    follows their dtypes. shards (nn/threads.py): each micro-batch's forward and
-    backward on several CPU threads, a shard of it each.
-    """
-    optimizer.zero_grad()
-    total = None
-    for x, y in batches:
-        if shards is not None:      # adds into the gradients itself; the loss comes back without a graph
-            loss = shards.backward(lambda xk, yk: forward_loss(model, xk, yk, dtype), x, y,
-                                   list(model.parameters()), scale=1 / len(batches))
-        else:
-            loss = forward_loss(model, x, y, dtype)
-            if len(batches) > 1:    # the mean over micro-batches, as one batch of all of them would give
-                loss = loss / len(batches)
-            loss.backward()         # adds into the gradients of the micro-batches before
-        total = loss if total is None else tg.Tensor(total.data + loss.data)   # no graph: stays on the device
-    if reduce_grads is not None:
-        reduce_grads()
-    if grad_clip > 0:
-        nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-    if update is None and shards is not None:
-        shards.step(optimizer)      # the parameters' updates dealt out to the shards' threads
-    else:
-        (update or optimizer.step)()
-    return total
-
-
-def cpu_threads(tc, ranks=1):
-    """Threads a CPU step runs on (nn/threads.py); 1 on a GPU, and by default 1 when several
-    ranks share the machine's cores."""
-    if tc.device != "cpu":
-        return 1
-    if tc.cpu_threads is None:
-        return default_threads() if ranks == 1 else 1
-    return tc.cpu_threads
-
-
-def use_cuda_graph(tc):
-    """cuda_graph None means: on for cuda. On cpu it is an error to ask for it."""
-    if tc.cuda_graph and tc.device != "cuda":
-        raise ValueError("cuda_graph=True needs device='cuda'")
-    return tc.device == "cuda" if tc.cuda_graph is None else bool(tc.cuda_graph)
-
-
-def make_runners(model, opt, tc, block_size, world=None):
-    """(step, evaluate, stream): step(x, y) trains on host micro-batches x, y
-    (accumulation, B, T), or (B, T) without accumulation, and returns the loss tensor;
-    evaluate(x, y) returns the loss of a batch (B, T) without a graph of gradients.
-    With CUDA graphs both are captured once and replayed, on one stream. world: the
-    ranks to average gradients over (gpt/distributed.py); None: this process alone."""
-    accumulation, dtype = tc.gradient_accumulation_steps, training_dtype(tc)
-    shape = (accumulation, tc.batch_size, block_size)
-    average = GradientAverager(world, model.parameters()) if world is not None and world.communicating else None
-
-    def unstack(x, y):              # (A, B, T) device tensors -> A pairs of (B, T) views
-        return [(tg.Tensor(x.data[i]), tg.Tensor(y.data[i])) for i in range(accumulation)]
-
-    if not use_cuda_graph(tc):
-        threads = cpu_threads(tc, 1 if world is None else world.size)
-        shards = Shards(threads) if threads > 1 else None
-
-        def step(x, y):
-            x, y = (tg.tensor(np.reshape(a, shape), device=tc.device) for a in (x, y))
-            return train_step(model, opt, unstack(x, y), tc.grad_clip, reduce_grads=average, dtype=dtype,
-                              shards=shards)
-
-        def evaluate(x, y):
-            x, y = tg.tensor(x, device=tc.device), tg.tensor(y, device=tc.device)
-            if shards is not None:
-                return shards.forward(lambda xk, yk: forward_loss(model, xk, yk, dtype), x, y)
-            return forward_loss(model, x, y, dtype)
-        return step, evaluate, shards or contextlib.nullcontext()   # leaving it gives BLAS its threads back
-    stream = tg.backend.cupy().cuda.Stream(non_blocking=True)
-
-    def graphed_step(x, y, graphed):
-        reduce_grads = average
-        if average is not None and graphed and not tc.graph_all_reduce:   # the NCCL call between two graphs
-            reduce_grads = lambda: average(graph_break=step.graph_break)  # noqa: E731
-        return train_step(model, opt, unstack(x, y), tc.grad_clip,
-                          update=opt.apply if graphed else None, reduce_grads=reduce_grads, dtype=dtype)
-    step = GraphedCall(graphed_step, shape, stream, before=opt.prepare)
-    # one memory pool for both graphs: the loop reads each loss before the other graph runs
-    evaluate = GraphedCall(lambda x, y, graphed: forward_loss(model, x, y, dtype), shape[1:], stream,
-                           pool=step.pool)
-    return step, evaluate, stream
+__all__ = ["TrainConfig", "train", "load_model", "configure_optimizer", "estimate_loss", "check_settings",
+           "make_runners", "train_step", "forward_loss", "micro_batches", "find_checkpoint", "check_out_dir"]
 
 
 def estimate_loss(model, data, tc, block_size, rng, evaluate=None, world=None):
@@ -215,173 +72,11 @@ def estimate_loss(model, data, tc, block_size, rng, evaluate=None, world=None):
     return out
 
 
-def micro_batches(data, tc, block_size, rng, world):
-    """This rank's micro-batches of one step, stacked: x, y (accumulation, B, T).
-
-    Every rank draws the positions of all accumulation x size micro-batches from the
-    same RNG, in the same order, and keeps its own consecutive share: N ranks see
-    exactly the batches one process with N times the accumulation sees."""
-    xs, ys = [], []
-    for k in range(tc.gradient_accumulation_steps * world.size):
-        if k // tc.gradient_accumulation_steps == world.rank:
-            x, y = data.get_batch_arrays("train", tc.batch_size, block_size, rng)
-            xs.append(x)
-            ys.append(y)
-        else:
-            data.batch_positions("train", tc.batch_size, block_size, rng)
-    return np.stack(xs), np.stack(ys)
-
-
-# ----------------------------------------------------------------------------- settings
-# (setting, test, what it must be). Each failing one is reported on its own line.
-_RULES = {
-    "block_size": (lambda v: v >= 1, "at least 1"),
-    "vocab_size": (lambda v: v >= 1, "at least 1"),
-    "n_layer": (lambda v: v >= 1, "at least 1"),
-    "n_head": (lambda v: v >= 1, "at least 1"),
-    "n_embd": (lambda v: v >= 1, "at least 1"),
-    "dropout": (lambda v: 0 <= v < 1, "in [0, 1)"),
-    "max_iters": (lambda v: v >= 0, "at least 0"),
-    "eval_interval": (lambda v: v >= 1, "at least 1"),
-    "eval_iters": (lambda v: v >= 1, "at least 1"),
-    "log_interval": (lambda v: v >= 1, "at least 1"),
-    "batch_size": (lambda v: v >= 1, "at least 1"),
-    "gradient_accumulation_steps": (lambda v: v >= 1, "at least 1"),
-    "learning_rate": (lambda v: 0 < v < math.inf, "a positive number"),
-    "min_lr": (lambda v: 0 <= v < math.inf, "0 or more"),
-    "warmup_iters": (lambda v: v >= 0, "at least 0"),
-    "lr_decay_iters": (lambda v: v >= 0, "at least 0"),
-    "beta1": (lambda v: 0 <= v < 1, "in [0, 1)"),
-    "beta2": (lambda v: 0 <= v < 1, "in [0, 1)"),
-    "weight_decay": (lambda v: 0 <= v < math.inf, "0 or more"),
-    "grad_clip": (lambda v: 0 <= v < math.inf, "0 (off) or more"),
-    "seed": (lambda v: 0 <= v < 2 ** 32, "in [0, 2^32)"),
-}
-
-
-def check_settings(model_settings, tc):
-    """Every model setting (a dict of GPTConfig's fields) or training setting that cannot
-    work, one line each; [] when all can. Run before anything is written."""
-    settings = {**model_settings, **asdict(tc)}
-    problems = [f"{flag(k)} must be {what} (got {settings[k]})"
-                for k, (ok, what) in _RULES.items() if k in settings and not ok(settings[k])]
-    n_embd, n_head = settings.get("n_embd", 1), settings.get("n_head", 1)
-    if n_embd >= 1 and n_head >= 1 and n_embd % n_head:
-        problems.append(f"--n-embd ({n_embd}) must be divisible by --n-head ({n_head})")
-    problems += _dtype_problems(tc) + _thread_problems(tc)
-    if not problems and settings["min_lr"] > settings["learning_rate"]:
-        problems.append(f"--min-lr ({settings['min_lr']}) must not exceed the learning rate "
-                        f"({settings['learning_rate']})")
-    if not problems:
-        try:
-            problems += _memory_problems(GPTConfig(**model_settings), tc)
-        except ValueError as e:       # GPTConfig's own checks (norm, mlp, pos, ...)
-            problems.append(str(e))
-    return problems
-
-
-def _thread_problems(tc):
-    if tc.cpu_threads is None or tc.cpu_threads == 1:
-        return []
-    if tc.cpu_threads < 1:
-        return [f"--cpu-threads must be at least 1 (got {tc.cpu_threads})"]
-    if tc.device != "cpu":
-        return [f"--cpu-threads applies to --device cpu only (got --device {tc.device})"]
-    if tg.backend.blas_threads() is None:
-        return [f"--cpu-threads {tc.cpu_threads} needs NumPy's BLAS to be OpenBLAS (its thread count is set "
-                f"to 1 while the shards run); this NumPy's BLAS can't be told: use --cpu-threads 1"]
-    return []
-
-
-def _dtype_problems(tc):
-    if tc.dtype is None or tc.dtype == "float32":
-        return []
-    if tc.dtype != "bfloat16":
-        return [f"--dtype must be float32 or bfloat16 (got {tc.dtype})"]
-    if tc.device != "cuda":
-        return ["--dtype bfloat16 needs --device cuda (bfloat16 is a GPU feature; the CPU path is float32)"]
-    if tg.backend.bfloat16 is None:
-        return ["--dtype bfloat16 needs the ml_dtypes package: pip install ml_dtypes (or the [cuda] extra)"]
-    return []
-
-
-def attention_bytes(mc, batch_size, device):
-    """Memory of the attention matrices a training step keeps: the reference attention
-    (NumPy, or CuPy for head sizes the fused kernels do not take) stores one (B, n_head, T, T)
-    float32 array per layer for backward, plus one being computed. The fused GPU kernels
-    store none."""
-    if device == "cuda" and mc.n_embd // mc.n_head in ATTENTION_HEAD_SIZES:
-        return 0
-    return (mc.n_layer + 1) * batch_size * mc.n_head * mc.block_size ** 2 * 4
-
-
-def available_memory(device):
-    """Bytes the device could give a run (None when unknown): RAM not in use on the CPU
-    (MemAvailable), the GPU's total memory on cuda."""
-    if device == "cuda":
-        return tg.backend.cupy().cuda.Device().mem_info[1]
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return None
-
-
-def _memory_problems(mc, tc):
-    """Refuse a block size whose attention matrices cannot fit, instead of dying in the allocator."""
-    need, have = attention_bytes(mc, tc.batch_size, tc.device), available_memory(tc.device)
-    if have is None or need <= have:
-        return []
-    return [f"--block-size {mc.block_size} needs about {human_bytes(need)} for the attention matrices "
-            f"({mc.n_layer + 1} x batch {tc.batch_size} x {mc.n_head} heads x {mc.block_size}^2 floats), "
-            f"more than the {human_bytes(have)} this {tc.device} has: use a smaller --block-size or --batch-size"]
-
-
 def _duration(seconds):
     seconds = int(round(seconds))
     if seconds >= 3600:
         return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
     return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
-
-
-# ----------------------------------------------------------------------------- Ctrl-C
-class _CtrlC:
-    """Ctrl-C during training asks for a stop at the next iteration boundary, where the
-    model, optimizer and RNGs agree with the iteration number, so the saved last.npz
-    resumes exactly. During an evaluation (which changes no training state) it stops at
-    once; a second Ctrl-C also stops at once, saving nothing. Outside the main thread
-    (no signal handlers there) Ctrl-C cannot reach the loop anyway.
-
-    With several ranks, a rank stopping alone would leave the others waiting for it
-    in the next all-reduce: the ranks agree at each iteration boundary (World.any), so
-    the first Ctrl-C always waits for one, evaluation or not. A second one stops this
-    rank at once, and the script's error handling then aborts all of them."""
-
-    def __init__(self, world=None):
-        self.requested = False
-        self.evaluating = False
-        self._previous = None
-        self._distributed = world is not None and world.distributed
-
-    def _handler(self, signum, frame):
-        if self.requested or (self.evaluating and not self._distributed):
-            raise KeyboardInterrupt
-        self.requested = True
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handler)
-        return self
-
-    def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -492,9 +187,6 @@ def _train(model_config, tc, data_dir, resume, progress, overwrite, world):
     # on a GPU at log points and evaluations, where the loop reads it anyway
     check_every_step = tc.device == "cpu"
 
-    def lr_at(i):
-        return nn.schedules.cosine_with_warmup(i, tc.learning_rate, tc.min_lr, tc.warmup_iters, tc.lr_decay_iters)
-
     saved_at = start_it if resume else None    # the iteration last.npz holds
     best_at = saved.get("best_iteration") if resume else None
 
@@ -526,7 +218,7 @@ def _train(model_config, tc, data_dir, resume, progress, overwrite, world):
                               f"(now {tc.learning_rate:g})" + (" or --grad-clip 1" if tc.grad_clip == 0 else ""))
 
     # with CUDA graphs, all work (checkpoints too) runs on their stream, ordered with the replays
-    with stream, _CtrlC(world) as ctrl_c, warnings.catch_warnings():
+    with stream, CtrlC(world) as ctrl_c, warnings.catch_warnings():
         warnings.filterwarnings("ignore", _NUMERIC_WARNINGS, RuntimeWarning)
         try:
             for it in range(start_it, tc.max_iters + 1):
@@ -550,7 +242,7 @@ def _train(model_config, tc, data_dir, resume, progress, overwrite, world):
                     bpc = losses["val"] / chars_per_token / math.log(2)
                     # lr: the schedule's at this iteration (the optimizer's still holds the step before's)
                     record = {"iter": it, "train_loss": losses["train"], "val_loss": losses["val"],
-                              "val_bpc": bpc, "lr": lr_at(it), "time": time.time() - t0}
+                              "val_bpc": bpc, "lr": get_lr(it, tc), "time": time.time() - t0}
                     metrics.write(json.dumps(record) + "\n")   # rank 0's file; the others' go nowhere
                     metrics.flush()
                     log.write(f"iter {it}: train {losses['train']:.4f}, val {losses['val']:.4f} ({bpc:.3f} bits/char)")
@@ -561,7 +253,7 @@ def _train(model_config, tc, data_dir, resume, progress, overwrite, world):
                     save_last(it)
                 if it == tc.max_iters:
                     break
-                lr = lr_at(it)
+                lr = get_lr(it, tc)
                 for group in opt.param_groups:
                     group["lr"] = lr
                 loss = step(*micro_batches(data, tc, model_config.block_size, rng, world))

@@ -11,7 +11,6 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,8 +18,7 @@ import pytest
 import nn
 from cli_helpers import EXAMPLES, ROOT, TINY, files_under, run_script, script_command, status_of, words
 
-import _cli  # noqa: E402  (examples/, which cli_helpers put on sys.path)
-import train_shakespeare  # noqa: E402
+import train_shakespeare  # noqa: E402  (examples/, which cli_helpers put on sys.path)
 
 
 @pytest.fixture(scope="module")
@@ -244,18 +242,6 @@ def test_repository_holds_only_source():
     files = tracked.stdout.splitlines()
     assert not [f for f in files if f.endswith((".whl", ".log")) or f.startswith("bench/logs/")]
     assert "MIT License" in (ROOT / "LICENSE").read_text() and "license = MIT" in (ROOT / "setup.cfg").read_text()
-
-
-def test_docs_quote_the_code_as_it_is():
-    sys.path.insert(0, str(ROOT / "docs"))
-    try:
-        import quote
-    finally:
-        sys.path.remove(str(ROOT / "docs"))
-    text = (ROOT / "docs" / "layernorm.md").read_text()
-    assert len(quote.QUOTE.findall(text)) >= 2
-    _, stale = quote.refreshed(text)
-    assert not stale, f"docs/layernorm.md quotes {stale}, which changed: run python docs/quote.py"
 
 
 # ----------------------------------------------------------------------------- 11. one out dir, two trainers
