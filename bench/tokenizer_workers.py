@@ -38,7 +38,8 @@ def main():
     names = dict(text=str(d / "shakespeare_complete.txt"), vocab=str(d / "gpt2_vocab.json"),
                  merges=str(d / "gpt2_merges.txt"), out=args.out, workers=args.workers)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    from tokenizer import parallel
+    sys.path.insert(0, str(ROOT))
+    from tokenizer import parallel      # this checkout's
     methods = args.start_methods.split(",") if args.start_methods else [parallel.START_METHOD]
     print(f"workers: {args.workers}; start methods: {', '.join(methods)} (runs interleaved)")
     for name, code in CASES.items():

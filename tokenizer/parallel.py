@@ -42,7 +42,7 @@ def map_file_chunks(path, fn, initializer=None, initargs=(), num_workers=None,
         return
     ctx = multiprocessing.get_context(START_METHOD)
     if START_METHOD == "forkserver":   # the server imports these once; the workers it forks have them
-        ctx.set_forkserver_preload(["tokenizer.bpe_train"])   # (no NumPy: its BLAS threads stay out)
+        ctx.set_forkserver_preload(["tokenizer._worker_start", "tokenizer.bpe_train", "tokenizer.tokenizer"])
     with ctx.Pool(num_workers, initializer, initargs) as pool:
         yield from _checked(_in_order(pool, fn, chunks, 2 * num_workers), path, size, desc, progress)
 
