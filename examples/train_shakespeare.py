@@ -26,7 +26,7 @@ import nn  # after _cli, which puts the checkout on sys.path
 import tensorgrad as tg
 from gpt import GPTConfig, TrainConfig, distributed, prepare, train
 from gpt.data import TINYSHAKESPEARE_URL, download, load_tokenizer
-from gpt.errors import ConfigError, DataError, RunError
+from gpt.errors import ConfigError, DataError
 from gpt.rundir import OutDirLock, check_out_dir, run_data_dir, run_source
 from gpt.train import check_settings, load_model
 
@@ -178,7 +178,7 @@ def run_data(args, typed):
 
 def main(argv=None):
     """Train; returns the summary (summary['stopped'] says how the run ended). A run whose
-    loss went non-finite raises RunError after its summary (exit status 1, no sample)."""
+    loss went non-finite says where in one line `error: ...` (exit status 1) and prints no sample."""
     args, model_names, train_names, typed = parse_args(argv)
     world = distributed.init(args.device)   # under mpiexec: MPI, and this rank's GPU before any other use
     if not world.is_main:
@@ -207,8 +207,10 @@ def main(argv=None):
                                progress=not args.no_progress)
     print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in summary.items()
                       if k != "message"}))
-    if summary["stopped"] == "non-finite loss":
-        raise RunError(summary["message"])
+    if summary["stopped"] == "non-finite loss":    # one line; no sample of a broken model
+        if world.is_main:
+            print(f"error: {summary['message']}", file=sys.stderr)
+        return summary
     if summary["stopped"] == "interrupted" or not world.is_main:
         return summary                   # saved; no time spent loading best.npz or sampling
     if args.sample_tokens:
@@ -231,8 +233,8 @@ def script_path(name):
 
 
 def exit_status(argv=None):
-    """0 when training finished, 130 after Ctrl-C (saved); 1 when the loss went non-finite (RunError)."""
-    return {"finished": 0, "interrupted": 130}[main(argv)["stopped"]]
+    """0 when training finished, 130 after Ctrl-C (saved), 1 when the loss went non-finite."""
+    return {"finished": 0, "interrupted": 130}.get(main(argv)["stopped"], 1)
 
 
 if __name__ == "__main__":
