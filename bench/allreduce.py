@@ -65,7 +65,8 @@ def time_step(batch_size, steps):
 
     import tensorgrad as tg
     from gpt import GPT, GPTConfig, TrainConfig
-    from gpt.train import configure_optimizer, make_runners
+    from gpt.step import make_runners
+    from gpt.train import configure_optimizer
     tg.manual_seed(0)
     model = GPT(GPTConfig(**GPT2_SMALL)).to("cuda")
     tc = TrainConfig(device="cuda", batch_size=batch_size)

@@ -29,7 +29,7 @@ import tensorgrad as tg  # noqa: E402
 from tensorgrad import cpu_tuning  # noqa: E402
 from gpt import GPT, GPTConfig, TrainConfig  # noqa: E402
 from nn.threads import Shards, default_threads  # noqa: E402
-from gpt.train import make_runners, train_step  # noqa: E402
+from gpt.step import make_runners, train_step  # noqa: E402
 from tensorgrad.function import Function  # noqa: E402
 
 CFG = dict(n_layer=6, n_head=6, n_embd=384, block_size=256, vocab_size=65, dropout=0.2)
@@ -88,7 +88,7 @@ def time_tensorgrad(steps, warmup=5):
 
 
 def time_tensorgrad_graph(steps, dtype="float32"):
-    """The training step as the trainer runs it on cuda (gpt/train.py make_runners):
+    """The training step as the trainer runs it on cuda (gpt/step.py make_runners):
     captured once in a CUDA graph, then replayed on new batches."""
     import cupy as cp
 
@@ -301,7 +301,7 @@ CPU_SHAPES = {
 
 def cpu_steppers(cfg, batch):
     """(tensorgrad step factory, torch step or None). make_tg_step(shards) -> step(i): forward,
-    backward, clip and AdamW on batch i % 4 through the trainer's own step (gpt.train.train_step),
+    backward, clip and AdamW on batch i % 4 through the trainer's own step (gpt.step.train_step),
     on one thread (shards None) or on the shards' threads (nn/threads.py)."""
 
     rng = np.random.default_rng(0)

@@ -3,6 +3,7 @@
 Not an example itself: train_shakespeare.py, sample.py and plot_metrics.py import it.
 """
 import argparse
+import errno
 import glob
 import inspect
 import shutil
@@ -16,25 +17,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 import nn  # noqa: E402  (from the checkout just put on sys.path)
 import tensorgrad as tg  # noqa: E402
-from gpt.errors import ConfigError, DataError, DistributedError  # noqa: E402
+from gpt.errors import ConfigError, DataError, DistributedError, RunError  # noqa: E402
+from tokenizer.cli import ArgumentParser  # noqa: E402
 
 
-class HelpFormatter(argparse.RawDescriptionHelpFormatter):
-    """Keeps the description's layout and shows each option's default, unless it has none."""
-
-    def _get_help_string(self, action):
-        text = action.help or ""
-        if "%(default)" in text or action.default in (None, False, argparse.SUPPRESS):
-            return text
-        return text + " (default: %(default)s)"
-
-
-class Parser(argparse.ArgumentParser):
-    """argparse without prefix matching (`--lr 3` must not mean `--lr-decay-iters 3`), and
-    with nanoGPT's underscore spellings (`--max_iters=3000`) read as the dashed flags."""
-
-    def __init__(self, **kwargs):
-        super().__init__(allow_abbrev=False, formatter_class=HelpFormatter, **kwargs)
+class Parser(ArgumentParser):
+    """The project's parser (tokenizer/cli.py: no prefix matching, errors in two lines), with
+    nanoGPT's underscore spellings (`--max_iters=3000`) read as the dashed flags."""
 
     def parse_known_args(self, args=None, namespace=None):
         args = sys.argv[1:] if args is None else list(args)
@@ -145,20 +134,27 @@ def gpu_present():
 
 
 def run(main, argv=None):
-    """Call main(argv) -> exit status as a shell user expects: a mistake they can fix is one
-    line `error: ...` (status 2 for a setting, 1 for a file or the machine), Ctrl-C is
-    status 130, and only bugs keep their traceback (under mpiexec, a bug on any rank stops
+    """Call main(argv) -> exit status, by one rule for every script (README, "Exit statuses"):
+    a wrong command line (a setting, a missing or unusable input path) is one line
+    `error: ...` and status 2; a correct command that failed while running (a diverging
+    loss, a full disk, no GPU, a failed download) is one line and status 1; Ctrl-C is
+    status 130. Only bugs keep their traceback (under mpiexec, a bug on any rank stops
     all of them: gpt/distributed.py)."""
     try:
         return main(argv)
-    except ConfigError as e:
+    except (ConfigError, DataError, nn.checkpoint.CheckpointError) as e:
         return _error(e, 2)
-    except (DataError, DistributedError, nn.checkpoint.CheckpointError, ScriptError) as e:
+    except (RunError, DistributedError, ScriptError) as e:
         return _error(e, 1)
     except KeyboardInterrupt:
         return _stop_ranks(lambda prefix: print(f"{prefix}interrupted", file=sys.stderr), 130)
     except BrokenPipeError:          # `... | head`: the reader left
         return 0
+    except OSError as e:             # the machine: a full disk, a folder we may not write, ...
+        if e.filename is None and e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        where = f" ({e.filename})" if e.filename else ""
+        return _error(RunError(f"{e.strerror or e}{where}"), 1)
 
 
 def _error(e, status):

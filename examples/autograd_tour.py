@@ -9,6 +9,7 @@
 5. gradients returned instead of accumulated (tg.grad)
 6. a picture of the graph (tg.draw_graph)
 """
+import argparse
 import sys
 from pathlib import Path
 
@@ -30,6 +31,7 @@ def scalars():
 
 def broadcasting():
     print("2. tensors: a bias of shape (3,) added to every row of a (4, 3) matrix")
+    tg.manual_seed(0)          # the same numbers on every run
     W = tg.randn(4, 3, requires_grad=True)
     b = tg.zeros(3, requires_grad=True)
     loss = ((W + b) ** 2).mean()
@@ -106,6 +108,7 @@ def picture():
 
 
 if __name__ == "__main__":
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     scalars()
     broadcasting()
     mlp()

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from _cli import Parser, ScriptError, run
 
-from gpt.errors import DataError  # after _cli, which puts the checkout on sys.path
+from gpt.errors import ConfigError, DataError  # after _cli, which puts the checkout on sys.path
 
 
 def read_metrics(run_dir):
@@ -55,7 +55,7 @@ def plot(rows, png):
 
 
 def build_parser():
-    p = Parser(description=__doc__)
+    p = Parser(prog=Path(__file__).name, description=__doc__)
     p.add_argument("run_dir", help="a run's out dir (or its metrics.jsonl)")
     p.add_argument("--out", default=None, help="PNG file to write (default: <run_dir>/metrics.png)")
     return p
@@ -63,9 +63,13 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    rows = read_metrics(args.run_dir)
     run_dir = Path(args.run_dir)
     png = Path(args.out) if args.out else (run_dir if run_dir.is_dir() else run_dir.parent) / "metrics.png"
+    if png.is_dir():
+        raise ConfigError(f"--out {png} is a folder: give a file name such as {png / 'metrics.png'}")
+    if not png.parent.is_dir():
+        raise ConfigError(f"--out {png}: the folder {png.parent} does not exist")
+    rows = read_metrics(args.run_dir)
     plot(rows, png)
     print(f"{len(rows)} evaluations -> {png}")
     return 0

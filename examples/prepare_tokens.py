@@ -26,7 +26,7 @@ from _cli import Parser, run
 from tqdm import tqdm
 
 from gpt.data import open_shard, token_files, write_shard  # after _cli, which puts the checkout on sys.path
-from gpt.errors import ConfigError, DataError
+from gpt.errors import ConfigError, DataError, RunError
 from tokenizer import Tokenizer
 from tokenizer.pretrained import DownloadError, gpt2_tokenizer
 from tokenizer.tokenizer import ENDOFTEXT
@@ -56,7 +56,7 @@ def load_tokenizer_arg(name):
         try:
             return gpt2_tokenizer(), "gpt2"
         except DownloadError as e:
-            raise DataError(str(e)) from None
+            raise RunError(str(e)) from None
     folder = Path(name)
     if (folder / "tokenizer" / "vocab.json").is_file():       # a prepared data folder or a run's out dir
         folder = folder / "tokenizer"

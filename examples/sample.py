@@ -22,11 +22,12 @@ from gpt import GPT
 from gpt.data import load_tokenizer
 from gpt.errors import ConfigError, DataError
 from gpt.pretrained import is_pretrained, pretrained_tokenizer
-from gpt.train import find_checkpoint, load_model
+from gpt.rundir import find_checkpoint
+from gpt.train import load_model
 
 
 def build_parser():
-    p = Parser(description=__doc__)
+    p = Parser(prog=Path(__file__).name, description=__doc__)
     p.add_argument("--ckpt", required=True,
                    help="a run's out dir, a .npz checkpoint in it, or a GPT-2 folder or .safetensors file")
     p.add_argument("--prompt", default=None,
@@ -63,6 +64,8 @@ def check(args):
         problems.append(f"--top-k must be 0 (all) or more (got {args.top_k})")
     if not 0 < args.top_p <= 1:
         problems.append(f"--top-p must be in (0, 1] (got {args.top_p})")
+    if not 0 <= args.seed < 2 ** 32:
+        problems.append(f"--seed must be in [0, 2^32) (got {args.seed})")
     return problems
 
 

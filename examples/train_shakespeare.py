@@ -14,6 +14,7 @@ On several GPUs (or CPU processes), launch it with MPI; rank 0 prints and writes
 
     mpiexec -n 4 python examples/train_shakespeare.py --device cuda
 """
+import contextlib
 import json
 import os
 import sys
@@ -23,10 +24,11 @@ from _cli import Parser, add_dataclass_flags, check_device, parse_with_typed, ru
 
 import nn  # after _cli, which puts the checkout on sys.path
 import tensorgrad as tg
-from gpt import GPTConfig, TrainConfig, prepare, train
+from gpt import GPTConfig, TrainConfig, distributed, prepare, train
 from gpt.data import TINYSHAKESPEARE_URL, download, load_tokenizer
 from gpt.errors import ConfigError, DataError
-from gpt.train import check_out_dir, check_settings, load_model
+from gpt.rundir import OutDirLock, check_out_dir, run_data_dir, run_source
+from gpt.train import check_settings, load_model
 
 PRESETS = {
     # nanoGPT's shakespeare-char configuration
@@ -43,6 +45,8 @@ MODEL_HELP = {"n_layer": "transformer blocks", "n_head": "attention heads in a b
               "dropout": "dropout probability, in [0, 1)"}
 MODEL_SKIP = ("vocab_size",)                         # set by the data's tokenizer
 TRAIN_SKIP = ("out_dir", "device", "cuda_graph")     # flags of their own below
+DATA_FLAGS = ("data", "tokenizer", "bpe_vocab_size", "data_cache")   # on --resume: the run's, unless typed
+DEFAULT_DATA = "data/tinyshakespeare.txt"            # downloaded when missing
 
 
 def default_device():
@@ -56,7 +60,7 @@ def build_parser(device, tokenizer):
     def note(name):
         return f", the {device} preset; {other}: {PRESETS[other][name]}" if name in preset else ""
 
-    p = Parser(description=__doc__)
+    p = Parser(prog=Path(__file__).name, description=__doc__)
     run_group = p.add_argument_group("run")
     run_group.add_argument("--device", choices=["cpu", "cuda"], default=device,
                            help="cuda when a GPU is usable, else cpu (this machine: %(default)s)")
@@ -74,8 +78,9 @@ def build_parser(device, tokenizer):
     run_group.add_argument("--no-progress", action="store_true",
                            help="log lines (loss, tokens/s, time left) instead of a progress bar")
     data_group = p.add_argument_group("data")
-    data_group.add_argument("--data", default="data/tinyshakespeare.txt",
-                            help="UTF-8 text file; the default is downloaded when missing")
+    data_group.add_argument("--data", default=DEFAULT_DATA,
+                            help="UTF-8 text file; the default is downloaded when missing; on --resume: "
+                                 "the run's own prepared tokens")
     data_group.add_argument("--tokenizer", choices=["char", "bpe"], default=tokenizer,
                             help="characters, or byte-level BPE trained on the training split")
     data_group.add_argument("--bpe-vocab-size", type=int, default=1024, metavar="N",
@@ -100,7 +105,7 @@ def parse_args(argv=None):
     device = known.device if known.device in PRESETS else default_device()
     tokenizer = known.tokenizer if known.tokenizer in ("char", "bpe") else "char"
     parser, model_names, train_names = build_parser(device, tokenizer)
-    args, typed = parse_with_typed(parser, argv, model_names + train_names)
+    args, typed = parse_with_typed(parser, argv, model_names + train_names + list(DATA_FLAGS))
     return args, model_names, train_names, typed
 
 
@@ -108,7 +113,7 @@ def settings_of_run(args, model_names, train_names, typed, world_size=1):
     """(model settings, training settings). On --resume the untyped ones come from the
     checkpoint, so `--resume` alone continues the run as it was started, also on
     another number of ranks: the accumulation is then chosen to keep the global batch."""
-    check_out_dir(args.out_dir, args.resume, args.overwrite)
+    check_out_dir(args.out_dir, args.resume, args.overwrite, lock=distributed.world().is_main)
     model = {k: getattr(args, k) for k in model_names}
     train = {k: getattr(args, k) for k in train_names}
     if args.resume:
@@ -129,7 +134,8 @@ def settings_of_run(args, model_names, train_names, typed, world_size=1):
 
 
 def check_script_settings(args):
-    problems = []
+    problems = [] if args.data_cache is None or not Path(args.data_cache).is_file() else [
+        f"--data-cache {args.data_cache} is a file, not a folder"]
     if args.tokenizer == "bpe" and args.bpe_vocab_size < 256:
         problems.append(f"--bpe-vocab-size must be at least 256, one token per byte (got {args.bpe_vocab_size})")
     if args.sample_tokens < 0:
@@ -137,10 +143,43 @@ def check_script_settings(args):
     return problems
 
 
+def run_data(args, typed):
+    """(the prepared token folder, a function that prepares it and returns its meta). Checks
+    what can be checked without writing. On --resume without --data: the run's own tokens
+    (config.json names them), or its text prepared again the same way; never a download."""
+    data_dir = Path(args.data_cache or Path(args.out_dir) / "data")
+    if args.resume:
+        source, key = run_source(args.out_dir)    # the tokenizer the run was trained with, unless typed
+        if key and "tokenizer" not in typed:
+            args.tokenizer = key["tokenizer"]
+        if key and key.get("vocab_size") and "bpe_vocab_size" not in typed:
+            args.bpe_vocab_size = key["vocab_size"]
+        if "data" not in typed:
+            prepared = run_data_dir(args.out_dir) if "data_cache" not in typed else None
+            if prepared is not None:
+                return prepared, lambda: json.loads((prepared / "meta.json").read_text())
+            if not source or not Path(source).is_file():
+                raise DataError(f"--resume: the run's prepared tokens are gone and its text "
+                                f"({source or 'not recorded'}) is not there: pass --data FILE")
+            args.data = source
+    data_path = Path(args.data)
+    if data_path.is_dir():
+        raise DataError(f"data file {data_path} is a folder: give a text file")
+    if not data_path.exists() and args.data != DEFAULT_DATA:
+        raise DataError(f"data file {data_path} does not exist")
+
+    def prepare_data():
+        if not data_path.is_file():
+            print(f"downloading tinyshakespeare from {TINYSHAKESPEARE_URL}")
+            download(TINYSHAKESPEARE_URL, data_path)
+        return prepare(data_path, data_dir, tokenizer=args.tokenizer, vocab_size=args.bpe_vocab_size)
+    return data_dir, prepare_data
+
+
 def main(argv=None):
-    """Train; returns the summary (summary['stopped'] says how the run ended)."""
+    """Train; returns the summary (summary['stopped'] says how the run ended). A run whose
+    loss went non-finite says where in one line `error: ...` (exit status 1) and prints no sample."""
     args, model_names, train_names, typed = parse_args(argv)
-    from gpt import distributed
     world = distributed.init(args.device)   # under mpiexec: MPI, and this rank's GPU before any other use
     if not world.is_main:
         sys.stdout = open(os.devnull, "w")  # rank 0 alone prints; errors still reach stderr
@@ -155,34 +194,37 @@ def main(argv=None):
     problems = check_script_settings(args) + check_settings(model_settings, tc)
     if problems:
         raise ConfigError("\n".join(problems))
+    data_dir, prepare_data = run_data(args, typed)
 
-    data_path = Path(args.data)
-    data_dir = Path(args.data_cache or Path(args.out_dir) / "data")
-
-    def prepare_data():
-        if not data_path.is_file():
-            if args.data != "data/tinyshakespeare.txt":
-                raise DataError(f"data file {data_path} does not exist")
-            print(f"downloading tinyshakespeare from {TINYSHAKESPEARE_URL}")
-            try:
-                download(TINYSHAKESPEARE_URL, data_path)
-            except RuntimeError as e:
-                raise DataError(str(e)) from None
-        return prepare(data_path, data_dir, tokenizer=args.tokenizer, vocab_size=args.bpe_vocab_size)
-    meta = world.in_turn(prepare_data)      # with several ranks: prepared once, then found ready
-    print(f"data: {meta['train_tokens']:,} train / {meta['val_tokens']:,} val tokens, "
-          f"vocabulary {meta['vocab_size']} ({args.tokenizer}), prepared in {data_dir}")
-
-    mc = GPTConfig(vocab_size=meta["vocab_size"], **model_settings)
-    model, summary = train(mc, tc, data_dir, resume=args.resume, overwrite=args.overwrite,
-                           progress=not args.no_progress)
-    print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in summary.items()}))
+    # the out dir is this run's from here until it ends (a second trainer there is refused)
+    with OutDirLock(args.out_dir) if world.is_main else contextlib.nullcontext():
+        check_out_dir(args.out_dir, args.resume, args.overwrite, lock=world.is_main)
+        meta = world.in_turn(prepare_data)      # with several ranks: prepared once, then found ready
+        print(f"data: {meta['train_tokens']:,} train / {meta['val_tokens']:,} val tokens, "
+              f"vocabulary {meta['vocab_size']} ({meta['tokenizer']}), prepared in {data_dir}")
+        mc = GPTConfig(vocab_size=meta["vocab_size"], **model_settings)
+        model, summary = train(mc, tc, data_dir, resume=args.resume, overwrite=args.overwrite,
+                               progress=not args.no_progress)
+    print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in summary.items()
+                      if k != "message"}))
+    if summary["stopped"] == "non-finite loss":    # one line; no sample of a broken model
+        if world.is_main:
+            print(f"error: {summary['message']}", file=sys.stderr)
+        return summary
     if summary["stopped"] == "interrupted" or not world.is_main:
         return summary                   # saved; no time spent loading best.npz or sampling
     if args.sample_tokens:
         print_sample(args.out_dir, args.device, args.sample_tokens, tc.seed)
-    print(f"sample more: python examples/sample.py --ckpt {args.out_dir} --prompt \"ROMEO:\"")
+    print(f"sample more: python {script_path('sample.py')} --ckpt {args.out_dir} --prompt \"ROMEO:\"")
     return summary
+
+
+def script_path(name):
+    """An example script's path as the user can type it from here: relative to the current
+    folder when below it (examples/sample.py from the checkout), else absolute."""
+    path = Path(__file__).resolve().parent / name
+    relative = os.path.relpath(path)
+    return path if relative.startswith("..") else relative
 
 
 def print_sample(out_dir, device, tokens, seed):

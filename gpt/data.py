@@ -15,6 +15,7 @@ meta.json holds GPT-2 tokens (vocabulary 50257), as those scripts write.
 """
 import hashlib
 import json
+import os
 import shutil
 import urllib.error
 import urllib.request
@@ -26,14 +27,15 @@ import tensorgrad as tg
 from tokenizer import CharTokenizer, Tokenizer, train_bpe
 from tokenizer.pretrained import DownloadError, gpt2_tokenizer
 
-from .errors import ConfigError, DataError
+from .errors import ConfigError, DataError, RunError
 
 TINYSHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 
 
 def download(url, path):
-    """Fetch url to path (atomically); a clear error when offline."""
+    """Fetch url to path (atomically); a clear error when offline, and no folder left behind."""
     path = Path(path)
+    made = [d for d in [path.parent, *path.parent.parents] if not d.exists()]   # deepest first
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".part")
     try:
@@ -41,16 +43,20 @@ def download(url, path):
             f.write(r.read())
     except (urllib.error.URLError, OSError) as e:
         tmp.unlink(missing_ok=True)
-        raise RuntimeError(f"could not download {url} to {path} ({e}). If you are offline, download it "
-                           f"elsewhere and pass its path with --data") from None
+        for d in made:
+            d.rmdir()
+        raise RunError(f"could not download {url} to {path} ({e}). If you are offline, download it "
+                       f"elsewhere and pass its path with --data") from None
     tmp.replace(path)
     return path
 
 
 def read_text(path):
     path = Path(path)
+    if path.is_dir():
+        raise DataError(f"data file {path} is a folder: give a text file")
     if not path.is_file():
-        raise DataError(f"data file {path} does not exist" + (" (it is a folder)" if path.is_dir() else ""))
+        raise DataError(f"data file {path} does not exist")
     try:
         return path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
@@ -91,13 +97,27 @@ def prepare(text_path, out_dir, tokenizer="char", vocab_size=1024, val_fraction=
     dtype = np.uint16 if tok.vocab_size <= 65536 else np.uint32
     train_ids = np.array(tok.encode(train_text), dtype=dtype)
     val_ids = np.array(tok.encode(val_text), dtype=dtype)
-    train_ids.tofile(out_dir / "train.bin")
-    val_ids.tofile(out_dir / "val.bin")
+    # a running trainer may have the old files memory-mapped: new files, renamed over them
+    write_atomically(out_dir / "train.bin", train_ids.tofile)
+    write_atomically(out_dir / "val.bin", val_ids.tofile)
     meta = {"key": key, "tokenizer": tokenizer, "vocab_size": tok.vocab_size, "dtype": np.dtype(dtype).name,
             "train_tokens": len(train_ids), "val_tokens": len(val_ids),
             "val_chars_per_token": len(val_text) / max(len(val_ids), 1), "source": str(text_path)}
-    meta_path.write_text(json.dumps(meta, indent=1))
+    write_atomically(meta_path, lambda f: f.write(json.dumps(meta, indent=1).encode()))
     return meta
+
+
+def write_atomically(path, write):
+    """write(f) into a new file beside path, then rename it over path: a reader (or a
+    memory map) of the old file keeps it whole, and a write cut short leaves no half file."""
+    tmp = Path(f"{path}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def load_tokenizer(folder):
@@ -112,7 +132,7 @@ def load_tokenizer(folder):
             try:
                 return gpt2_tokenizer()
             except DownloadError as e:
-                raise DataError(str(e)) from None
+                raise RunError(str(e)) from None
         raise DataError(f"{folder} has no tokenizer (meta.json and tokenizer, written by "
                         f"gpt.data.prepare, examples/prepare_tokens.py or train())")
     if meta["tokenizer"] == "char":

@@ -225,6 +225,23 @@ class GradientAverager:
 _world = None
 
 
+def micro_batches(data, tc, block_size, rng, world):
+    """This rank's micro-batches of one step, stacked: x, y (accumulation, B, T).
+
+    Every rank draws the positions of all accumulation x size micro-batches from the
+    same RNG, in the same order, and keeps its own consecutive share: N ranks see
+    exactly the batches one process with N times the accumulation sees."""
+    xs, ys = [], []
+    for k in range(tc.gradient_accumulation_steps * world.size):
+        if k // tc.gradient_accumulation_steps == world.rank:
+            x, y = data.get_batch_arrays("train", tc.batch_size, block_size, rng)
+            xs.append(x)
+            ys.append(y)
+        else:
+            data.batch_positions("train", tc.batch_size, block_size, rng)
+    return np.stack(xs), np.stack(ys)
+
+
 def world():
     """The World set up by init(), or a one-rank World when init() was not called."""
     return _world if _world is not None else World()

@@ -11,7 +11,7 @@ and renamed over it, so a crash mid-save leaves the previous checkpoint whole.
 """
 import json
 import os
-import tempfile
+import secrets
 import zipfile
 
 import numpy as np
@@ -61,7 +61,7 @@ def save(path, model=None, optimizer=None, **extra):
         np.savez(path, **arrays)
         return
     directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=os.path.basename(path) + ".", suffix=".tmp")
+    fd, tmp = _create_temp(path)
     try:
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **arrays)
@@ -73,6 +73,17 @@ def save(path, model=None, optimizer=None, **extra):
             os.remove(tmp)
         raise
     _fsync_dir(directory)                 # and the rename itself survives a power cut
+
+
+def _create_temp(path):
+    """A new file beside path (PATH.XXXXXXXX.tmp) with the mode any new file gets, 0666 less
+    the umask, as the run's other files (mkstemp's would be 0600)."""
+    while True:
+        tmp = f"{path}.{secrets.token_hex(4)}.tmp"
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666), tmp
+        except FileExistsError:
+            continue
 
 
 def _fsync_dir(directory):

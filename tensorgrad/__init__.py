@@ -1,4 +1,5 @@
 """tensorgrad: a small reverse-mode autograd engine on NumPy (CPU) and CuPy (GPU)."""
+from . import _siblings
 from . import backend
 from .backend import cuda_available, get_array_module
 from .function import Function, enable_grad, is_grad_enabled, no_grad, reference_ops
@@ -14,9 +15,9 @@ from .tensor import (Tensor, arange, grad, as_tensor, bfloat16, bool_, float16, 
 
 __version__ = "0.1.0"
 
-from .ops import foreach  # noqa: F401  (multi-tensor ops: AdamW, clipping)
-from .ops.cuda import ATTENTION_HEAD_SIZES, compile_ahead  # noqa: F401
-__all__ = ["autocast", "backend", "cuda_available", "get_array_module", "Function", "enable_grad", "is_grad_enabled",
+_siblings.warn()                         # another project's nn, gpt or tokenizer ahead of ours: one line each
+
+__all__ = ["ATTENTION_HEAD_SIZES", "compile_ahead", "foreach", "autocast", "backend", "cuda_available", "get_array_module", "Function", "enable_grad", "is_grad_enabled",
            "no_grad", "reference_ops", "draw_graph", "GradcheckError", "gradcheck", "Tensor", "arange", "as_tensor", "bfloat16", "bool_", "float16",
            "float32", "float64", "full", "int32", "int64", "manual_seed", "ones", "ones_like", "rand",
            "randint", "randn", "tensor", "zeros", "zeros_like", "get_default_dtype", "set_default_dtype"] + list(_ops_all)

@@ -19,23 +19,13 @@ import pytest
 import nn
 from nn.checkpoint import CheckpointError
 
-ROOT = Path(__file__).resolve().parents[1]
-EXAMPLES = ROOT / "examples"
-sys.path.insert(0, str(EXAMPLES))
-import _cli  # noqa: E402
+from cli_helpers import EXAMPLES, ROOT, TINY, one_line_error as _one_line_error, run_script as _script  # noqa: E402
+from cli_helpers import status_of as _status, words as _text  # noqa: E402
+
+import _cli  # noqa: E402  (examples/, which cli_helpers put on sys.path)
 import plot_metrics  # noqa: E402
 import sample  # noqa: E402
 import train_shakespeare  # noqa: E402
-
-TINY = ["--device", "cpu", "--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--block-size", "16",
-        "--batch-size", "4", "--max-iters", "6", "--eval-interval", "3", "--eval-iters", "2",
-        "--sample-tokens", "10", "--no-progress", "--log-interval", "2"]
-
-
-def _text(n=6000, newline=True):
-    rng = np.random.default_rng(0)
-    words = ["to", "be", "or", "not", "that", "is", "the", "question"] + (["\n"] if newline else [])
-    return " ".join(rng.choice(words, size=n // 4))
 
 
 @pytest.fixture(scope="module")
@@ -55,28 +45,6 @@ def trained(tmp_path_factory, corpus):
 
 def _copy(run_dir, tmp_path):
     return Path(shutil.copytree(run_dir, tmp_path / "run"))
-
-
-def _status(capsys, main, argv):
-    """What a shell user sees: (exit status, stderr lines, stdout)."""
-    status = _cli.run(main, argv)
-    captured = capsys.readouterr()
-    return status, captured.err.splitlines(), captured.out
-
-
-def _script(*args, cwd=None, timeout=120):
-    """Run an example script (or `-m tokenizer`) as a user does, from `cwd`."""
-    cmd = [sys.executable] + ([str(EXAMPLES / args[0])] if args[0].endswith(".py") else ["-m", args[0]])
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}   # for -m tokenizer; the scripts find the checkout themselves
-    return subprocess.run(cmd + [str(a) for a in args[1:]], capture_output=True, text=True, cwd=cwd,
-                          timeout=timeout, env=env)
-
-
-def _one_line_error(result):
-    assert "Traceback" not in result.stderr, result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert lines and all(line.startswith("error: ") for line in lines), result.stderr
-    return result.stderr
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -124,29 +92,31 @@ def test_several_mistakes_give_one_line_each(tmp_path, capsys, corpus):
 def test_data_and_out_dir_mistakes_are_one_line(tmp_path, capsys):
     (tmp_path / "empty.txt").write_text("")
     (tmp_path / "latin1.txt").write_bytes("caf\xe9 au lait, ".encode("latin-1") * 20)
-    cases = [(["--data", str(tmp_path / "empty.txt")], 1, "is empty"),
-             (["--data", str(tmp_path / "latin1.txt")], 1, "is not UTF-8"),
-             (["--data", str(tmp_path / "nope.txt")], 1, "nope.txt does not exist"),
+    cases = [(["--data", str(tmp_path / "empty.txt")], 2, "is empty"),
+             (["--data", str(tmp_path / "latin1.txt")], 2, "is not UTF-8"),
+             (["--data", str(tmp_path / "nope.txt")], 2, "nope.txt does not exist"),
+             (["--data", str(tmp_path)], 2, f"data file {tmp_path} is a folder"),
              (["--data", str(tmp_path / "empty.txt"), "--out-dir", str(tmp_path / "empty.txt")], 2, "is a file")]
     for args, status, message in cases:
         got, err, _ = _status(capsys, train_shakespeare.exit_status, TINY + ["--out-dir", str(tmp_path / "o")] + args)
         assert got == status and len(err) == 1 and message in err[0], (args, err)
+        assert not (tmp_path / "o").exists()                        # nothing written before the error
 
 
 def test_errors_in_a_subprocess_have_no_traceback(tmp_path, corpus, trained):
     (tmp_path / "empty.txt").write_text("")
     r = _script("train_shakespeare.py", *TINY, "--data", tmp_path / "empty.txt", "--out-dir", tmp_path / "o")
-    assert r.returncode == 1 and "is empty" in _one_line_error(r)
+    assert r.returncode == 2 and "is empty" in _one_line_error(r)
     r = _script("train_shakespeare.py", *TINY, "--data", corpus, "--out-dir", tmp_path / "o", "--batch-size", "-1")
     assert r.returncode == 2 and "--batch-size" in _one_line_error(r)
     r = _script("sample.py", "--ckpt", "missing/", cwd=tmp_path)
     assert r.returncode == 2 and "no checkpoint at missing/" in _one_line_error(r)
     (tmp_path / "notes.txt").write_text("a text file\n")
     r = _script("sample.py", "--ckpt", tmp_path / "notes.txt")
-    assert r.returncode == 1 and "pickle" not in _one_line_error(r)
+    assert r.returncode == 2 and "pickle" not in _one_line_error(r)
     (tmp_path / "cut.npz").write_bytes((trained / "last.npz").read_bytes()[:5000])
     r = _script("sample.py", "--ckpt", tmp_path / "cut.npz")
-    assert r.returncode == 1 and "not a valid tensorgrad checkpoint" in _one_line_error(r)
+    assert r.returncode == 2 and "not a valid tensorgrad checkpoint" in _one_line_error(r)
     import tensorgrad as tg
     if not tg.cuda_available():
         r = _script("train_shakespeare.py", "--device", "cuda", "--data", corpus, "--out-dir", tmp_path / "o")
@@ -196,7 +166,7 @@ def test_a_run_is_never_overwritten_unasked(tmp_path, capsys, corpus, trained):
     # a damaged checkpoint: one line, no pickle
     (out / "last.npz").write_bytes((out / "last.npz").read_bytes()[:1000])
     got, err, _ = _status(capsys, train_shakespeare.exit_status, args + ["--resume"])
-    assert got == 1 and len(err) == 1 and "not a valid tensorgrad checkpoint" in err[0] and "pickle" not in err[0]
+    assert got == 2 and len(err) == 1 and "not a valid tensorgrad checkpoint" in err[0] and "pickle" not in err[0]
 
 
 def _read_until(proc, text, deadline):
@@ -212,12 +182,20 @@ def _read_until(proc, text, deadline):
 
 
 def test_ctrl_c_saves_and_exits_130(tmp_path, corpus):
-    out = tmp_path / "run"
-    cmd = [sys.executable, "-u", str(EXAMPLES / "train_shakespeare.py"), *TINY, "--data", str(corpus),
+    """Ctrl-C saves last.npz and exits 130; while it ran, a --resume of the same run was refused
+    with the running process named; then --resume, typed alone, continues on the run's own data
+    (the text file it was prepared from is gone: nothing may be downloaded)."""
+    out, data = tmp_path / "run", tmp_path / "words.txt"
+    shutil.copyfile(corpus, data)
+    cmd = [sys.executable, "-u", str(EXAMPLES / "train_shakespeare.py"), *TINY, "--data", str(data),
            "--out-dir", str(out), "--max-iters", "100000", "--eval-interval", "50000", "--lr-decay-iters", "100000"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         seen = _read_until(proc, "iter 2: loss", time.time() + 60)   # training steps are running
+        r = _script("train_shakespeare.py", "--resume", "--out-dir", out)
+        assert r.returncode == 2 and r.stderr.splitlines() == [
+            f"error: {out} is in use by a running training (process {proc.pid}: {' '.join(cmd)}): wait for it "
+            f"to end, or choose another --out-dir"], r.stderr
         proc.send_signal(signal.SIGINT)
         stdout, stderr = proc.communicate(timeout=60)
     finally:
@@ -230,10 +208,12 @@ def test_ctrl_c_saves_and_exits_130(tmp_path, corpus):
     assert "-" * 60 not in stdout                                      # no sample after an interrupt
     saved = nn.load(out / "last.npz")
     assert saved["iteration"] >= 3
-    r = _script("train_shakespeare.py", "--resume", "--data", corpus, "--out-dir", out, "--no-progress",
+    data.unlink()
+    r = _script("train_shakespeare.py", "--resume", "--out-dir", out, "--no-progress",
                 "--max-iters", saved["iteration"] + 2, "--sample-tokens", "0")
     assert r.returncode == 0, r.stderr
     assert f"resumed from {out / 'last.npz'} at iteration {saved['iteration']}" in r.stdout
+    assert "download" not in r.stdout
 
 
 def test_no_progress_log_has_speed_and_time_left(tmp_path, capsys, corpus):
@@ -396,7 +376,7 @@ def test_plot_metrics_writes_a_png(tmp_path, capsys, trained):
     assert got == 0, err
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     got, err, _ = _status(capsys, plot_metrics.main, [str(tmp_path)])
-    assert got == 1 and "no metrics at" in err[0]
+    assert got == 2 and "no metrics at" in err[0]
 
 
 def test_plot_metrics_without_matplotlib_says_what_to_install(tmp_path, capsys, monkeypatch, trained):

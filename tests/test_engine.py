@@ -2,6 +2,7 @@
 import math
 import re
 import runpy
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -248,9 +249,13 @@ def test_cuda_request_without_gpu_is_a_clear_error():
         tg.zeros(2, device="cuda")
 
 
-def test_autograd_tour_runs(capsys):
-    runpy.run_path(str(Path(__file__).resolve().parents[1] / "examples" / "autograd_tour.py"), run_name="__main__")
+def test_autograd_tour_runs(capsys, monkeypatch):
+    tour = str(Path(__file__).resolve().parents[1] / "examples" / "autograd_tour.py")
+    monkeypatch.setattr(sys, "argv", [tour])
+    runpy.run_path(tour, run_name="__main__")
     out = capsys.readouterr().out
+    runpy.run_path(tour, run_name="__main__")
+    assert capsys.readouterr().out == out                            # seeded: the same text every run
     assert "passed: True" in out and "step 500" in out
     assert "a wrong backward:          passed: False" in out      # the check catches the planted bug
     assert "d/dx = [ 6. 12. 18.] (by hand 6x), d/dh = [3. 3. 3.] (by hand 3), and x.grad is still None" in out

@@ -227,7 +227,7 @@ def test_example_bad_input(tmp_path, capsys):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
     import _cli
     import train_shakespeare
-    assert _cli.run(train_shakespeare.exit_status, ["--device", "cpu", "--data", str(tmp_path / "nope.txt")]) == 1
+    assert _cli.run(train_shakespeare.exit_status, ["--device", "cpu", "--data", str(tmp_path / "nope.txt")]) == 2
     assert "does not exist" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         train_shakespeare.main(["--device", "tpu"])

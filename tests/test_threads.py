@@ -6,7 +6,8 @@ import tensorgrad as tg
 from tensorgrad import cpu_tuning
 from gpt.model import GPT, GPTConfig
 from nn.threads import Shards
-from gpt.train import TrainConfig, _thread_problems, check_settings, forward_loss
+from gpt.settings import _thread_problems
+from gpt.train import TrainConfig, check_settings, forward_loss
 
 CFG = dict(n_layer=2, n_head=2, n_embd=32, block_size=16, vocab_size=50)
 

@@ -6,10 +6,22 @@
     text = tok.decode(ids)
 """
 
-from .bpe_train import train_bpe
-from .char import CharTokenizer
-from .gpt2_format import bytes_to_unicode
-from .pretokenize import GPT2_PATTERN
-from .tokenizer import Tokenizer
+import importlib
 
+# Imported on first use (PEP 562), so a worker process that only counts pre-tokens
+# (bpe_train, pretokenize: regex, no NumPy) starts without importing NumPy.
+_WHERE = {"train_bpe": "bpe_train", "Tokenizer": "tokenizer", "CharTokenizer": "char",
+          "GPT2_PATTERN": "pretokenize", "bytes_to_unicode": "gpt2_format"}
 __all__ = ["train_bpe", "Tokenizer", "CharTokenizer", "GPT2_PATTERN", "bytes_to_unicode"]
+
+
+def __getattr__(name):
+    if name not in _WHERE:
+        raise AttributeError(f"module 'tokenizer' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(list(globals()) + __all__)

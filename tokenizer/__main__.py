@@ -12,24 +12,15 @@
 A token file holds the ids as a raw uint16 array (uint32 for vocabularies over 65536).
 """
 
-import argparse
+import os
 import sys
 import time
 
 import numpy as np
 
 from .bpe_train import train_bpe
+from .cli import ArgumentParser
 from .tokenizer import Tokenizer
-
-
-class _Formatter(argparse.RawDescriptionHelpFormatter):
-    """Shows each option's default, unless it has none."""
-
-    def _get_help_string(self, action):
-        text = action.help or ""
-        if "%(default)" in text or action.default in (None, False, [], argparse.SUPPRESS):
-            return text
-        return text + " (default: %(default)s)"
 
 
 def _load(args):
@@ -46,13 +37,11 @@ def _load(args):
 
 
 def _parser():
-    p = argparse.ArgumentParser(prog="python -m tokenizer", description=__doc__, formatter_class=_Formatter,
-                                allow_abbrev=False)
-    sub = p.add_subparsers(dest="command", required=True)
+    p = ArgumentParser(prog="python -m tokenizer", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True, parser_class=ArgumentParser)
 
     def command(name, helptext):
-        return sub.add_parser(name, help=helptext, description=helptext, formatter_class=_Formatter,
-                              allow_abbrev=False)   # no prefix matching: --out must not mean --output-...
+        return sub.add_parser(name, help=helptext, description=helptext)
 
     t = command("train", "train a byte-level BPE tokenizer on a UTF-8 text file")
     t.add_argument("--input", required=True, metavar="FILE", help="UTF-8 text to learn the merges from")
@@ -133,9 +122,40 @@ def _decode(args):
         sys.stdout.buffer.flush()
 
 
+def _check(args):
+    """Every path and number on the command line, before any work or any file is written:
+    ValueError (exit status 2) for the first that cannot work."""
+    if getattr(args, "workers", None) is not None and args.workers < 1:
+        raise ValueError(f"--workers must be at least 1 (got {args.workers})")
+    if args.command == "train" and args.vocab_size < 256 + len(args.special):
+        raise ValueError(f"--vocab-size must be at least 256 (one token per byte) + {len(args.special)} special "
+                         f"token(s) (got {args.vocab_size})")
+    for name in ("input", "vocab", "merges"):
+        path = getattr(args, name, None)
+        if path is not None and not os.path.isfile(path):
+            what = "is a folder" if os.path.isdir(path) else "does not exist"
+            raise ValueError(f"--{name} {path} {what}: give a file")
+    if getattr(args, "tokenizer", None) is not None and not os.path.isdir(args.tokenizer):
+        raise ValueError(f"--tokenizer {args.tokenizer} is not a folder (one holding vocab.json and merges.txt)")
+    out = getattr(args, "out", None)
+    if out is not None:
+        if args.command == "train" and os.path.exists(out) and not os.path.isdir(out):
+            raise ValueError(f"--out {out} is a file: give a folder for vocab.json and merges.txt")
+        if args.command != "train" and os.path.isdir(out):
+            raise ValueError(f"--out {out} is a folder: give a file name")
+        parent = os.path.dirname(os.path.abspath(out))
+        if args.command != "train" and not os.path.isdir(parent):
+            raise ValueError(f"--out {out}: the folder {parent} does not exist")
+    if args.command == "decode" and any(i < 0 for i in args.ids):
+        raise ValueError(f"token ids are 0 or more (got {min(args.ids)})")
+
+
 def main(argv=None):
+    """Exit status 2 for a wrong command line (a setting, a missing or unusable file), 1 for
+    a failure while running (a full disk, ...), as the example scripts (README)."""
     args = _parser().parse_args(argv)
     try:
+        _check(args)
         if args.command == "train":
             t0 = time.perf_counter()
             vocab, merges = train_bpe(args.input, args.vocab_size, args.special,
@@ -147,11 +167,14 @@ def main(argv=None):
             _encode(args)
         else:
             _decode(args)
-    except (ValueError, FileNotFoundError, IsADirectoryError) as e:
+    except (ValueError, FileNotFoundError, IsADirectoryError, NotADirectoryError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except BrokenPipeError:   # `... | head`: the reader left
         return 0
+    except OSError as e:      # a full disk, a folder we may not write, ...
+        print(f"error: {e.strerror or e}" + (f" ({e.filename})" if e.filename else ""), file=sys.stderr)
+        return 1
     return 0
 
 

@@ -13,6 +13,13 @@ from tqdm.auto import tqdm
 
 from .pretokenize import file_size, iter_file_chunks
 
+# How workers start. Not fork: the calling process has threads by then (NumPy's BLAS
+# starts its own at import, tqdm a monitor, a trainer its shards), and a child forked
+# from a process with threads can deadlock on a lock one of them held. The fork server
+# is a fresh single-threaded process started once, which then forks the workers
+# (Python 3.14's default on Linux); spawn where there is none (Windows, macOS).
+START_METHOD = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+
 
 def map_file_chunks(path, fn, initializer=None, initargs=(), num_workers=None,
                     chunk_size=1 << 20, specials=(), desc=None, progress=True):
@@ -24,7 +31,8 @@ def map_file_chunks(path, fn, initializer=None, initargs=(), num_workers=None,
     """
     path = os.fspath(path)
     size = file_size(path)
-    num_workers = max(1, num_workers or os.cpu_count() or 1)
+    # more workers than chunks would only cost their start-up
+    num_workers = max(1, min(num_workers or os.cpu_count() or 1, -(-size // chunk_size)))
     chunks = iter_file_chunks(path, chunk_size, [s.encode("utf-8") for s in specials])
     if num_workers == 1:
         if initializer is not None:
@@ -32,11 +40,9 @@ def map_file_chunks(path, fn, initializer=None, initargs=(), num_workers=None,
         results = ((len(data), _run(fn, offset, data)) for offset, data in chunks)
         yield from _checked(results, path, size, desc, progress)
         return
-    # fork (where there is one) starts workers fast and shares big read-only state
-    # such as the tokenizer's tables without pickling them. The pool is made before
-    # the progress bar, whose monitor thread should not be running during a fork.
-    ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods()
-                                      else None)
+    ctx = multiprocessing.get_context(START_METHOD)
+    if START_METHOD == "forkserver":   # the server imports these once; the workers it forks have them
+        ctx.set_forkserver_preload(["tokenizer._worker_start", "tokenizer.bpe_train", "tokenizer.tokenizer"])
     with ctx.Pool(num_workers, initializer, initargs) as pool:
         yield from _checked(_in_order(pool, fn, chunks, 2 * num_workers), path, size, desc, progress)
 

@@ -314,7 +314,7 @@ def _added_tokens(path):
             if isinstance(t, dict) and isinstance(t.get("content"), str) and t.get("special", True) and t["content"]]
 
 
-# Worker side of encode_file. With fork the tokenizer is inherited, not pickled.
+# Worker side of encode_file: each worker gets the tokenizer pickled (its tables rebuilt, __setstate__).
 _worker_tokenizer = None
 
 
