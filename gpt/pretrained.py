@@ -352,8 +352,8 @@ _CHUNK = 8 << 20        # bytes of a file's tensor converted at a time
 
 def _copy(dst, src, transpose, tile=128):
     """dst[...] = src.T (transpose) or src, casting. A transpose goes tile by tile: a
-    128 x 128 float32 tile stays in cache while it is read down and written across,
-    6 times faster than one strided copy of a whole GPT-2 matrix."""
+    128 x 128 float32 tile stays in cache while it is read down and written across
+    (bench/results.md, "Loading GPT-2 checkpoints", has the measurement)."""
     if not transpose:
         dst[...] = src
         return

@@ -15,7 +15,8 @@ arguments of its kernels and launches them. Index:
     dropout.py/.cu    rng_slot, dropout (and dropout + residual add); philox.cuh
     attention.py      attention_forward, attention_backward, attention_dropout_mask:
                       attention.cu (tiled, float FMAs), attention_mma.cu (tensor cores,
-                      bf16), attention_common.cuh (what both share)
+                      bf16; its building blocks in attention_mma.cuh), attention_common.cuh
+                      (what both share)
     many.py           tables of many arrays for one launch; adamw.cu (adamw_many),
                       clip.cu (clip_grads)
     cublas.py, cublaslt.py   matrix products through cuBLAS / cuBLASLt (ctypes)
