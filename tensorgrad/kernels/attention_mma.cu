@@ -378,13 +378,7 @@ __device__ void attention_backward_dq_mma_body(const floatX* __restrict__ k, con
             unsigned int a[4];
             const int blk = lane / 8;
             ldsm4_trans(a, dSt + (kk * 16 + lane % 8 + 8 * (blk / 2)) * LD + warp * 16 + 8 * (blk % 2));
-#pragma unroll
-            for (int n = 0; n < D / 8; n += 2) {
-                unsigned int b[4];
-                ldsm4_trans(b, Ks + (kk * 16 + lane % 16) * LH + n * 8 + 8 * (lane / 16));
-                mma_bf16(acc[n], a, b[0], b[1]);
-                mma_bf16(acc[n + 1], a, b[2], b[3]);
-            }
+            mma_step<D>(acc, a, Ks, kk, lane);    // dQ += dS K
         }
         __syncthreads();
     }

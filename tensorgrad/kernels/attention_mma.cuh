@@ -115,25 +115,34 @@ __device__ __forceinline__ void mma_rows(float (&c)[TILE / 8][4], const unsigned
     }
 }
 
+// acc (16 x D) += a (16 x 16, A fragments) times rows 16kk..16kk+15 of a (64, D + 8) tile M:
+// B fragments through ldmatrix.trans, two 8-column blocks of D a call (blocks: rows +0 / +8,
+// columns +0 / +8).
+template <int D>
+__device__ __forceinline__ void mma_step(float (&acc)[D / 8][4], const unsigned int (&a)[4], const floatX* tile, int kk,
+                                         int lane) {
+    constexpr int LH = D + 8;
+#pragma unroll
+    for (int n = 0; n < D / 8; n += 2) {
+        unsigned int b[4];
+        ldsm4_trans(b, tile + (kk * 16 + lane % 16) * LH + n * 8 + 8 * (lane / 16));
+        mma_bf16(acc[n], a, b[0], b[1]);
+        mma_bf16(acc[n + 1], a, b[2], b[3]);
+    }
+}
+
 // acc (16 x D) += P (16 x 64, C fragments p) times a (64, D + 8) tile M (rows: the 64 keys or
-// queries P's columns run over). B fragments come from M through ldmatrix.trans, two 8-column
-// blocks of D a call (blocks: rows +0 / +8 of this 16-step, columns +0 / +8).
+// queries P's columns run over): P's C fragments become A fragments in registers (rounded to
+// bf16), 16 of its columns a step.
 template <int D>
 __device__ __forceinline__ void mma_tile(float (&acc)[D / 8][4], const float (&p)[TILE / 8][4], const floatX* tile,
                                          int lane) {
-    constexpr int LH = D + 8;
 #pragma unroll
     for (int kk = 0; kk < TILE / 16; ++kk) {
         const unsigned int pa[4] = {pack_bf16(p[2 * kk][0], p[2 * kk][1]), pack_bf16(p[2 * kk][2], p[2 * kk][3]),
                                     pack_bf16(p[2 * kk + 1][0], p[2 * kk + 1][1]),
                                     pack_bf16(p[2 * kk + 1][2], p[2 * kk + 1][3])};
-#pragma unroll
-        for (int n = 0; n < D / 8; n += 2) {
-            unsigned int b[4];
-            ldsm4_trans(b, tile + (kk * 16 + lane % 16) * LH + n * 8 + 8 * (lane / 16));
-            mma_bf16(acc[n], pa, b[0], b[1]);
-            mma_bf16(acc[n + 1], pa, b[2], b[3]);
-        }
+        mma_step<D>(acc, pa, tile, kk, lane);
     }
 }
 
