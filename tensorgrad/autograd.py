@@ -10,7 +10,7 @@ Function has used it; a leaf keeps its sum.
 """
 import numpy as np
 
-from .function import Function
+from .function import Function, enable_grad
 
 
 def backpropagate(root, grad, owned, retain_graph, into_leaf, on_result=None):
@@ -35,6 +35,35 @@ def backpropagate(root, grad, owned, retain_graph, into_leaf, on_result=None):
         if not retain_graph:
             node.__dict__.clear()           # drop the arrays it saved (and its edges)
             node.freed = True
+
+
+def backpropagate_graph(root, grad, into_leaf, on_result=None):
+    """backpropagate for create_graph=True: grad and every gradient are Tensors, each
+    Function's backward_graph (written in tensor ops, ops/double.py) records the backward
+    pass as a graph of its own, so the gradients can be differentiated again. The graph
+    differentiated is kept (its nodes are part of the new one)."""
+    grads = {id(root): grad}
+    with enable_grad():
+        for node in reversed(topological_order(root)):
+            g = grads.pop(id(node), None)
+            if g is None:
+                continue
+            if not isinstance(node, Function):
+                into_leaf(node, g)
+                continue
+            if on_result is not None:
+                on_result(node, g)
+            if node.freed:
+                raise RuntimeError("backward: the graph was already freed by an earlier backward(); "
+                                   "pass retain_graph=True to the first call to go through it twice")
+            in_grads = node.backward_graph(g)
+            in_grads = in_grads if isinstance(in_grads, tuple) else (in_grads,)
+            for edge, meta, ig in zip(node.inputs, node.input_meta, in_grads):
+                if edge is not None and ig is not None:
+                    if ig.shape != meta[0] or ig.dtype != meta[1]:
+                        _checked(node, meta, ig.data)       # raises, naming the op
+                    prev = grads.get(id(edge))
+                    grads[id(edge)] = ig if prev is None else prev + ig
 
 
 def topological_order(root):

@@ -113,6 +113,34 @@ class Function:
     def backward(self, grad):
         raise NotImplementedError
 
+    def backward_graph(self, grad):
+        """backward written in tensor ops, for create_graph=True: grad is a Tensor, and so is
+        each gradient returned, with a graph that can be differentiated again (ops/double.py)."""
+        raise NotImplementedError(f"{type(self).__name__.lower()} has no differentiable backward yet "
+                                  "(create_graph=True)")
+
+    def saved_input(self, i, arr):
+        """Input i as a Tensor whose value is arr (what forward saved) and whose graph is the
+        input's own (its edge): a constant when no gradient flows to it, the leaf itself, or a
+        new Tensor made by the Function that made the input. A Python scalar stays one."""
+        if not hasattr(arr, "shape"):
+            return arr
+        edge = self.inputs[i]
+        if edge is None:
+            return Tensor._make(arr, False)
+        if isinstance(edge, Tensor):
+            return edge
+        t = Tensor._make(arr, True)
+        t._ctx = edge
+        return t
+
+    def saved_output(self, arr):
+        """This Function's output (arr, as forward saved it) as a Tensor made by this Function:
+        a derivative that uses the output depends on the inputs through it."""
+        t = Tensor._make(arr, True)
+        t._ctx = self
+        return t
+
     @classmethod
     def apply(cls, *inputs, **kwargs):
         """Run forward on the inputs' arrays and, when a gradient is needed, record the node."""

@@ -100,3 +100,31 @@ def _check(fn, inputs, tensors, eps, atol, rtol, seed, raise_exception):
         raise GradcheckError(f"gradcheck failed: {result.worst}, abs error {max_abs:.3g}, "
                              f"relative error {result.max_rel_error:.3g}")
     return result
+
+
+def gradgradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-3, seed=0, raise_exception=True):
+    """Second derivatives of fn against finite differences of its first, in float64.
+
+    The first derivatives of sum(fn(*inputs) * R1) (R1 fixed random), taken with
+    create_graph=True, are flattened into one vector; gradcheck then compares that vector's
+    backward (the second derivatives: the backward of the backward pass's graph) with
+    finite differences of it (first derivatives at perturbed inputs). Same arguments and
+    result as gradcheck; a GradcheckError names the worst element.
+    """
+    from .function import enable_grad
+    from .ops import cat
+    from .tensor import grad
+
+    def first_derivatives(*args):
+        tensors = [x for x in args if isinstance(x, Tensor) and x.requires_grad]
+        with enable_grad():                         # gradcheck's finite differences run under no_grad
+            out = fn(*args)
+            R1 = Tensor._make(get_array_module(out.data).asarray(
+                np.random.default_rng(seed + 1).standard_normal(out.shape)), False)
+            grads = grad((out * R1).sum(), tensors, create_graph=True, allow_unused=True)
+            flat = cat([(g if g is not None else t * 0).reshape(-1) for g, t in zip(grads, tensors)])
+            # a linear fn has constant first derivatives (no graph): + 0 * inputs gives them one
+            return flat + sum((t * 0).sum() for t in tensors)
+
+    return gradcheck(first_derivatives, inputs, eps=eps, atol=atol, rtol=rtol, seed=seed,
+                     raise_exception=raise_exception)

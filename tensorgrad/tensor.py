@@ -212,12 +212,19 @@ class Tensor:
         return id(self)
 
     # ---------------------------------------------------------------- backward
-    def backward(self, grad=None, retain_graph=False):
+    def backward(self, grad=None, retain_graph=None, create_graph=False):
         """Accumulate d(self)/d(leaf) into every leaf's .grad (the engine: autograd.py).
 
         grad: the gradient of some scalar with respect to self; may be omitted
         only when self has one element (then it is 1).
+        create_graph: record the backward pass too, so .grad is a Tensor with a graph
+        that can be differentiated again (then the graph is kept: retain_graph).
         """
+        if create_graph:
+            autograd.backpropagate_graph(self._ctx or self, _output_grad_tensor(self, grad, "backward()"),
+                                         _keep_sum_tensor)
+            return
+        retain_graph = bool(retain_graph)
         g, owned = _output_grad(self, grad, "backward()")
         autograd.backpropagate(self._ctx or self, g, owned, retain_graph, _keep_sum)
 
@@ -240,6 +247,27 @@ def _keep_sum(leaf, g, owned):
         leaf.grad = g if owned else g.copy()
     else:
         leaf.grad += g
+
+
+def _keep_sum_tensor(leaf, g):
+    """_keep_sum for create_graph=True: .grad becomes a Tensor (with a graph), the sum of an
+    earlier .grad (array or Tensor) and g."""
+    if leaf.grad is None:
+        leaf.grad = g
+    else:
+        leaf.grad = (leaf.grad if isinstance(leaf.grad, Tensor) else Tensor._make(leaf.grad, False)) + g
+
+
+def _output_grad_tensor(t, grad, caller):
+    """The gradient backward starts from, as a Tensor: a Tensor given is kept as it is (it may
+    require grad itself: jvp by double backward differentiates with respect to it)."""
+    if isinstance(grad, Tensor):
+        if grad.shape != t.shape:
+            raise ValueError(f"{caller}: gradient shape {grad.shape} does not match output shape {t.shape}")
+        if not t.requires_grad:
+            _output_grad(t, grad, caller)           # raises: no graph
+        return grad
+    return Tensor._make(_output_grad(t, grad, caller)[0], False)
 
 
 def _output_grad(t, grad, caller):
@@ -345,7 +373,7 @@ __all__ = ["Tensor", "tensor", "zeros", "ones", "full", "randn", "rand", "randin
            "set_default_dtype"]
 
 
-def grad(output, inputs, grad_output=None, retain_graph=False, allow_unused=False):
+def grad(output, inputs, grad_output=None, retain_graph=None, create_graph=False, allow_unused=False):
     """d(output)/d(input) for each of inputs, returned as arrays; no .grad is touched
     (PyTorch's torch.autograd.grad). Two graphs can go backward at once on two threads
     this way, each keeping its own gradients, with no race on a shared leaf's .grad.
@@ -353,6 +381,8 @@ def grad(output, inputs, grad_output=None, retain_graph=False, allow_unused=Fals
     inputs: a Tensor or a list of them, leaves or results of ops in output's graph.
     grad_output: as backward()'s grad. An input the output does not depend on is an
     error, or None with allow_unused=True.
+    create_graph: the gradients are Tensors whose graph records the backward pass, so they
+    can be differentiated again (then retain_graph defaults to True, as in PyTorch).
     """
     single = isinstance(inputs, Tensor)
     inputs = [inputs] if single else list(inputs)
@@ -366,8 +396,12 @@ def grad(output, inputs, grad_output=None, retain_graph=False, allow_unused=Fals
         k = wanted.get(id(node))
         if k is not None:                # g may be shared with other grads, or reused by a backward: own it
             found[k] = g if owned else g.copy()
-    g, owned = _output_grad(output, grad_output, "grad()")
-    autograd.backpropagate(output._ctx or output, g, owned, retain_graph, keep, on_result=keep)
+    if create_graph:
+        autograd.backpropagate_graph(output._ctx or output, _output_grad_tensor(output, grad_output, "grad()"),
+                                     lambda node, g: keep(node, g, True), on_result=lambda node, g: keep(node, g, True))
+    else:
+        g, owned = _output_grad(output, grad_output, "grad()")
+        autograd.backpropagate(output._ctx or output, g, owned, bool(retain_graph), keep, on_result=keep)
     for t, g in zip(inputs, found):
         if g is None and not allow_unused:
             raise RuntimeError(f"grad(): an input of shape {t.shape} is not used to compute the output "

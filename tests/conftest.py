@@ -8,6 +8,7 @@ import tensorgrad
 
 # The largest gradcheck error seen in the run, reported at the end (see check_grad).
 GRADCHECK_RECORD = {"max_rel_error": 0.0, "max_abs_error": 0.0, "where": "", "count": 0}
+GRADGRADCHECK_RECORD = {"max_rel_error": 0.0, "max_abs_error": 0.0, "where": "", "count": 0}
 
 
 def pytest_configure(config):
@@ -41,6 +42,11 @@ def pytest_terminal_summary(terminalreporter):
     if r["count"]:
         terminalreporter.write_line(
             f"gradcheck: {r['count']} checks, largest abs error {r['max_abs_error']:.3g}, "
+            f"largest relative error {r['max_rel_error']:.3g} ({r['where']})")
+    r = GRADGRADCHECK_RECORD
+    if r["count"]:
+        terminalreporter.write_line(
+            f"gradgradcheck: {r['count']} checks, largest abs error {r['max_abs_error']:.3g}, "
             f"largest relative error {r['max_rel_error']:.3g} ({r['where']})")
 
 

@@ -13,6 +13,7 @@ from .reduce import argmax, max, mean, min, std, sum, var
 from .shape import (broadcast_to, cat, causal_mask, concatenate, expand, getitem, permute, reshape,
                     split, stack, swapaxes, transpose, tril, triu)
 from . import cpu, cuda  # noqa: F401  (register the CPU and GPU twins of the fused ops)
+from . import double  # noqa: F401,E402  (backward_graph: the differentiable backwards, for create_graph=True)
 
 __all__ = ["sum_to", "abs", "add", "cast", "clamp", "clip", "div", "exp", "gelu", "leaky_relu", "log",
            "masked_fill", "maximum", "minimum", "mul", "neg", "pow", "relu", "sigmoid", "silu", "sqrt", "sub",

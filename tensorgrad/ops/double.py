@@ -1,0 +1,314 @@
+"""Differentiable backwards: each op's backward written again in tensor ops (create_graph=True).
+
+Function.backward works on arrays, so a gradient it returns has no graph. For a second
+derivative the engine calls backward_graph instead (autograd.backpropagate_graph): the same
+formula, but on Tensors, so every multiply of the backward pass is an op recorded in a new
+graph. Where a derivative depends on an input (mul: da = g * b) the input comes back as a
+Tensor with its own graph (Function.saved_input: the array forward saved, pointing to where
+the input came from); where it depends on the output (exp: da = g * out) the output comes back
+as a Tensor made by the op itself (Function.saved_output). What is piecewise constant (relu's
+mask, max's winners) stays a constant. Each formula uses only ops that have a backward_graph
+of their own, so the gradients can be differentiated to any order.
+
+This module attaches backward_graph to the op classes (and so to their CPU twins).
+"""
+import math
+
+import numpy as np
+
+from ..backend import get_array_module
+from ..function import Function
+from ..tensor import Tensor
+from . import elementwise as E, fused as F, reduce as R, shape as S
+from .linear import LinearFn
+from .matmul import MatMul, matmul
+from .elementwise import _erf
+
+
+def const(arr):
+    return Tensor._make(arr, False)
+
+
+def sum_to(t, meta):
+    """t summed back to meta's (shape, dtype) where broadcasting stretched it, differentiably."""
+    if meta is None:
+        return None
+    shape, dtype = meta
+    if t.shape != tuple(shape):
+        lead = t.ndim - len(shape)
+        axes = tuple(range(lead)) + tuple(lead + i for i, n in enumerate(shape) if n == 1 and t.shape[lead + i] != 1)
+        t = R.sum(t, axis=axes, keepdims=True).reshape(*shape) if axes else t
+    return t if t.dtype == dtype else E.cast(t, dtype)
+
+
+def _on(cls):
+    """Decorator: attach the function as cls.backward_graph."""
+    def put(f):
+        cls.backward_graph = f
+        return f
+    return put
+
+
+# ---------------------------------------------------------------- elementwise
+@_on(E.Add)
+def _add(self, g):
+    return sum_to(g, self.ma), sum_to(g, self.mb)
+
+
+@_on(E.Sub)
+def _sub(self, g):
+    return sum_to(g, self.ma), sum_to(-g, self.mb) if self.mb else None
+
+
+@_on(E.Mul)
+def _mul(self, g):
+    a, b = self.saved_input(0, self.a), self.saved_input(1, self.b)
+    return sum_to(g * b, E.meta(self.a)), sum_to(g * a, E.meta(self.b))
+
+
+@_on(E.Div)
+def _div(self, g):
+    a, b = self.saved_input(0, self.a), self.saved_input(1, self.b)
+    return sum_to(g / b, E.meta(self.a)), sum_to(-g * a / (b * b), E.meta(self.b))
+
+
+@_on(E.Neg)
+def _neg(self, g):
+    return -g
+
+
+@_on(E.Pow)
+def _pow(self, g):
+    a, b, out = self.saved_input(0, self.a), self.saved_input(1, self.b), self.saved_output(self.out)
+    need_a, need_b = self.needs_input_grad
+    da = sum_to(g * b * a ** (b - 1), E.meta(self.a)) if need_a else None
+    db = None
+    if need_b:
+        log_a = E.log(a) if isinstance(a, Tensor) else math.log(a)
+        db = sum_to(g * out * log_a, E.meta(self.b))
+    return da, db
+
+
+@_on(E.Cast)
+def _cast(self, g):
+    return E.cast(g, self.dtype)
+
+
+@_on(E.Exp)
+def _exp(self, g):
+    return g * self.saved_output(self.out)
+
+
+@_on(E.Log)
+def _log(self, g):
+    return g / self.saved_input(0, self.a)
+
+
+@_on(E.Sqrt)
+def _sqrt(self, g):
+    return g / (2 * self.saved_output(self.out))
+
+
+@_on(E.Tanh)
+def _tanh(self, g):
+    out = self.saved_output(self.out)
+    return g * (1 - out * out)
+
+
+@_on(E.Sigmoid)
+def _sigmoid(self, g):
+    out = self.saved_output(self.out)
+    return g * out * (1 - out)
+
+
+@_on(E.ReLU)
+def _relu(self, g):
+    return g * const(self.mask.astype(g.dtype))
+
+
+@_on(E.LeakyReLU)
+def _leaky_relu(self, g):
+    return g * const(self.factor)
+
+
+@_on(E.SiLU)
+def _silu(self, g):
+    a = self.saved_input(0, self.a)
+    s = E.sigmoid(a)
+    return g * s * (1 + a * (1 - s))
+
+
+@_on(E.Abs)
+def _abs(self, g):
+    return g * const(get_array_module(self.a).sign(self.a))
+
+
+@_on(E.Clamp)
+def _clamp(self, g):
+    return g * const(self.mask.astype(g.dtype))
+
+
+@_on(E.Maximum)
+def _maximum(self, g):
+    wa = const(self.wa.astype(g.dtype))
+    return sum_to(g * wa, self.ma), sum_to(g * (1 - wa), self.mb)
+
+
+@_on(E.Where)
+def _where(self, g):
+    return None, sum_to(E.where(self.cond, g, 0.0), self.ma), sum_to(E.where(self.cond, 0.0, g), self.mb)
+
+
+class NormalCDF(Function):
+    """out = Phi(a), the standard normal CDF;  da = g phi(a) (exact GELU's derivative uses it)"""
+    def forward(self, a):
+        self.a = a
+        return 0.5 * (1 + _erf(get_array_module(a), a * a.dtype.type(1 / math.sqrt(2))))
+
+    def backward(self, g):
+        xp = get_array_module(g)
+        return g * xp.exp(-0.5 * self.a * self.a) * self.a.dtype.type(1 / math.sqrt(2 * math.pi))
+
+    def backward_graph(self, g):
+        a = self.saved_input(0, self.a)
+        return g * E.exp(-0.5 * a * a) * (1 / math.sqrt(2 * math.pi))
+
+
+@_on(E.GELU)
+def _gelu(self, g):
+    a = self.saved_input(0, self.a)
+    if self.approximate == "none":                               # Phi(a) + a phi(a)
+        return g * (NormalCDF.apply(a) + a * E.exp(-0.5 * a * a) * (1 / math.sqrt(2 * math.pi)))
+    t = E.tanh(E._GELU_C * (a + 0.044715 * a * a * a))
+    return g * (0.5 * (1 + t) + 0.5 * a * (1 - t * t) * E._GELU_C * (1 + 3 * 0.044715 * a * a))
+
+
+# ----------------------------------------------------------------- reductions
+def _expand_back(g, shape, axes, keepdims):
+    if not keepdims:
+        g = g.reshape(*[1 if i in axes else n for i, n in enumerate(shape)])
+    return S.broadcast_to(g, shape)
+
+
+@_on(R.Sum)
+def _sum(self, g):
+    return _expand_back(g, self.shape, self.axes, self.keepdims)
+
+
+@_on(R.Mean)
+def _mean(self, g):
+    return _expand_back(g / self.n, self.shape, self.axes, self.keepdims)
+
+
+@_on(R.Max)
+def _max(self, g):
+    return _expand_back(g, self.shape, self.axes, self.keepdims) * const(self.weights)
+
+
+# ----------------------------------------------------------------- shape ops
+@_on(S.Reshape)
+def _reshape(self, g):
+    return g.reshape(*self.shape)
+
+
+@_on(S.Permute)
+def _permute(self, g):
+    return S.permute(g, *self.inverse)
+
+
+@_on(S.Expand)
+def _expand(self, g):
+    return sum_to(g, (self.shape, g.dtype))
+
+
+class ScatterAdd(Function):
+    """out = zeros(shape) with g added at index: GetItem's backward as an op, so that it can
+    be differentiated again;  dg = gg[index]"""
+    def forward(self, g, getitem):
+        self.shape, self.dtype, self.index = getitem.shape, getitem.dtype, getitem.index
+        return S.GetItem.backward(self, g)
+
+    def backward(self, gg):
+        return gg[self.index]
+
+    def backward_graph(self, gg):
+        return S.getitem(gg, self.index)
+
+
+@_on(S.GetItem)
+def _getitem(self, g):
+    return ScatterAdd.apply(g, getitem=self)
+
+
+@_on(S.Cat)
+def _cat(self, g):
+    bounds = [0, *[int(s) for s in self.splits], g.shape[self.axis]]
+    pre = (slice(None),) * self.axis
+    return tuple(S.getitem(g, pre + (slice(lo, hi),)) for lo, hi in zip(bounds[:-1], bounds[1:]))
+
+
+@_on(S.Stack)
+def _stack(self, g):
+    pre = (slice(None),) * self.axis
+    return tuple(S.getitem(g, pre + (i,)) for i in range(g.shape[self.axis]))
+
+
+# ---------------------------------------------------------------- matmul, linear
+@_on(MatMul)
+def _matmul(self, g):
+    a, b = self.saved_input(0, self.a), self.saved_input(1, self.b)
+    a2 = a.reshape(1, -1) if a.ndim == 1 else a              # (..., M, K)
+    b2 = b.reshape(-1, 1) if b.ndim == 1 else b              # (..., K, N)
+    if b.ndim == 1:
+        g = g.unsqueeze(-1)
+    if a.ndim == 1:
+        g = g.unsqueeze(-2)                                  # (..., M, N)
+    need_a, need_b = self.needs_input_grad
+    da = sum_to(matmul(g, b2.mT), (a2.shape, a.dtype)).reshape(*a.shape) if need_a else None
+    db = sum_to(matmul(a2.mT, g), (b2.shape, b.dtype)).reshape(*b.shape) if need_b else None
+    return da, db
+
+
+@_on(LinearFn)
+def _linear(self, g):
+    x = self.saved_input(0, self.x2.reshape(self.x_shape))
+    w = self.saved_input(1, self.w)
+    need_x, need_w, need_b = self.needs_input_grad
+    g2 = g.reshape(-1, g.shape[-1])                          # (N, out)
+    dx = matmul(g2, w).reshape(*self.x_shape) if need_x else None
+    dw = matmul(g2.mT, x.reshape(-1, self.w.shape[1])) if need_w else None
+    db = R.sum(g2, axis=0) if self.has_b and need_b else None
+    return dx, dw, db
+
+
+# ----------------------------------------------------------------- fused ops
+@_on(F.Softmax)
+def _softmax(self, g):
+    y = self.saved_output(self.y)
+    return y * (g - R.sum(g * y, axis=self.axis, keepdims=True))
+
+
+@_on(F.LogSoftmax)
+def _log_softmax(self, g):
+    y = self.saved_output(self.y)
+    return g - E.exp(y) * R.sum(g, axis=self.axis, keepdims=True)
+
+
+@_on(F.CrossEntropy)
+def _cross_entropy(self, g):
+    """(softmax(x) - target distribution) * row scale. forward keeps softmax(x), not x: log of it
+    is x less a constant per row, so softmax of that Tensor is softmax(x), and so are all its
+    derivatives, and it points to x's graph (saved_input)."""
+    xp = get_array_module(self.probs)
+    N, V = self.probs.shape
+    logits = self.saved_input(0, xp.log(xp.maximum(self.probs, np.finfo(self.probs.dtype).tiny)).reshape(self.shape))
+    p = F.softmax(logits.reshape(N, V), axis=-1)
+    target = xp.zeros_like(self.probs)
+    target[xp.arange(N), self.t] = 1 - self.eps
+    target += self.eps / V
+    keep = const(self.keep[:, None].astype(self.probs.dtype))
+    if self.reduction == "none":
+        scale = g.reshape(-1, 1)
+    else:
+        scale = g if self.reduction == "sum" else g / const(self.n)
+    return ((p - const(target)) * keep * scale).reshape(*self.shape), None
