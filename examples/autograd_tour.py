@@ -8,6 +8,7 @@
 4. checking a gradient against finite differences
 5. gradients returned instead of accumulated (tg.grad)
 6. a picture of the graph (tg.draw_graph)
+7. gradients of gradients (create_graph=True): tanh's derivatives, Newton's method, a Hessian-vector product
 """
 import argparse
 import sys
@@ -107,6 +108,41 @@ def picture():
           "(pip install -e .[graph])")
 
 
+def higher_order():
+    print("7. create_graph=True: the backward pass is recorded too, so a gradient can be differentiated again")
+    x = tg.tensor(0.5, dtype=tg.float64, requires_grad=True)
+    derivs, y = [], x.tanh()
+    for _ in range(4):                       # d/dx of the previous derivative, four times
+        (y,) = tg.grad(y, [x], create_graph=True)
+        derivs.append(y.item())
+    t = np.tanh(0.5)                         # closed forms in t = tanh(x)
+    closed = [1 - t**2, -2 * t * (1 - t**2), (1 - t**2) * (6 * t**2 - 2), 8 * t * (1 - t**2) * (2 - 3 * t**2)]
+    print("   tanh at 0.5, orders 1-4: " + ", ".join(f"{d:+.6f}" for d in derivs))
+    print("   closed forms:            " + ", ".join(f"{c:+.6f}" for c in closed))
+
+    x = tg.tensor(3.0, dtype=tg.float64, requires_grad=True)    # Newton: x <- x - f'(x) / f''(x)
+    for _ in range(8):
+        f = x ** 4 - 3 * x ** 2 + x                              # a minimum at x = 1.1309...
+        (d1,) = tg.grad(f, [x], create_graph=True)               # f' as a Tensor with a graph
+        (d2,) = tg.grad(d1, [x])                                 # f'' from it
+        x = tg.tensor(x.item() - d1.item() / d2.item(), dtype=tg.float64, requires_grad=True)
+    print(f"   Newton's method on x^4 - 3x^2 + x from x = 3: x = {x.item():.6f}, f'(x) = {4 * x.item()**3 - 6 * x.item() + 1:.1e}")
+
+    tg.manual_seed(0)                        # a Hessian-vector product of a small MLP's loss
+    W1, W2 = tg.randn(4, 8, dtype=tg.float64), tg.randn(8, 1, dtype=tg.float64)
+    xs, ys = tg.randn(16, 4, dtype=tg.float64), tg.randn(16, 1, dtype=tg.float64)
+
+    def loss(w1):
+        return (((xs @ w1).tanh() @ W2 - ys) ** 2).mean()
+    v = tg.randn(4, 8, dtype=tg.float64)
+    hv = tg.functional.hvp(loss, W1, v).numpy()
+    h = 1e-5                                 # central difference of gradients along v
+    plus, minus = (tg.tensor(W1.numpy() + s * h * v.numpy(), dtype=tg.float64, requires_grad=True) for s in (1, -1))
+    fd = (tg.grad(loss(plus), [plus])[0] - tg.grad(loss(minus), [minus])[0]) / (2 * h)
+    err = np.abs(hv - fd).max() / np.abs(fd).max()
+    print(f"   MLP loss, Hessian-vector product by double backward vs finite differences: relative error {err:.1e}")
+
+
 if __name__ == "__main__":
     argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     scalars()
@@ -115,3 +151,4 @@ if __name__ == "__main__":
     gradient_check()
     returned_gradients()
     picture()
+    higher_order()

@@ -261,6 +261,13 @@ def test_autograd_tour_runs(capsys, monkeypatch):
     assert "d/dx = [ 6. 12. 18.] (by hand 6x), d/dh = [3. 3. 3.] (by hand 3), and x.grad is still None" in out
     assert "   Mean -> () float32\n   └── Pow -> (1, 2) float32\n" in out            # the picture's text form
     assert "│   └── W (3, 2) float32, requires grad" in out
+    lines = out.splitlines()                                         # stop 7: tanh's derivatives = closed forms
+    derivs = next(line for line in lines if "orders 1-4" in line).split(":", 1)[1].split(",")
+    closed = next(line for line in lines if "closed forms:" in line).split(":", 1)[1].split(",")
+    assert [float(d) for d in derivs] == [float(c) for c in closed]
+    hvp_line = next(line for line in lines if "Hessian-vector product" in line)
+    assert float(hvp_line.rsplit(" ", 1)[1]) < 1e-6
+    assert "x = 1.130901, f'(x) = 0.0e+00" in next(line for line in lines if "Newton" in line)
 
 
 def test_readme_tour_prints_what_its_comments_say(capsys):
