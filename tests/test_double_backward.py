@@ -125,9 +125,51 @@ def test_gradient_penalty_trains():
 
 def test_no_differentiable_backward_is_named():
     x = rand64(2, 4)
-    y = tg.layer_norm(x)
-    with pytest.raises(NotImplementedError, match="layernorm.* has no differentiable backward yet"):
+    y = tg.rms_norm(x, tg.ones(4, dtype=tg.float64))
+    with pytest.raises(NotImplementedError, match="rmsnorm.* has no differentiable backward yet"):
         tg.grad(y.sum(), x, create_graph=True)
+
+
+MASK = np.random.default_rng(0).random((4, 5)) > 0.3
+MASK[:, 0] = True                                   # every query sees a key
+
+
+@pytest.mark.parametrize("name,f,shapes", [
+    ("layer_norm", lambda x, w, b: (tg.layer_norm(x, w, b) * x).sum(-1), [(2, 3, 4), (4,), (4,)]),
+    ("embedding", lambda w: (tg.embedding(np.array([[0, 2, 2], [1, 0, 3]]), w) ** 3).sum(-1), [(5, 4)]),
+    ("dropout_add", lambda x, r: tg.dropout_add(x, r, 0.0) ** 3, [(2, 3), (2, 3)]),
+    ("sdpa_causal", lambda q, k, v: tg.scaled_dot_product_attention(q, k, v, is_causal=True) ** 2,
+     [(2, 4, 3), (2, 4, 3), (2, 4, 3)]),
+    ("sdpa_mask", lambda q, k, v: tg.scaled_dot_product_attention(q, k, v, mask=MASK) ** 2,
+     [(2, 4, 3), (2, 5, 3), (2, 5, 3)]),
+    ("qkv_attention", lambda x: tg.qkv_attention(x, 2) ** 2, [(2, 3, 12)]),
+])
+def test_fused_ops(name, f, shapes):
+    check_grad(f, *(rand64(*s) for s in shapes), name=name, order=2)
+
+
+def test_gpt_hessian_vector_product_against_finite_differences():
+    """A small GPT (layer norm, embeddings, attention, GELU MLP, tied head, cross-entropy) in
+    float64: H v by double backward equals a central difference of gradients along v."""
+    from gpt import GPT, GPTConfig
+    tg.manual_seed(0)
+    model = GPT(GPTConfig(block_size=8, vocab_size=11, n_layer=2, n_head=2, n_embd=16)).to(dtype=np.float64)
+    params = list(model.parameters())
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(0, 11, (2, 8)), rng.integers(0, 11, (2, 8))
+    v = [rng.standard_normal(p.shape) for p in params]
+    g = tg.grad(model(x, y)[1], params, create_graph=True)
+    hv = tg.grad(sum((gi * tg.tensor(vi, dtype=tg.float64)).sum() for gi, vi in zip(g, v)), params)
+    h, sides = 1e-5, []
+    for sign in (1, -1):
+        for p, vi in zip(params, v):
+            p.data += sign * h * vi
+        sides.append(np.concatenate([a.ravel() for a in tg.grad(model(x, y)[1], params)]))
+        for p, vi in zip(params, v):
+            p.data -= sign * h * vi
+    fd = (sides[0] - sides[1]) / (2 * h)
+    an = np.concatenate([a.ravel() for a in hv])
+    assert np.linalg.norm(an - fd) / np.linalg.norm(fd) < 1e-4
 
 
 def test_jvp_through_grad_output():

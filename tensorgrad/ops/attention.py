@@ -45,6 +45,7 @@ class ScaledDotProductAttention(Function):
             self.keep = generator("cpu" if xp is np else "cuda").random(self.att.shape, dtype=np.float32) >= dropout_p
             self.drop_scale = q.dtype.type(1.0 / (1.0 - dropout_p))
         self.q, self.k, self.v = q, k, v
+        self.mask, self.causal = mask, is_causal                       # for the differentiable backward
         return mm(self.dropped(self.att), v).astype(self.dtype, copy=False)   # (..., T, hv)
 
     def weights(self, q, k, mask, is_causal):

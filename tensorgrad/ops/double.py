@@ -19,7 +19,7 @@ import numpy as np
 from ..backend import get_array_module
 from ..function import Function
 from ..tensor import Tensor
-from . import elementwise as E, fused as F, reduce as R, shape as S
+from . import attention as A, elementwise as E, fused as F, reduce as R, shape as S
 from .linear import LinearFn
 from .matmul import MatMul, matmul
 from .elementwise import _erf
@@ -312,3 +312,80 @@ def _cross_entropy(self, g):
     else:
         scale = g if self.reduction == "sum" else g / const(self.n)
     return ((p - const(target)) * keep * scale).reshape(*self.shape), None
+
+
+@_on(F.LayerNorm)
+def _layer_norm(self, g):
+    """dx, dw, db of layer norm, written out on Tensors. forward keeps xh and rstd, not x: xh / rstd
+    is x less its row mean, and a layer norm (and so all its derivatives) cannot tell the two apart."""
+    x = self.saved_input(0, self.xh / self.rstd)                              # (..., C)
+    need_x, need_w, need_b = self.needs_input_grad
+    g = g if g.dtype == x.dtype else E.cast(g, x.dtype)
+    xc = x - R.mean(x, axis=-1, keepdims=True)
+    rstd = 1.0 / E.sqrt(R.mean(xc * xc, axis=-1, keepdims=True) + self.eps)   # (..., 1)
+    xh = xc * rstd
+    dxh = g if self.w is None else g * self.saved_input(1, self.w)
+    dx = rstd * (dxh - R.mean(dxh, axis=-1, keepdims=True) - xh * R.mean(dxh * xh, axis=-1, keepdims=True))
+    dw = sum_to(g * xh, self.input_meta[1]) if self.w is not None and need_w else None
+    db = sum_to(g, self.input_meta[2]) if self.has_b and need_b else None
+    return (dx if need_x else None), dw, db
+
+
+class _Rows:
+    """What ScatterAdd needs of a GetItem: the embedding's lookup as weight[idx]."""
+    def __init__(self, shape, dtype, index):
+        self.shape, self.dtype, self.index = shape, dtype, index
+
+
+@_on(F.Embedding)
+def _embedding(self, g):
+    return ScatterAdd.apply(g, getitem=_Rows(self.shape, g.dtype, self.idx)), None
+
+
+@_on(F.Dropout)
+def _dropout(self, g):
+    return g * const(self.mask)
+
+
+@_on(F.DropoutAdd)
+def _dropout_add(self, g):
+    dx = g if self.mask is None else g * const(self.mask)
+    dx, dr = (t if t.dtype == dt else E.cast(t, dt) for t, dt in zip((dx, g), self.dtypes))
+    return dx, dr
+
+
+def _attention_grads(fn, q, k, v, g):
+    """dq, dk, dv of ScaledDotProductAttention fn on Tensors q, k, v (..., T, hs), g (..., T, hv):
+    the attention weights recomputed from q and k, so that they carry q's and k's graph."""
+    T, S = q.shape[-2], k.shape[-2]
+    xp = get_array_module(q.data)
+    s = matmul(q, k.mT) * fn.scale                                            # (..., T, S)
+    if fn.causal:
+        s = E.where(xp.tri(T, S, k=S - T, dtype=bool), s, -math.inf)
+    if fn.mask is not None:
+        s = E.where(fn.mask, s, -math.inf)
+    att = F.softmax(s, axis=-1)
+    drop = (lambda a: a) if fn.keep is None else (lambda a: a * const((fn.keep * fn.drop_scale).astype(fn.att.dtype)))
+    datt = drop(matmul(g, v.mT))
+    ds = att * (datt - R.sum(datt * att, axis=-1, keepdims=True)) * fn.scale
+    return matmul(ds, k), matmul(ds.mT, q), matmul(drop(att).mT, g)
+
+
+@_on(A.ScaledDotProductAttention)
+def _sdpa(self, g):
+    q, k, v = (self.saved_input(i, a) for i, a in enumerate((self.q, self.k, self.v)))
+    need = self.needs_input_grad[:3]
+    grads = _attention_grads(self, q, k, v, g)
+    return tuple(sum_to(d, m) if n else None for d, m, n in zip(grads, self.input_meta[:3], need)) + (None,)
+
+
+@_on(A.QKVAttention)
+def _qkv_attention(self, g):
+    fn = self.attn
+    xp = get_array_module(fn.q)
+    B, nh, T, hs = fn.q.shape
+    qkv = xp.stack([fn.q, fn.k, fn.v]).transpose(1, 3, 0, 2, 4).reshape(B, T, 3 * nh * hs)
+    heads = S.permute(self.saved_input(0, qkv).reshape(B, T, 3, nh, hs), 2, 0, 3, 1, 4)   # (3, B, nh, T, hs)
+    gy = S.permute(g.reshape(B, T, nh, hs), 0, 2, 1, 3)                                    # (B, nh, T, hs)
+    grads = _attention_grads(fn, heads[0], heads[1], heads[2], gy)
+    return S.permute(S.stack(list(grads), axis=0), 1, 3, 0, 2, 4).reshape(B, T, 3 * nh * hs)

@@ -59,7 +59,7 @@ class LayerNorm(Function):
         if w is not None and w.shape != (C,) or b is not None and b.shape != (C,):
             raise ShapeError(f"layer_norm: weight/bias must have shape ({C},) for input {x.shape}, "
                              f"got {getattr(w, 'shape', None)} and {getattr(b, 'shape', None)}")
-        self.w, self.has_b = w, b is not None
+        self.w, self.has_b, self.eps = w, b is not None, eps
         return self.normalize(x, w, b, eps).astype(out_dtype or x.dtype, copy=False)
 
     def normalize(self, x, w, b, eps):
