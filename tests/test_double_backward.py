@@ -1,5 +1,7 @@
 """Second derivatives (create_graph=True): gradgradcheck over every op with a differentiable
 backward, higher orders against closed forms, and the engine's contract."""
+import contextlib
+
 import numpy as np
 import pytest
 
@@ -123,15 +125,41 @@ def test_gradient_penalty_trains():
     assert pens[-1] < 0.5 * pens[0]
 
 
+class Cube(tg.Function):
+    """A user's op with an array backward only."""
+    def forward(self, a):
+        self.a = a
+        return a ** 3
+
+    def backward(self, g):
+        return 3 * self.a ** 2 * g
+
+
 def test_no_differentiable_backward_is_named():
     x = rand64(2, 4)
-    y = tg.rms_norm(x, tg.ones(4, dtype=tg.float64))
-    with pytest.raises(NotImplementedError, match="rmsnorm.* has no differentiable backward yet"):
+    y = Cube.apply(x)
+    with pytest.raises(NotImplementedError, match="cube.* has no differentiable backward yet"):
         tg.grad(y.sum(), x, create_graph=True)
+    np.testing.assert_allclose(tg.grad(y.sum(), x), 3 * x.data ** 2)     # the array path still works
+
+
+def test_every_builtin_op_has_a_differentiable_backward():
+    """Each Function subclass of the library (twins included) has backward_graph."""
+    import tensorgrad.ops.cpu, tensorgrad.ops.cuda  # noqa: E401,F401  (register the twins)
+
+    def subclasses(c):
+        for s in c.__subclasses__():
+            yield s
+            yield from subclasses(s)
+    missing = {c.__qualname__ for c in subclasses(tg.Function) if c.__module__.startswith("tensorgrad.")
+               and not c.__name__.startswith("_") and c.backward_graph is tg.Function.backward_graph}
+    assert not missing
 
 
 MASK = np.random.default_rng(0).random((4, 5)) > 0.3
 MASK[:, 0] = True                                   # every query sees a key
+ANGLES = np.arange(4)[:, None] * np.array([1.0, 0.3, 0.05])
+COS, SIN = np.cos(ANGLES), np.sin(ANGLES)           # (T, hs/2)
 
 
 @pytest.mark.parametrize("name,f,shapes", [
@@ -143,6 +171,19 @@ MASK[:, 0] = True                                   # every query sees a key
     ("sdpa_mask", lambda q, k, v: tg.scaled_dot_product_attention(q, k, v, mask=MASK) ** 2,
      [(2, 4, 3), (2, 5, 3), (2, 5, 3)]),
     ("qkv_attention", lambda x: tg.qkv_attention(x, 2) ** 2, [(2, 3, 12)]),
+    ("rms_norm", lambda x, w: (tg.rms_norm(x, w) * x).sum(-1), [(2, 3, 4), (4,)]),
+    ("rms_norm_no_weight", lambda x: tg.rms_norm(x) ** 3, [(3, 4)]),
+    ("rotary", lambda x: tg.rotary_embedding(x, COS, SIN) ** 3, [(2, 4, 6)]),
+    ("var", lambda x: tg.var(x * x, axis=-1) * x[:, 0], [(3, 4)]),
+    ("std_all", lambda x: tg.std(x, correction=0) * x, [(3, 4)]),
+    ("tril", lambda x: tg.tril(x * x, k=0) ** 2, [(3, 4)]),
+    ("triu", lambda x: tg.triu(x, k=1) ** 3, [(2, 3, 4)]),
+    ("mse", lambda x, y: tg.mse_loss(x * x, y), [(3, 4), (3, 4)]),
+    ("bce", lambda x, y: tg.binary_cross_entropy_with_logits(x * x, tg.sigmoid(y)), [(3, 4), (3, 4)]),
+    ("bce_none", lambda x, y: tg.binary_cross_entropy_with_logits(x, y, reduction="none") ** 2, [(3, 4), (3, 4)]),
+    ("nll", lambda x: tg.nll_loss(tg.log_softmax(x * x), np.array([0, 3, 1])), [(3, 4)]),
+    ("nll_none_ignore", lambda x: tg.nll_loss(x * x, np.array([2, -100, 1]), reduction="none"), [(3, 4)]),
+    ("nll_sum", lambda x: tg.nll_loss(tg.log_softmax(x) * x, np.array([2, 0, 1]), reduction="sum"), [(3, 4)]),
 ])
 def test_fused_ops(name, f, shapes):
     check_grad(f, *(rand64(*s) for s in shapes), name=name, order=2)
@@ -170,6 +211,67 @@ def test_gpt_hessian_vector_product_against_finite_differences():
     fd = (sides[0] - sides[1]) / (2 * h)
     an = np.concatenate([a.ravel() for a in hv])
     assert np.linalg.norm(an - fd) / np.linalg.norm(fd) < 1e-4
+
+
+def _gpt_hvp(device="cpu", dtype=np.float64, reference=False, n_embd=16, n_head=2):
+    """H v of a small GPT's loss (dropout 0), flattened to one float64 vector."""
+    from gpt import GPT, GPTConfig
+    tg.manual_seed(0)
+    model = GPT(GPTConfig(block_size=8, vocab_size=11, n_layer=2, n_head=n_head, n_embd=n_embd))
+    model = model.to(dtype=np.float64).to(device=device, dtype=dtype)
+    params = list(model.parameters())
+    rng = np.random.default_rng(0)
+    x, y = (tg.tensor(rng.integers(0, 11, (2, 8)), device=device) for _ in range(2))
+    v = [tg.tensor(rng.standard_normal(p.shape), dtype=dtype, device=device) for p in params]
+    with tg.reference_ops() if reference else contextlib.nullcontext():
+        g = tg.grad(model(x, y)[1], params, create_graph=True)
+        hv = tg.grad(sum((gi * vi).sum() for gi, vi in zip(g, v)), params)
+    return np.concatenate([(a.get() if device == "cuda" else a).astype(np.float64).ravel() for a in hv])
+
+
+def test_cpu_twins_second_derivatives_equal_the_references():
+    """The CPU twins (in-place layer norm, BLAS attention, ...) under create_graph=True give the
+    plain references' Hessian-vector product."""
+    twins, ref = _gpt_hvp(), _gpt_hvp(reference=True)
+    assert np.linalg.norm(twins - ref) / np.linalg.norm(ref) < 1e-12
+
+
+@pytest.mark.cuda
+def test_cuda_twins_second_derivatives_equal_cpu():
+    """On the GPU, in float32, the fused kernels' ops (layer norm, attention at head size 32,
+    cross-entropy, GELU, linear with the bias epilogue) under create_graph=True: H v equal to
+    the CPU's float64 to float32 rounding."""
+    gpu = _gpt_hvp("cuda", np.float32, n_embd=64)
+    cpu = _gpt_hvp("cpu", np.float64, n_embd=64)
+    assert np.linalg.norm(gpu - cpu) / np.linalg.norm(cpu) < 1e-4
+
+
+@pytest.mark.cuda
+def test_cuda_dropout_second_derivatives_use_the_same_mask():
+    """Dropout's kernels keep no mask: the double backward draws it again from the same Philox
+    slot. y = m x (m = keep / (1 - p)): L = sum(y^3) has d/dx <dL/dx, v> = 6 y m^2 v, and for
+    dropout_add (y = r + m x) d/dr of it is 6 y m v."""
+    rng = np.random.default_rng(0)
+    x, r, v = (tg.tensor(rng.uniform(0.5, 1.5, (64, 48)), dtype=tg.float32, device="cuda", requires_grad=True)
+               for _ in range(3))
+    y = tg.dropout(x, 0.3)
+    m = y.numpy() / x.numpy()
+    gx = tg.grad((y ** 3).sum(), x, create_graph=True)
+    np.testing.assert_allclose(tg.grad((gx * v).sum(), x).get(), 6 * y.numpy() * m * m * v.numpy(), rtol=1e-5)
+    y = tg.dropout_add(x, r, 0.3)
+    m = (y.numpy() - r.numpy()) / x.numpy()
+    gx = tg.grad((y ** 3).sum(), x, create_graph=True)
+    ddx, ddr = tg.grad((gx * v).sum(), [x, r])
+    np.testing.assert_allclose(ddx.get(), 6 * y.numpy() * m * m * v.numpy(), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(ddr.get(), 6 * y.numpy() * m * v.numpy(), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.cuda
+def test_cuda_attention_dropout_under_create_graph_is_one_clear_error():
+    q = tg.randn(2, 2, 16, 32, device="cuda", requires_grad=True)
+    y = tg.scaled_dot_product_attention(q, q, q, is_causal=True, dropout_p=0.1)
+    with pytest.raises(NotImplementedError, match="dropout_p > 0 on the GPU"):
+        tg.grad(y.sum(), q, create_graph=True)
 
 
 def test_jvp_through_grad_output():

@@ -14,7 +14,8 @@ import math
 import numpy as np
 
 from .. import backend, kernels
-from ..function import twin_gates
+from ..function import Function, twin_gates
+from . import double
 from .attention import QKVAttention, ScaledDotProductAttention
 from ..kernels import compile_ahead, cublaslt  # noqa: F401  (compile_ahead: tg.compile_ahead)
 from .elementwise import GELU
@@ -33,7 +34,7 @@ class SoftmaxCUDA(Softmax):
         return axis in (-1, x.ndim - 1)
 
     def forward(self, x, axis=-1):
-        self.y = kernels.softmax_forward(x)
+        self.y, self.axis = kernels.softmax_forward(x), axis
         return self.y
 
     def backward(self, g):
@@ -49,11 +50,14 @@ class LayerNormCUDA(LayerNorm):
 
     def forward(self, x, w, b, eps=1e-5, out_dtype=None):
         y, self.mean, self.rstd = kernels.layernorm_forward(x, w, b, eps, out_dtype)   # mean, rstd: (...,)
-        self.x, self.w = x, w
+        self.x, self.w, self.has_b, self.eps = x, w, True, eps
         return y
 
     def backward(self, g, acc=None):
         return kernels.layernorm_backward(g, self.x, self.w, self.mean, self.rstd, acc)
+
+    def backward_graph(self, g):
+        return double.layer_norm_grads(self, g, self.x)
 
 
 class CrossEntropyCUDA(CrossEntropy):
@@ -73,6 +77,9 @@ class CrossEntropyCUDA(CrossEntropy):
         xp = backend.get_array_module(self.x)
         row_scale = xp.ascontiguousarray(xp.broadcast_to(xp.reshape(row_scale, (-1,)), self.keep.shape))
         return kernels.cross_entropy_backward(self.x, self.t, self.keep, self.lse, row_scale)
+
+    def backward_graph(self, g):
+        return double.cross_entropy_grads(self, g, self.x)
 
 
 class GELUCUDA(GELU):
@@ -94,6 +101,9 @@ class DropoutCUDA(Dropout):
     def backward(self, g):
         return kernels.dropout(g, self.p, self.slot)
 
+    def backward_graph(self, g):
+        return Redropout.apply(g, p=self.p, slot=self.slot)
+
 
 class DropoutAddCUDA(DropoutAdd):
     """One pass for dropout and the residual add; the mask is redrawn from Philox in backward.
@@ -112,6 +122,24 @@ class DropoutAddCUDA(DropoutAdd):
             return g, g                                  # a plain add: both get the gradient as it is
         return kernels.dropout(g, self.p, self.slot, out_dtype=self.x_dtype), g
 
+    def backward_graph(self, g):
+        return Redropout.apply(g, p=self.p, slot=self.slot, out_dtype=self.x_dtype), g
+
+
+class Redropout(Function):
+    """g -> g * keep / (1 - p) (as out_dtype), keep drawn again from a twin's Philox slot: the
+    twins' dropout backward as an op, for create_graph=True. A diagonal map is its own
+    transpose, so its backward is the same call, back in g's dtype."""
+    def forward(self, g, p, slot, out_dtype=None):
+        self.p, self.slot, self.dtype = p, slot, g.dtype
+        return kernels.dropout(g, p, slot, out_dtype=out_dtype)
+
+    def backward(self, gg):
+        return kernels.dropout(gg.astype(self.dtype, copy=False), self.p, self.slot)
+
+    def backward_graph(self, gg):
+        return Redropout.apply(gg, p=self.p, slot=self.slot, out_dtype=self.dtype)
+
 
 def _attention_call(fn, q, k, v, is_causal, dropout_p, scale, y):
     """Run the fused forward into y; keep what the backward needs on fn."""
@@ -120,6 +148,14 @@ def _attention_call(fn, q, k, v, is_causal, dropout_p, scale, y):
     fn.slot = kernels.rng_slot() if dropout_p > 0 else backend.philox_state()   # never read when p == 0
     fn.lse = kernels.attention_forward(q, k, v, y, is_causal, fn.scale, dropout_p, fn.slot)  # (B, H, T)
     fn.q, fn.k, fn.v, fn.y = q, k, v, y
+
+
+def _no_kernel_dropout(fn, op):
+    """create_graph=True recomputes the attention weights as tensor ops (double._attention_grads);
+    the kernels' dropout mask is drawn inside them and never stored, so it has none to apply."""
+    if fn.p > 0:
+        raise NotImplementedError(f"{op}: create_graph=True with dropout_p > 0 on the GPU: the kernels' "
+                                  "dropout mask is never stored; use dropout_p=0 or the CPU")
 
 
 class ScaledDotProductAttentionCUDA(ScaledDotProductAttention):
@@ -143,6 +179,12 @@ class ScaledDotProductAttentionCUDA(ScaledDotProductAttention):
         kernels.attention_backward(cp.ascontiguousarray(g), self.q, self.k, self.v, self.y, self.lse,
                                    self.causal, self.scale, self.p, self.slot, dq, dk, dv)
         return dq, dk, dv, None
+
+    mask = keep = None          # no explicit mask (supports), no stored dropout: what backward_graph reads
+
+    def backward_graph(self, g):
+        _no_kernel_dropout(self, "scaled_dot_product_attention")
+        return super().backward_graph(g)
 
 
 def _heads(a, B, T, n, H):
@@ -181,6 +223,12 @@ class QKVAttentionCUDA(QKVAttention):
         kernels.attention_backward(gy, self.q, self.k, self.v, self.y, self.lse, self.causal, self.scale,
                                    self.p, self.slot, dq, dk, dv)
         return dqkv
+
+    mask = keep = None
+
+    def backward_graph(self, g):
+        _no_kernel_dropout(self, "qkv_attention")
+        return double.qkv_attention_grads(self, self, g)       # this twin keeps q, k, v itself
 
 
 class LinearCUDA(LinearFn):

@@ -205,6 +205,14 @@ def _max(self, g):
     return _expand_back(g, self.shape, self.axes, self.keepdims) * const(self.weights)
 
 
+@_on(R.Var)
+def _var(self, g):
+    """2 (a - mean(a)) / denom; forward keeps a - mean(a), which has the same centred value."""
+    a = self.saved_input(0, self.centered)
+    centered = a - R.mean(a, axis=self.axes, keepdims=True)
+    return _expand_back(g, self.shape, self.axes, self.keepdims) * centered * (2.0 / self.denom)
+
+
 # ----------------------------------------------------------------- shape ops
 @_on(S.Reshape)
 def _reshape(self, g):
@@ -214,6 +222,11 @@ def _reshape(self, g):
 @_on(S.Permute)
 def _permute(self, g):
     return S.permute(g, *self.inverse)
+
+
+@_on(S.Triangle)
+def _triangle(self, g):
+    return S.Triangle.apply(g, k=self.k, upper=self.upper)
 
 
 @_on(S.Expand)
@@ -296,39 +309,82 @@ def _log_softmax(self, g):
 
 @_on(F.CrossEntropy)
 def _cross_entropy(self, g):
-    """(softmax(x) - target distribution) * row scale. forward keeps softmax(x), not x: log of it
-    is x less a constant per row, so softmax of that Tensor is softmax(x), and so are all its
-    derivatives, and it points to x's graph (saved_input)."""
+    """forward keeps softmax(x), not x: log of it is x less a constant per row, so softmax of
+    that is softmax(x), and so are all its derivatives. (The CUDA twin keeps x itself.)"""
     xp = get_array_module(self.probs)
-    N, V = self.probs.shape
-    logits = self.saved_input(0, xp.log(xp.maximum(self.probs, np.finfo(self.probs.dtype).tiny)).reshape(self.shape))
-    p = F.softmax(logits.reshape(N, V), axis=-1)
-    target = xp.zeros_like(self.probs)
-    target[xp.arange(N), self.t] = 1 - self.eps
-    target += self.eps / V
-    keep = const(self.keep[:, None].astype(self.probs.dtype))
-    if self.reduction == "none":
-        scale = g.reshape(-1, 1)
-    else:
-        scale = g if self.reduction == "sum" else g / const(self.n)
-    return ((p - const(target)) * keep * scale).reshape(*self.shape), None
+    return cross_entropy_grads(self, g, xp.log(xp.maximum(self.probs, np.finfo(self.probs.dtype).tiny)))
+
+
+def cross_entropy_grads(fn, g, x):
+    """(softmax(x) - target distribution) * row scale, on Tensors; x (N, V): the logits, or any
+    array that differs from them by a constant per row, as a Tensor on the logits' graph."""
+    xp = get_array_module(x)
+    N, V = x.shape
+    p = F.softmax(fn.saved_input(0, x.reshape(fn.shape)).reshape(N, V), axis=-1)
+    target = xp.zeros_like(x)
+    target[xp.arange(N), fn.t] = 1 - fn.eps
+    target += fn.eps / V
+    keep = const(fn.keep[:, None].astype(x.dtype))
+    return ((p - const(target)) * keep * _row_scale(fn, g)).reshape(*fn.shape), None
+
+
+def _row_scale(loss, g):
+    """_ClassLoss._row_scale on a Tensor: (N, 1) for 'none', else 0-d."""
+    if loss.reduction == "none":
+        return g.reshape(-1, 1)
+    return g if loss.reduction == "sum" else g / const(loss.n)
+
+
+@_on(F.NLLLoss)
+def _nll_loss(self, g):
+    """-onehot(target) on kept rows times the row scale: constant in logp, linear in g."""
+    xp = get_array_module(self.keep)
+    N, V = self.keep.shape[0], self.shape[-1]
+    picked = xp.zeros((N, V), dtype=self.dtype)
+    picked[xp.arange(N), self.t] = self.keep
+    return (-const(picked) * _row_scale(self, g)).reshape(*self.shape), None
+
+
+@_on(F.BCEWithLogits)
+def _bce_with_logits(self, g):
+    x, y = self.saved_input(0, self.x), self.saved_input(1, self.y)
+    if self.reduction == "mean":
+        g = g / max(self.x.size, 1)
+    return (E.sigmoid(x) - y) * g, -x * g if self.needs_input_grad[1] else None
 
 
 @_on(F.LayerNorm)
 def _layer_norm(self, g):
-    """dx, dw, db of layer norm, written out on Tensors. forward keeps xh and rstd, not x: xh / rstd
-    is x less its row mean, and a layer norm (and so all its derivatives) cannot tell the two apart."""
-    x = self.saved_input(0, self.xh / self.rstd)                              # (..., C)
-    need_x, need_w, need_b = self.needs_input_grad
+    """forward keeps xh and rstd, not x: xh / rstd is x less its row mean, and a layer norm (and
+    so all its derivatives) cannot tell the two apart. (The CUDA twin keeps x itself.)"""
+    return layer_norm_grads(self, g, self.xh / self.rstd)
+
+
+def layer_norm_grads(fn, g, x):
+    """dx, dw, db of layer norm fn, on Tensors; x (..., C): the input, or the input less its row means."""
+    x = fn.saved_input(0, x)                                                  # (..., C)
+    need_x, need_w, need_b = fn.needs_input_grad
     g = g if g.dtype == x.dtype else E.cast(g, x.dtype)
     xc = x - R.mean(x, axis=-1, keepdims=True)
-    rstd = 1.0 / E.sqrt(R.mean(xc * xc, axis=-1, keepdims=True) + self.eps)   # (..., 1)
+    rstd = 1.0 / E.sqrt(R.mean(xc * xc, axis=-1, keepdims=True) + fn.eps)     # (..., 1)
     xh = xc * rstd
-    dxh = g if self.w is None else g * self.saved_input(1, self.w)
+    dxh = g if fn.w is None else g * fn.saved_input(1, fn.w)
     dx = rstd * (dxh - R.mean(dxh, axis=-1, keepdims=True) - xh * R.mean(dxh * xh, axis=-1, keepdims=True))
-    dw = sum_to(g * xh, self.input_meta[1]) if self.w is not None and need_w else None
-    db = sum_to(g, self.input_meta[2]) if self.has_b and need_b else None
+    dw = sum_to(g * xh, fn.input_meta[1]) if fn.w is not None and need_w else None
+    db = sum_to(g, fn.input_meta[2]) if fn.has_b and need_b else None
     return (dx if need_x else None), dw, db
+
+
+@_on(F.RMSNorm)
+def _rms_norm(self, g):
+    """As _layer_norm: x comes back as xh / r, its value to rounding, pointing to x's graph."""
+    x = self.saved_input(0, self.xh / self.r)                                # (..., C)
+    r = 1.0 / E.sqrt(R.mean(x * x, axis=-1, keepdims=True) + self.eps)       # (..., 1)
+    xh = x * r
+    gw = g if self.w is None else g * self.saved_input(1, self.w)
+    dx = r * (gw - xh * R.mean(gw * xh, axis=-1, keepdims=True))
+    dw = sum_to(g * xh, self.input_meta[1]) if self.w is not None and self.needs_input_grad[1] else None
+    return dx, dw
 
 
 class _Rows:
@@ -381,7 +437,11 @@ def _sdpa(self, g):
 
 @_on(A.QKVAttention)
 def _qkv_attention(self, g):
-    fn = self.attn
+    return qkv_attention_grads(self, self.attn, g)
+
+
+def qkv_attention_grads(self, fn, g):
+    """dqkv (B, T, 3C) of QKVAttention self, whose attention fn kept q, k, v (B, nh, T, hs)."""
     xp = get_array_module(fn.q)
     B, nh, T, hs = fn.q.shape
     qkv = xp.stack([fn.q, fn.k, fn.v]).transpose(1, 3, 0, 2, 4).reshape(B, T, 3 * nh * hs)
@@ -389,3 +449,9 @@ def _qkv_attention(self, g):
     gy = S.permute(g.reshape(B, T, nh, hs), 0, 2, 1, 3)                                    # (B, nh, T, hs)
     grads = _attention_grads(fn, heads[0], heads[1], heads[2], gy)
     return S.permute(S.stack(list(grads), axis=0), 1, 3, 0, 2, 4).reshape(B, T, 3 * nh * hs)
+
+
+@_on(A.Rotary)
+def _rotary(self, g):
+    """The backward is the rotation by minus the angle: rotary with -sin, linear in g."""
+    return A.Rotary.apply(g, self.cos, -self.sin), None, None

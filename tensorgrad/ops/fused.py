@@ -90,7 +90,7 @@ class RMSNorm(Function):
         xp = get_array_module(x)
         self.r = 1.0 / xp.sqrt((x * x).mean(axis=-1, keepdims=True) + eps)  # (..., 1)
         self.xh = x * self.r                                                  # (..., C)
-        self.w = w
+        self.w, self.eps = w, eps
         return self.xh * w if w is not None else self.xh
 
     def backward(self, g):

@@ -112,7 +112,7 @@ class Triangle(Function):
     def forward(self, a, k=0, upper=False):
         xp = get_array_module(a)
         self.fn = (xp.triu if upper else xp.tril)
-        self.k = k
+        self.k, self.upper = k, upper
         return self.fn(a, k)
 
     def backward(self, g):
