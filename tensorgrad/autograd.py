@@ -109,9 +109,22 @@ def _owned(ig, in_grads, g, g_owned):
 
 
 def _add(grads, edge, ig, owned):
-    """Add ig into the gradient of edge: the first is kept as it is, a later one makes a new sum."""
+    """Add ig into the gradient of edge. The first is kept as it is; a later one is added in
+    place into whichever of the two the engine owns (a + b and b + a are the same bits, and no
+    new array is made), else into a new sum."""
     prev = grads.get(id(edge))
-    grads[id(edge)] = (ig, owned) if prev is None else (prev[0] + ig, True)
+    if prev is None:
+        grads[id(edge)] = (ig, owned)
+    elif ig.ndim == 0:
+        grads[id(edge)] = (prev[0] + ig, True)
+    elif prev[1]:
+        total = prev[0]
+        total += ig                         # same shape and dtype: both are the input's (_checked)
+    elif owned:
+        ig += prev[0]
+        grads[id(edge)] = (ig, True)
+    else:
+        grads[id(edge)] = (prev[0] + ig, True)
 
 
 def _checked(fn, meta, ig):

@@ -89,6 +89,28 @@ def test_tanh_fourth_derivative_closed_form():
         np.testing.assert_allclose(d, c, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("approximate", ["none", "tanh"])
+def test_gelu_third_derivative(approximate):
+    """GELU's backward is one op (GELUGrad) with a backward of its own: gradgradcheck of the
+    first derivative checks the third."""
+    def first(x):
+        return tg.grad((tg.gelu(x, approximate=approximate) * R3).sum(), x, create_graph=True) ** 2
+    check_grad(first, away_from_kinks(rand64(2, 3)), name=f"gelu_{approximate}_third", order=2)
+
+
+R3 = tg.tensor(np.random.default_rng(3).standard_normal((2, 3)))
+
+
+def test_layer_norm_third_derivative():
+    """layer norm's backward through the normalisation is one op (LayerNormVJP) with a backward
+    of its own: gradgradcheck of the first derivatives checks the third."""
+    r = tg.tensor(np.random.default_rng(4).standard_normal((2, 4)))
+    def first(x, w):
+        dx, dw = tg.grad((tg.layer_norm(x, w, None) * r).sum(), [x, w], create_graph=True)
+        return (dx * dx).sum() + (dw * x).sum()
+    check_grad(first, rand64(2, 4), rand64(4), name="layer_norm_third", order=2)
+
+
 def test_backward_create_graph_and_grad_tensor():
     x = rand64(3)
     (x ** 3).sum().backward(create_graph=True)

@@ -159,11 +159,16 @@ def _where(self, g):
     return None, sum_to(E.where(self.cond, g, 0.0), self.ma), sum_to(E.where(self.cond, 0.0, g), self.mb)
 
 
+def normal_cdf(a):
+    """Phi(a) of an array."""
+    return 0.5 * (1 + _erf(get_array_module(a), a * a.dtype.type(1 / math.sqrt(2))))
+
+
 class NormalCDF(Function):
     """out = Phi(a), the standard normal CDF;  da = g phi(a) (exact GELU's derivative uses it)"""
     def forward(self, a):
         self.a = a
-        return 0.5 * (1 + _erf(get_array_module(a), a * a.dtype.type(1 / math.sqrt(2))))
+        return normal_cdf(a)
 
     def backward(self, g):
         xp = get_array_module(g)
@@ -174,13 +179,53 @@ class NormalCDF(Function):
         return g * E.exp(-0.5 * a * a) * (1 / math.sqrt(2 * math.pi))
 
 
+def gelu_slopes(a, approximate, known, exp):
+    """(gelu'(a), gelu''(a)), on arrays or on Tensors, from what GELU's forward computes (known):
+    Phi(a) for the exact form, t = tanh(u), u = c (a + k a^3), for the tanh form.
+    exact: gelu' = Phi + a phi, gelu'' = phi (2 - a^2);
+    tanh:  gelu' = (1 + t) / 2 + a (1 - t^2) u' / 2,  gelu'' = (1 - t^2) (u' + a (u'' - 2 t u'^2) / 2)"""
+    if approximate == "none":
+        phi = exp(-0.5 * a * a) * (1 / math.sqrt(2 * math.pi))
+        return known + a * phi, phi * (2 - a * a)
+    k, t = 0.044715, known
+    du = E._GELU_C * (1 + 3 * k * a * a)                                    # u'
+    s = 1 - t * t
+    return 0.5 * (1 + t) + 0.5 * a * s * du, s * (du + 0.5 * a * (6 * k * E._GELU_C * a - 2 * t * du * du))
+
+
+def _gelu_known(a, approximate, cdf, tanh):
+    """Phi(a) (exact form) or tanh(c (a + 0.044715 a^3)) (tanh form), with the cdf and tanh given."""
+    return cdf(a) if approximate == "none" else tanh(E._GELU_C * (a + 0.044715 * a * a * a))
+
+
+class GELUGrad(Function):
+    """out = g gelu'(a): GELU's backward as one op, so that a second backward goes through one
+    node, not the dozen products of gelu'(a) written out in tensor ops;
+    dg = gg gelu'(a), da = gg g gelu''(a). known: Phi(a) or t, as GELU's forward kept it, or None."""
+    def forward(self, g, a, approximate, known=None):
+        xp = get_array_module(a)
+        if known is None:                    # the CUDA twin keeps only a
+            known = _gelu_known(a, approximate, normal_cdf, xp.tanh)
+        self.g, self.a, self.approximate = g, a, approximate
+        self.d1, self.d2 = gelu_slopes(a, approximate, known, xp.exp)     # one pass: they share t, u'
+        return g * self.d1
+
+    def backward(self, gg):
+        need_g, need_a = self.needs_input_grad
+        return (gg * self.d1 if need_g else None), (gg * self.g * self.d2 if need_a else None)
+
+    def backward_graph(self, gg):
+        """Third derivatives and up: gelu' and gelu'' on Tensors; gelu'' is differentiated as
+        the tensor ops it is written in."""
+        g, a = self.saved_input(0, self.g), self.saved_input(1, self.a)
+        d1, d2 = gelu_slopes(a, self.approximate, _gelu_known(a, self.approximate, NormalCDF.apply, E.tanh), E.exp)
+        return gg * d1, gg * g * d2
+
+
 @_on(E.GELU)
 def _gelu(self, g):
-    a = self.saved_input(0, self.a)
-    if self.approximate == "none":                               # Phi(a) + a phi(a)
-        return g * (NormalCDF.apply(a) + a * E.exp(-0.5 * a * a) * (1 / math.sqrt(2 * math.pi)))
-    t = E.tanh(E._GELU_C * (a + 0.044715 * a * a * a))
-    return g * (0.5 * (1 + t) + 0.5 * a * (1 - t * t) * E._GELU_C * (1 + 3 * 0.044715 * a * a))
+    known = getattr(self, "cdf" if self.approximate == "none" else "t", None)   # what forward kept
+    return GELUGrad.apply(g, self.saved_input(0, self.a), approximate=self.approximate, known=known)
 
 
 # ----------------------------------------------------------------- reductions
@@ -357,22 +402,65 @@ def _bce_with_logits(self, g):
 def _layer_norm(self, g):
     """forward keeps xh and rstd, not x: xh / rstd is x less its row mean, and a layer norm (and
     so all its derivatives) cannot tell the two apart. (The CUDA twin keeps x itself.)"""
-    return layer_norm_grads(self, g, self.xh / self.rstd)
+    return layer_norm_grads(self, g, self.xh / self.rstd, stats=(self.xh, self.rstd))
 
 
-def layer_norm_grads(fn, g, x):
-    """dx, dw, db of layer norm fn, on Tensors; x (..., C): the input, or the input less its row means."""
+def layer_norm_grads(fn, g, x, stats=None):
+    """dx, dw, db of layer norm fn, on Tensors; x (..., C): the input, or the input less its row
+    means; stats: (xh, rstd) if forward kept them."""
     x = fn.saved_input(0, x)                                                  # (..., C)
     need_x, need_w, need_b = fn.needs_input_grad
     g = g if g.dtype == x.dtype else E.cast(g, x.dtype)
-    xc = x - R.mean(x, axis=-1, keepdims=True)
-    rstd = 1.0 / E.sqrt(R.mean(xc * xc, axis=-1, keepdims=True) + fn.eps)     # (..., 1)
-    xh = xc * rstd
     dxh = g if fn.w is None else g * fn.saved_input(1, fn.w)
-    dx = rstd * (dxh - R.mean(dxh, axis=-1, keepdims=True) - xh * R.mean(dxh * xh, axis=-1, keepdims=True))
-    dw = sum_to(g * xh, fn.input_meta[1]) if fn.w is not None and need_w else None
+    dx = LayerNormVJP.apply(dxh, x, eps=fn.eps, stats=stats) if need_x else None
+    dw = None
+    if fn.w is not None and need_w:
+        xh = F.LayerNorm.apply(x, None, None, eps=fn.eps)                     # xh again, on x's graph
+        dw = sum_to(g * xh, fn.input_meta[1])
     db = sum_to(g, fn.input_meta[2]) if fn.has_b and need_b else None
-    return (dx if need_x else None), dw, db
+    return dx, dw, db
+
+
+def _normalized(x, eps):
+    """(h, r): h = (x - mean(x)) r, r = 1 / sqrt(var(x) + eps) over the last axis; arrays or Tensors."""
+    xc = x - x.mean(axis=-1, keepdims=True)
+    r = ((xc * xc).mean(axis=-1, keepdims=True) + eps) ** -0.5
+    return xc * r, r
+
+
+def _through_norm(v, h, r):
+    """J v = r (v - mean(v) - h mean(v h)), J = dh/dx (symmetric): layer norm's backward without w."""
+    return r * (v - v.mean(axis=-1, keepdims=True) - h * (v * h).mean(axis=-1, keepdims=True))
+
+
+def _through_norm_grads(u, d, h, r):
+    """(d/dd, d/dx) of <u, J d>: J u, since J is symmetric; and with a = mean(d h), b = sum(u h),
+    <u, J d> = r Q, Q = sum(u d) - mean(d) sum(u) - a b: dr/dx = -r^2 h / n gives Q's part,
+    and d/dh of -r a b = -r (u a + d b / n), taken back through J, the rest."""
+    n = h.shape[-1]
+    a = (d * h).mean(axis=-1, keepdims=True)                                  # (..., 1)
+    b = (u * h).sum(axis=-1, keepdims=True)                                   # (..., 1)
+    q = (u * d).sum(axis=-1, keepdims=True) - d.mean(axis=-1, keepdims=True) * u.sum(axis=-1, keepdims=True) - a * b
+    dx = _through_norm(-r * (u * a + d * b / n), h, r) - q * r * r * h / n
+    return _through_norm(u, h, r), dx
+
+
+class LayerNormVJP(Function):
+    """dx = J(x) d: layer norm's backward through the normalisation (h = (x - mean) r,
+    r = 1 / sqrt(var + eps)) for a gradient d of h, as one op, so that a second backward goes
+    through one node, not the fifteen of the formula in tensor ops. (dd, dx): _through_norm_grads."""
+    def forward(self, d, x, eps, stats=None):
+        self.d, self.x, self.eps = d, x, eps
+        self.h, self.r = _normalized(x, eps) if stats is None else stats     # (..., C), (..., 1)
+        return _through_norm(d, self.h, self.r)
+
+    def backward(self, u):
+        return _through_norm_grads(u, self.d, self.h, self.r)
+
+    def backward_graph(self, u):
+        """Third derivatives and up: the same formulas on Tensors."""
+        d, x = self.saved_input(0, self.d), self.saved_input(1, self.x)
+        return _through_norm_grads(u, d, *_normalized(x, self.eps))
 
 
 @_on(F.RMSNorm)
