@@ -101,6 +101,23 @@ def test_gelu_third_derivative(approximate):
 R3 = tg.tensor(np.random.default_rng(3).standard_normal((2, 3)))
 
 
+@pytest.mark.parametrize("name", ["softmax", "sdpa_causal"])
+def test_softmax_and_attention_third_derivative(name):
+    """softmax's backward (SoftmaxVJP) and attention's weights (AttentionWeights) are ops with
+    backwards of their own: gradgradcheck of the first derivatives checks the third."""
+    if name == "softmax":
+        def first(x):
+            return tg.grad((tg.softmax(x, axis=-1) * R3).sum(), x, create_graph=True) ** 2
+        check_grad(first, rand64(2, 3), name="softmax_third", order=2)
+        return
+    r = tg.tensor(np.random.default_rng(5).standard_normal((2, 4, 3)))
+    def first(q, k, v):
+        dq, dk, dv = tg.grad((tg.scaled_dot_product_attention(q, k, v, is_causal=True) * r).sum(), [q, k, v],
+                             create_graph=True)
+        return (dq * dq).sum() + (dk * v).sum() + (dv * q).sum()
+    check_grad(first, rand64(2, 4, 3), rand64(2, 4, 3), rand64(2, 4, 3), name="sdpa_third", order=2)
+
+
 def test_layer_norm_third_derivative():
     """layer norm's backward through the normalisation is one op (LayerNormVJP) with a backward
     of its own: gradgradcheck of the first derivatives checks the third."""

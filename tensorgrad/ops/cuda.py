@@ -180,7 +180,7 @@ class ScaledDotProductAttentionCUDA(ScaledDotProductAttention):
                                    self.causal, self.scale, self.p, self.slot, dq, dk, dv)
         return dq, dk, dv, None
 
-    mask = keep = None          # no explicit mask (supports), no stored dropout: what backward_graph reads
+    mask = keep = att = None    # no explicit mask (supports), no stored dropout or weights: what backward_graph reads
 
     def backward_graph(self, g):
         _no_kernel_dropout(self, "scaled_dot_product_attention")
@@ -224,7 +224,7 @@ class QKVAttentionCUDA(QKVAttention):
                                    self.p, self.slot, dq, dk, dv)
         return dqkv
 
-    mask = keep = None
+    mask = keep = att = None
 
     def backward_graph(self, g):
         _no_kernel_dropout(self, "qkv_attention")

@@ -21,7 +21,8 @@ from ..function import Function
 from ..tensor import Tensor
 from . import attention as A, elementwise as E, fused as F, reduce as R, shape as S
 from .linear import LinearFn
-from .matmul import MatMul, matmul
+from .broadcast import sum_to as sum_to_array
+from .matmul import MatMul, _mT, matmul, mm
 from .elementwise import _erf
 
 
@@ -340,10 +341,34 @@ def _linear(self, g):
 
 
 # ----------------------------------------------------------------- fused ops
+def _through_softmax(d, y, axis):
+    """y (d - sum(d y)): softmax's backward for a gradient d of its output y; arrays or Tensors."""
+    return y * (d - (d * y).sum(axis=axis, keepdims=True))
+
+
+class SoftmaxVJP(Function):
+    """dx = y (d - sum(d y)), softmax's backward (y its output, d the gradient of y), as one op;
+    symmetric in d: dd = y (u - sum(u y));  dy = u (d - sum(d y)) - d sum(u y)"""
+    def forward(self, d, y, axis):
+        self.d, self.y, self.axis = d, y, axis
+        return _through_softmax(d, y, axis)
+
+    def backward(self, u):
+        return _through_softmax_grads(u, self.d, self.y, self.axis)
+
+    def backward_graph(self, u):
+        return _through_softmax_grads(u, self.saved_input(0, self.d), self.saved_input(1, self.y), self.axis)
+
+
+def _through_softmax_grads(u, d, y, axis):
+    dd = _through_softmax(u, y, axis)
+    dy = u * (d - (d * y).sum(axis=axis, keepdims=True)) - d * (u * y).sum(axis=axis, keepdims=True)
+    return dd, dy
+
+
 @_on(F.Softmax)
 def _softmax(self, g):
-    y = self.saved_output(self.y)
-    return y * (g - R.sum(g * y, axis=self.axis, keepdims=True))
+    return SoftmaxVJP.apply(g, self.saved_output(self.y), axis=self.axis)
 
 
 @_on(F.LogSoftmax)
@@ -498,9 +523,8 @@ def _dropout_add(self, g):
     return dx, dr
 
 
-def _attention_grads(fn, q, k, v, g):
-    """dq, dk, dv of ScaledDotProductAttention fn on Tensors q, k, v (..., T, hs), g (..., T, hv):
-    the attention weights recomputed from q and k, so that they carry q's and k's graph."""
+def _weights_graph(fn, q, k):
+    """softmax(q k^T * scale, masked) on Tensors q (..., T, hs), k (..., S, hs): (..., T, S)."""
     T, S = q.shape[-2], k.shape[-2]
     xp = get_array_module(q.data)
     s = matmul(q, k.mT) * fn.scale                                            # (..., T, S)
@@ -508,10 +532,36 @@ def _attention_grads(fn, q, k, v, g):
         s = E.where(xp.tri(T, S, k=S - T, dtype=bool), s, -math.inf)
     if fn.mask is not None:
         s = E.where(fn.mask, s, -math.inf)
-    att = F.softmax(s, axis=-1)
+    return F.softmax(s, axis=-1)
+
+
+class AttentionWeights(Function):
+    """att = softmax(q k^T * scale, masked) of the attention fn, as one op: the array forward kept
+    it (the CUDA kernels keep none: then it is computed here), so the weights need no second
+    product, mask and softmax as tensor ops;  ds = att (datt - sum(datt att)) scale, dq = ds k,
+    dk = ds^T q"""
+    def forward(self, q, k, fn):
+        self.q, self.k, self.fn = q, k, fn
+        self.att = fn.weights(q, k, fn.mask, fn.causal) if fn.att is None else fn.att    # (..., T, S)
+        return self.att
+
+    def backward(self, datt):
+        ds = _through_softmax(datt, self.att, -1) * self.fn.scale                   # (..., T, S)
+        return sum_to_array(mm(ds, self.k), self.q.shape), sum_to_array(mm(_mT(ds), self.q), self.k.shape)
+
+    def backward_graph(self, datt):
+        q, k = self.saved_input(0, self.q), self.saved_input(1, self.k)
+        ds = SoftmaxVJP.apply(datt, _weights_graph(self.fn, q, k), axis=-1) * self.fn.scale
+        return sum_to(matmul(ds, k), self.input_meta[0]), sum_to(matmul(ds.mT, q), self.input_meta[1])
+
+
+def _attention_grads(fn, q, k, v, g):
+    """dq, dk, dv of ScaledDotProductAttention fn on Tensors q, k, v (..., T, hs), g (..., T, hv):
+    the attention weights as a Tensor on q's and k's graphs (AttentionWeights)."""
+    att = AttentionWeights.apply(q, k, fn=fn)                                  # (..., T, S)
     drop = (lambda a: a) if fn.keep is None else (lambda a: a * const((fn.keep * fn.drop_scale).astype(fn.att.dtype)))
     datt = drop(matmul(g, v.mT))
-    ds = att * (datt - R.sum(datt * att, axis=-1, keepdims=True)) * fn.scale
+    ds = SoftmaxVJP.apply(datt, att, axis=-1) * fn.scale
     return matmul(ds, k), matmul(ds.mT, q), matmul(drop(att).mT, g)
 
 
