@@ -10,7 +10,13 @@ as a Tensor made by the op itself (Function.saved_output). What is piecewise con
 mask, max's winners) stays a constant. Each formula uses only ops that have a backward_graph
 of their own, so the gradients can be differentiated to any order.
 
-This module attaches backward_graph to the op classes (and so to their CPU twins).
+Where a backward written out would be a dozen small ops (GELU, layer norm, softmax, attention's
+weights), it is one op instead (GELUGrad, LayerNormVJP, SoftmaxVJP, AttentionWeights): its
+backward, on arrays, is the second derivative, so a Hessian-vector product goes through one
+node there; its backward_graph, in tensor ops, goes on to the third.
+
+This module attaches backward_graph to the op classes (and so to their CPU twins); the CUDA
+twins that keep other arrays than their reference define their own (ops/cuda.py).
 """
 import math
 
