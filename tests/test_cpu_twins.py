@@ -82,6 +82,15 @@ def test_gelu(shape, form):
     compare(tg.gelu, [_randn(*shape) * 3], _randn(*shape), cpu.GELUCPU, exact_bits=True, approximate=form)
 
 
+@pytest.mark.parametrize("shape", [(2, 5, 7), (3, 64, 128)])
+@pytest.mark.parametrize("form", ["tanh", "none"])
+def test_gelu_backward_as_an_op(shape, form):
+    """GELUGrad (GELU's backward for create_graph=True): g gelu'(a), and its own backward."""
+    from tensorgrad.ops.double import GELUGrad
+    op = lambda g, a: GELUGrad.apply(g, a, approximate=form)      # noqa: E731
+    compare(op, [_randn(*shape), _randn(*shape) * 3], _randn(*shape), cpu.GELUGradCPU)
+
+
 @pytest.mark.parametrize("shape", [(2, 3, 8), (4, 64, 128), (1, 1, 5)])
 def test_layer_norm(shape):
     x, g = _randn(*shape) * 2 + 1, _randn(*shape)

@@ -24,6 +24,7 @@ import numpy as np
 from ..function import twin_gates
 from .attention import QKVAttention, ScaledDotProductAttention
 from .broadcast import sum_to
+from .double import GELUGrad
 from .elementwise import _GELU_C, GELU, _erf
 from .fused import CrossEntropy, Embedding, LayerNorm
 from .linear import LinearFn
@@ -156,6 +157,44 @@ class GELUCPU(GELU):
         return da
 
 
+class GELUGradCPU(GELUGrad):
+    """gelu'(a) and gelu''(a) (ops/double.py's gelu_slopes) as in-place steps on a few buffers:
+    the same values to float32 rounding, a third of the time at a GPT's MLP width."""
+    @staticmethod
+    def slopes(a, approximate, known):
+        if approximate == "none":                            # known = Phi(a)
+            phi = a * a
+            phi *= -0.5
+            np.exp(phi, out=phi)
+            phi *= 1 / math.sqrt(2 * math.pi)                # phi(a)
+            d1 = a * phi
+            d1 += known                                      # Phi + a phi
+            d2 = a * a
+            np.subtract(2, d2, out=d2)
+            d2 *= phi                                        # phi (2 - a^2)
+            return d1, d2
+        k, c, t = 0.044715, _GELU_C, known
+        du = a * a
+        du *= 3 * k * c
+        du += c                                              # u' = c (1 + 3k a^2)
+        s = t * t
+        np.subtract(1, s, out=s)                             # 1 - t^2
+        half_a = a * 0.5
+        d1 = t + 1
+        d1 *= 0.5
+        w = half_a * s
+        w *= du
+        d1 += w                                              # (1 + t) / 2 + a (1 - t^2) u' / 2
+        np.multiply(du, du, out=w)
+        w *= t
+        w *= -2                                              # -2 t u'^2
+        w += a * (6 * k * c)                                 # + u''
+        w *= half_a
+        w += du
+        w *= s                                               # (1 - t^2) (u' + a (u'' - 2 t u'^2) / 2)
+        return d1, w
+
+
 class ScaledDotProductAttentionCPU(ScaledDotProductAttention):
     """The (..., T, S) matrix is made once, by the first product, and turned into scores,
     then weights, in place; its gradient likewise."""
@@ -265,6 +304,6 @@ def scatter_add(target, index, values):
 # ------------------------------------------------ the registry: reference -> twin
 for _ref, _twin in ((LayerNorm, LayerNormCPU), (GELU, GELUCPU), (CrossEntropy, CrossEntropyCPU),
                     (ScaledDotProductAttention, ScaledDotProductAttentionCPU), (QKVAttention, QKVAttentionCPU),
-                    (LinearFn, LinearCPU), (Embedding, EmbeddingCPU), (GetItem, GetItemCPU)):
+                    (LinearFn, LinearCPU), (Embedding, EmbeddingCPU), (GetItem, GetItemCPU), (GELUGrad, GELUGradCPU)):
     _ref.cpu = _twin
     _twin.cpu = _twin.cuda = None   # a twin has no twin of its own

@@ -214,8 +214,13 @@ class GELUGrad(Function):
         if known is None:                    # the CUDA twin keeps only a
             known = _gelu_known(a, approximate, normal_cdf, xp.tanh)
         self.g, self.a, self.approximate = g, a, approximate
-        self.d1, self.d2 = gelu_slopes(a, approximate, known, xp.exp)     # one pass: they share t, u'
+        self.d1, self.d2 = self.slopes(a, approximate, known)              # one pass: they share t, u'
         return g * self.d1
+
+    @staticmethod
+    def slopes(a, approximate, known):
+        """(gelu'(a), gelu''(a)) of an array (the CPU twin's: in place)."""
+        return gelu_slopes(a, approximate, known, get_array_module(a).exp)
 
     def backward(self, gg):
         need_g, need_a = self.needs_input_grad
