@@ -55,6 +55,23 @@ def test_matmul(sa, sb):
     check_grad(lambda a, b: tg.matmul(a, b) ** 2, rand64(*sa), rand64(*sb), name=f"matmul{sa}{sb}", order=2)
 
 
+@pytest.mark.parametrize("which,sa,sb", [("ta", (4, 3), (4, 2)), ("tb", (3, 4), (2, 4)),
+                                         ("ta", (2, 4, 3), (2, 4, 2)), ("tb", (2, 3, 4), (2, 4))])
+def test_transposed_product(which, sa, sb):
+    """a^T b and a b^T as one op (the backward passes' products): second derivatives, and the
+    third through a matmul's first derivatives."""
+    from tensorgrad.ops.double import transposed_product
+    check_grad(lambda a, b: transposed_product(a, b, which) ** 2, rand64(*sa), rand64(*sb), name=f"tp_{which}", order=2)
+
+
+def test_matmul_third_derivative():
+    r = tg.tensor(np.random.default_rng(6).standard_normal((2, 3, 2)))
+    def first(a, b):
+        da, db = tg.grad((tg.tanh(tg.matmul(a, b)) * r).sum(), [a, b], create_graph=True)
+        return (da * da).sum() + (db * db).sum()
+    check_grad(first, rand64(2, 3, 4), rand64(4, 2), name="matmul_third", order=2)
+
+
 def test_linear():
     f = lambda x, w, b: tg.tanh(tg.linear(x, w, b))
     check_grad(f, rand64(2, 2, 3), rand64(4, 3), rand64(4), name="linear", order=2)

@@ -24,7 +24,7 @@ import numpy as np
 from ..function import twin_gates
 from .attention import QKVAttention, ScaledDotProductAttention
 from .broadcast import sum_to
-from .double import GELUGrad
+from .double import GELUGrad, LayerNormVJP, SoftmaxVJP
 from .elementwise import _GELU_C, GELU, _erf
 from .fused import CrossEntropy, Embedding, LayerNorm
 from .linear import LinearFn
@@ -195,6 +195,61 @@ class GELUGradCPU(GELUGrad):
         return d1, w
 
 
+def _through_norm(v, h, r):
+    """r (v - mean(v) - h mean(v h)) in place on one new buffer, the row means through BLAS."""
+    out = v - row_mean(v)
+    vh = v * h
+    np.multiply(h, row_mean(vh), out=vh)
+    out -= vh
+    out *= r
+    return out
+
+
+class LayerNormVJPCPU(LayerNormVJP):
+    """ops/double.py's _through_norm and _through_norm_grads in place, the row sums through BLAS."""
+    through = staticmethod(_through_norm)
+
+    @staticmethod
+    def through_grads(u, d, h, r):
+        n = h.shape[-1]
+        a = row_mean(d * h)                                          # (..., 1)
+        b = row_sum(u * h)                                           # (..., 1)
+        q = row_sum(u * d) - row_mean(d) * row_sum(u) - a * b        # (..., 1)
+        v = u * a
+        t = d * (b / n)
+        v += t
+        v *= -r                                                      # -r (u a + d b / n)
+        dx = _through_norm(v, h, r)
+        np.multiply(h, q * (r * r / n), out=t)
+        dx -= t
+        return _through_norm(u, h, r), dx
+
+
+class SoftmaxVJPCPU(SoftmaxVJP):
+    """ops/double.py's _through_softmax and its gradients in place (last axis: BLAS row sums)."""
+    @staticmethod
+    def through(d, y, axis):
+        if axis not in (-1, y.ndim - 1):
+            return SoftmaxVJP.through(d, y, axis)
+        out = d - row_sum(d * y)
+        out *= y
+        return out
+
+    @staticmethod
+    def through_grads(u, d, y, axis):
+        if axis not in (-1, y.ndim - 1):
+            return SoftmaxVJP.through_grads(u, d, y, axis)
+        dy = d - row_sum(d * y)
+        dy *= u
+        t = u * y
+        sum_uy = row_sum(t)                                          # (..., 1)
+        dd = u - sum_uy
+        dd *= y                                                      # y (u - sum(u y))
+        np.multiply(d, sum_uy, out=t)
+        dy -= t                                                      # u (d - sum(d y)) - d sum(u y)
+        return dd, dy
+
+
 class ScaledDotProductAttentionCPU(ScaledDotProductAttention):
     """The (..., T, S) matrix is made once, by the first product, and turned into scores,
     then weights, in place; its gradient likewise."""
@@ -304,6 +359,7 @@ def scatter_add(target, index, values):
 # ------------------------------------------------ the registry: reference -> twin
 for _ref, _twin in ((LayerNorm, LayerNormCPU), (GELU, GELUCPU), (CrossEntropy, CrossEntropyCPU),
                     (ScaledDotProductAttention, ScaledDotProductAttentionCPU), (QKVAttention, QKVAttentionCPU),
-                    (LinearFn, LinearCPU), (Embedding, EmbeddingCPU), (GetItem, GetItemCPU), (GELUGrad, GELUGradCPU)):
+                    (LinearFn, LinearCPU), (Embedding, EmbeddingCPU), (GetItem, GetItemCPU), (GELUGrad, GELUGradCPU),
+                    (LayerNormVJP, LayerNormVJPCPU), (SoftmaxVJP, SoftmaxVJPCPU)):
     _ref.cpu = _twin
     _twin.cpu = _twin.cuda = None   # a twin has no twin of its own

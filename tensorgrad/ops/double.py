@@ -324,6 +324,34 @@ def _stack(self, g):
 
 
 # ---------------------------------------------------------------- matmul, linear
+class TransposedProduct(Function):
+    """out = a^T b (which="ta") or a b^T ("tb") over the last two axes: the products of a backward
+    pass as one op each. With a transposed view as an op of its own (matmul(a.mT, b)), a second
+    backward would hand back that view's gradient transposed, slow to add into the others.
+    a^T b: da = b u^T, db = a u;  a b^T: da = u b, db = u^T a  (batch axes summed to each shape)"""
+    def forward(self, a, b, which):
+        self.a, self.b, self.which = a, b, which
+        return mm(_mT(a), b) if which == "ta" else mm(a, _mT(b))
+
+    def backward(self, u):
+        a, b = self.a, self.b
+        da, db = (mm(b, _mT(u)), mm(a, u)) if self.which == "ta" else (mm(u, b), mm(_mT(u), a))
+        return sum_to_array(da, a.shape), sum_to_array(db, b.shape)
+
+    def backward_graph(self, u):
+        a, b = self.saved_input(0, self.a), self.saved_input(1, self.b)
+        if self.which == "ta":
+            da, db = transposed_product(b, u, "tb"), matmul(a, u)
+        else:
+            da, db = matmul(u, b), transposed_product(u, a, "ta")
+        return sum_to(da, self.input_meta[0]), sum_to(db, self.input_meta[1])
+
+
+def transposed_product(a, b, which):
+    """a^T b ("ta") or a b^T ("tb") of Tensors (at least 2-D)."""
+    return TransposedProduct.apply(a, b, which=which)
+
+
 @_on(MatMul)
 def _matmul(self, g):
     a, b = self.saved_input(0, self.a), self.saved_input(1, self.b)
@@ -334,8 +362,8 @@ def _matmul(self, g):
     if a.ndim == 1:
         g = g.unsqueeze(-2)                                  # (..., M, N)
     need_a, need_b = self.needs_input_grad
-    da = sum_to(matmul(g, b2.mT), (a2.shape, a.dtype)).reshape(*a.shape) if need_a else None
-    db = sum_to(matmul(a2.mT, g), (b2.shape, b.dtype)).reshape(*b.shape) if need_b else None
+    da = sum_to(transposed_product(g, b2, "tb"), (a2.shape, a.dtype)).reshape(*a.shape) if need_a else None
+    db = sum_to(transposed_product(a2, g, "ta"), (b2.shape, b.dtype)).reshape(*b.shape) if need_b else None
     return da, db
 
 
@@ -346,7 +374,7 @@ def _linear(self, g):
     need_x, need_w, need_b = self.needs_input_grad
     g2 = g.reshape(-1, g.shape[-1])                          # (N, out)
     dx = matmul(g2, w).reshape(*self.x_shape) if need_x else None
-    dw = matmul(g2.mT, x.reshape(-1, self.w.shape[1])) if need_w else None
+    dw = transposed_product(g2, x.reshape(-1, self.w.shape[1]), "ta") if need_w else None
     db = R.sum(g2, axis=0) if self.has_b and need_b else None
     return dx, dw, db
 
@@ -357,24 +385,28 @@ def _through_softmax(d, y, axis):
     return y * (d - (d * y).sum(axis=axis, keepdims=True))
 
 
-class SoftmaxVJP(Function):
-    """dx = y (d - sum(d y)), softmax's backward (y its output, d the gradient of y), as one op;
-    symmetric in d: dd = y (u - sum(u y));  dy = u (d - sum(d y)) - d sum(u y)"""
-    def forward(self, d, y, axis):
-        self.d, self.y, self.axis = d, y, axis
-        return _through_softmax(d, y, axis)
-
-    def backward(self, u):
-        return _through_softmax_grads(u, self.d, self.y, self.axis)
-
-    def backward_graph(self, u):
-        return _through_softmax_grads(u, self.saved_input(0, self.d), self.saved_input(1, self.y), self.axis)
-
-
 def _through_softmax_grads(u, d, y, axis):
+    """(d/dd, d/dy) of <u, y (d - sum(d y))>."""
     dd = _through_softmax(u, y, axis)
     dy = u * (d - (d * y).sum(axis=axis, keepdims=True)) - d * (u * y).sum(axis=axis, keepdims=True)
     return dd, dy
+
+
+class SoftmaxVJP(Function):
+    """dx = y (d - sum(d y)), softmax's backward (y its output, d the gradient of y), as one op;
+    symmetric in d: dd = y (u - sum(u y));  dy = u (d - sum(d y)) - d sum(u y)"""
+    through = staticmethod(_through_softmax)           # on arrays; the CPU twin's: in place
+    through_grads = staticmethod(_through_softmax_grads)
+
+    def forward(self, d, y, axis):
+        self.d, self.y, self.axis = d, y, axis
+        return self.through(d, y, axis)
+
+    def backward(self, u):
+        return self.through_grads(u, self.d, self.y, self.axis)
+
+    def backward_graph(self, u):
+        return _through_softmax_grads(u, self.saved_input(0, self.d), self.saved_input(1, self.y), self.axis)
 
 
 @_on(F.Softmax)
@@ -485,13 +517,16 @@ class LayerNormVJP(Function):
     """dx = J(x) d: layer norm's backward through the normalisation (h = (x - mean) r,
     r = 1 / sqrt(var + eps)) for a gradient d of h, as one op, so that a second backward goes
     through one node, not the fifteen of the formula in tensor ops. (dd, dx): _through_norm_grads."""
+    through = staticmethod(_through_norm)              # on arrays; the CPU twin's: in place
+    through_grads = staticmethod(_through_norm_grads)
+
     def forward(self, d, x, eps, stats=None):
         self.d, self.x, self.eps = d, x, eps
         self.h, self.r = _normalized(x, eps) if stats is None else stats     # (..., C), (..., 1)
-        return _through_norm(d, self.h, self.r)
+        return self.through(d, self.h, self.r)
 
     def backward(self, u):
-        return _through_norm_grads(u, self.d, self.h, self.r)
+        return self.through_grads(u, self.d, self.h, self.r)
 
     def backward_graph(self, u):
         """Third derivatives and up: the same formulas on Tensors."""
@@ -538,7 +573,7 @@ def _weights_graph(fn, q, k):
     """softmax(q k^T * scale, masked) on Tensors q (..., T, hs), k (..., S, hs): (..., T, S)."""
     T, S = q.shape[-2], k.shape[-2]
     xp = get_array_module(q.data)
-    s = matmul(q, k.mT) * fn.scale                                            # (..., T, S)
+    s = transposed_product(q, k, "tb") * fn.scale                              # (..., T, S)
     if fn.causal:
         s = E.where(xp.tri(T, S, k=S - T, dtype=bool), s, -math.inf)
     if fn.mask is not None:
@@ -563,7 +598,7 @@ class AttentionWeights(Function):
     def backward_graph(self, datt):
         q, k = self.saved_input(0, self.q), self.saved_input(1, self.k)
         ds = SoftmaxVJP.apply(datt, _weights_graph(self.fn, q, k), axis=-1) * self.fn.scale
-        return sum_to(matmul(ds, k), self.input_meta[0]), sum_to(matmul(ds.mT, q), self.input_meta[1])
+        return sum_to(matmul(ds, k), self.input_meta[0]), sum_to(transposed_product(ds, q, "ta"), self.input_meta[1])
 
 
 def _attention_grads(fn, q, k, v, g):
@@ -571,9 +606,9 @@ def _attention_grads(fn, q, k, v, g):
     the attention weights as a Tensor on q's and k's graphs (AttentionWeights)."""
     att = AttentionWeights.apply(q, k, fn=fn)                                  # (..., T, S)
     drop = (lambda a: a) if fn.keep is None else (lambda a: a * const((fn.keep * fn.drop_scale).astype(fn.att.dtype)))
-    datt = drop(matmul(g, v.mT))
+    datt = drop(transposed_product(g, v, "tb"))
     ds = SoftmaxVJP.apply(datt, att, axis=-1) * fn.scale
-    return matmul(ds, k), matmul(ds.mT, q), matmul(drop(att).mT, g)
+    return matmul(ds, k), transposed_product(ds, q, "ta"), transposed_product(drop(att), g, "ta")
 
 
 @_on(A.ScaledDotProductAttention)
