@@ -7,6 +7,9 @@ torch is importable (the same model as bench/train_step.py's, its math attention
 
 The machine's speed drifts from run to run, so each round times a forward + backward and then an
 HVP, and the cost is the median of the rounds' ratios (also printed: each one's min and median).
+tensorgrad runs twice: with glibc's default allocator settings, then with the one a CPU training
+loop opts into (tensorgrad.cpu_tuning.keep_freed_memory, as gpt/train.py and bench/train_step.py
+do): freed blocks kept for reuse, so the HVP's many temporaries are not page-faulted in afresh.
 """
 import argparse
 import sys
@@ -18,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np  # noqa: E402
 
 import tensorgrad as tg  # noqa: E402
+from tensorgrad import cpu_tuning  # noqa: E402
 from gpt import GPT, GPTConfig  # noqa: E402
 
 SMALL = dict(block_size=8, vocab_size=11, n_layer=2, n_head=2, n_embd=16)
@@ -96,7 +100,7 @@ def cost(fb, hvp, v, rounds):
 
 
 def report(name, fbs, hvps):
-    print(f"{name:11s} forward+backward min {fbs.min() * 1e3:6.1f} median {np.median(fbs) * 1e3:6.1f} ms | "
+    print(f"{name:30s} forward+backward min {fbs.min() * 1e3:6.1f} median {np.median(fbs) * 1e3:6.1f} ms | "
           f"HVP min {hvps.min() * 1e3:6.1f} median {np.median(hvps) * 1e3:6.1f} ms | "
           f"HVP / (forward+backward): median of rounds {np.median(hvps / fbs):.2f}")
 
@@ -110,13 +114,15 @@ def main():
     print(f"cpu preset (4x128, block 64, batch {B}, float32), {args.rounds} rounds:")
     params, fb, hvp = tensorgrad_calls(PRESET, B, np.float32)
     rng = np.random.default_rng(1)
-    report("tensorgrad", *cost(fb, hvp, [tg.tensor(rng.standard_normal(p.shape).astype(np.float32)) for p in params],
-                               args.rounds))
+    v = [tg.tensor(rng.standard_normal(p.shape).astype(np.float32)) for p in params]
+    report("tensorgrad", *cost(fb, hvp, v, args.rounds))
+    if cpu_tuning.keep_freed_memory():
+        report("tensorgrad, keep_freed_memory", *cost(fb, hvp, v, args.rounds))
     if not args.no_torch:
         try:
             tparams, tfb, thvp, randn = torch_calls()
         except ImportError:
-            print("PyTorch     not importable: left out")
+            print("PyTorch: not importable, left out")
             return
         report("PyTorch", *cost(tfb, thvp, [randn(p) for p in tparams], args.rounds))
 
