@@ -111,11 +111,12 @@ def _owned(ig, in_grads, g, g_owned):
 def _add(grads, edge, ig, owned):
     """Add ig into the gradient of edge. The first is kept as it is; a later one is added in
     place into whichever of the two the engine owns (a + b and b + a are the same bits, and no
-    new array is made), else into a new sum."""
+    new array is made), else into a new sum. In place on NumPy arrays only: on the GPU (CUDA
+    graphs, the memory pool) it has not been measured yet."""
     prev = grads.get(id(edge))
     if prev is None:
         grads[id(edge)] = (ig, owned)
-    elif ig.ndim == 0:
+    elif ig.ndim == 0 or not isinstance(ig, np.ndarray):
         grads[id(edge)] = (prev[0] + ig, True)
     elif prev[1]:
         total = prev[0]
