@@ -190,14 +190,15 @@ def gelu_slopes(a, approximate, known, exp):
     """(gelu'(a), gelu''(a)), on arrays or on Tensors, from what GELU's forward computes (known):
     Phi(a) for the exact form, t = tanh(u), u = c (a + k a^3), for the tanh form.
     exact: gelu' = Phi + a phi, gelu'' = phi (2 - a^2);
-    tanh:  gelu' = (1 + t) / 2 + a (1 - t^2) u' / 2,  gelu'' = (1 - t^2) (u' + a (u'' - 2 t u'^2) / 2)"""
+    tanh:  gelu' = (1 + t + a s u') / 2, s = 1 - t^2, u' = c (1 + 3k a^2);
+           gelu'' = s (u' + a (u'' - 2 t u'^2) / 2) = s (2 u' - c - a t u'^2), as a u'' / 2 = u' - c"""
     if approximate == "none":
         phi = exp(-0.5 * a * a) * (1 / math.sqrt(2 * math.pi))
         return known + a * phi, phi * (2 - a * a)
-    k, t = 0.044715, known
-    du = E._GELU_C * (1 + 3 * k * a * a)                                    # u'
+    c, t = E._GELU_C, known
+    du = c * (1 + 3 * 0.044715 * a * a)                                       # u'
     s = 1 - t * t
-    return 0.5 * (1 + t) + 0.5 * a * s * du, s * (du + 0.5 * a * (6 * k * E._GELU_C * a - 2 * t * du * du))
+    return 0.5 * (1 + t + a * s * du), s * (2 * du - c - a * t * du * du)
 
 
 def _gelu_known(a, approximate, cdf, tanh):
