@@ -96,11 +96,12 @@ def test_gelu_backward_as_an_op(shape, form):
 @pytest.mark.parametrize("shape", [(2, 3, 8), (4, 64, 128)])
 def test_layer_norm_and_softmax_backwards_as_ops(shape):
     """LayerNormVJP and SoftmaxVJP (backwards as ops, for create_graph=True) and their backwards."""
-    from tensorgrad.ops.double import LayerNormVJP, SoftmaxVJP
+    from tensorgrad.ops.double import LayerNormVJP, Normalized, SoftmaxVJP
     own = np.random.default_rng(7)                                  # leaves the module's draws to the other tests
     d, x, g = (own.standard_normal(shape).astype(np.float32) for _ in range(3))
     x = x * 2 + 1
     compare(lambda d, x: LayerNormVJP.apply(d, x, eps=1e-5), [d, x], g, cpu.LayerNormVJPCPU)
+    compare(lambda x: Normalized.apply(x, eps=1e-5), [x], g, cpu.NormalizedCPU)
     y = np.exp(x) / np.exp(x).sum(-1, keepdims=True)
     compare(lambda d, y: SoftmaxVJP.apply(d, y, axis=-1), [d, y], g, cpu.SoftmaxVJPCPU)
 

@@ -24,7 +24,7 @@ import numpy as np
 from ..function import twin_gates
 from .attention import QKVAttention, ScaledDotProductAttention
 from .broadcast import sum_to
-from .double import GELUGrad, LayerNormVJP, SoftmaxVJP
+from .double import GELUGrad, LayerNormVJP, Normalized, SoftmaxVJP
 from .elementwise import _GELU_C, GELU, _erf
 from .fused import CrossEntropy, Embedding, LayerNorm
 from .linear import LinearFn
@@ -224,6 +224,10 @@ class LayerNormVJPCPU(LayerNormVJP):
         return _through_norm(u, h, r), dx
 
 
+class NormalizedCPU(Normalized):
+    through = staticmethod(_through_norm)
+
+
 class SoftmaxVJPCPU(SoftmaxVJP):
     """ops/double.py's _through_softmax and its gradients in place (last axis: BLAS row sums)."""
     @staticmethod
@@ -359,6 +363,6 @@ def scatter_add(target, index, values):
 for _ref, _twin in ((LayerNorm, LayerNormCPU), (GELU, GELUCPU), (CrossEntropy, CrossEntropyCPU),
                     (ScaledDotProductAttention, ScaledDotProductAttentionCPU), (QKVAttention, QKVAttentionCPU),
                     (LinearFn, LinearCPU), (Embedding, EmbeddingCPU), (GetItem, GetItemCPU), (GELUGrad, GELUGradCPU),
-                    (LayerNormVJP, LayerNormVJPCPU), (SoftmaxVJP, SoftmaxVJPCPU)):
+                    (LayerNormVJP, LayerNormVJPCPU), (Normalized, NormalizedCPU), (SoftmaxVJP, SoftmaxVJPCPU)):
     _ref.cpu = _twin
     _twin.cpu = _twin.cuda = None   # a twin has no twin of its own

@@ -484,7 +484,7 @@ def layer_norm_grads(fn, g, x, stats=None):
     dx = LayerNormVJP.apply(dxh, x, eps=fn.eps, stats=stats) if need_x else None
     dw = None
     if fn.w is not None and need_w:
-        xh = F.LayerNorm.apply(x, None, None, eps=fn.eps)                     # xh again, on x's graph
+        xh = Normalized.apply(x, eps=fn.eps, stats=stats)                     # xh again, on x's graph
         dw = sum_to(g * xh, fn.input_meta[1])
     db = sum_to(g, fn.input_meta[2]) if fn.has_b and need_b else None
     return dx, dw, db
@@ -533,6 +533,24 @@ class LayerNormVJP(Function):
         """Third derivatives and up: the same formulas on Tensors."""
         d, x = self.saved_input(0, self.d), self.saved_input(1, self.x)
         return _through_norm_grads(u, d, *_normalized(x, self.eps))
+
+
+class Normalized(Function):
+    """h = (x - mean(x)) r, r = 1 / sqrt(var(x) + eps), over the last axis: a layer norm without
+    w and b, whose value comes from stats, the (h, r) the layer norm's forward kept, when given;
+    dx = J g (LayerNormVJP's map)"""
+    through = staticmethod(_through_norm)              # on arrays; the CPU twin's: in place
+
+    def forward(self, x, eps, stats=None):
+        self.x, self.eps = x, eps
+        self.h, self.r = _normalized(x, eps) if stats is None else stats
+        return self.h
+
+    def backward(self, g):
+        return self.through(g, self.h, self.r)
+
+    def backward_graph(self, g):
+        return LayerNormVJP.apply(g, self.saved_input(0, self.x), eps=self.eps)
 
 
 @_on(F.RMSNorm)
