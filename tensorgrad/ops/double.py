@@ -11,9 +11,10 @@ mask, max's winners) stays a constant. Each formula uses only ops that have a ba
 of their own, so the gradients can be differentiated to any order.
 
 Where a backward written out would be a dozen small ops (GELU, layer norm, softmax, attention's
-weights), it is one op instead (GELUGrad, LayerNormVJP, SoftmaxVJP, AttentionWeights): its
-backward, on arrays, is the second derivative, so a Hessian-vector product goes through one
-node there; its backward_graph, in tensor ops, goes on to the third.
+weights) or a product with a transposed view, it is one op instead (GELUGrad, LayerNormVJP,
+Normalized, SoftmaxVJP, AttentionWeights, TransposedProduct): its backward, on arrays, is the
+second derivative, so a Hessian-vector product goes through one node there; its backward_graph,
+in tensor ops, goes on to the third. Their CPU twins (ops/cpu.py) run those formulas in place.
 
 This module attaches backward_graph to the op classes (and so to their CPU twins); the CUDA
 twins that keep other arrays than their reference define their own (ops/cuda.py).
