@@ -338,3 +338,140 @@ def test_jvp_through_grad_output():
     g = tg.grad(y, x, grad_output=u, create_graph=True)
     jv = tg.grad((g * v).sum(), u)
     np.testing.assert_allclose(jv, 2 * (1 - np.tanh(x.data) ** 2) * v.data)
+
+
+# ------------------------------------------------ the CUDA twins' glue, on NumPy
+class _FakeKernels:
+    """The kernels the GPT's CUDA twins call, as reference NumPy math; dropout draws its mask
+    from its slot number, so that a slot gives the same mask each time (as Philox does)."""
+    def __init__(self):
+        self.slots = 0
+
+    def rng_slot(self):
+        self.slots += 1
+        return self.slots
+
+    @staticmethod
+    def dropout(x, p, slot, residual=None, out_dtype=None):
+        keep = np.random.default_rng(slot).random(x.shape) >= p
+        out = (x * keep / (1 - p)).astype(out_dtype or x.dtype)
+        return out if residual is None else out + residual
+
+    @staticmethod
+    def layernorm_forward(x, w, b, eps, out_dtype=None):
+        mean = x.mean(-1)
+        rstd = 1 / np.sqrt(((x - mean[..., None]) ** 2).mean(-1) + eps)
+        return (x - mean[..., None]) * rstd[..., None] * w + b, mean, rstd
+
+    @staticmethod
+    def layernorm_backward(g, x, w, mean, rstd, acc=None):
+        xh, dxh = (x - mean[..., None]) * rstd[..., None], g * w
+        dx = rstd[..., None] * (dxh - dxh.mean(-1, keepdims=True) - xh * (dxh * xh).mean(-1, keepdims=True))
+        rows = (-1, x.shape[-1])
+        return dx if acc is None else dx + acc, (g * xh).reshape(rows).sum(0), g.reshape(rows).sum(0)
+
+    @staticmethod
+    def cross_entropy_forward(x, t, keep):
+        lse = np.log(np.exp(x - x.max(1, keepdims=True)).sum(1)) + x.max(1)
+        return (lse - x[np.arange(len(t)), t]) * keep, lse
+
+    @staticmethod
+    def cross_entropy_backward(x, t, keep, lse, row_scale):
+        p = np.exp(x - lse[:, None])
+        p[np.arange(len(t)), t] -= 1
+        return p * (keep * row_scale)[:, None]
+
+    @staticmethod
+    def gelu_forward(a, approximate):
+        return tg.ops.elementwise.GELU().forward(a, approximate)
+
+    @staticmethod
+    def gelu_backward(g, a, approximate):
+        fn = tg.ops.elementwise.GELU()
+        fn.forward(a, approximate)
+        return fn.backward(g)
+
+    @staticmethod
+    def attention_forward(q, k, v, y, causal, scale, p, slot):
+        assert p == 0
+        fn = tg.ops.attention.ScaledDotProductAttention()
+        y[...] = fn.forward(q, k, v, None, is_causal=causal, scale=scale)
+        return np.zeros(q.shape[:-1])
+
+    @staticmethod
+    def attention_backward(g, q, k, v, y, lse, causal, scale, p, slot, dq, dk, dv):
+        fn = tg.ops.attention.ScaledDotProductAttention()
+        fn.needs_input_grad = [True] * 4
+        fn.forward(q, k, v, None, is_causal=causal, scale=scale)
+        dq[...], dk[...], dv[...], _ = fn.backward(g)
+
+    attention_supported = staticmethod(lambda *a: True)
+
+    @staticmethod
+    def softmax_forward(x):
+        e = np.exp(x - x.max(-1, keepdims=True))
+        return e / e.sum(-1, keepdims=True)
+
+    @staticmethod
+    def softmax_backward(g, y):
+        return y * (g - (g * y).sum(-1, keepdims=True))
+
+
+def test_cuda_twins_double_backward_glue_on_numpy(monkeypatch):
+    """The CUDA twins' backward_graph (ops/cuda.py: layer norm and cross-entropy from the x they
+    keep, Redropout's mask drawn again from its slot, attention's weights recomputed) run on
+    NumPy, with the kernels they call replaced by reference math: a small GPT's H v in float64
+    against a central difference of its gradients. (The device test above runs the real kernels.)"""
+    from gpt import GPT, GPTConfig
+    from tensorgrad import backend, function, kernels
+    from tensorgrad.ops.linear import LinearFn
+    fake = _FakeKernels()
+    for name in ("rng_slot", "dropout", "layernorm_forward", "layernorm_backward", "cross_entropy_forward",
+                 "cross_entropy_backward", "gelu_forward", "gelu_backward", "attention_forward",
+                 "attention_backward", "attention_supported", "softmax_forward", "softmax_backward"):
+        monkeypatch.setattr(kernels, name, getattr(fake, name))
+    monkeypatch.setattr(backend, "cupy", lambda: np)
+    monkeypatch.setattr(backend, "philox_state", lambda: 0)
+    monkeypatch.setattr(LinearFn, "cuda", None)             # cuBLASLt: nothing to stand in for it
+    monkeypatch.setitem(function.twin_gates, "cuda", lambda *arrays: True)
+    pick = function.Function._pick.__func__
+    monkeypatch.setattr(function.Function, "_pick", classmethod(
+        lambda cls, device, arrays, kwargs: pick(cls, "cuda" if device == "cpu" else device, arrays, kwargs)))
+
+    tg.manual_seed(0)
+    model = GPT(GPTConfig(block_size=8, vocab_size=11, n_layer=2, n_head=2, n_embd=16, dropout=0.2,
+                          attn_dropout=0.0)).to(dtype=np.float64)
+    params = list(model.parameters())
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(0, 11, (2, 8)), rng.integers(0, 11, (2, 8))
+    v = [rng.standard_normal(p.shape) for p in params]
+
+    def loss():
+        fake.slots = 0                                              # the same dropout masks each time
+        return model(x, y)[1]
+    out = loss()
+    assert {"CrossEntropyCUDA", "DropoutCUDA", "DropoutAddCUDA", "GELUCUDA", "LayerNormCUDA", "QKVAttentionCUDA"} <= \
+        _node_types(out)
+    g = tg.grad(out, params, create_graph=True)
+    hv = np.concatenate([a.ravel() for a in tg.grad(sum((gi * tg.tensor(vi)).sum() for gi, vi in zip(g, v)), params)])
+    h, sides = 1e-5, []
+    for sign in (1, -1):
+        for p, vi in zip(params, v):
+            p.data += sign * h * vi
+        sides.append(np.concatenate([a.ravel() for a in tg.grad(loss(), params)]))
+        for p, vi in zip(params, v):
+            p.data -= sign * h * vi
+    fd = (sides[0] - sides[1]) / (2 * h)
+    assert np.linalg.norm(hv - fd) / np.linalg.norm(fd) < 1e-6
+
+
+def _node_types(t):
+    """The names of the Functions in the graph behind t."""
+    seen, names, stack = set(), set(), [t.grad_fn]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, tg.Function) and id(node) not in seen:
+            seen.add(id(node))
+            names.add(type(node).__name__)
+            stack.extend(node.inputs)
+    return names

@@ -608,7 +608,9 @@ class AttentionWeights(Function):
     dk = ds^T q"""
     def forward(self, q, k, fn):
         self.q, self.k, self.fn = q, k, fn
-        self.att = fn.weights(q, k, fn.mask, fn.causal) if fn.att is None else fn.att    # (..., T, S)
+        self.att = fn.att                                                           # (..., T, S)
+        if self.att is None:                 # a CUDA twin keeps none: the reference's math, fn's scale
+            self.att = A.ScaledDotProductAttention.weights(fn, q, k, fn.mask, fn.causal)
         return self.att
 
     def backward(self, datt):
