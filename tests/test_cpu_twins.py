@@ -33,9 +33,11 @@ def run(op, arrays, g, twins=True, dtype=np.float32, **kw):
     """op(*tensors, **kw) and the gradients of sum(out * g) for each input: [out, grads...],
     with the CPU twins or inside tg.reference_ops(); also the Function that ran."""
     def go():
-        ts = [tg.tensor(a.astype(dtype), requires_grad=True) for a in arrays]
+        # dtype= given: tg.tensor would make a float64 array the default dtype, float32
+        ts = [tg.tensor(a, dtype=dtype, requires_grad=True) if a.dtype.kind == "f" else tg.tensor(a)
+              for a in arrays]
         y = op(*ts, **kw)
-        y.backward(tg.tensor(g.astype(dtype)))
+        y.backward(tg.tensor(g, dtype=dtype))
         return [y.numpy()] + [t.grad for t in ts], type(y.grad_fn)
     if twins:
         return go()
