@@ -165,6 +165,28 @@ def test_first_derivatives_are_the_same_bits():
         np.testing.assert_allclose(u, v.data, rtol=1e-13)
 
 
+def _seeded(f):
+    """f with the dropout generator reseeded at each call: the same masks for every evaluation
+    that gradgradcheck makes."""
+    def g(*args):
+        tg.manual_seed(3)
+        return f(*args)
+    return g
+
+
+@pytest.mark.parametrize("name,f,shapes", [
+    ("minimum", lambda x, y: tg.minimum(x, y) * x, [(2, 3), (3,)]),
+    ("min", lambda x: tg.min(x * x, axis=0), [(3, 4)]),
+    ("dropout", _seeded(lambda x: tg.dropout(x, 0.4) ** 3), [(3, 4)]),
+    ("dropout_add", _seeded(lambda x, r: tg.dropout_add(x, r, 0.4) ** 3), [(3, 4), (3, 4)]),
+    ("sdpa_dropout", _seeded(lambda q, k, v: tg.scaled_dot_product_attention(q, k, v, is_causal=True,
+                                                                             dropout_p=0.3) ** 2),
+     [(2, 4, 3), (2, 4, 3), (2, 4, 3)]),
+])
+def test_the_rest_of_the_ops(name, f, shapes):
+    check_grad(f, *(rand64(*s, low=0.3) if name == "minimum" else rand64(*s) for s in shapes), name=name, order=2)
+
+
 def test_gradient_penalty_trains():
     """WGAN-GP-style: minimise loss + |d loss / d x|^2 over w; the penalty goes down."""
     rng = np.random.default_rng(0)
