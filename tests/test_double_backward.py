@@ -267,6 +267,19 @@ def test_fused_ops(name, f, shapes):
     check_grad(f, *(rand64(*s) for s in shapes), name=name, order=2)
 
 
+def _hvp_by_differences(loss, params, v, h=1e-5):
+    """H v as a central difference of gradients along v: (grad(p + h v) - grad(p - h v)) / 2h,
+    flattened; loss() evaluates the loss at the parameters' current values."""
+    sides = []
+    for sign in (1, -1):
+        for p, vi in zip(params, v):
+            p.data += sign * h * vi
+        sides.append(np.concatenate([a.ravel() for a in tg.grad(loss(), params)]))
+        for p, vi in zip(params, v):
+            p.data -= sign * h * vi
+    return (sides[0] - sides[1]) / (2 * h)
+
+
 def test_gpt_hessian_vector_product_against_finite_differences():
     """A small GPT (layer norm, embeddings, attention, GELU MLP, tied head, cross-entropy) in
     float64: H v by double backward equals a central difference of gradients along v."""
@@ -279,14 +292,7 @@ def test_gpt_hessian_vector_product_against_finite_differences():
     v = [rng.standard_normal(p.shape) for p in params]
     g = tg.grad(model(x, y)[1], params, create_graph=True)
     hv = tg.grad(sum((gi * tg.tensor(vi, dtype=tg.float64)).sum() for gi, vi in zip(g, v)), params)
-    h, sides = 1e-5, []
-    for sign in (1, -1):
-        for p, vi in zip(params, v):
-            p.data += sign * h * vi
-        sides.append(np.concatenate([a.ravel() for a in tg.grad(model(x, y)[1], params)]))
-        for p, vi in zip(params, v):
-            p.data -= sign * h * vi
-    fd = (sides[0] - sides[1]) / (2 * h)
+    fd = _hvp_by_differences(lambda: model(x, y)[1], params, v)
     an = np.concatenate([a.ravel() for a in hv])
     assert np.linalg.norm(an - fd) / np.linalg.norm(fd) < 1e-4
 
@@ -476,14 +482,7 @@ def test_cuda_twins_double_backward_glue_on_numpy(monkeypatch):
         _node_types(out)
     g = tg.grad(out, params, create_graph=True)
     hv = np.concatenate([a.ravel() for a in tg.grad(sum((gi * tg.tensor(vi)).sum() for gi, vi in zip(g, v)), params)])
-    h, sides = 1e-5, []
-    for sign in (1, -1):
-        for p, vi in zip(params, v):
-            p.data += sign * h * vi
-        sides.append(np.concatenate([a.ravel() for a in tg.grad(loss(), params)]))
-        for p, vi in zip(params, v):
-            p.data -= sign * h * vi
-    fd = (sides[0] - sides[1]) / (2 * h)
+    fd = _hvp_by_differences(loss, params, v)
     assert np.linalg.norm(hv - fd) / np.linalg.norm(fd) < 1e-6
 
 

@@ -478,6 +478,7 @@ def _layer_norm(self, g):
 def layer_norm_grads(fn, g, x, stats=None):
     """dx, dw, db of layer norm fn, on Tensors; x (..., C): the input, or the input less its row
     means; stats: (xh, rstd) if forward kept them."""
+    stats = _normalized(x, fn.eps) if stats is None else stats                # once, for both ops below
     x = fn.saved_input(0, x)                                                  # (..., C)
     need_x, need_w, need_b = fn.needs_input_grad
     g = g if g.dtype == x.dtype else E.cast(g, x.dtype)
