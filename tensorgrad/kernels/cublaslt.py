@@ -1,20 +1,29 @@
-"""y = x @ w^T + b in one cuBLASLt call: the bias is added in the GEMM's epilogue.
+"""Matrix products with work done in the epilogue: cuBLASLt, through ctypes.
 
-Adding the bias as a second pass over y reads and writes the whole (N, out)
-output once more (CuPy's broadcast add is slower still). cuBLASLt, the
-library cuBLAS itself is built on and already loaded in the process, can add
-a bias vector while it writes the product ("epilogue BIAS"). CuPy has no
-binding for it, so, as kernels/cublas.py does for cuBLAS, this module calls
-it through ctypes, with a workspace of its own so a CUDA graph can capture it.
+A product's epilogue is the step where the GEMM writes its tile of the result.
+cuBLASLt, the library cuBLAS itself is built on and already loaded in the
+process, can do more there than store: add a bias vector (saves a pass over
+y), apply GELU and also store its input ("aux", what the backward needs),
+multiply by GELU's derivative read from that aux, and sum the bias gradient
+over the rows it already holds. Each saves a kernel that would read and write
+the whole (N, width) activation once more. CuPy has no binding, so, as
+kernels/cublas.py does for cuBLAS, this module calls it through ctypes, with a
+workspace of its own so a CUDA graph can capture it.
 
 Layout (cuBLASLt is column-major; a row-major (r, c) buffer is its transpose):
-y^T (out, N) = W (out, in) @ x^T (in, N): A = w read as (in, out), transposed;
-B = x read as (in, N); D = y read as (out, N); the bias runs along D's rows.
-The descriptors and the algorithm cuBLASLt picks depend only on the shape,
-so they are made once per shape and kept; only the pointers change per call.
+the row-major product C (M, N) = op(a) @ op(b) is computed as the column-major
+D (N x M) = op(b)^T op(a)^T, so b is cuBLASLt's A and a its B. In D's terms:
+a bias (or its gradient, DGELU_BGRAD) runs along D's rows = C's columns (N);
+BGRADB's gradient runs along D's columns = C's rows (M), summed over the
+product's k; the GELU aux has D's layout = C's, row-major (M, N).
+The descriptors and the algorithm cuBLASLt picks depend only on the shapes,
+types and epilogue, so they are made once per such key and kept; only the
+pointers change per call.
 """
 import ctypes
 import warnings
+
+import numpy as np
 
 from .. import backend
 from .cublas import data_type, mapped_library
@@ -22,12 +31,20 @@ from .cublas import data_type, mapped_library
 _OP_N, _OP_T = 0, 1
 _R_32F = 0
 _DESC_TRANSA, _DESC_TRANSB, _DESC_EPILOGUE, _DESC_BIAS_POINTER = 3, 4, 7, 8
-_EPILOGUE_BIAS = 4
+_DESC_AUX_POINTER, _DESC_AUX_LD = 11, 12
 _PREF_MAX_WORKSPACE_BYTES = 1
 _WORKSPACE_BYTES = 32 << 20
 _HEURISTIC_BYTES = 96            # sizeof(cublasLtMatmulHeuristicResult_t); the algo is its first 64 bytes
 
-_state = {}                      # lib, handle, workspace, plans {(N, in, out, dtype, compute): plan}
+# cublasLtEpilogue_t: what the product does as it writes D
+DEFAULT = 1                      # D = op(a) op(b)
+BIAS = 4                         # + bias (N,)
+GELU_AUX_BIAS = 164              # D = gelu(. + bias), aux = . + bias (GELU's input, for the backward)
+DGELU_BGRAD = 208                # D = . * gelu'(aux); bias = D summed over rows (the bias gradient)
+BGRADB = 512                     # bias = op(a) summed over k (the bias gradient, when a is the row gradient)
+_AUX = (GELU_AUX_BIAS, DGELU_BGRAD)
+
+_state = {}                      # lib, handle, workspace, plans {key: plan or None (no algorithm)}
 
 
 def _check(status, what):
@@ -64,59 +81,93 @@ def _layout(lib, dt, rows, cols, ld):
     return lay
 
 
-def _plan(n, k, m, dt, compute):
-    """Descriptor, layouts and algorithm of y (n, m) = x (n, k) @ w (m, k)^T + b, made once per
-    shape and type. The scale type stays float32 (alpha, beta); the bias has D's type."""
-    key = (n, k, m, dt, compute)
-    plan = _state["plans"].get(key)
-    if plan is not None:
-        return plan
+def _plan(M, N, K, ta, tb, in_dtype, out_dtype, epilogue):
+    """Descriptor, layouts and algorithm of C (M, N) = op(a) @ op(b) with `epilogue`, made once
+    per key; None when cuBLASLt has no algorithm for it (remembered too). The scale type stays
+    float32 (alpha, beta); a bias has D's type."""
+    key = (M, N, K, ta, tb, np.dtype(in_dtype), np.dtype(out_dtype), epilogue)
+    if key in _state["plans"]:
+        return _state["plans"][key]
     lib = _state["lib"]
+    dt, compute = data_type(np.dtype(in_dtype))
+    dt_out = data_type(np.dtype(out_dtype))[0]
     desc = ctypes.c_void_p()
     _check(lib.cublasLtMatmulDescCreate(ctypes.byref(desc), compute, _R_32F), "cublasLtMatmulDescCreate")
-    _set(lib, desc, _DESC_TRANSA, ctypes.c_int32(_OP_T))
-    _set(lib, desc, _DESC_TRANSB, ctypes.c_int32(_OP_N))
-    _set(lib, desc, _DESC_EPILOGUE, ctypes.c_uint32(_EPILOGUE_BIAS))
-    a, b, d = _layout(lib, dt, k, m, k), _layout(lib, dt, k, n, k), _layout(lib, dt, m, n, m)
+    _set(lib, desc, _DESC_TRANSA, ctypes.c_int32(_OP_T if tb else _OP_N))      # cuBLASLt's A is b
+    _set(lib, desc, _DESC_TRANSB, ctypes.c_int32(_OP_T if ta else _OP_N))      # ... and its B is a
+    _set(lib, desc, _DESC_EPILOGUE, ctypes.c_uint32(epilogue))
+    if epilogue in _AUX:
+        _set(lib, desc, _DESC_AUX_LD, ctypes.c_int64(N))                       # aux: row-major (M, N)
+    A = _layout(lib, dt, K, N, K) if tb else _layout(lib, dt, N, K, N)         # b: (N, K) or (K, N) row-major
+    B = _layout(lib, dt, M, K, M) if ta else _layout(lib, dt, K, M, K)         # a: (K, M) or (M, K) row-major
+    D = _layout(lib, dt_out, N, M, N)
     pref = ctypes.c_void_p()
     _check(lib.cublasLtMatmulPreferenceCreate(ctypes.byref(pref)), "cublasLtMatmulPreferenceCreate")
     ws = ctypes.c_uint64(_WORKSPACE_BYTES)
     _check(lib.cublasLtMatmulPreferenceSetAttribute(pref, _PREF_MAX_WORKSPACE_BYTES, ctypes.byref(ws), 8),
            "cublasLtMatmulPreferenceSetAttribute")
     result, found = (ctypes.c_ubyte * _HEURISTIC_BYTES)(), ctypes.c_int(0)
-    _check(lib.cublasLtMatmulAlgoGetHeuristic(_state["handle"], desc, a, b, d, d, pref, 1, result,
-                                              ctypes.byref(found)), "cublasLtMatmulAlgoGetHeuristic")
-    if found.value < 1:
-        raise RuntimeError(f"cublasLt has no algorithm for ({n}, {k}) @ ({m}, {k})^T + bias")
-    plan = _state["plans"][key] = (desc, a, b, d, result)
+    status = lib.cublasLtMatmulAlgoGetHeuristic(_state["handle"], desc, A, B, D, D, pref, 1, result,
+                                                ctypes.byref(found))
+    lib.cublasLtMatmulPreferenceDestroy(pref)
+    plan = (desc, A, B, D, result) if status == 0 and found.value >= 1 else None
+    _state["plans"][key] = plan
     return plan
+
+
+def _aligned(*arrays):
+    return all(a is None or (a.flags.c_contiguous and a.data.ptr % 16 == 0) for a in arrays)
+
+
+def can(M, N, K, ta, tb, in_dtype, out_dtype, epilogue):
+    """Is there an algorithm for this product and epilogue? (Asks cuBLASLt once per key.)
+    Every row of a, b and C must be a whole number of 16 bytes (what the fast algorithms assume)."""
+    rows = ((M if ta else K) * np.dtype(in_dtype).itemsize, (K if tb else N) * np.dtype(in_dtype).itemsize,
+            N * np.dtype(out_dtype).itemsize)
+    if min(M, N, K) < 1 or any(r % 16 for r in rows) or not available():
+        return False
+    return _plan(M, N, K, ta, tb, in_dtype, out_dtype, epilogue) is not None
+
+
+def matmul(a, b, ta=False, tb=False, epilogue=DEFAULT, bias=None, aux=None, out_dtype=None):
+    """C (M, N) = op(a) @ op(b) with the epilogue, on the current stream; op transposes when
+    ta / tb. a, b: C-contiguous 2-D CuPy arrays of one type on 16-byte boundaries (the caller
+    checked `can`). BIAS and GELU_AUX_BIAS read `bias` (N,); DGELU_BGRAD reads `aux` (M, N);
+    GELU_AUX_BIAS writes `aux`; DGELU_BGRAD and BGRADB write their bias gradient into `bias`
+    ((N,) and (M,)). Returns C, of out_dtype (default: a's; float32 from bf16 inputs works)."""
+    s = _state
+    cp, lib = s["cp"], s["lib"]
+    M, K = (a.shape[1], a.shape[0]) if ta else a.shape
+    N = b.shape[0] if tb else b.shape[1]
+    out_dtype = np.dtype(out_dtype or a.dtype)
+    plan = _plan(M, N, K, ta, tb, a.dtype, out_dtype, epilogue)
+    if plan is None or not _aligned(a, b, bias, aux):
+        raise ValueError(f"cublaslt.matmul: no algorithm for ({M}, {K}) @ ({K}, {N}), epilogue {epilogue}, "
+                         f"or an operand off 16 bytes (check `can` first)")
+    desc, A, B, D, algo = plan
+    c = cp.empty((M, N), dtype=out_dtype)
+    ptr = ctypes.c_void_p
+    if bias is not None:
+        _set(lib, desc, _DESC_BIAS_POINTER, ptr(bias.data.ptr))
+    if aux is not None:
+        _set(lib, desc, _DESC_AUX_POINTER, ptr(aux.data.ptr))
+    _check(lib.cublasLtMatmul(s["handle"], desc, ctypes.byref(s["alpha"]), ptr(b.data.ptr), A, ptr(a.data.ptr), B,
+                              ctypes.byref(s["beta"]), ptr(c.data.ptr), D, ptr(c.data.ptr), D, algo,
+                              ptr(s["workspace"].data.ptr), ctypes.c_size_t(_WORKSPACE_BYTES),
+                              ptr(cp.cuda.get_current_stream().ptr)), "cublasLtMatmul")
+    return c
 
 
 def usable(x, w, b):
     """Can linear_bias take them? 2-D x (n, k), w (m, k), b (m,): C-contiguous CuPy arrays of
-    one kernel element type (kernels.takes), on 16-byte boundaries with k and m multiples of 4 (what cuBLASLt's fast algorithms assume)."""
+    one kernel element type (kernels.takes), on 16-byte boundaries, rows of whole 16 bytes."""
     if x.ndim != 2 or w.ndim != 2 or b is None or b.ndim != 1 or x.shape[1] != w.shape[1] or b.shape[0] != w.shape[0]:
         return False
-    if x.shape[0] == 0 or x.shape[1] == 0 or x.shape[1] % 4 or w.shape[0] % 4:
+    if not _aligned(x, w, b) or not (x.dtype == w.dtype == b.dtype):
         return False
-    if not all(a.flags.c_contiguous and a.data.ptr % 16 == 0 for a in (x, w, b)):
-        return False
-    return available()
+    return can(x.shape[0], w.shape[0], x.shape[1], False, True, x.dtype, x.dtype, BIAS)
 
 
 def linear_bias(x, w, b):
     """x (n, k) @ w (m, k)^T + b (m,) -> (n, m), on the current stream."""
-    s = _state
-    cp, lib = s["cp"], s["lib"]
-    n, k = x.shape
-    m = w.shape[0]
-    dt, compute = data_type(x.dtype)
-    desc, a, bl, d, algo = _plan(n, k, m, dt, compute)
-    y = cp.empty((n, m), dtype=x.dtype)
-    _set(lib, desc, _DESC_BIAS_POINTER, ctypes.c_void_p(b.data.ptr))
-    ptr = ctypes.c_void_p
-    _check(lib.cublasLtMatmul(s["handle"], desc, ctypes.byref(s["alpha"]), ptr(w.data.ptr), a, ptr(x.data.ptr), bl,
-                              ctypes.byref(s["beta"]), ptr(y.data.ptr), d, ptr(y.data.ptr), d, algo,
-                              ptr(s["workspace"].data.ptr), ctypes.c_size_t(_WORKSPACE_BYTES),
-                              ptr(cp.cuda.get_current_stream().ptr)), "cublasLtMatmul")
-    return y
+    return matmul(x, w, tb=True, epilogue=BIAS, bias=b)

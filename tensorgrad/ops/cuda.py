@@ -19,7 +19,8 @@ from . import double
 from .attention import QKVAttention, ScaledDotProductAttention
 from ..kernels import compile_ahead, cublaslt  # noqa: F401  (compile_ahead: tg.compile_ahead)
 from .elementwise import GELU
-from .linear import LinearFn
+from .linear import MLP, LinearFn
+from .matmul import mm
 from .fused import CrossEntropy, Dropout, DropoutAdd, LayerNorm, Softmax
 
 twin_gates["cuda"] = kernels.takes    # the one test of whether the kernels can run (kernels/__init__.py)
@@ -235,7 +236,8 @@ class QKVAttentionCUDA(QKVAttention):
 
 class LinearCUDA(LinearFn):
     """The bias is added by the matrix product's epilogue (kernels/cublaslt.py), not by
-    a second pass over y; the backward is the reference's (two GEMMs and a column sum)."""
+    a second pass over y; in the backward the weight gradient's product sums the bias
+    gradient as it goes (epilogue BGRADB), so no column-sum kernel reads g again."""
     @classmethod
     def supports(cls, x, w, b):
         return (b is not None and x.flags.c_contiguous and x.ndim >= 1 and w.ndim == 2
@@ -244,11 +246,66 @@ class LinearCUDA(LinearFn):
     def product(self, x2, w, b):
         return cublaslt.linear_bias(x2, w, b)
 
+    def backward(self, g):
+        need_x, need_w, need_b = self.needs_input_grad
+        g2 = g.reshape(-1, g.shape[-1])                                              # (N, out)
+        (N, out), dt = g2.shape, g2.dtype
+        if not (need_w and need_b and g2.flags.c_contiguous and self.x2.flags.c_contiguous
+                and cublaslt.can(out, self.w.shape[1], N, True, False, dt, dt, cublaslt.BGRADB)):
+            return super().backward(g)
+        db = backend.cupy().empty((out,), dtype=dt)                                  # (out,)
+        dw = cublaslt.matmul(g2, self.x2, ta=True, epilogue=cublaslt.BGRADB, bias=db)   # (out, in), db filled
+        dx = mm(g2, self.w).reshape(self.x_shape) if need_x else None                 # (..., in)
+        return dx, dw, db
+
+
+class MLPCUDA(MLP):
+    """GPT-2's MLP in four products and two more, with no elementwise kernel: the forward's
+    first product adds b1 and applies GELU in its epilogue, keeping GELU's input h (aux); the
+    backward's product g w2 multiplies by gelu'(h) and sums db1 in its epilogue, and the
+    product for dw2 sums db2. cuBLASLt's GELU is the tanh form, so only that form comes here."""
+    @classmethod
+    def supports(cls, x, w1, b1, w2, b2, approximate="none"):
+        if approximate != "tanh" or w1.ndim != 2 or not x.flags.c_contiguous:
+            return False
+        H, C = w1.shape
+        if w2.shape != (C, H) or b1.shape != (H,) or b2.shape != (C,) or x.ndim < 1 or x.shape[-1] != C:
+            return False
+        dt, N = x.dtype, x.size // C
+        if not all(a.dtype == dt and a.flags.c_contiguous for a in (w1, b1, w2, b2)):
+            return False
+        lt = cublaslt
+        return (lt.can(N, H, C, False, True, dt, dt, lt.GELU_AUX_BIAS) and lt.can(N, C, H, False, True, dt, dt, lt.BIAS)
+                and lt.can(C, H, N, True, False, dt, dt, lt.BGRADB)
+                and lt.can(N, H, C, False, False, dt, dt, lt.DGELU_BGRAD))
+
+    def forward(self, x, w1, b1, w2, b2, approximate="tanh"):
+        cp = backend.cupy()
+        self.x_shape, self.approximate = x.shape, approximate
+        self.x2 = x.reshape(-1, x.shape[-1])                                           # (N, C)
+        self.w1, self.b1, self.w2, self.b2 = w1, b1, w2, b2
+        self.h = cp.empty((self.x2.shape[0], w1.shape[0]), dtype=x.dtype)               # (N, H): GELU's input
+        self.a = cublaslt.matmul(self.x2, w1, tb=True, epilogue=cublaslt.GELU_AUX_BIAS, bias=b1, aux=self.h)
+        y = cublaslt.matmul(self.a, w2, tb=True, epilogue=cublaslt.BIAS, bias=b2)       # (N, C)
+        return y.reshape(*x.shape[:-1], w2.shape[0])
+
+    def backward(self, g):
+        cp, lt = backend.cupy(), cublaslt
+        need_x, need_w1, need_b1, need_w2, need_b2 = self.needs_input_grad
+        g2 = cp.ascontiguousarray(g.reshape(-1, g.shape[-1]))                          # (N, C)
+        (C, H), dt = self.w2.shape, g2.dtype
+        db2, db1 = cp.empty((C,), dtype=dt), cp.empty((H,), dtype=dt)
+        dw2 = lt.matmul(g2, self.a, ta=True, epilogue=lt.BGRADB, bias=db2)             # (C, H), db2 filled
+        dh = lt.matmul(g2, self.w2, epilogue=lt.DGELU_BGRAD, bias=db1, aux=self.h)     # (N, H), db1 filled
+        dw1 = mm(dh.T, self.x2) if need_w1 else None                                   # (H, C)
+        dx = mm(dh, self.w1).reshape(self.x_shape) if need_x else None                 # (..., C)
+        return (dx, dw1, db1 if need_b1 else None, dw2 if need_w2 else None, db2 if need_b2 else None)
+
 
 # ------------------------------------------------ the registry: reference -> twin
 for _ref, _twin in ((Softmax, SoftmaxCUDA), (LayerNorm, LayerNormCUDA), (CrossEntropy, CrossEntropyCUDA),
                     (GELU, GELUCUDA), (Dropout, DropoutCUDA), (DropoutAdd, DropoutAddCUDA),
                     (ScaledDotProductAttention, ScaledDotProductAttentionCUDA),
-                    (QKVAttention, QKVAttentionCUDA), (LinearFn, LinearCUDA)):
+                    (QKVAttention, QKVAttentionCUDA), (LinearFn, LinearCUDA), (MLP, MLPCUDA)):
     _ref.cuda = _twin
     _twin.cuda = None   # a twin has no twin of its own (and is never re-dispatched)

@@ -27,7 +27,7 @@ from ..backend import get_array_module
 from ..function import Function
 from ..tensor import Tensor
 from . import attention as A, elementwise as E, fused as F, reduce as R, shape as S
-from .linear import LinearFn
+from .linear import MLP, LinearFn, linear
 from .broadcast import sum_to as sum_to_array
 from .matmul import MatMul, _mT, matmul, mm
 from .elementwise import _erf
@@ -379,6 +379,25 @@ def _linear(self, g):
     dw = transposed_product(g2, x.reshape(-1, self.w.shape[1]), "ta") if need_w else None
     db = R.sum(g2, axis=0) if self.has_b and need_b else None
     return dx, dw, db
+
+
+@_on(MLP)
+def _mlp(self, g):
+    """The MLP's backward on Tensors: h and a recomputed from the saved x by the ops the node
+    stands for, so a second derivative goes through them."""
+    x, w1, b1, w2, b2 = (self.saved_input(i, arr) for i, arr in
+                         enumerate((self.x2.reshape(self.x_shape), self.w1, self.b1, self.w2, self.b2)))
+    need_x, need_w1, need_b1, need_w2, need_b2 = self.needs_input_grad
+    x2 = x.reshape(-1, self.x_shape[-1])                                   # (N, C)
+    h = linear(x2, w1, b1)                                                 # (N, H)
+    g2 = g.reshape(-1, g.shape[-1])                                        # (N, C)
+    dw2 = transposed_product(g2, E.gelu(h, self.approximate), "ta") if need_w2 else None   # (C, H)
+    db2 = R.sum(g2, axis=0) if need_b2 else None
+    dh = GELUGrad.apply(matmul(g2, w2), h, approximate=self.approximate)   # (N, H)
+    dw1 = transposed_product(dh, x2, "ta") if need_w1 else None            # (H, C)
+    db1 = R.sum(dh, axis=0) if need_b1 else None
+    dx = matmul(dh, w1).reshape(*self.x_shape) if need_x else None
+    return dx, dw1, db1, dw2, db2
 
 
 # ----------------------------------------------------------------- fused ops

@@ -1,0 +1,216 @@
+"""mlp: GPT-2's MLP as one op, and the cuBLASLt epilogues its GPU twin (and Linear's) run on.
+
+CPU: the reference node against the three ops it stands for, a float64 gradient check and a
+second-order one. GPU (marked cuda): every epilogue product against CuPy's plain math, in
+float32 (TF32 off) and bf16, over odd row counts; the MLP twin and Linear's backward against
+the reference ops, forward and every gradient.
+"""
+import numpy as np
+import pytest
+
+import nn.functional as F
+import tensorgrad as tg
+from tensorgrad.ops.linear import MLP
+
+rng = np.random.default_rng(7)
+
+
+def _inputs(N, C, H, dtype=np.float64, device="cpu", lead=()):
+    arrays = (rng.standard_normal(lead + (N, C)), rng.standard_normal((H, C)) / np.sqrt(C), rng.standard_normal(H),
+              rng.standard_normal((C, H)) / np.sqrt(H), rng.standard_normal(C))
+    return [tg.tensor(a.astype(dtype), requires_grad=True, device=device) for a in arrays]
+
+
+def _composed(x, w1, b1, w2, b2, approximate):
+    return tg.linear(tg.gelu(tg.linear(x, w1, b1), approximate), w2, b2)
+
+
+def _grads(fn, ts, g):
+    for t in ts:
+        t.grad = None
+    y = fn(*ts)
+    y.backward(g)
+    return [y.numpy()] + [tg.backend.to_device(t.grad, "cpu") for t in ts]
+
+
+@pytest.mark.parametrize("approximate", ["tanh", "none"])
+def test_reference_node_equals_the_three_ops(approximate):
+    ts = _inputs(6, 8, 12, lead=(2,))
+    g = tg.tensor(rng.standard_normal((2, 6, 8)))
+    fused = _grads(lambda *a: MLP.apply(*a, approximate=approximate), ts, g)
+    composed = _grads(lambda *a: _composed(*a, approximate), ts, g)
+    for a, b in zip(fused, composed):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("approximate", ["tanh", "none"])
+def test_reference_node_gradcheck_and_gradgradcheck(approximate):
+    ts = _inputs(3, 4, 5)
+    fn = lambda *a: MLP.apply(*a, approximate=approximate)  # noqa: E731
+    assert tg.gradcheck(fn, ts)
+    assert tg.gradgradcheck(fn, ts)
+
+
+def test_on_the_cpu_mlp_is_the_three_ops_bit_for_bit():
+    ts = _inputs(5, 8, 16, dtype=np.float32)
+    g = tg.tensor(rng.standard_normal((5, 8)).astype(np.float32))
+    a = _grads(lambda *a: F.mlp(*a, approximate="tanh"), ts, g)
+    b = _grads(lambda *a: _composed(*a, "tanh"), ts, g)
+    for u, v in zip(a, b):
+        np.testing.assert_array_equal(u, v)
+
+
+def test_mlp_rejects_an_unknown_gelu_form():
+    with pytest.raises(ValueError, match="mlp: approximate must be"):
+        F.mlp(*_inputs(2, 4, 4), approximate="fast")
+
+
+def test_mlp_without_biases_is_the_three_ops():
+    x, w1, _, w2, _ = _inputs(3, 4, 8)
+    np.testing.assert_array_equal(F.mlp(x, w1, None, w2, None, "tanh").numpy(),
+                                  _composed(x, w1, None, w2, None, "tanh").numpy())
+
+
+# ------------------------------------------------------------------ GPU
+ROWS = [1, 7, 100, 4096]
+
+
+def _lt():
+    from tensorgrad.kernels import cublaslt
+    return cublaslt
+
+
+def _rel(a, b):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30)
+
+
+def _gelu_tanh(h):
+    return 0.5 * h * (1 + np.tanh(np.sqrt(2 / np.pi) * (h + 0.044715 * h ** 3)))
+
+
+def _gelu_tanh_slope(h):
+    c = np.sqrt(2 / np.pi)
+    t = np.tanh(c * (h + 0.044715 * h ** 3))
+    return 0.5 * (1 + t) + 0.5 * h * (1 - t * t) * c * (1 + 3 * 0.044715 * h * h)
+
+
+def _dtype_and_tol(name):
+    return (np.float32, 1e-5) if name == "float32" else (tg.bfloat16, 1e-2)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("N", ROWS)
+def test_epilogue_products_match_plain_math(monkeypatch, dtype, N):
+    """Each epilogue the MLP and Linear use, on inputs already in `dtype`, against float64 math."""
+    monkeypatch.setenv("CUPY_TF32", "0")
+    cp, lt = tg.backend.cupy(), _lt()
+    dt, tol = _dtype_and_tol(dtype)
+    C, H = 64, 192
+    x, w, b, g, w2 = (rng.standard_normal(s).astype(dt) for s in ((N, C), (H, C), (H,), (N, C), (C, H)))
+    X, W, B, G, W2 = (a.astype(np.float64) for a in (x, w, b, g, w2))
+    d = lambda a: cp.asarray(a)  # noqa: E731
+    f64 = lambda a: a.astype(np.float32).get().astype(np.float64)  # noqa: E731
+    assert lt.can(N, H, C, False, True, dt, dt, lt.BIAS)
+    assert _rel(f64(lt.matmul(d(x), d(w), tb=True, epilogue=lt.BIAS, bias=d(b))), X @ W.T + B) < tol
+    # GELU_AUX_BIAS: a = gelu(x w^T + b), aux = x w^T + b
+    assert lt.can(N, H, C, False, True, dt, dt, lt.GELU_AUX_BIAS)
+    aux = cp.empty((N, H), dtype=dt)
+    a = lt.matmul(d(x), d(w), tb=True, epilogue=lt.GELU_AUX_BIAS, bias=d(b), aux=aux)
+    Hf = X @ W.T + B
+    assert _rel(f64(aux), Hf) < tol, "GELU_AUX_BIAS: aux is not GELU's input"
+    assert _rel(f64(a), _gelu_tanh(Hf)) < tol, "GELU_AUX_BIAS: the output is not gelu_tanh"
+    # DGELU_BGRAD: dh = (g w2) gelu'(aux), db = dh summed over rows
+    assert lt.can(N, H, C, False, False, dt, dt, lt.DGELU_BGRAD)
+    db = cp.empty((H,), dtype=dt)
+    dh = lt.matmul(d(g), d(w2), epilogue=lt.DGELU_BGRAD, bias=db, aux=aux)
+    DH = (G @ W2) * _gelu_tanh_slope(f64(aux))
+    assert _rel(f64(dh), DH) < tol, "DGELU_BGRAD: dh"
+    assert _rel(f64(db), DH.sum(0)) < tol, \
+        f"DGELU_BGRAD: db is not dh's column sum (rel. error to the sum of g w2: {_rel(f64(db), (G @ W2).sum(0)):.3g})"
+    # BGRADB: dw = g^T x, db = g summed over rows
+    assert lt.can(C, C, N, True, False, dt, dt, lt.BGRADB)
+    db2 = cp.empty((C,), dtype=dt)
+    dw = lt.matmul(d(g), d(x), ta=True, epilogue=lt.BGRADB, bias=db2)
+    assert _rel(f64(dw), G.T @ X) < tol
+    assert _rel(f64(db2), G.sum(0)) < tol
+    # float32 out of bf16 products (what a float32 weight gradient would take)
+    if dt != np.float32:
+        out = lt.matmul(d(g), d(x), ta=True, out_dtype=np.float32)
+        assert out.dtype == np.float32 and _rel(out.get(), G.T @ X) < 1e-5
+
+
+@pytest.mark.cuda
+def test_products_cublaslt_cannot_take_are_refused():
+    lt = _lt()
+    assert not lt.can(16, 12, 20, False, True, tg.bfloat16, tg.bfloat16, lt.BIAS)     # rows of 12 / 20 bf16
+    assert not lt.can(16, 64, 0, False, True, np.float32, np.float32, lt.BIAS)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("lead,N", [((), 1), ((2,), 50), ((4,), 1024)])
+def test_mlp_twin_equals_the_three_ops_on_the_gpu(monkeypatch, dtype, lead, N):
+    """MLPCUDA (epilogues) against linear -> gelu -> linear with their own kernels, same inputs."""
+    from tensorgrad.ops.cuda import MLPCUDA
+    monkeypatch.setenv("CUPY_TF32", "0")
+    dt, tol = _dtype_and_tol(dtype)
+    C, H = 128, 512
+    ts = _inputs(N, C, H, dtype=np.float32, device="cuda", lead=lead)
+    if dt != np.float32:
+        ts = [tg.tensor(t.data.astype(dt), requires_grad=True, device="cuda") for t in ts]
+    assert MLPCUDA.supports(*[t.data for t in ts], approximate="tanh")
+    g = tg.tensor(rng.standard_normal(lead + (N, C)).astype(dt), device="cuda")
+    fused = _grads(lambda *a: F.mlp(*a, approximate="tanh"), ts, g)
+    composed = _grads(lambda *a: _composed(*a, "tanh"), ts, g)
+    assert type(F.mlp(*ts, approximate="tanh")._ctx).__name__ == "MLPCUDA"
+    for name, a, b in zip(("y", "dx", "dw1", "db1", "dw2", "db2"), fused, composed):
+        assert _rel(a.astype(np.float32), b.astype(np.float32)) < tol, name
+
+
+@pytest.mark.cuda
+def test_mlp_twin_is_not_used_for_exact_gelu_or_odd_widths():
+    from tensorgrad.ops.cuda import MLPCUDA
+    ts = _inputs(4, 16, 32, dtype=np.float32, device="cuda")
+    assert not MLPCUDA.supports(*[t.data for t in ts], approximate="none")
+    odd = _inputs(4, 16, 30, dtype=np.float32, device="cuda")
+    assert not MLPCUDA.supports(*[t.data for t in odd], approximate="tanh")
+    assert type(F.mlp(*odd, approximate="tanh")._ctx).__name__ != "MLPCUDA"
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("N", [3, 1000])
+def test_linear_backward_with_the_bias_gradient_in_the_epilogue(monkeypatch, dtype, N):
+    """LinearCUDA's backward (BGRADB) against the CPU's float64 math."""
+    monkeypatch.setenv("CUPY_TF32", "0")
+    dt, tol = _dtype_and_tol(dtype)
+    x, w, b, g = (rng.standard_normal(s).astype(dt) for s in ((N, 64), (96, 64), (96,), (N, 96)))
+    ts = [tg.tensor(a, requires_grad=True, device="cuda") for a in (x, w, b)]
+    y = tg.linear(*ts)
+    assert type(y._ctx).__name__ == "LinearCUDA"
+    y.backward(tg.tensor(g, device="cuda"))
+    X, W, G = (a.astype(np.float64) for a in (x, w, g))
+    for t, ref in zip(ts, (G @ W, G.T @ X, G.sum(0))):
+        assert _rel(tg.backend.to_device(t.grad, "cpu").astype(np.float64), ref) < tol
+
+
+@pytest.mark.cuda
+def test_mlp_twin_second_derivatives_equal_the_cpu_ones():
+    """create_graph through MLPCUDA: an HVP-style second derivative equals the CPU's float64 one."""
+    ts_cpu = _inputs(8, 16, 32)
+    ts_gpu = [tg.tensor(t.data.astype(np.float32), requires_grad=True, device="cuda") for t in ts_cpu]
+    out = []
+    for ts in (ts_cpu, ts_gpu):
+        y = F.mlp(*ts, approximate="tanh")
+        (y * y).sum().backward(create_graph=True)
+        gsum = sum((t.grad * t.grad).sum() for t in ts)
+        for t in ts:
+            t.grad = None
+        gsum.backward()
+        out.append([tg.backend.to_device(t.grad.data if isinstance(t.grad, tg.Tensor) else t.grad, "cpu")
+                    for t in ts])
+    assert type(F.mlp(*ts_gpu, approximate="tanh")._ctx).__name__ == "MLPCUDA"
+    for a, b in zip(out[1], out[0]):
+        assert _rel(a, b) < 1e-4
