@@ -19,6 +19,40 @@ DS_MAX_BYTES = 1 << 30
 ATTENTION_HEAD_SIZES = HEAD_SIZES
 _TILE = 64
 
+# Which tensor-core kernels run (bf16): "warp16", each warp owning 16 rows of a 64-row block
+# (attention_forward_mma_*, attention_backward_kvs_mma_*), or "warp32", each warp owning 32
+# rows of a 128-row block, so every fragment read from shared memory feeds two tile products
+# (attention_forward_warp32_*, attention_backward_kvs_warp32_*; head sizes WARP32_HEAD_SIZES,
+# others fall back to warp16). Both give the same numbers; they differ in speed only.
+VARIANTS = ("warp16", "warp32")
+WARP32_HEAD_SIZES = (32, 64)
+
+
+def _checked_variant(name):
+    if name not in VARIANTS:
+        raise ValueError(f"attention variant {name!r}: choose one of {VARIANTS} "
+                         "(TENSORGRAD_ATTENTION_VARIANT or set_attention_variant)")
+    return name
+
+
+_variant = _checked_variant(os.environ.get("TENSORGRAD_ATTENTION_VARIANT", "warp16"))
+
+
+def set_attention_variant(name):
+    """Run the tensor-core kernels of variant `name` (VARIANTS) from now on; returns the previous one."""
+    global _variant
+    previous, _variant = _variant, _checked_variant(name)
+    return previous
+
+
+def attention_variant():
+    """The variant the bf16 attention kernels run (VARIANTS)."""
+    return _variant
+
+
+def _warp32(dtype, D):
+    return _variant == "warp32" and D in WARP32_HEAD_SIZES and _mma(dtype)
+
 
 def attention_supported(q, k, v, causal):
     """Can the fused kernels take q (B, H, T, D), k, v (B, H, S, D)? CuPy arrays of one
@@ -87,8 +121,11 @@ def attention_forward(q, k, v, y, causal, scale, p, slot):
     if _mma(q.dtype):
         # bf16: the tile products on tensor cores (attention.cu); Q, K and V^T tiles in bf16
         name, shared = f"attention_forward_mma_{D}", 5 * _TILE * (D + 8) * 2       # Q, two buffers of K, V
+    grid = (-(-T // _TILE), B * H)
+    if _warp32(q.dtype, D):          # 128 queries a block: Q (128 rows) and two buffers of K, V
+        name, shared, grid = f"attention_forward_warp32_{D}", 6 * _TILE * (D + 8) * 2, (-(-T // (2 * _TILE)), B * H)
     stem, _, build = module_key(q.dtype, D)
-    launch(stem, name, (-(-T // _TILE), B * H), (128,),
+    launch(stem, name, grid, (128,),
            (q, k, v, y, lse) + _strides(q, k, v, y) +
            (np.int32(H), np.int32(T), np.int32(S), np.float32(scale), np.int32(causal), slot, drop16, dscale,
             _vec(q, k, v)), shared_mem=shared, dtype=q.dtype, defines=build)
@@ -125,7 +162,11 @@ def attention_backward(g, q, k, v, y, lse, causal, scale, p, slot, dq, dk, dv):
     if _mma(q.dtype) and B * H * S * T * q.itemsize <= DS_MAX_BYTES:
         # the kv kernel also writes dS^T; dQ = dS K is then one product a tile instead of three
         ds = cp.empty((B * H, S, T), dtype=q.dtype)
-        launch(stem, f"attention_backward_kvs_mma_{D}", (-(-S // _TILE), B * H), (128,),
+        kvs, kvs_grid = f"attention_backward_kvs_mma_{D}", (-(-S // _TILE), B * H)
+        if _warp32(q.dtype, D):      # 128 keys a block: K, V (128 rows), two buffers of Q, dY; keep (64 x 128)
+            kvs, kvs_grid = f"attention_backward_kvs_warp32_{D}", (-(-S // (2 * _TILE)), B * H)
+            kv_shared = 8 * _TILE * (D + 8) * 2 + 2 * _TILE * 4 + 2 * _TILE * _TILE
+        launch(stem, kvs, kvs_grid, (128,),
                (q, k, v, g, lse, dot, dk, dv) + tail + (ds,), shared_mem=kv_shared, dtype=q.dtype, defines=build)
         launch(stem, f"attention_backward_dq_mma_{D}", (-(-T // _TILE), B * H), (128,),
                (k, ds, dq) + _strides(q, k) + (np.int32(H), np.int32(T), np.int32(S), np.float32(scale),

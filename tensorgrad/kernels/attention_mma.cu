@@ -207,6 +207,23 @@ __device__ void attention_backward_q_mma_body(const floatX* __restrict__ q, cons
 }
 
 // WRITE_DS: also write dS^T (before the scale) to ds, (B*H, S, T) bf16, for the dQ kernel below.
+// Row hr (fragment row g or g + 8) of NB C fragments of dS^T into one key's row of ds: queries
+// q + 8 nb and q + 8 nb + 1 (q = the fragments' first query + 2t, out = that query's place in
+// the key's row), as pairs when T is even.
+template <int NB>
+__device__ __forceinline__ void store_ds_row(floatX* out, const float (&c)[NB][4], int hr, int q, int T) {
+#pragma unroll
+    for (int nb = 0; nb < NB; ++nb) {
+        const int qc = q + nb * 8;
+        if (qc + 1 < T && (T & 1) == 0) {
+            *reinterpret_cast<unsigned int*>(out + nb * 8) = pack_bf16(c[nb][2 * hr], c[nb][2 * hr + 1]);
+        } else {
+            if (qc < T) out[nb * 8] = __float2bfloat16_rn(c[nb][2 * hr]);
+            if (qc + 1 < T) out[nb * 8 + 1] = __float2bfloat16_rn(c[nb][2 * hr + 1]);
+        }
+    }
+}
+
 template <int D, bool WRITE_DS = false>
 __device__ void attention_backward_kv_mma_body(const floatX* __restrict__ q, const floatX* __restrict__ k,
                                                const floatX* __restrict__ v, const floatX* __restrict__ dy,
@@ -288,20 +305,9 @@ __device__ void attention_backward_kv_mma_body(const floatX* __restrict__ q, con
             }
         if (WRITE_DS) {                        // this lane's two keys, queries 2t, 2t + 1 of each 8-block
 #pragma unroll
-            for (int hr = 0; hr < 2; ++hr) {
-                if (key[hr] >= S) continue;
-                floatX* out = ds + ((long long)bh * S + key[hr]) * T + q0 + 2 * t;
-#pragma unroll
-                for (int nb = 0; nb < TILE / 8; ++nb) {
-                    const int qc = q0 + nb * 8 + 2 * t;
-                    if (qc + 1 < T && (T & 1) == 0) {
-                        *reinterpret_cast<unsigned int*>(out + nb * 8) = pack_bf16(st[nb][2 * hr], st[nb][2 * hr + 1]);
-                    } else {
-                        if (qc < T) out[nb * 8] = __float2bfloat16_rn(st[nb][2 * hr]);
-                        if (qc + 1 < T) out[nb * 8 + 1] = __float2bfloat16_rn(st[nb][2 * hr + 1]);
-                    }
-                }
-            }
+            for (int hr = 0; hr < 2; ++hr)
+                if (key[hr] < S)
+                    store_ds_row(ds + ((long long)bh * S + key[hr]) * T + q0 + 2 * t, st, hr, q0 + 2 * t, T);
         }
         mma_tile<D>(dv_acc, dpt, dYs, lane);   // dV += (P z)^T dY
         mma_tile<D>(dk_acc, st, Qs, lane);     // dK += dS^T Q
@@ -384,6 +390,331 @@ __device__ void attention_backward_dq_mma_body(const floatX* __restrict__ k, con
     }
     store_fragments<D>(dq + base_of(qs, bh, H) + (long long)row0 * qs.t, qs.t, acc, scale, row0 < T, row0 + 8 < T, t);
 }
+
+// ------------------------------------- 32 rows a warp: the "warp32" kernels (bf16)
+// The kernels above give each warp 16 rows, so every B fragment ldmatrix reads from
+// shared memory feeds two mma.sync: on an H100/H200, shared-memory bandwidth, not the
+// tensor cores, then bounds them (about 100 TFLOP/s). These give each warp 32 rows,
+// two m16 row tiles that share every B fragment (mma_rows / mma_step with R = 2), so
+// ldmatrix per mma.sync halves; a block of 4 warps owns 128 rows. The algorithm, the
+// dropout draws and every sum's order are the 16-row kernels': only which warp computes
+// what changes. Head sizes 32 and 64 (D = 128 would need more than 255 registers a thread:
+// it keeps the 16-row kernels).
+//
+// Causal blocks skip what they cannot see and test only what crosses the diagonal: a warp
+// sorts each tile into nothing visible (skipped), everything visible (the step without a
+// per-element test) or mixed (the step with the test), one template (MASKED) called from
+// two places, so the loop body is compiled twice, not unrolled into more copies.
+
+// The last key query row i sees (visible(i, j) <=> j <= last_key(i)); -1 for rows past T.
+// The masked steps compare it with each element's key: one test of a lane's column offset
+// (a constant once unrolled) against a per-row limit, instead of visible()'s four tests, which
+// ptxas hoists above the tile products into a register each.
+__device__ __forceinline__ int last_key(int i, int T, int S, bool causal) {
+    return i >= T ? -1 : causal ? min(S - 1, i + (S - T)) : S - 1;
+}
+
+// Forward, one key tile for a warp's 32 query rows. Row r = 0..3 of a lane is row g + 8 (r % 2)
+// of row tile r / 2 (fragment elements 2 (r % 2) and 2 (r % 2) + 1); m, l as in the 16-row kernel.
+template <int D, bool MASKED>
+__device__ __forceinline__ void forward_tile_warp32(float (&o)[2][D / 8][4], float (&m)[4], float (&l)[4],
+                                                    const unsigned int (&qa)[2][D / 16][4], const floatX* Ks,
+                                                    const floatX* Vs, const int (&row)[4], const int (&last)[4],
+                                                    int kt, float sl2, const unsigned int* rng, unsigned int drop16,
+                                                    float dscale, int bh, int lane) {
+    const int t = lane & 3;
+    float s[2][TILE / 8][4];               // S: two row tiles x 64 keys
+    mma_rows<D, 2, TILE / 8>(s, qa, Ks, 0, lane);
+    float alpha[4];
+#pragma unroll
+    for (int r = 0; r < 4; ++r) {
+        const int mi = r >> 1, hr = r & 1;
+        const int lim = last[r] - kt * TILE - 2 * t;   // element (nb, e) is key kt * 64 + 2t + 8 nb + e % 2
+        float mx = NEG_INF;
+#pragma unroll
+        for (int nb = 0; nb < TILE / 8; ++nb)
+#pragma unroll
+            for (int e = 2 * hr; e < 2 * hr + 2; ++e) {
+                float& x = s[mi][nb][e];
+                x = !MASKED || nb * 8 + (e & 1) <= lim ? x * sl2 : NEG_INF;
+                mx = fmaxf(mx, x);
+            }
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+        const float m_new = fmaxf(m[r], mx);
+        // only a masked tile can leave a row with nothing seen yet (m = -inf: all zeros)
+        const bool none = MASKED && m_new == NEG_INF;
+        alpha[r] = none ? 1.f : exp2f(m[r] - m_new);
+        m[r] = m_new;
+        l[r] *= alpha[r];
+        float z[2][8];
+        drop_row(z[0], rng, drop16, dscale, row[r], kt, 2 * t, bh);
+        drop_row(z[1], rng, drop16, dscale, row[r], kt, 2 * t + 1, bh);
+#pragma unroll
+        for (int nb = 0; nb < TILE / 8; ++nb)
+#pragma unroll
+            for (int e = 2 * hr; e < 2 * hr + 2; ++e) {
+                const float p = none ? 0.f : exp2f(s[mi][nb][e] - m_new);
+                l[r] += p;                 // the normaliser counts every p, dropped or not
+                s[mi][nb][e] = p * z[e & 1][nb];
+            }
+    }
+#pragma unroll
+    for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+        for (int n = 0; n < D / 8; ++n) {
+            o[mi][n][0] *= alpha[2 * mi]; o[mi][n][1] *= alpha[2 * mi];
+            o[mi][n][2] *= alpha[2 * mi + 1]; o[mi][n][3] *= alpha[2 * mi + 1];
+        }
+    mma_tile<D, 2>(o, s, Vs, lane);        // O += P V
+}
+
+template <int D>
+__device__ void attention_forward_warp32_body(const floatX* __restrict__ q, const floatX* __restrict__ k,
+                                              const floatX* __restrict__ v, floatX* __restrict__ y,
+                                              float* __restrict__ lse, Strides qs, Strides ks, Strides vs, Strides ys,
+                                              int H, int T, int S, float scale, int causal, const unsigned int* rng,
+                                              unsigned int drop16, float dscale, int vec) {
+    constexpr int LH = D + 8, BQ = 2 * TILE;   // a block's 128 queries
+    extern __shared__ __align__(16) float smem[];
+    floatX* Qs = reinterpret_cast<floatX*>(smem);   // (128, LH)
+    floatX* KV = Qs + BQ * LH;                       // two buffers of (K, V): (2, 2, 64, LH)
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    // causal: the last query blocks see the most keys; they start first so the short ones fill the tail
+    const int bh = blockIdx.y, q0 = (gridDim.x - 1 - blockIdx.x) * BQ;
+    const int w0 = q0 + 32 * warp;                  // this warp's first query row
+    const int row[4] = {w0 + g, w0 + g + 8, w0 + 16 + g, w0 + 24 + g};
+    const int last[4] = {last_key(row[0], T, S, causal), last_key(row[1], T, S, causal),
+                         last_key(row[2], T, S, causal), last_key(row[3], T, S, causal)};
+    const float sl2 = scale * LOG2E;
+    // key_tiles(x, ..) counts the key tiles row x + 63 sees: the block's last row is q0 + 127, the warp's w0 + 31
+    const int nkt = key_tiles(q0 + TILE, T, S, causal);
+    // this warp's key tiles: [0, full) visible to all its rows, [full, mine) partly, none past mine
+    const int mine = w0 < T ? key_tiles(w0 - 32, T, S, causal) : 0;
+    const int full = min(mine, (causal ? min(S, w0 + 1 + (S - T)) : S) / TILE);
+
+    load_tile_async<D>(Qs, q, base_of(qs, bh, H), qs.t, q0, T, vec);
+    load_tile_async<D>(Qs + TILE * LH, q, base_of(qs, bh, H), qs.t, q0 + TILE, T, vec);
+    cp_async_commit();
+    load_tile_async<D>(KV, k, base_of(ks, bh, H), ks.t, 0, S, vec);
+    load_tile_async<D>(KV + TILE * LH, v, base_of(vs, bh, H), vs.t, 0, S, vec);
+    cp_async_commit();
+    cp_async_wait_one();
+    __syncthreads();
+    unsigned int qa[2][D / 16][4];         // this warp's two row tiles of Q as A fragments
+    a_fragments<D>(qa[0], Qs, 32 * warp, lane);
+    a_fragments<D>(qa[1], Qs, 32 * warp + 16, lane);
+    float o[2][D / 8][4], m[4] = {NEG_INF, NEG_INF, NEG_INF, NEG_INF}, l[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+    for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+        for (int n = 0; n < D / 8; ++n) o[mi][n][0] = o[mi][n][1] = o[mi][n][2] = o[mi][n][3] = 0.f;
+    for (int kt = 0; kt < nkt; ++kt) {
+        const floatX* Ks = KV + (kt & 1) * 2 * TILE * LH;
+        const floatX* Vs = Ks + TILE * LH;
+        if (kt + 1 < nkt) {
+            floatX* next = KV + ((kt + 1) & 1) * 2 * TILE * LH;
+            load_tile_async<D>(next, k, base_of(ks, bh, H), ks.t, (kt + 1) * TILE, S, vec);
+            load_tile_async<D>(next + TILE * LH, v, base_of(vs, bh, H), vs.t, (kt + 1) * TILE, S, vec);
+        }
+        cp_async_commit();
+        cp_async_wait_one();
+        __syncthreads();
+        if (kt < full)
+            forward_tile_warp32<D, false>(o, m, l, qa, Ks, Vs, row, last, kt, sl2, rng, drop16, dscale, bh, lane);
+        else if (kt < mine)
+            forward_tile_warp32<D, true>(o, m, l, qa, Ks, Vs, row, last, kt, sl2, rng, drop16, dscale, bh, lane);
+        __syncthreads();                   // every warp is done with this buffer before it is refilled
+    }
+#pragma unroll
+    for (int r = 0; r < 4; ++r) {
+        const int mi = r >> 1, hr = r & 1;
+        l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
+        l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
+        if (row[r] >= T) continue;
+        const float f = l[r] > 0.f ? 1.f / l[r] : 0.f;
+        floatX* out = y + base_of(ys, bh, H) + (long long)row[r] * ys.t + 2 * t;
+#pragma unroll
+        for (int n = 0; n < D / 8; ++n)
+            *reinterpret_cast<unsigned int*>(out + n * 8) = pack_bf16(o[mi][n][2 * hr] * f, o[mi][n][2 * hr + 1] * f);
+        if (t == 0) lse[(long long)bh * T + row[r]] = l[r] > 0.f ? (m[r] + log2f(l[r])) / LOG2E : NEG_INF;
+    }
+}
+
+// Backward (kv, writing dS^T), one step: a warp's 32 keys against 16 queries [qr, qr + 16) of the
+// query tile: S^T and dP^T (32 x 16, each Q / dY fragment shared by the two key row tiles), dS^T
+// and (P z)^T in place, dS^T to ds, then dV += (P z)^T dY, dK += dS^T Q (each dY / Q fragment
+// again shared). Registers (D = 64): dK and dV take 128, K's fragments 32; V's are read again
+// each step (8 ldmatrix beside the step's 16), since keeping them too spills: 24 ldmatrix for 64
+// mma.sync, where the 16-key kernel needs 32. Key row r = 0..3 of a lane as in the forward.
+template <int D, bool MASKED>
+__device__ __forceinline__ void kvs_step_warp32(float (&dk)[2][D / 8][4], float (&dv)[2][D / 8][4],
+                                                const unsigned int (&ka)[2][D / 16][4], const floatX* Vs,
+                                                const floatX* Qs, const floatX* dYs, const float* L,
+                                                const float* Dot, const unsigned char* keep, int qr, int q0,
+                                                const int (&key)[4], int kw, int T, int S, bool causal, float sl2,
+                                                unsigned int drop16, float dscale, floatX* __restrict__ ds, int bh,
+                                                int lane) {
+    const int g = lane >> 2, t = lane & 3;
+    float st[2][2][4], dpt[2][2][4];       // S^T, dP^T: two key row tiles x 16 queries
+    mma_rows<D, 2, 2>(st, ka, Qs, qr, lane);
+    unsigned int va[2][D / 16][4];
+    a_fragments<D>(va[0], Vs, kw, lane);
+    a_fragments<D>(va[1], Vs, kw + 16, lane);
+    mma_rows<D, 2, 2>(dpt, va, dYs, qr, lane);
+#pragma unroll
+    for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+        for (int nb = 0; nb < 2; ++nb)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const int r = 2 * mi + (e >> 1), qc = qr + nb * 8 + 2 * t + (e & 1);
+                const int kr = kw + 16 * mi + 8 * (e >> 1) + g;   // the key's column of keep
+                const float zv = drop16 == 0 ? 1.f : (keep[qc * 2 * TILE + kr] ? dscale : 0.f);
+                const float p = MASKED && !visible(q0 + qc, key[r], T, S, causal) ? 0.f
+                                                                                  : exp2f(st[mi][nb][e] * sl2 - L[qc]);
+                st[mi][nb][e] = p * (dpt[mi][nb][e] * zv - Dot[qc]);   // dS^T
+                dpt[mi][nb][e] = p * zv;                                // (P z)^T
+            }
+#pragma unroll
+    for (int r = 0; r < 4; ++r)
+        if (key[r] < S)
+            store_ds_row(ds + ((long long)bh * S + key[r]) * T + q0 + qr + 2 * t, st[r >> 1], r & 1,
+                         q0 + qr + 2 * t, T);
+    unsigned int pa[2][4];
+    c_to_a(pa[0], dpt[0][0], dpt[0][1]);
+    c_to_a(pa[1], dpt[1][0], dpt[1][1]);
+    mma_step<D, 2>(dv, pa, dYs, qr / 16, lane);   // dV += (P z)^T dY
+    c_to_a(pa[0], st[0][0], st[0][1]);
+    c_to_a(pa[1], st[1][0], st[1][1]);
+    mma_step<D, 2>(dk, pa, Qs, qr / 16, lane);    // dK += dS^T Q
+}
+
+template <int D>
+__device__ void attention_backward_kvs_warp32_body(const floatX* __restrict__ q, const floatX* __restrict__ k,
+                                                   const floatX* __restrict__ v, const floatX* __restrict__ dy,
+                                                   const float* __restrict__ lse, const float* __restrict__ dot,
+                                                   floatX* __restrict__ dk, floatX* __restrict__ dv, Strides qs,
+                                                   Strides ks, Strides vs, Strides ys, int H, int T, int S,
+                                                   float scale, int causal, const unsigned int* rng,
+                                                   unsigned int drop16, float dscale, int vec,
+                                                   floatX* __restrict__ ds) {
+    constexpr int LH = D + 8, BK = 2 * TILE;   // a block's 128 keys: key tiles 2 blockIdx.x and 2 blockIdx.x + 1
+    extern __shared__ __align__(16) float smem[];
+    floatX* Ks = reinterpret_cast<floatX*>(smem);   // (128, LH): this block's keys
+    floatX* Vs = Ks + BK * LH;                       // (128, LH)
+    floatX* QY = Vs + BK * LH;                       // two buffers of the query tile's (Q, dY): (2, 2, 64, LH)
+    float* L = reinterpret_cast<float*>(QY + 4 * TILE * LH);   // (64): lse of the query tile, in log2 units
+    float* Dot = L + TILE;                           // (64)
+    unsigned char* keep = reinterpret_cast<unsigned char*>(Dot + TILE);   // (64 queries, 128 keys)
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    const int bh = blockIdx.y, k0 = blockIdx.x * BK;
+    const int kw = 32 * warp;                       // this warp's first key, in the block
+    const int key[4] = {k0 + kw + g, k0 + kw + g + 8, k0 + kw + 16 + g, k0 + kw + 24 + g};
+    const float sl2 = scale * LOG2E;
+    const int first = causal ? max(0, k0 - (S - T)) / TILE : 0;   // the first query tile that sees key k0
+    const int nqt = (T + TILE - 1) / TILE;
+    load_tile_async<D>(Ks, k, base_of(ks, bh, H), ks.t, k0, S, vec);
+    load_tile_async<D>(Ks + TILE * LH, k, base_of(ks, bh, H), ks.t, k0 + TILE, S, vec);
+    load_tile_async<D>(Vs, v, base_of(vs, bh, H), vs.t, k0, S, vec);
+    load_tile_async<D>(Vs + TILE * LH, v, base_of(vs, bh, H), vs.t, k0 + TILE, S, vec);
+    cp_async_commit();
+    load_tile_async<D>(QY, q, base_of(qs, bh, H), qs.t, first * TILE, T, vec);
+    load_tile_async<D>(QY + TILE * LH, dy, base_of(ys, bh, H), ys.t, first * TILE, T, vec);
+    cp_async_commit();
+    cp_async_wait_one();
+    __syncthreads();
+    unsigned int ka[2][D / 16][4];         // this warp's two key row tiles of K as A fragments
+    a_fragments<D>(ka[0], Ks, kw, lane);
+    a_fragments<D>(ka[1], Ks, kw + 16, lane);
+    float dk_acc[2][D / 8][4], dv_acc[2][D / 8][4];
+#pragma unroll
+    for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+        for (int n = 0; n < D / 8; ++n)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) { dk_acc[mi][n][e] = 0.f; dv_acc[mi][n][e] = 0.f; }
+    const int wk0 = k0 + kw, wk1 = min(S, wk0 + 32) - 1;   // this warp's keys (wk1 < wk0: none)
+    for (int qt = first; qt < nqt; ++qt) {
+        const int q0 = qt * TILE;
+        const floatX* Qs = QY + ((qt - first) & 1) * 2 * TILE * LH;
+        const floatX* dYs = Qs + TILE * LH;
+        if (qt + 1 < nqt) {
+            floatX* next = QY + ((qt + 1 - first) & 1) * 2 * TILE * LH;
+            load_tile_async<D>(next, q, base_of(qs, bh, H), qs.t, q0 + TILE, T, vec);
+            load_tile_async<D>(next + TILE * LH, dy, base_of(ys, bh, H), ys.t, q0 + TILE, T, vec);
+        }
+        cp_async_commit();
+        for (int r = threadIdx.x; r < TILE; r += NT) {
+            const bool in = q0 + r < T;
+            L[r] = in ? lse[(long long)bh * T + q0 + r] * LOG2E : 0.f;
+            Dot[r] = in ? dot[(long long)bh * T + q0 + r] : 0.f;
+        }
+        if (drop16 != 0) {                 // the float kernels' draws, for both key tiles of the block
+            const int ty = threadIdx.x / 8, tx = threadIdx.x % 8;
+#pragma unroll
+            for (int h = 0; h < 2; ++h)
+#pragma unroll
+                for (int i = 0; i < 4; ++i) {
+                    float z[8];
+                    drop_row(z, rng, drop16, dscale, q0 + 4 * ty + i, 2 * blockIdx.x + h, tx, bh);
+#pragma unroll
+                    for (int c = 0; c < 8; ++c) keep[(4 * ty + i) * BK + h * TILE + tx + 8 * c] = z[c] != 0.f;
+                }
+        }
+        cp_async_wait_one();
+        __syncthreads();
+#pragma unroll 1
+        for (int qr = 0; qr < TILE; qr += 16) {
+            const int qa = q0 + qr;        // queries [qa, qa + 16) against keys [wk0, wk1]
+            if (wk1 < wk0 || (causal && wk0 > qa + 15 + (S - T))) {
+                // nothing visible; the dQ kernel may still read these dS^T entries: zeros
+                const float zero[2][4] = {};
+#pragma unroll
+                for (int r = 0; r < 4; ++r)
+                    if (key[r] < S)
+                        store_ds_row(ds + ((long long)bh * S + key[r]) * T + qa + 2 * t, zero, r & 1, qa + 2 * t, T);
+            } else if (wk1 == wk0 + 31 && qa + 15 < T && (!causal || wk1 <= qa + (S - T))) {
+                kvs_step_warp32<D, false>(dk_acc, dv_acc, ka, Vs, Qs, dYs, L, Dot, keep, qr, q0, key, kw, T, S,
+                                          causal, sl2, drop16, dscale, ds, bh, lane);
+            } else {
+                kvs_step_warp32<D, true>(dk_acc, dv_acc, ka, Vs, Qs, dYs, L, Dot, keep, qr, q0, key, kw, T, S,
+                                         causal, sl2, drop16, dscale, ds, bh, lane);
+            }
+        }
+        __syncthreads();                   // L, Dot, keep and this buffer are refilled next
+    }
+#pragma unroll
+    for (int mi = 0; mi < 2; ++mi) {
+        const int r = 2 * mi;
+        store_fragments<D>(dk + base_of(ks, bh, H) + (long long)key[r] * ks.t, ks.t, dk_acc[mi], scale,
+                           key[r] < S, key[r + 1] < S, t);
+        store_fragments<D>(dv + base_of(vs, bh, H) + (long long)key[r] * vs.t, vs.t, dv_acc[mi], 1.f,
+                           key[r] < S, key[r + 1] < S, t);
+    }
+}
+
+#define ATTENTION_WARP32_KERNELS(D)                                                                            \
+extern "C" __global__ void __launch_bounds__(NT) attention_forward_warp32_##D(                                 \
+        const floatX* q, const floatX* k, const floatX* v, floatX* y, float* lse, STRIDE_PARAMS, int H, int T, \
+        int S, float scale, int causal, const unsigned int* rng, unsigned int drop16, float dscale, int vec) { \
+    attention_forward_warp32_body<D>(q, k, v, y, lse, STRIDES, H, T, S, scale, causal, rng, drop16, dscale,   \
+                                     vec);                                                                     \
+}                                                                                                              \
+extern "C" __global__ void __launch_bounds__(NT) attention_backward_kvs_warp32_##D(                            \
+        const floatX* q, const floatX* k, const floatX* v, const floatX* dy, const float* lse,                 \
+        const float* dot, floatX* dk, floatX* dv, STRIDE_PARAMS, int H, int T, int S, float scale, int causal,  \
+        const unsigned int* rng, unsigned int drop16, float dscale, int vec, floatX* ds) {                     \
+    attention_backward_kvs_warp32_body<D>(q, k, v, dy, lse, dot, dk, dv, STRIDES, H, T, S, scale, causal, rng, \
+                                          drop16, dscale, vec, ds);                                            \
+}
+
+#if HEAD_DIM(32)
+ATTENTION_WARP32_KERNELS(32)
+#endif
+#if HEAD_DIM(64)
+ATTENTION_WARP32_KERNELS(64)
+#endif
 
 #define ATTENTION_DS_KERNELS(D)                                                                                \
 extern "C" __global__ void __launch_bounds__(NT) attention_backward_kvs_mma_##D(                               \

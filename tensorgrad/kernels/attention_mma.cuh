@@ -96,54 +96,93 @@ __device__ __forceinline__ void a_fragments(unsigned int (&a)[D / 16][4], const 
         ldsm4(a[kk], tile + (row0 + lane % 16) * LH + kk * 16 + 8 * (lane / 16));
 }
 
-// c[nb] = A (16 x D, fragments a) times the rows of a (64, D + 8) tile, transposed: 8 blocks of 8
-// columns. One ldmatrix gives the B fragments of two 16-deep steps (blocks: columns +0, +8, +16, +24).
-template <int D>
-__device__ __forceinline__ void mma_rows(float (&c)[TILE / 8][4], const unsigned int (&a)[D / 16][4], const floatX* tile,
-                                         int lane) {
+// The products below take R row tiles of 16 at once (R = 2: a warp owning 32 rows): each B
+// fragment ldmatrix reads feeds R mma.sync instead of one, and shared-memory bandwidth
+// (ldmatrix), not the tensor cores, is what bounds these kernels on an H100/H200. The
+// R = 1 forms, with today's signatures, are the 16-row kernels' calls.
+
+// c[r] (16 x 8 NB) = A_r (16 x D, fragments a[r]) times rows row0..row0 + 8 NB - 1 of a (.., D + 8)
+// tile, transposed. One ldmatrix gives the B fragments of two 16-deep steps of an 8-row block
+// (blocks: columns +0, +8, +16, +24).
+template <int D, int R, int NB>
+__device__ __forceinline__ void mma_rows(float (&c)[R][NB][4], const unsigned int (&a)[R][D / 16][4],
+                                         const floatX* tile, int row0, int lane) {
     constexpr int LH = D + 8;
 #pragma unroll
-    for (int nb = 0; nb < TILE / 8; ++nb) {
-        c[nb][0] = c[nb][1] = c[nb][2] = c[nb][3] = 0.f;
+    for (int nb = 0; nb < NB; ++nb) {
+#pragma unroll
+        for (int r = 0; r < R; ++r) c[r][nb][0] = c[r][nb][1] = c[r][nb][2] = c[r][nb][3] = 0.f;
 #pragma unroll
         for (int kk = 0; kk < D / 16; kk += 2) {
             unsigned int b[4];
-            ldsm4(b, tile + (nb * 8 + lane % 8) * LH + kk * 16 + 8 * (lane / 8));
-            mma_bf16(c[nb], a[kk], b[0], b[1]);
-            mma_bf16(c[nb], a[kk + 1], b[2], b[3]);
+            ldsm4(b, tile + (row0 + nb * 8 + lane % 8) * LH + kk * 16 + 8 * (lane / 8));
+#pragma unroll
+            for (int r = 0; r < R; ++r) {
+                mma_bf16(c[r][nb], a[r][kk], b[0], b[1]);
+                mma_bf16(c[r][nb], a[r][kk + 1], b[2], b[3]);
+            }
         }
     }
 }
+template <int D>
+__device__ __forceinline__ void mma_rows(float (&c)[TILE / 8][4], const unsigned int (&a)[D / 16][4],
+                                         const floatX* tile, int lane) {
+    mma_rows<D, 1, TILE / 8>(reinterpret_cast<float(&)[1][TILE / 8][4]>(c),
+                             reinterpret_cast<const unsigned int(&)[1][D / 16][4]>(a), tile, 0, lane);
+}
 
-// acc (16 x D) += a (16 x 16, A fragments) times rows 16kk..16kk+15 of a (64, D + 8) tile M:
+// acc[r] (16 x D) += a[r] (16 x 16, A fragments) times rows 16kk..16kk+15 of a (.., D + 8) tile M:
 // B fragments through ldmatrix.trans, two 8-column blocks of D a call (blocks: rows +0 / +8,
 // columns +0 / +8).
-template <int D>
-__device__ __forceinline__ void mma_step(float (&acc)[D / 8][4], const unsigned int (&a)[4], const floatX* tile, int kk,
-                                         int lane) {
+template <int D, int R>
+__device__ __forceinline__ void mma_step(float (&acc)[R][D / 8][4], const unsigned int (&a)[R][4], const floatX* tile,
+                                         int kk, int lane) {
     constexpr int LH = D + 8;
 #pragma unroll
     for (int n = 0; n < D / 8; n += 2) {
         unsigned int b[4];
         ldsm4_trans(b, tile + (kk * 16 + lane % 16) * LH + n * 8 + 8 * (lane / 16));
-        mma_bf16(acc[n], a, b[0], b[1]);
-        mma_bf16(acc[n + 1], a, b[2], b[3]);
+#pragma unroll
+        for (int r = 0; r < R; ++r) {
+            mma_bf16(acc[r][n], a[r], b[0], b[1]);
+            mma_bf16(acc[r][n + 1], a[r], b[2], b[3]);
+        }
     }
 }
+template <int D>
+__device__ __forceinline__ void mma_step(float (&acc)[D / 8][4], const unsigned int (&a)[4], const floatX* tile, int kk,
+                                         int lane) {
+    mma_step<D, 1>(reinterpret_cast<float(&)[1][D / 8][4]>(acc), reinterpret_cast<const unsigned int(&)[1][4]>(a),
+                   tile, kk, lane);
+}
 
-// acc (16 x D) += P (16 x 64, C fragments p) times a (64, D + 8) tile M (rows: the 64 keys or
-// queries P's columns run over): P's C fragments become A fragments in registers (rounded to
-// bf16), 16 of its columns a step.
+// P's C fragments (16 x 16: columns 16kk..16kk+15) as an A fragment, rounded to bf16
+// (C of m16n8 = half of A of m16k16: the scores never leave registers)
+__device__ __forceinline__ void c_to_a(unsigned int (&pa)[4], const float (&lo)[4], const float (&hi)[4]) {
+    pa[0] = pack_bf16(lo[0], lo[1]);
+    pa[1] = pack_bf16(lo[2], lo[3]);
+    pa[2] = pack_bf16(hi[0], hi[1]);
+    pa[3] = pack_bf16(hi[2], hi[3]);
+}
+
+// acc[r] (16 x D) += P_r (16 x 64, C fragments p[r]) times a (64, D + 8) tile M (rows: the 64 keys
+// or queries P's columns run over), 16 of P's columns a step.
+template <int D, int R>
+__device__ __forceinline__ void mma_tile(float (&acc)[R][D / 8][4], const float (&p)[R][TILE / 8][4],
+                                         const floatX* tile, int lane) {
+#pragma unroll
+    for (int kk = 0; kk < TILE / 16; ++kk) {
+        unsigned int pa[R][4];
+#pragma unroll
+        for (int r = 0; r < R; ++r) c_to_a(pa[r], p[r][2 * kk], p[r][2 * kk + 1]);
+        mma_step<D, R>(acc, pa, tile, kk, lane);
+    }
+}
 template <int D>
 __device__ __forceinline__ void mma_tile(float (&acc)[D / 8][4], const float (&p)[TILE / 8][4], const floatX* tile,
                                          int lane) {
-#pragma unroll
-    for (int kk = 0; kk < TILE / 16; ++kk) {
-        const unsigned int pa[4] = {pack_bf16(p[2 * kk][0], p[2 * kk][1]), pack_bf16(p[2 * kk][2], p[2 * kk][3]),
-                                    pack_bf16(p[2 * kk + 1][0], p[2 * kk + 1][1]),
-                                    pack_bf16(p[2 * kk + 1][2], p[2 * kk + 1][3])};
-        mma_step<D>(acc, pa, tile, kk, lane);
-    }
+    mma_tile<D, 1>(reinterpret_cast<float(&)[1][D / 8][4]>(acc), reinterpret_cast<const float(&)[1][TILE / 8][4]>(p),
+                   tile, lane);
 }
 
 // rows r (fragment row g) and r + 8 of a 16 x D result, times f, into out rows at `row` stride st
