@@ -23,7 +23,8 @@ _TILE = 64
 # (attention_forward_mma_*, attention_backward_kvs_mma_*), or "warp32", each warp owning 32
 # rows of a 128-row block, so every fragment read from shared memory feeds two tile products
 # (attention_forward_warp32_*, attention_backward_kvs_warp32_*; head sizes WARP32_HEAD_SIZES,
-# others fall back to warp16). Both give the same numbers; they differ in speed only.
+# others fall back to warp16). Both give the same numbers; they differ in speed only: warp32,
+# the default, is the faster (bench/results.md).
 VARIANTS = ("warp16", "warp32")
 WARP32_HEAD_SIZES = (32, 64)
 
@@ -35,7 +36,7 @@ def _checked_variant(name):
     return name
 
 
-_variant = _checked_variant(os.environ.get("TENSORGRAD_ATTENTION_VARIANT", "warp16"))
+_variant = _checked_variant(os.environ.get("TENSORGRAD_ATTENTION_VARIANT", "warp32"))
 
 
 def set_attention_variant(name):

@@ -13,7 +13,7 @@ workspace of its own so a CUDA graph can capture it.
 Layout (cuBLASLt is column-major; a row-major (r, c) buffer is its transpose):
 the row-major product C (M, N) = op(a) @ op(b) is computed as the column-major
 D (N x M) = op(b)^T op(a)^T, so b is cuBLASLt's A and a its B. In D's terms:
-a bias (or its gradient, DGELU_BGRAD) runs along D's rows = C's columns (N);
+a bias runs along D's rows = C's columns (N);
 BGRADB's gradient runs along D's columns = C's rows (M), summed over the
 product's k; the GELU aux has D's layout = C's, row-major (M, N).
 The descriptors and the algorithm cuBLASLt picks depend only on the shapes,
@@ -40,9 +40,9 @@ _HEURISTIC_BYTES = 96            # sizeof(cublasLtMatmulHeuristicResult_t); the 
 DEFAULT = 1                      # D = op(a) op(b)
 BIAS = 4                         # + bias (N,)
 GELU_AUX_BIAS = 164              # D = gelu(. + bias), aux = . + bias (GELU's input, for the backward)
-DGELU_BGRAD = 208                # D = . * gelu'(aux); bias = D summed over rows (the bias gradient)
+DGELU = 192                      # D = . * gelu'(aux): GELU's backward as the product g w2 is written
 BGRADB = 512                     # bias = op(a) summed over k (the bias gradient, when a is the row gradient)
-_AUX = (GELU_AUX_BIAS, DGELU_BGRAD)
+_AUX = (GELU_AUX_BIAS, DGELU)
 
 _state = {}                      # lib, handle, workspace, plans {key: plan or None (no algorithm)}
 
@@ -132,9 +132,8 @@ def can(M, N, K, ta, tb, in_dtype, out_dtype, epilogue):
 def matmul(a, b, ta=False, tb=False, epilogue=DEFAULT, bias=None, aux=None, out_dtype=None):
     """C (M, N) = op(a) @ op(b) with the epilogue, on the current stream; op transposes when
     ta / tb. a, b: C-contiguous 2-D CuPy arrays of one type on 16-byte boundaries (the caller
-    checked `can`). BIAS and GELU_AUX_BIAS read `bias` (N,); DGELU_BGRAD reads `aux` (M, N);
-    GELU_AUX_BIAS writes `aux`; DGELU_BGRAD and BGRADB write their bias gradient into `bias`
-    ((N,) and (M,)). Returns C, of out_dtype (default: a's; float32 from bf16 inputs works)."""
+    checked `can`). BIAS and GELU_AUX_BIAS read `bias` (N,); DGELU reads `aux` (M, N);
+    GELU_AUX_BIAS writes `aux`; BGRADB writes its bias gradient (M,) into `bias`. Returns C, of out_dtype (default: a's; float32 from bf16 inputs works)."""
     s = _state
     cp, lib = s["cp"], s["lib"]
     M, K = (a.shape[1], a.shape[0]) if ta else a.shape

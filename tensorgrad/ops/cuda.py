@@ -10,6 +10,7 @@ size) runs the reference. The references stay plain math, and every twin is
 tested against its reference on the GPU (tests/test_cuda_kernels.py).
 """
 import math
+import os
 
 import numpy as np
 
@@ -260,10 +261,14 @@ class LinearCUDA(LinearFn):
 
 
 class MLPCUDA(MLP):
-    """GPT-2's MLP in four products and two more, with no elementwise kernel: the forward's
-    first product adds b1 and applies GELU in its epilogue, keeping GELU's input h (aux); the
-    backward's product g w2 multiplies by gelu'(h) and sums db1 in its epilogue, and the
-    product for dw2 sums db2. cuBLASLt's GELU is the tanh form, so only that form comes here."""
+    """GPT-2's MLP in four products and (at most) one elementwise kernel: the forward's first
+    product adds b1 and applies GELU in its epilogue, keeping GELU's input h (aux); the
+    products for dw2 and dw1 sum db2 and db1 as they go (BGRADB). GELU's backward is either
+    the epilogue of the product g w2 (DGELU) or our gelu kernel after it: `dgelu_epilogue`,
+    the faster on the H200 (bench/results.md). cuBLASLt's GELU is the tanh form, so only
+    that form comes here."""
+    dgelu_epilogue = os.environ.get("TENSORGRAD_MLP_DGELU", "0") == "1"
+
     @classmethod
     def supports(cls, x, w1, b1, w2, b2, approximate="none"):
         if approximate != "tanh" or w1.ndim != 2 or not x.flags.c_contiguous:
@@ -276,8 +281,8 @@ class MLPCUDA(MLP):
             return False
         lt = cublaslt
         return (lt.can(N, H, C, False, True, dt, dt, lt.GELU_AUX_BIAS) and lt.can(N, C, H, False, True, dt, dt, lt.BIAS)
-                and lt.can(C, H, N, True, False, dt, dt, lt.BGRADB)
-                and lt.can(N, H, C, False, False, dt, dt, lt.DGELU_BGRAD))
+                and lt.can(C, H, N, True, False, dt, dt, lt.BGRADB) and lt.can(H, C, N, True, False, dt, dt, lt.BGRADB)
+                and (not cls.dgelu_epilogue or lt.can(N, H, C, False, False, dt, dt, lt.DGELU)))
 
     def forward(self, x, w1, b1, w2, b2, approximate="tanh"):
         cp = backend.cupy()
@@ -296,10 +301,14 @@ class MLPCUDA(MLP):
         (C, H), dt = self.w2.shape, g2.dtype
         db2, db1 = cp.empty((C,), dtype=dt), cp.empty((H,), dtype=dt)
         dw2 = lt.matmul(g2, self.a, ta=True, epilogue=lt.BGRADB, bias=db2)             # (C, H), db2 filled
-        dh = lt.matmul(g2, self.w2, epilogue=lt.DGELU_BGRAD, bias=db1, aux=self.h)     # (N, H), db1 filled
-        dw1 = mm(dh.T, self.x2) if need_w1 else None                                   # (H, C)
+        if self.dgelu_epilogue:
+            dh = lt.matmul(g2, self.w2, epilogue=lt.DGELU, aux=self.h)                 # (N, H) = (g w2) gelu'(h)
+        else:
+            dh = kernels.gelu_backward(mm(g2, self.w2), self.h, "tanh")                # (N, H)
+        dw1 = lt.matmul(dh, self.x2, ta=True, epilogue=lt.BGRADB, bias=db1)            # (H, C), db1 filled
         dx = mm(dh, self.w1).reshape(self.x_shape) if need_x else None                 # (..., C)
-        return (dx, dw1, db1 if need_b1 else None, dw2 if need_w2 else None, db2 if need_b2 else None)
+        return (dx, dw1 if need_w1 else None, db1 if need_b1 else None, dw2 if need_w2 else None,
+                db2 if need_b2 else None)
 
 
 # ------------------------------------------------ the registry: reference -> twin
