@@ -98,7 +98,7 @@ def _rel(out, ref):
     # a gradient that is zero in exact math (one key: softmax is 1 whatever the score, so dq = dk = 0)
     # is rounding noise in every implementation: measure it against 1, not against its own noise
     den = np.linalg.norm(ref)
-    return np.linalg.norm(out - ref) / (den if den > 1e-6 * np.sqrt(ref.size) else 1.0)
+    return np.linalg.norm(out - ref) / (den if den > 1e-3 * np.sqrt(ref.size) else 1.0)
 
 
 NAMES = ("y", "lse", "dq", "dk", "dv")
@@ -131,6 +131,11 @@ def test_attention_variant_matches_reference(poisoned, variant, B, H, T, S, D, c
             continue
         name, _, against = n.partition("/")
         tol = F32_TOL if dt == np.float32 else VARIANT_TOL if against == "warp16" else BF16_TOL[name]
+        if S == 1 and dt != np.float32 and name in ("dq", "dk") and against != "warp16":
+            # one key: dq = dk = 0 in exact math, and what the kernels give is the bf16 rounding of
+            # y inside D = rowsum(dy * y) (FlashAttention's D has it too), about 0.02-0.07 in norm
+            # here: bounded absolutely (_rel measures a zero gradient against 1), not relatively
+            tol = 0.2
         assert e < tol, f"{where}: {n} relative error {e:.3e} >= {tol}"
 
 
