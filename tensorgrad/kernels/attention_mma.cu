@@ -224,6 +224,30 @@ __device__ __forceinline__ void store_ds_row(floatX* out, const float (&c)[NB][4
     }
 }
 
+// The kv kernels' step to query tile qt (counted in QY's two buffers from `first`): start copying
+// the next tile's Q and dY into the other buffer, and stage this tile's lse (in log2 units) and
+// dot rows in shared memory (L, Dot). Returns this tile's Q buffer; its dY follows it.
+template <int D>
+__device__ __forceinline__ const floatX* query_tile_step(floatX* QY, float* L, float* Dot, const floatX* q,
+                                                         const floatX* dy, const float* lse, const float* dot,
+                                                         Strides qs, Strides ys, int bh, int H, int T, int first,
+                                                         int qt, int nqt, int vec) {
+    constexpr int LH = D + 8;
+    const int q0 = qt * TILE;
+    if (qt + 1 < nqt) {
+        floatX* next = QY + ((qt + 1 - first) & 1) * 2 * TILE * LH;
+        load_tile_async<D>(next, q, base_of(qs, bh, H), qs.t, q0 + TILE, T, vec);
+        load_tile_async<D>(next + TILE * LH, dy, base_of(ys, bh, H), ys.t, q0 + TILE, T, vec);
+    }
+    cp_async_commit();
+    for (int r = threadIdx.x; r < TILE; r += NT) {
+        const bool in = q0 + r < T;
+        L[r] = in ? lse[(long long)bh * T + q0 + r] * LOG2E : 0.f;
+        Dot[r] = in ? dot[(long long)bh * T + q0 + r] : 0.f;
+    }
+    return QY + ((qt - first) & 1) * 2 * TILE * LH;
+}
+
 template <int D, bool WRITE_DS = false>
 __device__ void attention_backward_kv_mma_body(const floatX* __restrict__ q, const floatX* __restrict__ k,
                                                const floatX* __restrict__ v, const floatX* __restrict__ dy,
@@ -265,19 +289,8 @@ __device__ void attention_backward_kv_mma_body(const floatX* __restrict__ q, con
         for (int e = 0; e < 4; ++e) { dk_acc[n][e] = 0.f; dv_acc[n][e] = 0.f; }
     for (int qt = first; qt < nqt; ++qt) {
         const int q0 = qt * TILE;
-        const floatX* Qs = QY + ((qt - first) & 1) * 2 * TILE * LH;
+        const floatX* Qs = query_tile_step<D>(QY, L, Dot, q, dy, lse, dot, qs, ys, bh, H, T, first, qt, nqt, vec);
         const floatX* dYs = Qs + TILE * LH;
-        if (qt + 1 < nqt) {
-            floatX* next = QY + ((qt + 1 - first) & 1) * 2 * TILE * LH;
-            load_tile_async<D>(next, q, base_of(qs, bh, H), qs.t, q0 + TILE, T, vec);
-            load_tile_async<D>(next + TILE * LH, dy, base_of(ys, bh, H), ys.t, q0 + TILE, T, vec);
-        }
-        cp_async_commit();
-        for (int r = threadIdx.x; r < TILE; r += NT) {
-            const bool in = q0 + r < T;
-            L[r] = in ? lse[(long long)bh * T + q0 + r] * LOG2E : 0.f;
-            Dot[r] = in ? dot[(long long)bh * T + q0 + r] : 0.f;
-        }
         if (drop16 != 0) {                 // the float kernels' draws: thread (ty, tx) rows 4ty..4ty+3
             const int ty = threadIdx.x / 8, tx = threadIdx.x % 8;
 #pragma unroll
@@ -637,19 +650,8 @@ __device__ void attention_backward_kvs_warp32_body(const floatX* __restrict__ q,
     const int wk0 = k0 + kw, wk1 = min(S, wk0 + 32) - 1;   // this warp's keys (wk1 < wk0: none)
     for (int qt = first; qt < nqt; ++qt) {
         const int q0 = qt * TILE;
-        const floatX* Qs = QY + ((qt - first) & 1) * 2 * TILE * LH;
+        const floatX* Qs = query_tile_step<D>(QY, L, Dot, q, dy, lse, dot, qs, ys, bh, H, T, first, qt, nqt, vec);
         const floatX* dYs = Qs + TILE * LH;
-        if (qt + 1 < nqt) {
-            floatX* next = QY + ((qt + 1 - first) & 1) * 2 * TILE * LH;
-            load_tile_async<D>(next, q, base_of(qs, bh, H), qs.t, q0 + TILE, T, vec);
-            load_tile_async<D>(next + TILE * LH, dy, base_of(ys, bh, H), ys.t, q0 + TILE, T, vec);
-        }
-        cp_async_commit();
-        for (int r = threadIdx.x; r < TILE; r += NT) {
-            const bool in = q0 + r < T;
-            L[r] = in ? lse[(long long)bh * T + q0 + r] * LOG2E : 0.f;
-            Dot[r] = in ? dot[(long long)bh * T + q0 + r] : 0.f;
-        }
         if (drop16 != 0) {                 // the float kernels' draws, for both key tiles of the block
             const int ty = threadIdx.x / 8, tx = threadIdx.x % 8;
 #pragma unroll
