@@ -157,6 +157,13 @@ def matmul(a, b, ta=False, tb=False, epilogue=DEFAULT, bias=None, aux=None, out_
     return c
 
 
+def weight_and_bias_grads(g2, x2):
+    """(dw, db) of y = x2 w^T + b from g2 = dL/dy (N, out) and x2 (N, in): dw = g2^T x2, with db,
+    g2 summed over its rows, taken by the same product (BGRADB) instead of another pass over g2."""
+    db = _state["cp"].empty((g2.shape[1],), dtype=g2.dtype)                         # (out,)
+    return matmul(g2, x2, ta=True, epilogue=BGRADB, bias=db), db                  # (out, in), (out,)
+
+
 def usable(x, w, b):
     """Can linear_bias take them? 2-D x (n, k), w (m, k), b (m,): C-contiguous CuPy arrays of
     one kernel element type (kernels.takes), on 16-byte boundaries, rows of whole 16 bytes."""

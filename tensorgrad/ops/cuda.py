@@ -254,8 +254,7 @@ class LinearCUDA(LinearFn):
         if not (need_w and need_b and g2.flags.c_contiguous and self.x2.flags.c_contiguous
                 and cublaslt.can(out, self.w.shape[1], N, True, False, dt, dt, cublaslt.BGRADB)):
             return super().backward(g)
-        db = backend.cupy().empty((out,), dtype=dt)                                  # (out,)
-        dw = cublaslt.matmul(g2, self.x2, ta=True, epilogue=cublaslt.BGRADB, bias=db)   # (out, in), db filled
+        dw, db = cublaslt.weight_and_bias_grads(g2, self.x2)                         # (out, in), (out,)
         dx = mm(g2, self.w).reshape(self.x_shape) if need_x else None                 # (..., in)
         return dx, dw, db
 
@@ -298,14 +297,12 @@ class MLPCUDA(MLP):
         cp, lt = backend.cupy(), cublaslt
         need_x, need_w1, need_b1, need_w2, need_b2 = self.needs_input_grad
         g2 = cp.ascontiguousarray(g.reshape(-1, g.shape[-1]))                          # (N, C)
-        (C, H), dt = self.w2.shape, g2.dtype
-        db2, db1 = cp.empty((C,), dtype=dt), cp.empty((H,), dtype=dt)
-        dw2 = lt.matmul(g2, self.a, ta=True, epilogue=lt.BGRADB, bias=db2)             # (C, H), db2 filled
+        dw2, db2 = lt.weight_and_bias_grads(g2, self.a)                                # (C, H), (C,)
         if self.dgelu_epilogue:
             dh = lt.matmul(g2, self.w2, epilogue=lt.DGELU, aux=self.h)                 # (N, H) = (g w2) gelu'(h)
         else:
             dh = kernels.gelu_backward(mm(g2, self.w2), self.h, "tanh")                # (N, H)
-        dw1 = lt.matmul(dh, self.x2, ta=True, epilogue=lt.BGRADB, bias=db1)            # (H, C), db1 filled
+        dw1, db1 = lt.weight_and_bias_grads(dh, self.x2)                               # (H, C), (H,)
         dx = mm(dh, self.w1).reshape(self.x_shape) if need_x else None                 # (..., C)
         return (dx, dw1 if need_w1 else None, db1 if need_b1 else None, dw2 if need_w2 else None,
                 db2 if need_b2 else None)

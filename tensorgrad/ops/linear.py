@@ -64,8 +64,8 @@ class MLP(Function):
     """A transformer's MLP as one node: h = x w1^T + b1, a = gelu(h), y = a w2^T + b2;
     dw2 = g^T a, db2 = sum(g), dh = (g w2) gelu'(h), dw1 = dh^T x, db1 = sum(dh), dx = dh w1.
     This reference is the three ops' math in one place; it exists for its GPU twin (ops/cuda.py),
-    which does the whole forward and backward in four matrix products and two more, with the
-    biases, GELU and GELU's derivative inside the products' epilogues (kernels/cublaslt.py)."""
+    which does the whole forward and backward in six matrix products and one GELU-backward kernel,
+    with the biases, GELU and the bias gradients inside the products' epilogues (kernels/cublaslt.py)."""
     def forward(self, x, w1, b1, w2, b2, approximate="tanh"):
         self.x_shape, self.approximate = x.shape, approximate
         self.x2 = x.reshape(-1, x.shape[-1])                       # (N, C)
