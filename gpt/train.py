@@ -110,7 +110,8 @@ _NUMERIC_WARNINGS = "(overflow|invalid value|divide by zero) encountered"
 def _train(model_config, tc, data_dir, resume, progress, overwrite, world, init_from=None):
     say = print if world.is_main else _Silent().write   # rank 0 alone prints
     if tc.device == "cuda":     # NVRTC builds the step's kernels on every core while the data loads
-        tg.compile_ahead(training_dtype(tc), model_config.n_embd // model_config.n_head)
+        tg.compile_ahead(training_dtype(tc), model_config.n_embd // model_config.n_head,
+                         attention_dropout=model_config.dropouts()[0] > 0)
     out = Path(tc.out_dir)
     data = TokenData(data_dir)
     if model_config.vocab_size < data.meta["vocab_size"]:

@@ -8,7 +8,10 @@ Inside the block, the ops that do most of the arithmetic (linear, matmul,
 attention) cast their float32 CUDA inputs to bfloat16 first; every other op
 follows the dtype of what it is given. So, in a GPT:
   - the parameters stay float32 (the master weights AdamW updates) and their
-    gradients arrive in float32: each use casts the weight to bf16 with a
+    gradients arrive in float32: linear and mlp take the float32 weights and cast
+    them for their products themselves, handing the gradients back in float32
+    (ops/linear.py, Narrowing: on the GPU the weight-gradient products write
+    float32 directly, no cast pass); other uses (matmul) cast with a
     differentiable cast, whose backward casts the gradient back;
   - the residual stream stays float32 (embeddings, the adds); layer_norm reads
     it in float32, computes its statistics in float32 and writes its output in

@@ -59,12 +59,12 @@ def _inputs(B, H, T, S, D, dtype, seed=0):
     return [(r.standard_normal(sh) * (2 if i < 3 else 1)).astype(dtype) for i, sh in enumerate(shapes)]
 
 
-def _run(cp, host, causal, p, slot, variant=None):
+def _run(cp, host, causal, p, slot, variant=None, scale=None):
     """y, lse, dq, dk, dv (as float64 NumPy) of the kernels on the host arrays; variant None: the current one."""
     previous = kernels.attention.set_attention_variant(variant) if variant else None
     try:
         q, k, v, g = (cp.asarray(a) for a in host)
-        scale = 1 / np.sqrt(q.shape[-1])
+        scale = 1 / np.sqrt(q.shape[-1]) if scale is None else scale
         y = cp.empty_like(q)
         lse = kernels.attention_forward(q, k, v, y, causal, scale, p, slot)
         dq, dk, dv = cp.empty_like(q), cp.empty_like(k), cp.empty_like(v)
@@ -75,12 +75,12 @@ def _run(cp, host, causal, p, slot, variant=None):
             kernels.attention.set_attention_variant(previous)
 
 
-def _reference(host, causal, p, slot):
+def _reference(host, causal, p, slot, scale=None):
     """float64 y, lse, dq, dk, dv from the inputs' values and the kernels' dropout mask."""
     q, k, v, g = (a.astype(np.float64) for a in host)
     B, H, T, D = q.shape
     S = k.shape[2]
-    scale = 1 / np.sqrt(D)
+    scale = 1 / np.sqrt(D) if scale is None else scale
     mask = None
     if p > 0:
         mask = kernels.attention_dropout_mask(B * H, T, S, p, slot).get().reshape(B, H, T, S).astype(np.float64)
@@ -179,3 +179,17 @@ def test_attention_variant_choice():
     with pytest.raises(ValueError, match="warp16"):
         kernels.attention.set_attention_variant("warp64")
     kernels.attention.set_attention_variant(before)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("scale", [-0.125, 0.0, 0.3])
+def test_attention_with_any_scale(poisoned, variant, scale):
+    """A scale of any sign: warp32's forward takes the max of the raw scores, so scale <= 0 runs
+    warp16's forward (bf16); every variant must give the reference's numbers."""
+    cp = poisoned
+    host = _inputs(2, 3, 130, 130, 64, backend.bfloat16, seed=3)
+    slot = kernels.rng_slot()
+    got = _run(cp, host, True, 0.0, slot, scale=scale)
+    ref = _reference(host, True, 0.0, slot, scale=scale)
+    for n, a, r in zip(NAMES, got, ref):
+        assert _rel(a, r) < 2e-2, f"{variant} scale {scale}: {n} {_rel(a, r):.2e}"

@@ -154,6 +154,44 @@ def test_dropout_bf16_same_mask(n):
     assert _rel(_f32(zb), zf.get()) < BF16_TOL
 
 
+@pytest.mark.parametrize("n", [0, 1, 7, 8, 9, 4096, 100_003, 2_359_296])
+@pytest.mark.parametrize("offset", [0, 1])
+def test_cast_kernel_is_astype_bit_for_bit(n, offset):
+    """kernels.cast both ways against CuPy's astype, bit for bit, on random values with
+    infinities, NaN and values that round either way; offset 1 starts off 16 bytes (scalar path)."""
+    cp = tg.backend.cupy()
+    a = np.random.default_rng(n).standard_normal(n + offset).astype(np.float32) * 1e3
+    a[offset::97] = np.inf
+    a[offset + 1::101] = np.nan
+    x = cp.asarray(a)[offset:]
+    down = kernels.cast(x, tg.bfloat16)
+    assert down.dtype == tg.bfloat16 and down.shape == x.shape
+    _same_bits(down, x.astype(tg.bfloat16), cp.uint16)
+    up = kernels.cast(down, np.float32)
+    _same_bits(up, down.astype(np.float32), cp.uint32)
+    with pytest.raises(ValueError, match="float32 and bfloat16 only"):
+        kernels.cast(x, np.float64)
+
+
+def _same_bits(a, b, uint):
+    """Equal bits, NaN at the same places (a NaN's payload may differ between the two casts)."""
+    nan_a, nan_b = tg.backend.cupy().isnan(a.astype(np.float32)).get(), tg.backend.cupy().isnan(b.astype(np.float32)).get()
+    np.testing.assert_array_equal(nan_a, nan_b)
+    np.testing.assert_array_equal(a.view(uint).get()[~nan_a], b.view(uint).get()[~nan_b])
+
+
+def test_cast_op_on_the_gpu_runs_the_kernel_and_its_gradient_casts_back():
+    x = tg.tensor(np.random.default_rng(1).standard_normal((33, 65)).astype(np.float32), device="cuda",
+                  requires_grad=True)
+    y = x.astype(tg.bfloat16)
+    assert type(y._ctx).__name__ == "CastCUDA"
+    g = np.random.default_rng(2).standard_normal((33, 65)).astype(tg.bfloat16)
+    y.backward(tg.tensor(g, device="cuda"))
+    assert x.grad.dtype == np.float32
+    np.testing.assert_array_equal(tg.backend.to_device(x.grad, "cpu"), g.astype(np.float32))
+    assert type(x.T.astype(tg.bfloat16)._ctx).__name__ == "Cast"      # a strided view: CuPy's astype
+
+
 @pytest.mark.parametrize("shape", [(7, 5), (16384, 384), (100, 1152), (3, 65)])
 def test_colsum_bf16(shape):
     ab, af = _pair(shape, 13)

@@ -199,6 +199,35 @@ def test_layernorm_backward_tiles(poisoned, tile, shape):
     relerr(db, dbr, f"layernorm bwd db {shape} tile {tile}")
 
 
+@pytest.mark.parametrize("narrow", [False, True])
+@pytest.mark.parametrize("shape", [(1, 4), (7, 64), (1001, 768), (33, 1024), (4097, 384), (5, 8, 132)])
+@pytest.mark.parametrize("rows_per_warp", [1, 3, 8])
+def test_layernorm_register_kernels_equal_the_row_kernels(cp, shape, narrow, rows_per_warp):
+    """The kernels holding a row in registers (rows of whole vectors up to 1024) against the
+    row-reading ones: the same sums in the same order, so y, mean, rstd and dx (with acc) bit for
+    bit; dw and db are summed in other groups (a partial per warp), so equal to rounding."""
+    if narrow:
+        pytest.importorskip("ml_dtypes")
+    r = np.random.default_rng(shape[-1])
+    C = shape[-1]
+    x, acc = (cp.asarray((r.standard_normal(shape) * 2 + 1).astype(np.float32)) for _ in range(2))
+    w, b = (cp.asarray(r.standard_normal(C).astype(np.float32)) for _ in range(2))
+    g = cp.asarray(r.standard_normal(shape).astype(np.float32))
+    out = tg.backend.bfloat16 if narrow else None
+    if narrow:
+        g = g.astype(tg.backend.bfloat16)
+    runs = []
+    for registers in (True, False):
+        with kernels.launch_settings(ln_registers=registers, ln_rows_per_warp=rows_per_warp):
+            y, mean, rstd = kernels.layernorm_forward(x, w, b, 1e-5, out)
+            runs.append((y, mean, rstd) + tuple(kernels.layernorm_backward(g, x, w, mean, rstd, acc)))
+    bits = lambda a: a.view(cp.uint16) if a.dtype.itemsize == 2 else a  # noqa: E731  (bf16 y)
+    for name, a, b2 in zip(("y", "mean", "rstd", "dx"), runs[0], runs[1]):
+        assert cp.array_equal(bits(a), bits(b2)), name
+    for name, a, b2 in zip(("dw", "db"), runs[0][4:], runs[1][4:]):
+        relerr(a, cp.asnumpy(b2).astype(np.float64), name, tol=1e-5)
+
+
 def test_layernorm_backward_is_deterministic(cp):
     x = cp.asarray(rng.standard_normal((4097, 384)).astype(np.float32))
     g = cp.asarray(rng.standard_normal((4097, 384)).astype(np.float32))
@@ -502,10 +531,11 @@ def test_compile_ahead_builds_on_threads_and_kernels_run(cp, monkeypatch):
     """compile_ahead leaves Futures that launch() waits on; the modules work like lazily built ones."""
     monkeypatch.setattr(kernels, "_modules", {})
     monkeypatch.setattr(kernels, "_functions", {})
-    kernels.compile_ahead("float32", head_size=64)
+    kernels.compile_ahead("float32", head_size=64, attention_dropout=True)
     keys = list(kernels._modules)
     assert ("adamw", np.dtype(np.float32), ()) in keys
-    assert ("attention", np.dtype(np.float32), (("TG_HEAD_DIM", 64),)) in keys
+    for dropout in (0, 1):     # the evaluation's build without dropout, the training's with it
+        assert ("attention", np.dtype(np.float32), (("TG_HEAD_DIM", 64), ("TG_DROPOUT", dropout))) in keys
     x = cp.asarray(rng.standard_normal((5, 65)).astype(np.float32))
     xd = x.astype(np.float64)
     ref = 0.5 * xd * (1 + cp.tanh(0.7978845608028654 * (xd + 0.044715 * xd ** 3)))
@@ -518,8 +548,8 @@ def test_compile_ahead_builds_on_threads_and_kernels_run(cp, monkeypatch):
     p = cp.exp(s - s.max(-1, keepdims=True))
     ref = cp.einsum("bhts,bhsd->bhtd", p / p.sum(-1, keepdims=True), q)
     assert float(cp.abs(out - ref).max()) < 1e-4
-    assert not any(isinstance(m, kernels.Future) for k, m in kernels._modules.items()
-                   if k[0] in ("gelu", "attention"))     # launched: the Futures were swapped for modules
+    assert not any(isinstance(m, kernels.Future) for k, m in kernels._modules.items()   # launched: the Futures
+                   if k[0] == "gelu" or k[0] == "attention" and ("TG_DROPOUT", 0) in k[2])   # were swapped for modules
 
 
 def _clip_reference(grads, max_norm, eps=1e-6):

@@ -10,7 +10,7 @@ import pytest
 
 import nn.functional as F
 import tensorgrad as tg
-from tensorgrad.ops.linear import MLP
+from tensorgrad.ops.linear import MLP, LinearFn
 
 rng = np.random.default_rng(7)
 
@@ -69,6 +69,48 @@ def test_mlp_without_biases_is_the_three_ops():
     x, w1, _, w2, _ = _inputs(3, 4, 8)
     np.testing.assert_array_equal(F.mlp(x, w1, None, w2, None, "tanh").numpy(),
                                   _composed(x, w1, None, w2, None, "tanh").numpy())
+
+
+def _narrow_composed(op, ts, dtype):
+    """op on the weights cast to dtype by cast ops: what a Narrowing op (dtype=) stands for."""
+    x, *ws = ts
+    return op(x, *[w if w is None else w.astype(dtype) for w in ws])
+
+
+@pytest.mark.parametrize("which", ["linear", "mlp"])
+def test_narrowing_ops_equal_cast_ops_before_them(which):
+    """LinearFn / MLP with dtype (autocast's form: float64 'master' weights here, float32 products):
+    the values and the float64 weight gradients of a cast op before the plain op, bit for bit;
+    and the gradients of gradients (create_graph) go through the casts too."""
+    ts = [tg.tensor(t.data.astype(np.float64), requires_grad=True, dtype=np.float64) for t in _inputs(5, 4, 6)]
+    x32 = tg.tensor(ts[0].data.astype(np.float32), requires_grad=True)
+    ts = [x32] + ts[1:] if which == "mlp" else [x32, ts[1], ts[2]]
+    plain = (lambda x, *w: MLP.apply(x, *w, approximate="tanh")) if which == "mlp" else tg.linear
+    narrow = ((lambda x, *w: MLP.apply(x, *w, approximate="tanh", dtype=np.float32)) if which == "mlp" else
+              (lambda x, *w: LinearFn.apply(x, *w, dtype=np.float32)))
+    g = tg.tensor(rng.standard_normal((5, 4 if which == "mlp" else 6)).astype(np.float32))
+    a = _grads(narrow, ts, g)
+    b = _grads(lambda *t: _narrow_composed(plain, t, np.float32), ts, g)
+    for u, v in zip(a, b):
+        assert u.dtype == v.dtype
+        np.testing.assert_array_equal(u, v)
+    assert all(t.grad.dtype == np.float64 for t in ts[1:])
+    # second order: d/dw of |dL/dw|^2 through both forms
+    out = []
+    for fn in (narrow, lambda *t: _narrow_composed(plain, t, np.float32)):
+        for t in ts:
+            t.grad = None
+        (fn(*ts) * g).sum().backward(create_graph=True)
+        gsum = sum((t.grad * t.grad).sum() for t in ts[1:])
+        for t in ts:
+            t.grad = None
+        gsum.backward()
+        out.append([t.grad for t in ts])
+    assert out[0][0] is not None
+    for u, v in zip(*out):
+        assert (u is None) == (v is None)      # |db|^2 of linear depends on no input: no gradient
+        if u is not None:
+            np.testing.assert_allclose(u, v, rtol=1e-6, atol=1e-9)
 
 
 # ------------------------------------------------------------------ GPU
@@ -213,3 +255,35 @@ def test_mlp_twin_second_derivatives_equal_the_cpu_ones():
     assert type(F.mlp(*ts_gpu, approximate="tanh")._ctx).__name__ == "MLPCUDA"
     for a, b in zip(out[1], out[0]):
         assert _rel(a, b) < 1e-4
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("N", [3, 1000])
+def test_under_autocast_the_twins_write_float32_weight_gradients(N):
+    """Under tg.autocast, linear and mlp take the float32 weights themselves (Narrowing): the twins
+    run, their weight-gradient products write float32 (no cast pass), and every gradient equals
+    that of cast ops before the bf16 ops within bf16's precision."""
+    from tensorgrad.kernels import cublaslt
+    ts = [tg.tensor(t.data.astype(np.float32), requires_grad=True, device="cuda") for t in _inputs(N, 64, 256)]
+    g = tg.tensor(rng.standard_normal((N, 64)).astype(np.float32), device="cuda")
+    bf16 = tg.bfloat16
+    for which in ("linear", "mlp"):
+        use = ts[:3] if which == "linear" else ts
+        gg = g if which == "mlp" else tg.tensor(rng.standard_normal((N, 256)).astype(np.float32), device="cuda")
+        fn = (lambda x, *w: tg.linear(x, *w)) if which == "linear" else (lambda x, *w: F.mlp(x, *w, "tanh"))
+        with tg.autocast("cuda"):
+            y = fn(*use)
+        assert type(y._ctx).__name__ == ("LinearCUDA" if which == "linear" else "MLPCUDA")
+        assert y._ctx.dtype == bf16 and y.dtype == bf16
+        fused = _grads(lambda *a: _autocast(fn, a), use, gg.astype(bf16))
+        composed = _grads(lambda x, *w: fn(x.astype(bf16), *[v.astype(bf16) for v in w]), use, gg.astype(bf16))
+        for name, a, b in zip(("y", "dx") + tuple(f"d{i}" for i in range(len(use) - 1)), fused, composed):
+            assert a.dtype == b.dtype, name
+            assert _rel(a.astype(np.float32), b.astype(np.float32)) < 1e-2, name
+    assert cublaslt.can(256, 64, N, True, False, bf16, np.float32, cublaslt.BGRADB)
+
+
+def _autocast(fn, args):
+    with tg.autocast("cuda"):
+        return fn(*args)
+

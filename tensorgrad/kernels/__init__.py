@@ -12,6 +12,7 @@ arguments of its kernels and launches them. Index:
     cross_entropy.py/.cu  cross_entropy_forward, cross_entropy_backward
     gelu.py/.cu       gelu_forward, gelu_backward (erf and tanh forms)
     colsum.py/.cu     colsum (bias gradients)
+    cast.py/.cu       cast (float32 <-> bf16: the weights under autocast)
     dropout.py/.cu    rng_slot, dropout (and dropout + residual add); philox.cuh
     attention.py      attention_forward, attention_backward, attention_dropout_mask:
                       attention.cu (tiled, float FMAs), attention_mma.cu (tensor cores,
@@ -104,9 +105,10 @@ def launch(stem, name, grid, block, args, shared_mem=0, dtype=_F32, defines=()):
     fn(tuple(grid), tuple(block), args, shared_mem=shared_mem)
 
 
-def compile_ahead(dtype=_F32, head_size=None):
+def compile_ahead(dtype=_F32, head_size=None, attention_dropout=False):
     """Start compiling, on background threads, the modules a GPT's training step in `dtype`
-    launches (attention for one head size), and return at once. A first run on a machine
+    launches (attention for one head size; with attention_dropout, its dropout build too),
+    and return at once. A first run on a machine
     then waits for NVRTC once, all modules in parallel, instead of module after module as
     the step reaches them; NVRTC lets go of the GIL, so the threads use every core while
     the caller goes on (loading data, building the model). Later runs read CuPy's disk cache."""
@@ -118,8 +120,9 @@ def compile_ahead(dtype=_F32, head_size=None):
     wanted = [("adamw", _F32, ()), ("clip", _F32, ())]
     wanted += [(stem, dt, ()) for stem in ("layernorm", "gelu", "dropout", "cross_entropy", "colsum")
                for dt in dtypes]
+    wanted += [("cast", np.dtype(dtype), ())] if np.dtype(dtype) != _F32 else []
     if head_size in attention.HEAD_SIZES:
-        wanted += [attention.module_key(np.dtype(dtype), head_size)]
+        wanted += [attention.module_key(np.dtype(dtype), head_size, p) for p in {False, bool(attention_dropout)}]
     wanted = [key for key in wanted if key not in _modules]
     if not wanted:
         return
@@ -199,6 +202,7 @@ def _rows(a, what):
 # ------------------------------------------------- the wrappers (index above)
 from . import attention  # noqa: E402  (the wrappers import the loader above)
 from .attention import attention_backward, attention_dropout_mask, attention_forward, attention_supported  # noqa: E402
+from .cast import cast  # noqa: E402
 from .colsum import colsum  # noqa: E402
 from .cross_entropy import cross_entropy_backward, cross_entropy_forward  # noqa: E402
 from .dropout import drop_threshold, dropout, rng_slot  # noqa: E402

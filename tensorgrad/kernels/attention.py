@@ -23,7 +23,7 @@ _TILE = 64
 # (attention_forward_mma_*, attention_backward_kvs_mma_*), or "warp32", each warp owning 32
 # rows of a 128-row block, so every fragment read from shared memory feeds two tile products
 # (attention_forward_warp32_*, attention_backward_kvs_warp32_*; head sizes WARP32_HEAD_SIZES,
-# others fall back to warp16). Both give the same numbers; they differ in speed only: warp32,
+# others fall back to warp16, as does a forward with scale <= 0: warp32 takes the max of the raw scores). Both give the same numbers; they differ in speed only: warp32,
 # the default, is the faster (bench/results.md).
 VARIANTS = ("warp16", "warp32")
 WARP32_HEAD_SIZES = (32, 64)
@@ -100,11 +100,13 @@ def _mma(dtype):
     return dtype != _F32 and os.environ.get("TENSORGRAD_ATTENTION_MMA", "1") != "0"
 
 
-def module_key(dtype, D):
+def module_key(dtype, D, dropout=False):
     """(stem, dtype, defines) of the module that runs attention of head size D on `dtype`:
     attention_mma.cu (tensor cores) for bf16, attention.cu (float FMAs) otherwise,
-    built for one head size (TG_HEAD_DIM)."""
-    return ("attention_mma" if _mma(dtype) else "attention", np.dtype(dtype), (("TG_HEAD_DIM", D),))
+    built for one head size (TG_HEAD_DIM), with or without dropout (TG_DROPOUT: without,
+    the kernels hold no dropout code at all; attention_common.cuh)."""
+    return ("attention_mma" if _mma(dtype) else "attention", np.dtype(dtype),
+            (("TG_HEAD_DIM", D), ("TG_DROPOUT", int(bool(dropout)))))
 
 
 def attention_forward(q, k, v, y, causal, scale, p, slot):
@@ -123,9 +125,9 @@ def attention_forward(q, k, v, y, causal, scale, p, slot):
         # bf16: the tile products on tensor cores (attention.cu); Q, K and V^T tiles in bf16
         name, shared = f"attention_forward_mma_{D}", 5 * _TILE * (D + 8) * 2       # Q, two buffers of K, V
     grid = (-(-T // _TILE), B * H)
-    if _warp32(q.dtype, D):          # 128 queries a block: Q (128 rows) and two buffers of K, V
+    if _warp32(q.dtype, D) and scale > 0:   # 128 queries a block: Q (128 rows) and two buffers of K, V
         name, shared, grid = f"attention_forward_warp32_{D}", 6 * _TILE * (D + 8) * 2, (-(-T // (2 * _TILE)), B * H)
-    stem, _, build = module_key(q.dtype, D)
+    stem, _, build = module_key(q.dtype, D, p > 0)
     launch(stem, name, grid, (128,),
            (q, k, v, y, lse) + _strides(q, k, v, y) +
            (np.int32(H), np.int32(T), np.int32(S), np.float32(scale), np.int32(causal), slot, drop16, dscale,
@@ -147,9 +149,10 @@ def attention_backward(g, q, k, v, y, lse, causal, scale, p, slot, dq, dk, dv):
     rows = B * H * T
     dot = cp.empty((B, H, T), dtype=cp.float32)
     ys = _strides(y)
-    stem, _, build = module_key(q.dtype, D)
-    launch(stem, "attention_row_dot", (-(-rows // 8),), (256,),
-           (g, y, dot) + ys + (np.int32(H), np.int32(T), np.int32(D), np.int32(rows)), dtype=q.dtype, defines=build)
+    stem, _, build = module_key(q.dtype, D, p > 0)
+    launch(stem, "attention_row_dot", (-(-rows // 32),), (256,),       # 8 lanes a row
+           (g, y, dot) + ys + (np.int32(H), np.int32(T), np.int32(D), np.int32(rows),
+                               np.int32(_vec(g, y) == 2 and D * y.itemsize % 16 == 0)), dtype=q.dtype, defines=build)
     tail = _strides(q, k, v, y) + (np.int32(H), np.int32(T), np.int32(S), np.float32(scale), np.int32(causal),
                                    slot, drop16, dscale, _vec(q, k, v, g))
     if _mma(q.dtype):      # bf16 on tensor cores: four bf16 tiles; lse, dot and keep flags (kv)

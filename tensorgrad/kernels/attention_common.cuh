@@ -58,10 +58,19 @@ __device__ __forceinline__ bool visible(int i, int j, int T, int S, bool causal)
     return i < T && j < S && (!causal || j <= i + (S - T));
 }
 
+// Is dropout on? The loader builds each attention module twice, with TG_DROPOUT 0 (p = 0, as
+// in most training and all evaluation) and 1: built without it, every dropout branch below is
+// dead code the compiler removes, with the registers its Philox draws would hold.
+#if defined(TG_DROPOUT) && TG_DROPOUT == 0
+#define DROPOUT_ON(drop16) false
+#else
+#define DROPOUT_ON(drop16) ((drop16) != 0)
+#endif
+
 // dropout factor of the 8 columns tx + 8c (c = 0..7) of key tile kt in query row i
 __device__ __forceinline__ void drop_row(float (&z)[8], const unsigned int* rng, unsigned int drop16, float dscale,
                                          int i, int kt, int tx, int bh) {
-    if (drop16 == 0) {
+    if (!DROPOUT_ON(drop16)) {
 #pragma unroll
         for (int c = 0; c < 8; ++c) z[c] = 1.f;
         return;
@@ -79,21 +88,35 @@ __device__ __forceinline__ int key_tiles(int q0, int T, int S, bool causal) {
 
 
 // ----------------------------------------------------------------- backward
-// D[row] = sum_d dy[row, d] * y[row, d]; one warp a row
+// D[row] = sum_d dy[row, d] * y[row, d]; a group of 8 lanes a row. vec (rows start on 16
+// bytes, D a multiple of 16 / sizeof(floatX)): each lane reads 16 bytes of both at a time.
 extern "C" __global__ void attention_row_dot(const floatX* __restrict__ dy, const floatX* __restrict__ y,
                                              float* __restrict__ out, long long yb, long long yh, long long yt,
-                                             int H, int T, int D, int rows) {
+                                             int H, int T, int D, int rows, int vec) {
+    constexpr int G = 8, V = 16 / sizeof(floatX);   // lanes a row; elements in 16 bytes
     const Strides ys{yb, yh, yt};   // dy has the strides of y
-    const int r = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
-    if (r >= rows) return;
-    const int bh = r / T, t = r % T;
-    const floatX* a = dy + base_of(ys, bh, H) + (long long)t * ys.t;
-    const floatX* b = y + base_of(ys, bh, H) + (long long)t * ys.t;
+    const long long r = ((long long)blockIdx.x * blockDim.x + threadIdx.x) / G;
+    const int lane = threadIdx.x % G;
     float s = 0.f;
-    for (int d = lane; d < D; d += 32) s += to_f(a[d]) * to_f(b[d]);
+    if (r < rows) {                 // no return before the shuffles: every lane of the warp takes part
+        const int bh = (int)(r / T), t = (int)(r % T);
+        const floatX* a = dy + base_of(ys, bh, H) + (long long)t * ys.t;
+        const floatX* b = y + base_of(ys, bh, H) + (long long)t * ys.t;
+        if (vec) {
+            for (int d = V * lane; d < D; d += V * G) {
+                const uint4 ua = *reinterpret_cast<const uint4*>(a + d), ub = *reinterpret_cast<const uint4*>(b + d);
+                const floatX* ea = reinterpret_cast<const floatX*>(&ua);
+                const floatX* eb = reinterpret_cast<const floatX*>(&ub);
 #pragma unroll
-    for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
-    if (lane == 0) out[r] = s;
+                for (int e = 0; e < V; ++e) s += to_f(ea[e]) * to_f(eb[e]);
+            }
+        } else {
+            for (int d = lane; d < D; d += G) s += to_f(a[d]) * to_f(b[d]);
+        }
+    }
+#pragma unroll
+    for (int o = G / 2; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+    if (r < rows && lane == 0) out[r] = s;
 }
 
 // ------------------------------------------------- entry points, one per head size

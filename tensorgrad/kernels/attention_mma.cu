@@ -81,7 +81,7 @@ __device__ void attention_forward_mma_body(const floatX* __restrict__ q, const f
             mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
             const float m_new = fmaxf(m[hr], mx);
             // a row that has seen only masked keys so far keeps m = -inf and all zeros
-            alpha[hr] = m_new == NEG_INF ? 1.f : exp2f(m[hr] - m_new);
+            alpha[hr] = m_new == NEG_INF ? 1.f : exp2_ftz(m[hr] - m_new);
             m[hr] = m_new;
             l[hr] *= alpha[hr];
             float z[2][8];
@@ -91,7 +91,7 @@ __device__ void attention_forward_mma_body(const floatX* __restrict__ q, const f
             for (int nb = 0; nb < TILE / 8; ++nb)
 #pragma unroll
                 for (int e = 2 * hr; e < 2 * hr + 2; ++e) {
-                    const float p = m_new == NEG_INF ? 0.f : exp2f(s[nb][e] - m_new);
+                    const float p = m_new == NEG_INF ? 0.f : exp2_ftz(s[nb][e] - m_new);
                     l[hr] += p;            // the normaliser counts every p, dropped or not
                     s[nb][e] = p * z[e & 1][nb];
                 }
@@ -195,7 +195,7 @@ __device__ void attention_backward_q_mma_body(const floatX* __restrict__ q, cons
 #pragma unroll
                 for (int e = 2 * hr; e < 2 * hr + 2; ++e) {
                     const int j = k0 + nb * 8 + 2 * t + (e & 1);
-                    const float p = visible(row[hr], j, T, S, causal) ? exp2f(sv[nb][e] * sl2 - l2[hr]) : 0.f;
+                    const float p = visible(row[hr], j, T, S, causal) ? exp2_ftz(sv[nb][e] * sl2 - l2[hr]) : 0.f;
                     sv[nb][e] = p * (dp[nb][e] * z[e & 1][nb] - dt[hr]);     // dS
                 }
         }
@@ -291,7 +291,7 @@ __device__ void attention_backward_kv_mma_body(const floatX* __restrict__ q, con
         const int q0 = qt * TILE;
         const floatX* Qs = query_tile_step<D>(QY, L, Dot, q, dy, lse, dot, qs, ys, bh, H, T, first, qt, nqt, vec);
         const floatX* dYs = Qs + TILE * LH;
-        if (drop16 != 0) {                 // the float kernels' draws: thread (ty, tx) rows 4ty..4ty+3
+        if (DROPOUT_ON(drop16)) {                 // the float kernels' draws: thread (ty, tx) rows 4ty..4ty+3
             const int ty = threadIdx.x / 8, tx = threadIdx.x % 8;
 #pragma unroll
             for (int i = 0; i < 4; ++i) {
@@ -311,8 +311,8 @@ __device__ void attention_backward_kv_mma_body(const floatX* __restrict__ q, con
 #pragma unroll
             for (int e = 0; e < 4; ++e) {
                 const int hr = e >> 1, qc = nb * 8 + 2 * t + (e & 1);
-                const float zv = drop16 == 0 ? 1.f : (keep[qc * TILE + kr[hr]] ? dscale : 0.f);
-                const float p = visible(q0 + qc, key[hr], T, S, causal) ? exp2f(st[nb][e] * sl2 - L[qc]) : 0.f;
+                const float zv = !DROPOUT_ON(drop16) ? 1.f : (keep[qc * TILE + kr[hr]] ? dscale : 0.f);
+                const float p = visible(q0 + qc, key[hr], T, S, causal) ? exp2_ftz(st[nb][e] * sl2 - L[qc]) : 0.f;
                 st[nb][e] = p * (dpt[nb][e] * zv - Dot[qc]);   // dS^T
                 dpt[nb][e] = p * zv;                           // (P z)^T
             }
@@ -449,15 +449,17 @@ __device__ __forceinline__ void forward_tile_warp32(float (&o)[2][D / 8][4], flo
 #pragma unroll
             for (int e = 2 * hr; e < 2 * hr + 2; ++e) {
                 float& x = s[mi][nb][e];
-                x = !MASKED || nb * 8 + (e & 1) <= lim ? x * sl2 : NEG_INF;
+                if (MASKED && nb * 8 + (e & 1) > lim) x = NEG_INF;
                 mx = fmaxf(mx, x);
             }
         mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
         mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-        const float m_new = fmaxf(m[r], mx);
+        // the max of the raw scores, scaled once: sl2 > 0 (the host's condition for these kernels)
+        // keeps it the max, and each p below is one fused multiply-add and one exponential
+        const float m_new = fmaxf(m[r], mx * sl2);
         // only a masked tile can leave a row with nothing seen yet (m = -inf: all zeros)
         const bool none = MASKED && m_new == NEG_INF;
-        alpha[r] = none ? 1.f : exp2f(m[r] - m_new);
+        alpha[r] = none ? 1.f : exp2_ftz(m[r] - m_new);
         m[r] = m_new;
         l[r] *= alpha[r];
         float z[2][8];
@@ -467,7 +469,7 @@ __device__ __forceinline__ void forward_tile_warp32(float (&o)[2][D / 8][4], flo
         for (int nb = 0; nb < TILE / 8; ++nb)
 #pragma unroll
             for (int e = 2 * hr; e < 2 * hr + 2; ++e) {
-                const float p = none ? 0.f : exp2f(s[mi][nb][e] - m_new);
+                const float p = none ? 0.f : exp2_ftz(fmaf(s[mi][nb][e], sl2, -m_new));
                 l[r] += p;                 // the normaliser counts every p, dropped or not
                 s[mi][nb][e] = p * z[e & 1][nb];
             }
@@ -583,9 +585,9 @@ __device__ __forceinline__ void kvs_step_warp32(float (&dk)[2][D / 8][4], float 
             for (int e = 0; e < 4; ++e) {
                 const int r = 2 * mi + (e >> 1), qc = qr + nb * 8 + 2 * t + (e & 1);
                 const int kr = kw + 16 * mi + 8 * (e >> 1) + g;   // the key's column of keep
-                const float zv = drop16 == 0 ? 1.f : (keep[qc * 2 * TILE + kr] ? dscale : 0.f);
+                const float zv = !DROPOUT_ON(drop16) ? 1.f : (keep[qc * 2 * TILE + kr] ? dscale : 0.f);
                 const float p = MASKED && !visible(q0 + qc, key[r], T, S, causal) ? 0.f
-                                                                                  : exp2f(st[mi][nb][e] * sl2 - L[qc]);
+                                                                                  : exp2_ftz(st[mi][nb][e] * sl2 - L[qc]);
                 st[mi][nb][e] = p * (dpt[mi][nb][e] * zv - Dot[qc]);   // dS^T
                 dpt[mi][nb][e] = p * zv;                                // (P z)^T
             }
@@ -652,7 +654,7 @@ __device__ void attention_backward_kvs_warp32_body(const floatX* __restrict__ q,
         const int q0 = qt * TILE;
         const floatX* Qs = query_tile_step<D>(QY, L, Dot, q, dy, lse, dot, qs, ys, bh, H, T, first, qt, nqt, vec);
         const floatX* dYs = Qs + TILE * LH;
-        if (drop16 != 0) {                 // the float kernels' draws, for both key tiles of the block
+        if (DROPOUT_ON(drop16)) {                 // the float kernels' draws, for both key tiles of the block
             const int ty = threadIdx.x / 8, tx = threadIdx.x % 8;
 #pragma unroll
             for (int h = 0; h < 2; ++h)

@@ -7,6 +7,15 @@
 #include "attention_common.cuh"
 
 #ifdef TG_BF16
+// 2^x on the special-function unit, subnormal results flushed to zero (ex2.approx.ftz). exp2f
+// compiled without -ftz wraps the same instruction in a fix-up for subnormals (a p below 2^-126,
+// which rounds to zero in bf16 anyway): three more instructions on each of the T x S exponentials.
+__device__ __forceinline__ float exp2_ftz(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+}
+
 __device__ __forceinline__ unsigned int pack_bf16(float lo, float hi) {
     __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);          // lo in the low half: the lower column
     return *reinterpret_cast<unsigned int*>(&v);

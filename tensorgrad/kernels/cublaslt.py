@@ -157,19 +157,22 @@ def matmul(a, b, ta=False, tb=False, epilogue=DEFAULT, bias=None, aux=None, out_
     return c
 
 
-def weight_and_bias_grads(g2, x2):
+def weight_and_bias_grads(g2, x2, out_dtype=None):
     """(dw, db) of y = x2 w^T + b from g2 = dL/dy (N, out) and x2 (N, in): dw = g2^T x2, with db,
-    g2 summed over its rows, taken by the same product (BGRADB) instead of another pass over g2."""
-    db = _state["cp"].empty((g2.shape[1],), dtype=g2.dtype)                         # (out,)
-    return matmul(g2, x2, ta=True, epilogue=BGRADB, bias=db), db                  # (out, in), (out,)
+    g2 summed over its rows, taken by the same product (BGRADB) instead of another pass over g2.
+    out_dtype: of dw and db (default g2's; float32 from bf16 inputs: the master weights' type)."""
+    out_dtype = np.dtype(out_dtype or g2.dtype)
+    db = _state["cp"].empty((g2.shape[1],), dtype=out_dtype)                        # (out,)
+    return matmul(g2, x2, ta=True, epilogue=BGRADB, bias=db, out_dtype=out_dtype), db   # (out, in), (out,)
 
 
-def usable(x, w, b):
-    """Can linear_bias take them? 2-D x (n, k), w (m, k), b (m,): C-contiguous CuPy arrays of
-    one kernel element type (kernels.takes), on 16-byte boundaries, rows of whole 16 bytes."""
+def usable(x, w, b, dtype=None):
+    """Can linear_bias take them, with w and b cast to dtype first (None: as they are)? 2-D
+    x (n, k), w (m, k), b (m,): C-contiguous CuPy arrays, x of w's (or dtype's) kernel element
+    type (kernels.takes), on 16-byte boundaries, rows of whole 16 bytes."""
     if x.ndim != 2 or w.ndim != 2 or b is None or b.ndim != 1 or x.shape[1] != w.shape[1] or b.shape[0] != w.shape[0]:
         return False
-    if not _aligned(x, w, b) or not (x.dtype == w.dtype == b.dtype):
+    if not _aligned(x, w, b) or not (x.dtype == np.dtype(dtype or w.dtype)) or w.dtype != b.dtype:
         return False
     return can(x.shape[0], w.shape[0], x.shape[1], False, True, x.dtype, x.dtype, BIAS)
 

@@ -76,6 +76,176 @@ extern "C" __global__ void __launch_bounds__(512) layernorm_forward_narrow_block
 }
 #endif
 
+// ---- rows held in registers (C % 4 == 0, C <= 4 * 32 * LN_VECS, rows on vector boundaries)
+// The kernels above re-read a row from L1/L2 for each pass over it. These keep it in
+// registers: lane l holds the float4s l, l + 32, ... of its warp's row, so DRAM and the
+// caches see each input once. The sums run in the same order as row_read's (a lane's
+// vectors in turn, then the warp butterfly): the forward's numbers are the other kernel's.
+#define LN_VECS 8                 // float4s a lane holds: rows up to 1024 long
+
+template <typename TX, typename TY>
+__device__ __forceinline__ void layernorm_forward_regs_body(const TX* __restrict__ x, const TX* __restrict__ w,
+                                                            const TX* __restrict__ b, TY* __restrict__ y,
+                                                            float* __restrict__ mean, float* __restrict__ rstd,
+                                                            int N, int C, float eps) {
+    const long long row = (long long)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    const int lane = threadIdx.x & 31;
+    if (row >= N) return;                      // the whole warp: no barrier below
+    const TX* xr = x + row * C;
+    float4 v[LN_VECS];
+    float s = 0.f;
+#pragma unroll
+    for (int k = 0; k < LN_VECS; ++k) {
+        const int j = 4 * (lane + 32 * k);
+        v[k] = j < C ? ld4(xr + j) : make_float4(0.f, 0.f, 0.f, 0.f);
+        if (j < C) { s += v[k].x; s += v[k].y; s += v[k].z; s += v[k].w; }
+    }
+    const float mu = warp_sum(s) / C;
+    float ss = 0.f;
+#pragma unroll
+    for (int k = 0; k < LN_VECS; ++k) {
+        if (4 * (lane + 32 * k) >= C) continue;
+        float d;
+        d = v[k].x - mu; ss += d * d; d = v[k].y - mu; ss += d * d;
+        d = v[k].z - mu; ss += d * d; d = v[k].w - mu; ss += d * d;
+    }
+    const float rs = rsqrtf(warp_sum(ss) / C + eps);
+#pragma unroll
+    for (int k = 0; k < LN_VECS; ++k) {
+        const int j = 4 * (lane + 32 * k);
+        if (j >= C) continue;
+        const float4 wv = ld4(w + j), bv = ld4(b + j);
+        st4(y + row * C + j, make_float4((v[k].x - mu) * rs * wv.x + bv.x, (v[k].y - mu) * rs * wv.y + bv.y,
+                                         (v[k].z - mu) * rs * wv.z + bv.z, (v[k].w - mu) * rs * wv.w + bv.w));
+    }
+    if (lane == 0) {
+        mean[row] = mu;
+        rstd[row] = rs;
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(256) layernorm_forward_regs(
+        const floatX* x, const floatX* w, const floatX* b, floatX* y, float* mean, float* rstd, int N, int C, float eps) {
+    layernorm_forward_regs_body<floatX, floatX>(x, w, b, y, mean, rstd, N, C, eps);
+}
+#ifdef TG_BF16
+extern "C" __global__ void __launch_bounds__(256) layernorm_forward_narrow_regs(
+        const float* x, const float* w, const float* b, floatX* y, float* mean, float* rstd, int N, int C, float eps) {
+    layernorm_forward_regs_body<float, floatX>(x, w, b, y, mean, rstd, N, C, eps);
+}
+#endif
+
+// Backward, a warp a row, `rows` rows a warp, 8 warps a block: the row's g and x in registers
+// (K float4s a lane: the smallest K with C <= 128 K, a template argument so that no register
+// is spent on columns the row does not have), the two row means by two butterflies, dx (+ acc)
+// written, and dw, db summed in registers over the warp's rows, then over the block's warps in
+// shared memory (a fixed order), written as the block's partial (dw_part row = block) for
+// layernorm_dwdb_reduce. Every input is read from DRAM once.
+#define LN_WARPS 8
+
+template <int K>
+__device__ __forceinline__ void block_partial(const float4 (&v)[K], float* red, float* __restrict__ out, int C,
+                                              int warp, int lane) {
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+        const int j = 4 * (lane + 32 * k);
+        if (j < C) *reinterpret_cast<float4*>(red + warp * C + j) = v[k];
+    }
+    __syncthreads();
+    for (int c = threadIdx.x; c < C; c += blockDim.x) {
+        float t = 0.f;
+#pragma unroll
+        for (int w = 0; w < LN_WARPS; ++w) t += red[w * C + c];
+        out[c] = t;
+    }
+    __syncthreads();                           // red is reused by the next call
+}
+
+template <int K, typename TX, typename TY>
+__device__ __forceinline__ void layernorm_backward_regs_body(const TY* __restrict__ g, const TX* __restrict__ x,
+                                                             const TX* __restrict__ w, const float* __restrict__ mean,
+                                                             const float* __restrict__ rstd, TX* __restrict__ dx,
+                                                             const TX* __restrict__ acc, int accumulate,
+                                                             float* __restrict__ dw_part, float* __restrict__ db_part,
+                                                             int N, int C, int rows) {
+    __shared__ __align__(16) float red[LN_WARPS * 4 * 32 * LN_VECS];   // a row of C per warp: 32 KB
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const long long r0 = ((long long)blockIdx.x * LN_WARPS + warp) * rows;
+    float4 dw[K], db[K];
+#pragma unroll
+    for (int k = 0; k < K; ++k) dw[k] = db[k] = make_float4(0.f, 0.f, 0.f, 0.f);
+    for (long long row = r0; row < r0 + rows && row < N; ++row) {   // no return: every warp meets the barriers
+        const float mu = mean[row], rs = rstd[row];
+        float4 gv[K], xh[K];
+        float a = 0.f, bsum = 0.f;
+#pragma unroll
+        for (int k = 0; k < K; ++k) {
+            const int j = 4 * (lane + 32 * k);
+            if (j >= C) continue;
+            gv[k] = ld4(g + row * C + j);
+            const float4 xv = ld4(x + row * C + j), wk = ld4(w + j);
+            xh[k] = make_float4((xv.x - mu) * rs, (xv.y - mu) * rs, (xv.z - mu) * rs, (xv.w - mu) * rs);
+            float d;
+            d = gv[k].x * wk.x; a += d; bsum += d * xh[k].x;
+            d = gv[k].y * wk.y; a += d; bsum += d * xh[k].y;
+            d = gv[k].z * wk.z; a += d; bsum += d * xh[k].z;
+            d = gv[k].w * wk.w; a += d; bsum += d * xh[k].w;
+        }
+        const float ar = warp_sum(a) / C, br = warp_sum(bsum) / C;
+#pragma unroll
+        for (int k = 0; k < K; ++k) {
+            const int j = 4 * (lane + 32 * k);
+            if (j >= C) continue;
+            const float4 gk = gv[k], hk = xh[k], wk = ld4(w + j);   // w again from L1: registers stay free
+            float4 d = make_float4(rs * (gk.x * wk.x - ar - hk.x * br), rs * (gk.y * wk.y - ar - hk.y * br),
+                                   rs * (gk.z * wk.z - ar - hk.z * br), rs * (gk.w * wk.w - ar - hk.w * br));
+            if (accumulate) {
+                const float4 av = ld4(acc + row * C + j);
+                d = make_float4(__fadd_rn(av.x, d.x), __fadd_rn(av.y, d.y), __fadd_rn(av.z, d.z), __fadd_rn(av.w, d.w));
+            }
+            st4(dx + row * C + j, d);
+            dw[k].x += gk.x * hk.x; dw[k].y += gk.y * hk.y; dw[k].z += gk.z * hk.z; dw[k].w += gk.w * hk.w;
+            db[k].x += gk.x; db[k].y += gk.y; db[k].z += gk.z; db[k].w += gk.w;
+        }
+    }
+    block_partial<K>(dw, red, dw_part + (long long)blockIdx.x * C, C, warp, lane);
+    block_partial<K>(db, red, db_part + (long long)blockIdx.x * C, C, warp, lane);
+}
+
+// One entry point per K (1..LN_VECS): layernorm_backward_regs_K, and the narrow form
+#define LN_BACKWARD_REGS(K)                                                                                    \
+extern "C" __global__ void __launch_bounds__(32 * LN_WARPS) layernorm_backward_regs_##K(                       \
+        const floatX* g, const floatX* x, const floatX* w, const float* mean, const float* rstd, floatX* dx,   \
+        const floatX* acc, int accumulate, float* dw_part, float* db_part, int N, int C, int rows) {           \
+    layernorm_backward_regs_body<K, floatX, floatX>(g, x, w, mean, rstd, dx, acc, accumulate, dw_part,         \
+                                                    db_part, N, C, rows);                                      \
+}
+#define LN_BACKWARD_NARROW_REGS(K)                                                                             \
+extern "C" __global__ void __launch_bounds__(32 * LN_WARPS) layernorm_backward_narrow_regs_##K(                \
+        const floatX* g, const float* x, const float* w, const float* mean, const float* rstd, float* dx,      \
+        const float* acc, int accumulate, float* dw_part, float* db_part, int N, int C, int rows) {            \
+    layernorm_backward_regs_body<K, float, floatX>(g, x, w, mean, rstd, dx, acc, accumulate, dw_part,          \
+                                                   db_part, N, C, rows);                                       \
+}
+LN_BACKWARD_REGS(1)
+LN_BACKWARD_REGS(2)
+LN_BACKWARD_REGS(3)
+LN_BACKWARD_REGS(4)
+LN_BACKWARD_REGS(5)
+LN_BACKWARD_REGS(6)
+LN_BACKWARD_REGS(7)
+LN_BACKWARD_REGS(8)
+#ifdef TG_BF16
+LN_BACKWARD_NARROW_REGS(1)
+LN_BACKWARD_NARROW_REGS(2)
+LN_BACKWARD_NARROW_REGS(3)
+LN_BACKWARD_NARROW_REGS(4)
+LN_BACKWARD_NARROW_REGS(5)
+LN_BACKWARD_NARROW_REGS(6)
+LN_BACKWARD_NARROW_REGS(7)
+LN_BACKWARD_NARROW_REGS(8)
+#endif
+
 template <typename TX, typename TY>
 __device__ __forceinline__ void layernorm_backward_body(const TY* __restrict__ g, const TX* __restrict__ x,
                                               const TX* __restrict__ w, const float* __restrict__ mean,

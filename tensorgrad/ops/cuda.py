@@ -19,7 +19,7 @@ from ..function import Function, twin_gates
 from . import double
 from .attention import QKVAttention, ScaledDotProductAttention
 from ..kernels import compile_ahead, cublaslt  # noqa: F401  (compile_ahead: tg.compile_ahead)
-from .elementwise import GELU
+from .elementwise import GELU, Cast
 from .linear import MLP, LinearFn
 from .matmul import mm
 from .fused import CrossEntropy, Dropout, DropoutAdd, LayerNorm, Softmax
@@ -235,14 +235,37 @@ class QKVAttentionCUDA(QKVAttention):
         return double.qkv_attention_grads(self, self, g)       # this twin keeps q, k, v itself
 
 
+def _cast_weight(w, dtype):
+    """Narrowing's cast on the GPU (and CastCUDA's backward): our kernel where it applies."""
+    return kernels.cast(w, dtype) if CastCUDA.supports(w, dtype) else w.astype(dtype)
+
+
+class CastCUDA(Cast):
+    """float32 <-> bf16 of a contiguous array by our kernel (kernels/cast.cu); anything else
+    runs the reference (CuPy's astype, which keeps a view's strides)."""
+    @classmethod
+    def supports(cls, a, dtype):
+        return a.flags.c_contiguous and {a.dtype, np.dtype(dtype)} == {np.dtype(np.float32), backend.bfloat16}
+
+    def forward(self, a, dtype):
+        self.dtype = a.dtype
+        return kernels.cast(a, dtype)
+
+    def backward(self, g):
+        return _cast_weight(g, self.dtype)
+
+
 class LinearCUDA(LinearFn):
     """The bias is added by the matrix product's epilogue (kernels/cublaslt.py), not by
     a second pass over y; in the backward the weight gradient's product sums the bias
-    gradient as it goes (epilogue BGRADB), so no column-sum kernel reads g again."""
+    gradient as it goes (epilogue BGRADB), so no column-sum kernel reads g again. Under
+    autocast (dtype) that product writes dw and db in float32, the master weights' type."""
     @classmethod
-    def supports(cls, x, w, b):
-        return (b is not None and x.flags.c_contiguous and x.ndim >= 1 and w.ndim == 2
-                and cublaslt.usable(x.reshape(-1, x.shape[-1]), w, b))
+    def supports(cls, x, w, b, dtype=None):
+        return (b is not None and x.flags.c_contiguous and x.ndim >= 1 and w.ndim == 2 and w.dtype == b.dtype
+                and cublaslt.usable(x.reshape(-1, x.shape[-1]), w, b, dtype))
+
+    cast = staticmethod(_cast_weight)
 
     def product(self, x2, w, b):
         return cublaslt.linear_bias(x2, w, b)
@@ -252,9 +275,9 @@ class LinearCUDA(LinearFn):
         g2 = g.reshape(-1, g.shape[-1])                                              # (N, out)
         (N, out), dt = g2.shape, g2.dtype
         if not (need_w and need_b and g2.flags.c_contiguous and self.x2.flags.c_contiguous
-                and cublaslt.can(out, self.w.shape[1], N, True, False, dt, dt, cublaslt.BGRADB)):
+                and cublaslt.can(out, self.w.shape[1], N, True, False, dt, self.master, cublaslt.BGRADB)):
             return super().backward(g)
-        dw, db = cublaslt.weight_and_bias_grads(g2, self.x2)                         # (out, in), (out,)
+        dw, db = cublaslt.weight_and_bias_grads(g2, self.x2, self.master)            # (out, in), (out,)
         dx = mm(g2, self.w).reshape(self.x_shape) if need_x else None                 # (..., in)
         return dx, dw, db
 
@@ -262,29 +285,33 @@ class LinearCUDA(LinearFn):
 class MLPCUDA(MLP):
     """GPT-2's MLP in four products and (at most) one elementwise kernel: the forward's first
     product adds b1 and applies GELU in its epilogue, keeping GELU's input h (aux); the
-    products for dw2 and dw1 sum db2 and db1 as they go (BGRADB). GELU's backward is either
-    the epilogue of the product g w2 (DGELU) or our gelu kernel after it: `dgelu_epilogue`,
-    the faster on the H200 (bench/results.md). cuBLASLt's GELU is the tanh form, so only
-    that form comes here."""
+    products for dw2 and dw1 sum db2 and db1 as they go (BGRADB), written in the master
+    weights' type under autocast. GELU's backward is either the epilogue of the product
+    g w2 (DGELU) or our gelu kernel after it: `dgelu_epilogue`, the faster on the H200
+    (bench/results.md). cuBLASLt's GELU is the tanh form, so only that form comes here."""
     dgelu_epilogue = os.environ.get("TENSORGRAD_MLP_DGELU", "0") == "1"
+    cast = staticmethod(_cast_weight)
 
     @classmethod
-    def supports(cls, x, w1, b1, w2, b2, approximate="none"):
+    def supports(cls, x, w1, b1, w2, b2, approximate="none", dtype=None):
         if approximate != "tanh" or w1.ndim != 2 or not x.flags.c_contiguous:
             return False
         H, C = w1.shape
         if w2.shape != (C, H) or b1.shape != (H,) or b2.shape != (C,) or x.ndim < 1 or x.shape[-1] != C:
             return False
-        dt, N = x.dtype, x.size // C
-        if not all(a.dtype == dt and a.flags.c_contiguous for a in (w1, b1, w2, b2)):
+        dt, master, N = x.dtype, w1.dtype, x.size // C
+        if x.dtype != (dtype or master) or not all(a.dtype == master and a.flags.c_contiguous
+                                                    for a in (w1, b1, w2, b2)):
             return False
         lt = cublaslt
         return (lt.can(N, H, C, False, True, dt, dt, lt.GELU_AUX_BIAS) and lt.can(N, C, H, False, True, dt, dt, lt.BIAS)
-                and lt.can(C, H, N, True, False, dt, dt, lt.BGRADB) and lt.can(H, C, N, True, False, dt, dt, lt.BGRADB)
+                and lt.can(C, H, N, True, False, dt, master, lt.BGRADB)
+                and lt.can(H, C, N, True, False, dt, master, lt.BGRADB)
                 and (not cls.dgelu_epilogue or lt.can(N, H, C, False, False, dt, dt, lt.DGELU)))
 
-    def forward(self, x, w1, b1, w2, b2, approximate="tanh"):
+    def forward(self, x, w1, b1, w2, b2, approximate="tanh", dtype=None):
         cp = backend.cupy()
+        w1, b1, w2, b2 = self.narrow(dtype, w1, b1, w2, b2)
         self.x_shape, self.approximate = x.shape, approximate
         self.x2 = x.reshape(-1, x.shape[-1])                                           # (N, C)
         self.w1, self.b1, self.w2, self.b2 = w1, b1, w2, b2
@@ -297,19 +324,19 @@ class MLPCUDA(MLP):
         cp, lt = backend.cupy(), cublaslt
         need_x, need_w1, need_b1, need_w2, need_b2 = self.needs_input_grad
         g2 = cp.ascontiguousarray(g.reshape(-1, g.shape[-1]))                          # (N, C)
-        dw2, db2 = lt.weight_and_bias_grads(g2, self.a)                                # (C, H), (C,)
+        dw2, db2 = lt.weight_and_bias_grads(g2, self.a, self.master)                   # (C, H), (C,)
         if self.dgelu_epilogue:
             dh = lt.matmul(g2, self.w2, epilogue=lt.DGELU, aux=self.h)                 # (N, H) = (g w2) gelu'(h)
         else:
             dh = kernels.gelu_backward(mm(g2, self.w2), self.h, "tanh")                # (N, H)
-        dw1, db1 = lt.weight_and_bias_grads(dh, self.x2)                               # (H, C), (H,)
+        dw1, db1 = lt.weight_and_bias_grads(dh, self.x2, self.master)                  # (H, C), (H,)
         dx = mm(dh, self.w1).reshape(self.x_shape) if need_x else None                 # (..., C)
         return (dx, dw1 if need_w1 else None, db1 if need_b1 else None, dw2 if need_w2 else None,
                 db2 if need_b2 else None)
 
 
 # ------------------------------------------------ the registry: reference -> twin
-for _ref, _twin in ((Softmax, SoftmaxCUDA), (LayerNorm, LayerNormCUDA), (CrossEntropy, CrossEntropyCUDA),
+for _ref, _twin in ((Cast, CastCUDA), (Softmax, SoftmaxCUDA), (LayerNorm, LayerNormCUDA), (CrossEntropy, CrossEntropyCUDA),
                     (GELU, GELUCUDA), (Dropout, DropoutCUDA), (DropoutAdd, DropoutAddCUDA),
                     (ScaledDotProductAttention, ScaledDotProductAttentionCUDA),
                     (QKVAttention, QKVAttentionCUDA), (LinearFn, LinearCUDA), (MLP, MLPCUDA)):

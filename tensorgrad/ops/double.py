@@ -369,24 +369,36 @@ def _matmul(self, g):
     return da, db
 
 
+def _weights(self, first):
+    """The op's weights (inputs first, first + 1, ...) as Tensors of their own graph, cast to the
+    op's compute dtype as a cast op would (Narrowing: under autocast the op casts them itself)."""
+    ws = [self.saved_input(first + i, w) for i, w in enumerate(self.w_in)]
+    return [w if w is None or self.dtype is None else E.cast(w, self.dtype) for w in ws]
+
+
+def _widened(self, *grads):
+    """Gradients in the master weights' dtype (Narrowing.widen on Tensors)."""
+    return tuple(g if g is None or g.dtype == self.master else E.cast(g, self.master) for g in grads)
+
+
 @_on(LinearFn)
 def _linear(self, g):
     x = self.saved_input(0, self.x2.reshape(self.x_shape))
-    w = self.saved_input(1, self.w)
+    w, _ = _weights(self, 1)
     need_x, need_w, need_b = self.needs_input_grad
     g2 = g.reshape(-1, g.shape[-1])                          # (N, out)
     dx = matmul(g2, w).reshape(*self.x_shape) if need_x else None
     dw = transposed_product(g2, x.reshape(-1, self.w.shape[1]), "ta") if need_w else None
     db = R.sum(g2, axis=0) if self.has_b and need_b else None
-    return dx, dw, db
+    return (dx, *_widened(self, dw, db))
 
 
 @_on(MLP)
 def _mlp(self, g):
     """The MLP's backward on Tensors: h and a recomputed from the saved x by the ops the node
     stands for, so a second derivative goes through them."""
-    x, w1, b1, w2, b2 = (self.saved_input(i, arr) for i, arr in
-                         enumerate((self.x2.reshape(self.x_shape), self.w1, self.b1, self.w2, self.b2)))
+    x = self.saved_input(0, self.x2.reshape(self.x_shape))
+    w1, b1, w2, b2 = _weights(self, 1)
     need_x, need_w1, need_b1, need_w2, need_b2 = self.needs_input_grad
     x2 = x.reshape(-1, self.x_shape[-1])                                   # (N, C)
     h = linear(x2, w1, b1)                                                 # (N, H)
@@ -397,7 +409,7 @@ def _mlp(self, g):
     dw1 = transposed_product(dh, x2, "ta") if need_w1 else None            # (H, C)
     db1 = R.sum(dh, axis=0) if need_b1 else None
     dx = matmul(dh, w1).reshape(*self.x_shape) if need_x else None
-    return dx, dw1, db1, dw2, db2
+    return (dx, *_widened(self, dw1, db1, dw2, db2))
 
 
 # ----------------------------------------------------------------- fused ops

@@ -322,7 +322,8 @@ def cast(a, dtype): return Cast.apply(a, dtype=np.dtype(dtype))
 
 def cast_inputs(*tensors):
     """The tensors, with float32 CUDA ones cast to the autocast dtype inside tg.autocast
-    (tensorgrad/autocast.py); None and others unchanged. Linear, matmul and attention call it."""
+    (tensorgrad/autocast.py); None and others unchanged. Matmul, attention and the inputs of
+    linear and mlp go through it (their weights: ops/linear.py's Narrowing)."""
     if autocast_dtype() is None:
         return tensors
     return tuple(t if narrowed_dtype(t) is None else cast(t, autocast_dtype()) for t in tensors)

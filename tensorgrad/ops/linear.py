@@ -9,18 +9,38 @@ shapes OpenBLAS is fastest at.
 """
 from ..function import Function
 from .broadcast import sum_to
+from ..autocast import narrowed_dtype
 from .elementwise import _GELU_FORMS, GELU, cast_inputs, gelu
 from .matmul import mm
 from .promote import same_float_dtype
 
 
-class LinearFn(Function):
-    """y = x @ w^T + b over any leading dims of x;  dx = g @ w, dw = g^T @ x, db = sum(g) over rows"""
-    def forward(self, x, w, b):
+class Narrowing:
+    """What LinearFn and MLP share for tg.autocast: with dtype (bf16) the op takes the float32
+    master weights themselves, casts them for its products (narrow), and hands their gradients
+    back in float32 (widen). The same numbers as a cast op before it; on the GPU the twins'
+    weight-gradient products write float32 themselves, so no pass casts the gradients back."""
+    def narrow(self, dtype, *weights):
+        """weights in `dtype` (None: as they are); remembers the originals (w_in) and their dtype."""
+        self.dtype, self.w_in = dtype, weights
+        self.master = next(w.dtype for w in weights if w is not None)
+        return tuple(w if w is None or dtype is None else self.cast(w, dtype) for w in weights)
+
+    cast = staticmethod(lambda w, dtype: w.astype(dtype))    # the GPU twins: kernels.cast
+
+    def widen(self, *grads):
+        return tuple(g if g is None else g.astype(self.master, copy=False) for g in grads)
+
+
+class LinearFn(Narrowing, Function):
+    """y = x @ w^T + b over any leading dims of x;  dx = g @ w, dw = g^T @ x, db = sum(g) over rows.
+    dtype (autocast): the product runs in dtype, dw and db come back in w's dtype (Narrowing)."""
+    def forward(self, x, w, b, dtype=None):
         out_f, in_f = w.shape
         if x.shape[-1] != in_f:
             raise ValueError(f"linear: input has {x.shape[-1]} features on its last axis, "
                              f"the weight {w.shape} expects {in_f}")
+        w, b = self.narrow(dtype, w, b)
         self.x_shape = x.shape
         self.x2 = x.reshape(-1, in_f)                  # (N, in): one 2-D matmul, whatever the batch dims
         self.w = w
@@ -41,7 +61,7 @@ class LinearFn(Function):
         dx = mm(g2, self.w).reshape(self.x_shape) if need_x else None     # (..., in)
         dw = self.weight_grad(g2) if need_w else None                     # (out, in)
         db = self.bias_grad(g2) if self.has_b and need_b else None        # (out,)
-        return dx, dw, db
+        return (dx, *self.widen(dw, db))
 
     def weight_grad(self, g2):
         """dw = g2^T @ x2"""
@@ -52,21 +72,35 @@ class LinearFn(Function):
         return sum_to(g2, g2.shape[-1:])
 
 
+def _narrowed(op, x, **weights):
+    """Under tg.autocast: x cast to bf16, and the dtype the op casts its float32 weights to
+    (Narrowing); else x and None. Raises one line when x and the weights do not match."""
+    present = {name: w for name, w in weights.items() if w is not None}
+    first = next(iter(present.values()))
+    dtype = narrowed_dtype(first)
+    x, = cast_inputs(x)
+    if any(w.data.dtype != first.data.dtype for w in present.values()):
+        same_float_dtype(op, **present)                  # raises: no silent cast
+    if x.data.dtype != (dtype or first.data.dtype):
+        same_float_dtype(op, input=x, **present)
+    return x, dtype
+
+
 def linear(x, weight, bias=None):
     """x (..., in) @ weight (out, in)^T + bias (out,) -> (..., out)."""
-    x, weight, bias = cast_inputs(x, weight, bias)       # bf16 inside tg.autocast (autocast.py)
-    if x.data.dtype != weight.data.dtype or bias is not None and bias.data.dtype != weight.data.dtype:
-        same_float_dtype("linear", input=x, weight=weight, bias=bias)   # raises: no silent cast
-    return LinearFn.apply(x, weight, bias)
+    x, dtype = _narrowed("linear", x, weight=weight, bias=bias)      # bf16 inside tg.autocast (autocast.py)
+    return LinearFn.apply(x, weight, bias, dtype=dtype)
 
 
-class MLP(Function):
+class MLP(Narrowing, Function):
     """A transformer's MLP as one node: h = x w1^T + b1, a = gelu(h), y = a w2^T + b2;
     dw2 = g^T a, db2 = sum(g), dh = (g w2) gelu'(h), dw1 = dh^T x, db1 = sum(dh), dx = dh w1.
     This reference is the three ops' math in one place; it exists for its GPU twin (ops/cuda.py),
     which does the whole forward and backward in six matrix products and one GELU-backward kernel,
-    with the biases, GELU and the bias gradients inside the products' epilogues (kernels/cublaslt.py)."""
-    def forward(self, x, w1, b1, w2, b2, approximate="tanh"):
+    with the biases, GELU and the bias gradients inside the products' epilogues (kernels/cublaslt.py).
+    dtype (autocast): the products run in dtype, the weights' gradients come back in theirs (Narrowing)."""
+    def forward(self, x, w1, b1, w2, b2, approximate="tanh", dtype=None):
+        w1, b1, w2, b2 = self.narrow(dtype, w1, b1, w2, b2)
         self.x_shape, self.approximate = x.shape, approximate
         self.x2 = x.reshape(-1, x.shape[-1])                       # (N, C)
         self.w1, self.b1, self.w2, self.b2 = w1, b1, w2, b2
@@ -84,7 +118,7 @@ class MLP(Function):
         dw1 = mm(dh.T, self.x2) if need_w1 else None               # (H, C)
         db1 = sum_to(dh, dh.shape[-1:]) if need_b1 else None       # (H,)
         dx = mm(dh, self.w1).reshape(self.x_shape) if need_x else None
-        return dx, dw1, db1, dw2, db2
+        return (dx, *self.widen(dw1, db1, dw2, db2))
 
 
 def mlp(x, w1, b1, w2, b2, approximate="none"):
@@ -93,10 +127,10 @@ def mlp(x, w1, b1, w2, b2, approximate="none"):
     products' epilogues; elsewhere the three ops it is made of, each with its own twins."""
     if approximate not in _GELU_FORMS:
         raise ValueError(f"mlp: approximate must be 'none' (exact, erf) or 'tanh', got {approximate!r}")
-    x, w1, b1, w2, b2 = cast_inputs(x, w1, b1, w2, b2)   # bf16 inside tg.autocast
     ts = (x, w1, b1, w2, b2)
     if all(t is not None for t in ts):
-        arrays = [t.data for t in ts]
-        if MLP._pick(x.device, arrays, {"approximate": approximate}) is not MLP:
-            return MLP.apply(*ts, approximate=approximate)
+        xn, dtype = _narrowed("mlp", x, w1=w1, b1=b1, w2=w2, b2=b2)      # bf16 inside tg.autocast
+        kwargs = {"approximate": approximate, "dtype": dtype}
+        if MLP._pick(x.device, [t.data for t in (xn, w1, b1, w2, b2)], kwargs) is not MLP:
+            return MLP.apply(xn, w1, b1, w2, b2, **kwargs)
     return linear(gelu(linear(x, w1, b1), approximate), w2, b2)

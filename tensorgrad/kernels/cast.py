@@ -1,0 +1,20 @@
+"""Casts between float32 and bf16 (cast.cu): the weights' pass under autocast, at memory speed."""
+import numpy as np
+
+from .. import backend
+from . import _F32, elementwise_grid, launch
+
+
+def cast(a, dtype):
+    """a (a CuPy array, float32 or bf16) as a new contiguous array of the other of the two types."""
+    cp = backend.cupy()
+    dtype, bf16 = np.dtype(dtype), backend.bfloat16
+    if {a.dtype, dtype} != {_F32, bf16}:
+        raise ValueError(f"kernels.cast: casts between float32 and bfloat16 only, got {a.dtype} -> {dtype}")
+    a = cp.ascontiguousarray(a)
+    out = cp.empty(a.shape, dtype=dtype)
+    n = a.size
+    vec = np.int32(a.data.ptr % 16 == 0 and out.data.ptr % 16 == 0)
+    name = "cast_to_bf16" if dtype == bf16 else "cast_to_float32"
+    launch("cast", name, (elementwise_grid(-(-n // 8)),), (256,), (a, out, np.int64(n), vec), dtype=bf16)
+    return out
