@@ -40,11 +40,12 @@ def poisoned(cp, monkeypatch):
     return cp
 
 
-def relerr(out, ref, what, tol=TOL):
+def relerr(out, ref, what, tol=TOL, scale=0.0):
+    """|out - ref| / |ref| (norms), or over `scale` when |ref| is smaller than it."""
     out = backend.cupy().asnumpy(out).astype(np.float64) if not isinstance(out, np.ndarray) else out.astype(np.float64)
     assert out.shape == ref.shape, f"{what}: shape {out.shape}, expected {ref.shape}"
     assert np.isfinite(out).all(), f"{what}: {np.count_nonzero(~np.isfinite(out))} non-finite (unwritten?) elements"
-    den = np.linalg.norm(ref)
+    den = max(np.linalg.norm(ref), scale)
     e = np.linalg.norm(out - ref) / (den if den > 0 else 1.0)
     print(f"{what:55s} rel err {e:.2e}")
     assert e < tol, f"{what}: relative error {e:.3e} >= {tol}"
@@ -324,9 +325,14 @@ def test_gelu_kernels_both_forms(poisoned, approximate, shape):
     ref_in = tg.tensor(x, dtype=np.float64, requires_grad=True)       # NumPy, float64: the reference
     ref_out = tg.gelu(ref_in, approximate=approximate)
     ref_out.backward(g.astype(np.float64))
-    relerr(kernels.gelu_forward(cp.asarray(x), approximate), ref_out.data, f"gelu {approximate} forward {shape}")
+    # measured against the input's scale too: for x << 0 the tanh form's 1 + t cancels, so float32
+    # gelu(x) ~ -1e-7 is exact to ~1e-7 absolutely, not relatively (one such x alone, shape (1,),
+    # drawn on the H200 2026-12-03, was 8% off relatively: -4.39e-7 against -4.07e-7)
+    scale = 0.1 * np.linalg.norm(x)
+    relerr(kernels.gelu_forward(cp.asarray(x), approximate), ref_out.data, f"gelu {approximate} forward {shape}",
+           scale=scale)
     relerr(kernels.gelu_backward(cp.asarray(g), cp.asarray(x), approximate), ref_in.grad,
-           f"gelu {approximate} backward {shape}")
+           f"gelu {approximate} backward {shape}", scale=0.1 * np.linalg.norm(g))
 
 
 @pytest.mark.parametrize("shape", [(1,), (7,), (65, 33), (4, 256, 1536), (3, 100_003)])
