@@ -122,7 +122,8 @@ def compile_ahead(dtype=_F32, head_size=None, attention_dropout=False):
                for dt in dtypes]
     wanted += [("cast", np.dtype(dtype), ())] if np.dtype(dtype) != _F32 else []
     if head_size in attention.HEAD_SIZES:
-        wanted += [attention.module_key(np.dtype(dtype), head_size, p) for p in {False, bool(attention_dropout)}]
+        wanted += [attention.module_key(np.dtype(dtype), head_size, p) for p in ((False, True) if attention_dropout
+                                                                              else (False,))]
     wanted = [key for key in wanted if key not in _modules]
     if not wanted:
         return

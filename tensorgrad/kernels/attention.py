@@ -23,8 +23,9 @@ _TILE = 64
 # (attention_forward_mma_*, attention_backward_kvs_mma_*), or "warp32", each warp owning 32
 # rows of a 128-row block, so every fragment read from shared memory feeds two tile products
 # (attention_forward_warp32_*, attention_backward_kvs_warp32_*; head sizes WARP32_HEAD_SIZES,
-# others fall back to warp16, as does a forward with scale <= 0: warp32 takes the max of the raw scores). Both give the same numbers; they differ in speed only: warp32,
-# the default, is the faster (bench/results.md).
+# others fall back to warp16, as does a forward with scale <= 0: warp32 takes the max of the
+# raw scores). Both give the same numbers; they differ in speed only: warp32, the default, is
+# the faster (bench/results.md).
 VARIANTS = ("warp16", "warp32")
 WARP32_HEAD_SIZES = (32, 64)
 

@@ -26,14 +26,13 @@ def layernorm_forward(x, w, b, eps=1e-5, out_dtype=None):
     y = cp.empty(x.shape, dtype=out)
     mean = cp.empty(x.shape[:-1], dtype=cp.float32)
     rstd = cp.empty(x.shape[:-1], dtype=cp.float32)
+    name = "layernorm_forward_narrow" if narrow else "layernorm_forward"
     args = (x, w, b, y, mean, rstd, np.int32(N), np.int32(C), np.float32(eps))
-    if N and _in_registers(C, x, w, b, y):
+    if N and _in_registers(C, x, w, b, y):           # a warp a row, the row in its registers
         warps = settings.rows_per_block
-        launch("layernorm", "layernorm_forward_narrow_regs" if narrow else "layernorm_forward_regs",
-               (-(-N // warps),), (32 * warps,), args, dtype=out)
-        return y, mean, rstd
-    launch_rows("layernorm", "layernorm_forward_narrow" if narrow else "layernorm_forward", N, C,
-            (x, w, b, y, mean, rstd, np.int32(N), np.int32(C), np.float32(eps)), out)
+        launch("layernorm", name + "_regs", (-(-N // warps),), (32 * warps,), args, dtype=out)
+    else:
+        launch_rows("layernorm", name, N, C, args, out)
     return y, mean, rstd
 
 
@@ -65,38 +64,28 @@ def layernorm_backward(g, x, w, mean, rstd, acc=None):
     dx = cp.empty_like(x)
     if N == 0 or C == 0:
         return dx, cp.zeros((C,), dt), cp.zeros((C,), dt)
+    name = "layernorm_backward_narrow" if narrow else "layernorm_backward"
     if _in_registers(C, g, x, w, dx, acc):
         rows = settings.ln_rows_per_warp                   # a warp a row, `rows` rows a warp, 8 warps a block
         tiles = -(-N // (8 * rows))                        # partial sums of dw, db: one per block
-        dw_part = cp.empty((tiles, C), dtype=cp.float32)
-        db_part = cp.empty((tiles, C), dtype=cp.float32)
-        name = "layernorm_backward_narrow_regs" if narrow else "layernorm_backward_regs"
-        launch("layernorm", f"{name}_{-(-C // 128)}", (tiles,), (256,),     # float4s a lane: C / 128
-               (g, x, w, mean, rstd, dx, dx if acc is None else acc, np.int32(acc is not None),
-                dw_part, db_part, np.int32(N), np.int32(C), np.int32(rows)), dtype=gdt)
-        return (dx, *_reduce_parts(dw_part, db_part, C, dt))
-    tile = settings.ln_tile
-    if not 1 <= tile <= 32:
-        raise ValueError(f"layernorm_backward: tile of {tile} rows is outside 1..32 (MAX_ROWS in layernorm.cu)")
-    tiles = (N + tile - 1) // tile
+        name, threads = f"{name}_regs_{-(-C // 128)}", 256   # float4s a lane: C / 128
+    else:
+        rows = settings.ln_tile
+        if not 1 <= rows <= 32:
+            raise ValueError(f"layernorm_backward: tile of {rows} rows is outside 1..32 (MAX_ROWS in layernorm.cu)")
+        tiles = (N + rows - 1) // rows
+        per_thread = 4 if C % 4 == 0 else 1            # columns a thread: 4 when rows are whole vectors
+        threads = min(1024, max(64, (C // per_thread + 31) // 32 * 32))
     dw_part = cp.empty((tiles, C), dtype=cp.float32)
     db_part = cp.empty((tiles, C), dtype=cp.float32)
-    per_thread = 4 if C % 4 == 0 else 1                # columns a thread: 4 when rows are whole vectors
-    threads = min(1024, max(64, (C // per_thread + 31) // 32 * 32))
-    launch("layernorm", "layernorm_backward_narrow" if narrow else "layernorm_backward", (tiles,), (threads,),
+    launch("layernorm", name, (tiles,), (threads,),
            (g, x, w, mean, rstd, dx, dx if acc is None else acc, np.int32(acc is not None),   # acc unread when 0
-            dw_part, db_part, np.int32(N), np.int32(C), np.int32(tile)), dtype=gdt)
-    return (dx, *_reduce_parts(dw_part, db_part, C, dt))
-
-
-def _reduce_parts(dw_part, db_part, C, dt):
-    """(dw, db) of dtype dt: the partial sums (tiles, C) added over tiles, in a fixed order."""
-    cp = backend.cupy()
+            dw_part, db_part, np.int32(N), np.int32(C), np.int32(rows)), dtype=gdt)
     dw = cp.empty((C,), dtype=dt)
     db = cp.empty((C,), dtype=dt)
     launch("layernorm", "layernorm_dwdb_reduce", ((C + 31) // 32,), (32, 32),
-           (dw_part, db_part, dw, db, np.int32(dw_part.shape[0]), np.int32(C)), dtype=dt)
-    return dw, db
+           (dw_part, db_part, dw, db, np.int32(tiles), np.int32(C)), dtype=dt)
+    return dx, dw, db
 
 
 _MAX_REGISTER_ROW = 4 * 32 * 8       # LN_VECS float4s a lane (layernorm.cu)

@@ -262,7 +262,7 @@ class LinearCUDA(LinearFn):
     autocast (dtype) that product writes dw and db in float32, the master weights' type."""
     @classmethod
     def supports(cls, x, w, b, dtype=None):
-        return (b is not None and x.flags.c_contiguous and x.ndim >= 1 and w.ndim == 2 and w.dtype == b.dtype
+        return (b is not None and x.flags.c_contiguous and x.ndim >= 1 and w.ndim == 2
                 and cublaslt.usable(x.reshape(-1, x.shape[-1]), w, b, dtype))
 
     cast = staticmethod(_cast_weight)

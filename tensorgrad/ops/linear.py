@@ -127,10 +127,9 @@ def mlp(x, w1, b1, w2, b2, approximate="none"):
     products' epilogues; elsewhere the three ops it is made of, each with its own twins."""
     if approximate not in _GELU_FORMS:
         raise ValueError(f"mlp: approximate must be 'none' (exact, erf) or 'tanh', got {approximate!r}")
-    ts = (x, w1, b1, w2, b2)
-    if all(t is not None for t in ts):
-        xn, dtype = _narrowed("mlp", x, w1=w1, b1=b1, w2=w2, b2=b2)      # bf16 inside tg.autocast
+    if all(t is not None for t in (w1, b1, w2, b2)):
+        x, dtype = _narrowed("mlp", x, w1=w1, b1=b1, w2=w2, b2=b2)      # bf16 inside tg.autocast
         kwargs = {"approximate": approximate, "dtype": dtype}
-        if MLP._pick(x.device, [t.data for t in (xn, w1, b1, w2, b2)], kwargs) is not MLP:
-            return MLP.apply(xn, w1, b1, w2, b2, **kwargs)
-    return linear(gelu(linear(x, w1, b1), approximate), w2, b2)
+        if MLP._pick(x.device, [t.data for t in (x, w1, b1, w2, b2)], kwargs) is not MLP:
+            return MLP.apply(x, w1, b1, w2, b2, **kwargs)
+    return linear(gelu(linear(x, w1, b1), approximate), w2, b2)     # x already cast: linear casts no more
