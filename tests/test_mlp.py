@@ -287,3 +287,22 @@ def _autocast(fn, args):
     with tg.autocast("cuda"):
         return fn(*args)
 
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("approximate", ["tanh", "none"])
+@pytest.mark.parametrize("shape", [(1, 4), (7, 64), (1000, 3072), (16384, 512), (5, 30)])
+def test_gelu_backward_with_its_column_sums(dtype, approximate, shape):
+    """gelu_backward_colsum: dx bit for bit gelu_backward's, and the column sums of dx as stored
+    (float32) against float64 sums of it; (5, 30) (columns not whole vectors) takes the fallback."""
+    from tensorgrad import kernels
+    cp = tg.backend.cupy()
+    dt = np.float32 if dtype == "float32" else tg.bfloat16
+    x, g = (cp.asarray(rng.standard_normal(shape).astype(dt)) for _ in range(2))
+    dx, sums = kernels.gelu_backward_colsum(g, x, approximate)
+    plain = kernels.gelu_backward(g, x, approximate)
+    bits = (lambda a: a.view(cp.uint16)) if dt != np.float32 else (lambda a: a)  # noqa: E731
+    assert cp.array_equal(bits(dx), bits(plain))
+    assert sums.dtype == np.float32 and sums.shape == (shape[1],)
+    ref = dx.astype(cp.float32).get().astype(np.float64).sum(0)
+    assert _rel(sums.get(), ref) < 1e-5

@@ -10,7 +10,7 @@ arguments of its kernels and launches them. Index:
     softmax.py/.cu    softmax_forward, softmax_backward
     layernorm.py/.cu  layernorm_forward, layernorm_backward (+ the residual add)
     cross_entropy.py/.cu  cross_entropy_forward, cross_entropy_backward
-    gelu.py/.cu       gelu_forward, gelu_backward (erf and tanh forms)
+    gelu.py/.cu       gelu_forward, gelu_backward (erf and tanh forms), gelu_backward_colsum
     colsum.py/.cu     colsum (bias gradients)
     cast.py/.cu       cast (float32 <-> bf16: the weights under autocast)
     dropout.py/.cu    rng_slot, dropout (and dropout + residual add); philox.cuh
@@ -207,7 +207,7 @@ from .cast import cast  # noqa: E402
 from .colsum import colsum  # noqa: E402
 from .cross_entropy import cross_entropy_backward, cross_entropy_forward  # noqa: E402
 from .dropout import drop_threshold, dropout, rng_slot  # noqa: E402
-from .gelu import gelu_backward, gelu_forward  # noqa: E402
+from .gelu import gelu_backward, gelu_backward_colsum, gelu_forward  # noqa: E402
 from .layernorm import layernorm_backward, layernorm_forward  # noqa: E402
 from .many import adamw_many, clip_grads, device_table  # noqa: E402
 from .rows import launch_settings  # noqa: E402

@@ -64,3 +64,13 @@ extern "C" __global__ void colsum_final(const float* __restrict__ part, floatX* 
     for (int s = 0; s < slices; ++s) t += part[(long long)s * N + c];
     st(out + c, t);
 }
+
+// The same, written as float32 whatever floatX is (a bf16 product's bias gradient for float32
+// master weights); part may come from another kernel that summed as it wrote (gelu.cu).
+extern "C" __global__ void colsum_final_float(const float* __restrict__ part, float* __restrict__ out, int slices, int N) {
+    const int c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= N) return;
+    float t = 0.f;
+    for (int s = 0; s < slices; ++s) t += part[(long long)s * N + c];
+    out[c] = t;
+}

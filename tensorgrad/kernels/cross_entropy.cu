@@ -2,7 +2,8 @@
 // keep (N,) bool (false on ignore_index rows, whose target is already 0).
 //
 // Forward:  lse = logsumexp(x_row), loss = lse - x[t] on kept rows, 0 on the
-//   others. One pass over the row with the online (max, sum of exp) pair; only
+//   others. One pass over the row with the online (max, sum of exp) pair (four
+//   elements a step: row_maxsum); only
 //   lse (N floats) is saved, never the (N, V) probabilities. A kept row whose
 //   target is outside [0, V) gets loss NaN, so a bad label shows up in the loss
 //   without a device-to-host check.
@@ -13,6 +14,28 @@
 //   characters); *_block kernels: one block per row (GPT-2's 50,257).
 #include "common.cuh"
 
+// The (max, sum of exp) pair of a row, four elements a step where the row allows vector loads:
+// the four's max first, so the running max (and the rescale of the sum) moves at most once
+// a step, then four exponentials without a branch each (ms_add does one a element).
+template <typename T>
+__device__ __forceinline__ MaxSum row_maxsum(const T* a, int n, int tid, int nthreads) {
+    MaxSum st = ms_init();
+    const int head = vec_head(a, n);
+    for (int j = tid; j < head; j += nthreads) ms_add(st, to_f(a[j]));
+    const int n4 = (n - head) >> 2;
+    for (int k = tid; k < n4; k += nthreads) {
+        const float4 v = ld4(a + head + 4 * k);
+        const float m4 = fmaxf(fmaxf(v.x, v.y), fmaxf(v.z, v.w));
+        if (m4 > st.m) {                       // while st.m is -inf, st.s is 0 and stays 0 here
+            st.s *= __expf(st.m - m4);
+            st.m = m4;
+        }
+        if (st.m != NEG_INF) st.s += (__expf(v.x - st.m) + __expf(v.y - st.m)) + (__expf(v.z - st.m) + __expf(v.w - st.m));
+    }
+    for (int j = head + 4 * n4 + tid; j < n; j += nthreads) ms_add(st, to_f(a[j]));
+    return st;
+}
+
 template <bool BLOCK>
 __device__ __forceinline__ void ce_forward_row(const floatX* __restrict__ x, const long long* __restrict__ t,
                                                const bool* __restrict__ keep, float* __restrict__ losses,
@@ -22,9 +45,7 @@ __device__ __forceinline__ void ce_forward_row(const floatX* __restrict__ x, con
     group_layout<BLOCK>(tid, nthreads, row);
     if (row >= N) return;
     const floatX* xr = x + row * V;
-    MaxSum st = ms_init();
-    row_read(xr, V, tid, nthreads, [&](int, float v) { ms_add(st, v); });
-    st = group_maxsum<BLOCK>(st);
+    MaxSum st = group_maxsum<BLOCK>(row_maxsum(xr, V, tid, nthreads));
     if (tid == 0) {
         const float l = st.m + logf(st.s);
         lse[row] = l;

@@ -78,3 +78,59 @@ extern "C" __global__ void gelu_backward_erf(const floatX* g, const floatX* x, f
 extern "C" __global__ void gelu_backward_tanh(const floatX* g, const floatX* x, floatX* dx, long long n, int vec) {
     gelu_backward_loop<false>(g, x, dx, n, vec);
 }
+
+// GELU's backward with the column sums of its result: in the MLP, dh = g gelu'(h) is what the
+// first product's weight and bias gradients read, and db1 is dh summed over its rows. Summed
+// here as dh is written, no other kernel reads dh for it. The layout is colsum.cu's
+// (colsum_partial): block (32, 8) covers 128 columns (four a thread) of one slice of rows;
+// its 8 row groups walk the slice and add up through shared memory -> part[slice, c], then
+// colsum_final_float sums the slices. Columns % 4 == 0 and every pointer on a vector boundary
+// (the host checks). The sums are of dh as stored (rounded to floatX): db1 = sum of dh.
+// v rounded to floatX and widened again: the value a store of v keeps
+__device__ __forceinline__ float as_stored(float v) {
+    floatX t;
+    st(&t, v);
+    return to_f(t);
+}
+
+template <bool EXACT>
+__device__ __forceinline__ void gelu_backward_colsum_body(const floatX* __restrict__ g, const floatX* __restrict__ x,
+                                                          floatX* __restrict__ dx, float* __restrict__ part, int R,
+                                                          int N, int rows_per_slice) {
+    __shared__ float acc[8][128];
+    const int c0 = (blockIdx.x * 32 + threadIdx.x) * 4;
+    const int r_begin = blockIdx.y * rows_per_slice, r_end = min(R, r_begin + rows_per_slice);
+    float s[4] = {0.f, 0.f, 0.f, 0.f};
+    if (c0 < N) {
+        for (int r = r_begin + threadIdx.y; r < r_end; r += 8) {
+            const long long i = (long long)r * N + c0;
+            const float4 a = ld4(x + i), b = ld4(g + i);
+            const float4 d = make_float4(as_stored(b.x * gelu_slope<EXACT>(a.x)), as_stored(b.y * gelu_slope<EXACT>(a.y)),
+                                         as_stored(b.z * gelu_slope<EXACT>(a.z)), as_stored(b.w * gelu_slope<EXACT>(a.w)));
+            st4(dx + i, d);
+            s[0] += d.x; s[1] += d.y; s[2] += d.z; s[3] += d.w;
+        }
+    }
+#pragma unroll
+    for (int w = 0; w < 4; ++w) acc[threadIdx.y][threadIdx.x * 4 + w] = s[w];
+    __syncthreads();
+    if (threadIdx.y == 0 && c0 < N) {
+#pragma unroll
+        for (int w = 0; w < 4; ++w) {
+            float t = 0.f;
+#pragma unroll
+            for (int y = 0; y < 8; ++y) t += acc[y][threadIdx.x * 4 + w];
+            part[(long long)blockIdx.y * N + c0 + w] = t;
+        }
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(256) gelu_backward_colsum_erf(const floatX* g, const floatX* x, floatX* dx,
+                                                                           float* part, int R, int N, int rows_per_slice) {
+    gelu_backward_colsum_body<true>(g, x, dx, part, R, N, rows_per_slice);
+}
+
+extern "C" __global__ void __launch_bounds__(256) gelu_backward_colsum_tanh(const floatX* g, const floatX* x, floatX* dx,
+                                                                            float* part, int R, int N, int rows_per_slice) {
+    gelu_backward_colsum_body<false>(g, x, dx, part, R, N, rows_per_slice);
+}

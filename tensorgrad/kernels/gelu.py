@@ -3,6 +3,7 @@ import numpy as np
 
 from .. import backend
 from . import _arr, _element, elementwise_grid, launch
+from .colsum import final_float, slicing
 
 
 def _elementwise_launch(name, arrays):
@@ -44,3 +45,30 @@ def gelu_backward(g, x, approximate="tanh"):
     dx = cp.empty_like(x)
     _elementwise_launch("gelu_backward_" + form, (g, x, dx))
     return dx
+
+
+def gelu_backward_colsum(g, x, approximate="tanh"):
+    """(dx, colsum): dx = g * gelu'(x) for a 2-D (R, N) x, and dx summed over its rows as float32
+    (N,), in the same pass (the MLP's db1: no kernel reads dx again for it). N % 4 == 0 and
+    vector-aligned arrays (check colsum_fits); else dx and a column sum of it."""
+    cp = backend.cupy()
+    form = _gelu_form(approximate)
+    x = _arr(x, "gelu input", _element(x, "gelu input"))
+    g = _arr(g, "gelu gradient", x.dtype)
+    if g.shape != x.shape or x.ndim != 2:
+        raise ValueError(f"gelu_backward_colsum: gradient {g.shape} and input {x.shape} must be one 2-D shape")
+    R, N = x.shape
+    dx = cp.empty_like(x)
+    if not colsum_fits(g, x) or R == 0:
+        gelu = gelu_backward(g, x, approximate)
+        return gelu, gelu.astype(cp.float32).sum(axis=0)
+    col_blocks, slices, rows_per_slice = slicing(R, N, 4)
+    part = cp.empty((slices, N), dtype=cp.float32)
+    launch("gelu", f"gelu_backward_colsum_{form}", (col_blocks, slices), (32, 8),
+           (g, x, dx, part, np.int32(R), np.int32(N), np.int32(rows_per_slice)), dtype=x.dtype)
+    return dx, final_float(part, x.dtype)
+
+
+def colsum_fits(*arrays):
+    """Does gelu_backward_colsum take these 2-D arrays in one pass (whole vectors of columns)?"""
+    return all(a.ndim == 2 and a.shape[1] % 4 == 0 and a.data.ptr % (4 * a.itemsize) == 0 for a in arrays)

@@ -285,10 +285,11 @@ class LinearCUDA(LinearFn):
 class MLPCUDA(MLP):
     """GPT-2's MLP in four products and (at most) one elementwise kernel: the forward's first
     product adds b1 and applies GELU in its epilogue, keeping GELU's input h (aux); the
-    products for dw2 and dw1 sum db2 and db1 as they go (BGRADB), written in the master
-    weights' type under autocast. GELU's backward is either the epilogue of the product
-    g w2 (DGELU) or our gelu kernel after it: `dgelu_epilogue`, the faster on the H200
-    (bench/results.md). cuBLASLt's GELU is the tanh form, so only that form comes here."""
+    product for dw2 sums db2 as it goes (BGRADB), the weight gradients are written in the
+    master weights' type under autocast. GELU's backward is either the epilogue of the
+    product g w2 (DGELU, db1 by BGRADB) or our gelu kernel after it, which also sums db1 as
+    it writes dh: `dgelu_epilogue` (bench/results.md). cuBLASLt's GELU is the tanh form, so
+    only that form comes here."""
     dgelu_epilogue = os.environ.get("TENSORGRAD_MLP_DGELU", "0") == "1"
     cast = staticmethod(_cast_weight)
 
@@ -306,8 +307,8 @@ class MLPCUDA(MLP):
         lt = cublaslt
         return (lt.can(N, H, C, False, True, dt, dt, lt.GELU_AUX_BIAS) and lt.can(N, C, H, False, True, dt, dt, lt.BIAS)
                 and lt.can(C, H, N, True, False, dt, master, lt.BGRADB)
-                and lt.can(H, C, N, True, False, dt, master, lt.BGRADB)
-                and (not cls.dgelu_epilogue or lt.can(N, H, C, False, False, dt, dt, lt.DGELU)))
+                and (lt.can(N, H, C, False, False, dt, dt, lt.DGELU) and lt.can(H, C, N, True, False, dt, master, lt.BGRADB)
+                     if cls.dgelu_epilogue else lt.can(H, C, N, True, False, dt, master, lt.DEFAULT)))
 
     def forward(self, x, w1, b1, w2, b2, approximate="tanh", dtype=None):
         cp = backend.cupy()
@@ -327,9 +328,11 @@ class MLPCUDA(MLP):
         dw2, db2 = lt.weight_and_bias_grads(g2, self.a, self.master)                   # (C, H), (C,)
         if self.dgelu_epilogue:
             dh = lt.matmul(g2, self.w2, epilogue=lt.DGELU, aux=self.h)                 # (N, H) = (g w2) gelu'(h)
-        else:
-            dh = kernels.gelu_backward(mm(g2, self.w2), self.h, "tanh")                # (N, H)
-        dw1, db1 = lt.weight_and_bias_grads(dh, self.x2, self.master)                  # (H, C), (H,)
+            dw1, db1 = lt.weight_and_bias_grads(dh, self.x2, self.master)              # (H, C), (H,)
+        else:   # our GELU-backward kernel sums db1 over dh's rows as it writes dh
+            dh, db1 = kernels.gelu_backward_colsum(mm(g2, self.w2), self.h, "tanh")    # (N, H), (H,) float32
+            dw1 = lt.matmul(dh, self.x2, ta=True, out_dtype=self.master)              # (H, C)
+            db1 = db1.astype(self.master, copy=False)
         dx = mm(dh, self.w1).reshape(self.x_shape) if need_x else None                 # (..., C)
         return (dx, dw1 if need_w1 else None, db1 if need_b1 else None, dw2 if need_w2 else None,
                 db2 if need_b2 else None)

@@ -97,7 +97,8 @@ class MLP(Narrowing, Function):
     dw2 = g^T a, db2 = sum(g), dh = (g w2) gelu'(h), dw1 = dh^T x, db1 = sum(dh), dx = dh w1.
     This reference is the three ops' math in one place; it exists for its GPU twin (ops/cuda.py),
     which does the whole forward and backward in six matrix products and one GELU-backward kernel,
-    with the biases, GELU and the bias gradients inside the products' epilogues (kernels/cublaslt.py).
+    with the biases, GELU and db2 inside the products' epilogues (kernels/cublaslt.py) and db1
+    summed by the GELU-backward kernel as it writes dh.
     dtype (autocast): the products run in dtype, the weights' gradients come back in theirs (Narrowing)."""
     def forward(self, x, w1, b1, w2, b2, approximate="tanh", dtype=None):
         w1, b1, w2, b2 = self.narrow(dtype, w1, b1, w2, b2)
