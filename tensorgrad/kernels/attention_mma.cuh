@@ -29,14 +29,21 @@ __device__ __forceinline__ unsigned int smem_address(const void* p) {
     asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(a) : "l"(p));
     return a;
 }
-__device__ __forceinline__ void ldsm4(unsigned int (&r)[4], const floatX* p) {
+// The *_at forms take the 32-bit shared-memory byte address itself: a caller converts a lane's
+// address in a tile once (smem_address, opaque to the compiler) and adds constant byte offsets
+// after it, which ptxas folds into the instruction ([R + imm]); converting each address would
+// cost a 64-bit add, the conversion and a register per ldmatrix.
+__device__ __forceinline__ void ldsm4_at(unsigned int (&r)[4], unsigned int addr) {
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(smem_address(p)));
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(addr));
 }
-__device__ __forceinline__ void ldsm4_trans(unsigned int (&r)[4], const floatX* p) {
+__device__ __forceinline__ void ldsm4_trans_at(unsigned int (&r)[4], unsigned int addr) {
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(smem_address(p)));
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(addr));
 }
+__device__ __forceinline__ void ldsm4(unsigned int (&r)[4], const floatX* p) { ldsm4_at(r, smem_address(p)); }
+__device__ __forceinline__ void ldsm4_trans(unsigned int (&r)[4], const floatX* p) { ldsm4_trans_at(r, smem_address(p)); }
+constexpr unsigned int EB = sizeof(floatX);   // bytes an element, for the constant offsets
 
 // c (16 x 8, float) += a (16 x 16, bf16, row-major fragment) b (16 x 8, bf16, column-major fragment)
 __device__ __forceinline__ void mma_bf16(float (&c)[4], const unsigned int (&a)[4], unsigned int b0, unsigned int b1) {
@@ -100,9 +107,9 @@ __device__ __forceinline__ void load_tile_async(floatX* tile, const floatX* g, l
 template <int D>
 __device__ __forceinline__ void a_fragments(unsigned int (&a)[D / 16][4], const floatX* tile, int row0, int lane) {
     constexpr int LH = D + 8;
+    const unsigned int base = smem_address(tile + (row0 + lane % 16) * LH + 8 * (lane / 16));
 #pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk)
-        ldsm4(a[kk], tile + (row0 + lane % 16) * LH + kk * 16 + 8 * (lane / 16));
+    for (int kk = 0; kk < D / 16; ++kk) ldsm4_at(a[kk], base + EB * kk * 16);
 }
 
 // The products below take R row tiles of 16 at once (R = 2: a warp owning 32 rows): each B
@@ -117,6 +124,7 @@ template <int D, int R, int NB>
 __device__ __forceinline__ void mma_rows(float (&c)[R][NB][4], const unsigned int (&a)[R][D / 16][4],
                                          const floatX* tile, int row0, int lane) {
     constexpr int LH = D + 8;
+    const unsigned int base = smem_address(tile + (row0 + lane % 8) * LH + 8 * (lane / 8));
 #pragma unroll
     for (int nb = 0; nb < NB; ++nb) {
 #pragma unroll
@@ -124,7 +132,7 @@ __device__ __forceinline__ void mma_rows(float (&c)[R][NB][4], const unsigned in
 #pragma unroll
         for (int kk = 0; kk < D / 16; kk += 2) {
             unsigned int b[4];
-            ldsm4(b, tile + (row0 + nb * 8 + lane % 8) * LH + kk * 16 + 8 * (lane / 8));
+            ldsm4_at(b, base + EB * (nb * 8 * LH + kk * 16));
 #pragma unroll
             for (int r = 0; r < R; ++r) {
                 mma_bf16(c[r][nb], a[r][kk], b[0], b[1]);
@@ -147,10 +155,11 @@ template <int D, int R>
 __device__ __forceinline__ void mma_step(float (&acc)[R][D / 8][4], const unsigned int (&a)[R][4], const floatX* tile,
                                          int kk, int lane) {
     constexpr int LH = D + 8;
+    const unsigned int base = smem_address(tile + (lane % 16) * LH + 8 * (lane / 16));
 #pragma unroll
     for (int n = 0; n < D / 8; n += 2) {
         unsigned int b[4];
-        ldsm4_trans(b, tile + (kk * 16 + lane % 16) * LH + n * 8 + 8 * (lane / 16));
+        ldsm4_trans_at(b, base + EB * (kk * 16 * LH + n * 8));
 #pragma unroll
         for (int r = 0; r < R; ++r) {
             mma_bf16(acc[r][n], a[r], b[0], b[1]);
