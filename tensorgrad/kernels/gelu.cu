@@ -93,6 +93,15 @@ __device__ __forceinline__ float as_stored(float v) {
     return to_f(t);
 }
 
+// one row's four columns: d = g gelu'(x) stored, and added to the running sums s as stored
+template <bool EXACT>
+__device__ __forceinline__ void gelu_colsum_row(float4 a, float4 b, floatX* __restrict__ out, float* s) {
+    const float4 d = make_float4(as_stored(b.x * gelu_slope<EXACT>(a.x)), as_stored(b.y * gelu_slope<EXACT>(a.y)),
+                                 as_stored(b.z * gelu_slope<EXACT>(a.z)), as_stored(b.w * gelu_slope<EXACT>(a.w)));
+    st4(out, d);
+    s[0] += d.x; s[1] += d.y; s[2] += d.z; s[3] += d.w;
+}
+
 template <bool EXACT>
 __device__ __forceinline__ void gelu_backward_colsum_body(const floatX* __restrict__ g, const floatX* __restrict__ x,
                                                           floatX* __restrict__ dx, float* __restrict__ part, int R,
@@ -102,13 +111,25 @@ __device__ __forceinline__ void gelu_backward_colsum_body(const floatX* __restri
     const int r_begin = blockIdx.y * rows_per_slice, r_end = min(R, r_begin + rows_per_slice);
     float s[4] = {0.f, 0.f, 0.f, 0.f};
     if (c0 < N) {
-        for (int r = r_begin + threadIdx.y; r < r_end; r += 8) {
+        // UNROLL rows a step (8 apart), all their loads issued before the math: one row's 8-byte
+        // loads at a time leave too few bytes in flight to keep HBM busy. Rows still add up in order.
+        constexpr int UNROLL = 4;
+        int r = r_begin + threadIdx.y;
+        for (; r + 8 * (UNROLL - 1) < r_end; r += 8 * UNROLL) {
+            float4 a[UNROLL], b[UNROLL];
+#pragma unroll
+            for (int u = 0; u < UNROLL; ++u) {
+                const long long i = (long long)(r + 8 * u) * N + c0;
+                a[u] = ld4(x + i);
+                b[u] = ld4(g + i);
+            }
+#pragma unroll
+            for (int u = 0; u < UNROLL; ++u)
+                gelu_colsum_row<EXACT>(a[u], b[u], dx + (long long)(r + 8 * u) * N + c0, s);
+        }
+        for (; r < r_end; r += 8) {
             const long long i = (long long)r * N + c0;
-            const float4 a = ld4(x + i), b = ld4(g + i);
-            const float4 d = make_float4(as_stored(b.x * gelu_slope<EXACT>(a.x)), as_stored(b.y * gelu_slope<EXACT>(a.y)),
-                                         as_stored(b.z * gelu_slope<EXACT>(a.z)), as_stored(b.w * gelu_slope<EXACT>(a.w)));
-            st4(dx + i, d);
-            s[0] += d.x; s[1] += d.y; s[2] += d.z; s[3] += d.w;
+            gelu_colsum_row<EXACT>(ld4(x + i), ld4(g + i), dx + i, s);
         }
     }
 #pragma unroll
