@@ -49,7 +49,8 @@ def child_tensorgrad(args):
     from gpt.train import configure_optimizer, make_runners
 
     tg.manual_seed(0)
-    model = GPT(GPTConfig(n_layer=L, n_head=H, n_embd=C, block_size=T, vocab_size=V, dropout=0.0)).to("cuda")
+    model = GPT(GPTConfig(n_layer=L, n_head=H, n_embd=C, block_size=T, vocab_size=V, dropout=0.0,
+                          recompute=args.recompute)).to("cuda")
     tc = TrainConfig(device="cuda", batch_size=B, grad_clip=1.0, cuda_graph=True, dtype=args.dtype,
                      learning_rate=6e-4, weight_decay=0.1, beta1=0.9, beta2=0.95)
     opt = configure_optimizer(model, tc)
@@ -132,7 +133,7 @@ def child_llmc(args):
                 f.write(header.tobytes())
                 f.write(rng.integers(0, V, n).astype(np.uint16).tobytes())
         cmd = [str(exe), "-e", "d12", "-i", f"{tmp}/train.bin", "-j", f"{tmp}/val.bin", "-b", str(B), "-t", str(T),
-               "-x", str(steps), "-v", "100000", "-s", "100000"]
+               "-x", str(steps), "-v", "100000", "-s", "100000", "-r", "1"]
         env = dict(os.environ)
         try:                           # cuDNN from PyTorch's wheel, as bench/build_llmc.sh linked it
             import nvidia.cudnn
@@ -211,6 +212,8 @@ def main():
     p.add_argument("--json", help="also write the rows to this file")
     p.add_argument("--nanogpt-eager", action="store_true", help="run nanoGPT's model without torch.compile")
     p.add_argument("--profile", action="store_true", help="tensorgrad: print GPU time per kernel (needs PyTorch)")
+    p.add_argument("--recompute", action="store_true",
+                   help="tensorgrad: GELU recomputed in backward (GPTConfig.recompute; llm.c always runs its default, -r 1)")
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:

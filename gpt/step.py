@@ -18,9 +18,10 @@ from .settings import cpu_threads, training_dtype, use_cuda_graph
 
 
 def forward_loss(model, x, y, dtype):
-    """The model's loss on (x, y); in tg.autocast when dtype is 'bfloat16' (tensorgrad/autocast.py)."""
+    """The model's loss on (x, y); in tg.autocast when dtype is 'bfloat16' (tensorgrad/autocast.py).
+    The logits are not asked for: the model's head and loss then run as one op (gpt/model.py)."""
     with tg.autocast("cuda", enabled=dtype == "bfloat16"):
-        return model(x, y)[1]
+        return model(x, y, return_logits=False)[1]
 
 
 def train_step(model, optimizer, batches, grad_clip, update=None, reduce_grads=None, dtype="float32", shards=None):

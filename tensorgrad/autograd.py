@@ -87,13 +87,16 @@ def _call_backward(fn, g, grads):
     """fn.backward(g) as a tuple, one gradient per input. The adds_into hand-off: a Function
     that adds one input's gradient from the graph's other uses into its own result
     (Function.adds_into: LayerNorm's input, where a residual stream's skip connection meets
-    its branch) gets that gradient out of `grads` as acc: one pass over it fewer."""
+    its branch; Embedding's weight, tied to the LM head) gets that gradient out of `grads` as
+    acc: one pass over it fewer."""
     if fn.freed:
         raise RuntimeError("backward: the graph was already freed by an earlier backward(); "
                            "pass retain_graph=True to the first call to go through it twice")
     k, acc = fn.adds_into, None
     if k is not None and fn.needs_input_grad[k] and fn.inputs[k] is not None:
-        acc = grads.pop(id(fn.inputs[k]), (None, False))[0]
+        held = grads.get(id(fn.inputs[k]))
+        if held is not None and (held[1] or not fn.adds_in_place):   # in place: only into the engine's own
+            acc = grads.pop(id(fn.inputs[k]))[0]
     out = fn.backward(g) if acc is None else fn.backward(g, acc=acc)
     return out if isinstance(out, tuple) else (out,)
 

@@ -101,6 +101,9 @@ class Function:
     # is one, and backward returns the input's gradient with acc added: one pass fewer
     # where a residual stream's skip connection meets a branch (LayerNorm's input).
     adds_into = None
+    # True when backward adds into acc in place (Embedding's rows into a tied head's weight
+    # gradient): then the engine hands acc over only when nothing but the engine holds it.
+    adds_in_place = False
 
     @classmethod
     def supports(cls, *arrays, **params):

@@ -268,8 +268,8 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypa
     calls = {"n": 0}
     real_forward = GPT.forward
 
-    def poisoned(self, idx, targets=None, cache=None):
-        logits, loss = real_forward(self, idx, targets, cache)
+    def poisoned(self, idx, targets=None, cache=None, **kwargs):
+        logits, loss = real_forward(self, idx, targets, cache, **kwargs)
         if targets is not None and tg.is_grad_enabled():
             calls["n"] += 1
             if calls["n"] > 7:  # training steps after the 7th give NaN

@@ -306,3 +306,62 @@ def test_gelu_backward_with_its_column_sums(dtype, approximate, shape):
     assert sums.dtype == np.float32 and sums.shape == (shape[1],)
     ref = dx.astype(cp.float32).get().astype(np.float64).sum(0)
     assert _rel(sums.get(), ref) < 1e-5
+
+
+# ------------------------------------------------------------------ recompute
+@pytest.mark.parametrize("bias", [True, False])
+def test_recompute_gives_the_same_bits_and_keeps_only_h(bias):
+    """recompute=True: the same output and gradients bit for bit (the same GELU math, done again
+    in backward); between forward and backward the node holds h, not a; float64 gradient checks."""
+    ts = _inputs(6, 8, 12, lead=(2,))
+    if not bias:
+        ts[2] = ts[4] = None
+    g = tg.tensor(rng.standard_normal((2, 6, 8)))
+    live = [t for t in ts if t is not None]
+    kept = _grads(lambda *a: F.mlp(*_full(a, bias), approximate="tanh"), live, g)
+    y = F.mlp(*ts, approximate="tanh", recompute=True)
+    assert type(y._ctx).__name__.startswith("MLP") and y._ctx.a is None and y._ctx.h.shape == (12, 12)
+    again = _grads(lambda *a: F.mlp(*_full(a, bias), approximate="tanh", recompute=True), live, g)
+    for u, v in zip(kept, again):
+        np.testing.assert_array_equal(u, v)
+    fn = lambda *a: F.mlp(*_full(a, bias), approximate="none", recompute=True)  # noqa: E731  (one node: MLP)
+    small = [t for t in _inputs(3, 4, 5) if bias or t.ndim == 2]
+    assert tg.gradcheck(fn, small)
+    assert tg.gradgradcheck(fn, small)
+
+
+def _full(a, bias):
+    return a if bias else (a[0], a[1], None, a[2], None)
+
+
+def test_recompute_is_a_gpt_flag():
+    from gpt import GPT, GPTConfig
+    x = tg.tensor(rng.integers(0, 40, (2, 8)))
+    losses = []
+    for recompute in (False, True):
+        tg.manual_seed(0)
+        model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=8, vocab_size=40, recompute=recompute))
+        loss = model(x, x)[1]
+        loss.backward()
+        losses.append((loss.item(), [p.grad for p in model.parameters()]))
+    assert losses[0][0] == losses[1][0]
+    for a, b in zip(losses[0][1], losses[1][1]):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_recompute_on_the_gpu_twin(monkeypatch, dtype):
+    """MLPCUDA with recompute: GELU's output recomputed by our kernel (not cuBLASLt's epilogue)
+    in backward; the gradients equal the kept-output ones within the dtype's precision."""
+    monkeypatch.setenv("CUPY_TF32", "0")
+    dt, tol = _dtype_and_tol(dtype)
+    ts = [tg.tensor(t.data.astype(dt), requires_grad=True, device="cuda") for t in _inputs(300, 128, 512, np.float32)]
+    g = tg.tensor(rng.standard_normal((300, 128)).astype(dt), device="cuda")
+    y = F.mlp(*ts, approximate="tanh", recompute=True)
+    assert type(y._ctx).__name__ == "MLPCUDA" and y._ctx.a is None
+    kept = _grads(lambda *a: F.mlp(*a, approximate="tanh"), ts, g)
+    again = _grads(lambda *a: F.mlp(*a, approximate="tanh", recompute=True), ts, g)
+    np.testing.assert_array_equal(kept[0], again[0])
+    for name, a, b in zip(("y", "dx", "dw1", "db1", "dw2", "db2"), again, kept):
+        assert _rel(a.astype(np.float32), b.astype(np.float32)) < tol, name

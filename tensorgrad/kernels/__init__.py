@@ -9,7 +9,7 @@ arguments of its kernels and launches them. Index:
     rows.py           how row kernels are launched (a warp or a block a row)
     softmax.py/.cu    softmax_forward, softmax_backward
     layernorm.py/.cu  layernorm_forward, layernorm_backward (+ the residual add)
-    cross_entropy.py/.cu  cross_entropy_forward, cross_entropy_backward
+    cross_entropy.py/.cu  cross_entropy_forward, cross_entropy_backward, cross_entropy_fused
     gelu.py/.cu       gelu_forward, gelu_backward (erf and tanh forms), gelu_backward_colsum
     colsum.py/.cu     colsum (bias gradients)
     cast.py/.cu       cast (float32 <-> bf16: the weights under autocast)
@@ -205,7 +205,7 @@ from . import attention  # noqa: E402  (the wrappers import the loader above)
 from .attention import attention_backward, attention_dropout_mask, attention_forward, attention_supported  # noqa: E402
 from .cast import cast  # noqa: E402
 from .colsum import colsum  # noqa: E402
-from .cross_entropy import cross_entropy_backward, cross_entropy_forward  # noqa: E402
+from .cross_entropy import cross_entropy_backward, cross_entropy_forward, cross_entropy_fused  # noqa: E402
 from .dropout import drop_threshold, dropout, rng_slot  # noqa: E402
 from .gelu import gelu_backward, gelu_backward_colsum, gelu_forward  # noqa: E402
 from .layernorm import layernorm_backward, layernorm_forward  # noqa: E402

@@ -5,14 +5,18 @@ from .. import backend
 from . import _F32, elementwise_grid, launch
 
 
-def cast(a, dtype):
-    """a (a CuPy array, float32 or bf16) as a new contiguous array of the other of the two types."""
+def cast(a, dtype, out=None):
+    """a (a CuPy array, float32 or bf16) as a new contiguous array of the other of the two types
+    (or written into `out`, a contiguous array of a's shape: a row block of a larger buffer)."""
     cp = backend.cupy()
     dtype, bf16 = np.dtype(dtype), backend.bfloat16
     if {a.dtype, dtype} != {_F32, bf16}:
         raise ValueError(f"kernels.cast: casts between float32 and bfloat16 only, got {a.dtype} -> {dtype}")
     a = cp.ascontiguousarray(a)
-    out = cp.empty(a.shape, dtype=dtype)
+    if out is None:
+        out = cp.empty(a.shape, dtype=dtype)
+    elif out.shape != a.shape or out.dtype != dtype or not out.flags.c_contiguous:
+        raise ValueError(f"kernels.cast: out must be a contiguous {dtype} {a.shape}, got {out.dtype} {out.shape}")
     n = a.size
     vec = np.int32(a.data.ptr % 16 == 0 and out.data.ptr % 16 == 0)
     name = "cast_to_bf16" if dtype == bf16 else "cast_to_float32"

@@ -10,6 +10,9 @@
 // Backward: dx = (softmax(x) - onehot(t)) * row_scale = (exp(x - lse) - [j == t])
 //   * row_scale[n], zero on ignored rows (their x is not even read). One read
 //   of x, one write of dx: softmax is recomputed from lse, not stored.
+// Fused:    both in one launch, for a loss whose gradient scale is known ahead (the LM
+//   head's classifier, ops/cuda.py): the row's lse and loss, then its dx, which may
+//   be x itself (written in place). The second read of the row mostly hits L2.
 // Launch: *_warp kernels: one warp per row (small vocabularies, e.g. 65
 //   characters); *_block kernels: one block per row (GPT-2's 50,257).
 #include "common.cuh"
@@ -96,4 +99,43 @@ extern "C" __global__ void __launch_bounds__(512) cross_entropy_backward_block(c
                                                         const float* lse, const float* row_scale, floatX* dx,
                                                         int N, int V) {
     ce_backward_row<true>(x, t, keep, lse, row_scale, dx, N, V);
+}
+
+template <bool BLOCK>
+__device__ __forceinline__ void ce_fused_row(const floatX* x, const long long* __restrict__ t,
+                                             const bool* __restrict__ keep, const float* __restrict__ row_scale,
+                                             float* __restrict__ losses, float* __restrict__ lse, floatX* dx,
+                                             int N, int V) {
+    int tid, nthreads;
+    long long row;
+    group_layout<BLOCK>(tid, nthreads, row);
+    if (row >= N) return;
+    const floatX* xr = x + row * V;
+    const bool k = keep[row];
+    const long long tt = t[row];
+    const bool in_range = tt >= 0 && tt < V;
+    const float xt = k && in_range ? to_f(xr[tt]) : 0.f;      // read before any thread writes dx (= x)
+    MaxSum st = group_maxsum<BLOCK>(row_maxsum(xr, V, tid, nthreads));   // ends in a barrier
+    if (!BLOCK) __syncwarp();
+    const float l = st.m + logf(st.s), rs = row_scale[row];
+    if (tid == 0) {
+        lse[row] = l;
+        losses[row] = k ? (in_range ? l - xt : __int_as_float(0x7fc00000)) : 0.f;   // NaN: label out of range
+    }
+    row_map(dx + row * V, xr, (const floatX*)nullptr, V, k ? V : 0, tid, nthreads,
+            [&](int j, float v, float) {
+                return k ? (__expf(v - l) - (j == tt ? 1.f : 0.f)) * rs : 0.f;
+            });
+}
+
+extern "C" __global__ void __launch_bounds__(256) cross_entropy_fused_warp(const floatX* x, const long long* t, const bool* keep,
+                                                    const float* row_scale, float* losses, float* lse, floatX* dx,
+                                                    int N, int V) {
+    ce_fused_row<false>(x, t, keep, row_scale, losses, lse, dx, N, V);
+}
+
+extern "C" __global__ void __launch_bounds__(512) cross_entropy_fused_block(const floatX* x, const long long* t, const bool* keep,
+                                                     const float* row_scale, float* losses, float* lse, floatX* dx,
+                                                     int N, int V) {
+    ce_fused_row<true>(x, t, keep, row_scale, losses, lse, dx, N, V);
 }

@@ -48,3 +48,23 @@ def cross_entropy_backward(x, t, keep, lse, row_scale):
     launch_rows("cross_entropy", "cross_entropy_backward", N, V,
             (x, t, keep, lse, row_scale, dx, np.int32(N), np.int32(V)), x.dtype)
     return dx
+
+
+def cross_entropy_fused(x, t, keep, row_scale, out=None):
+    """(losses, lse, dx): cross_entropy_forward's and cross_entropy_backward's results in one
+    launch, for a gradient scale known ahead; dx is written into `out` (x itself: in place)."""
+    cp = backend.cupy()
+    x, t, keep, N, V = _ce_args(x, t, keep)
+    if V == 0:
+        raise ValueError("cross_entropy_fused: logits have no classes (V == 0)")
+    row_scale = cp.ascontiguousarray(row_scale, dtype=cp.float32)
+    if row_scale.size != N:
+        raise ValueError(f"cross_entropy_fused: row_scale needs {N} entries, got {row_scale.shape}")
+    dx = cp.empty_like(x) if out is None else out
+    if dx.shape != x.shape or dx.dtype != x.dtype or not dx.flags.c_contiguous:
+        raise ValueError(f"cross_entropy_fused: out must be a contiguous {x.dtype} {x.shape}, got {dx.dtype} {dx.shape}")
+    losses = cp.empty((N,), dtype=cp.float32)
+    lse = cp.empty((N,), dtype=cp.float32)
+    launch_rows("cross_entropy", "cross_entropy_fused", N, V,
+                (x, t, keep, row_scale, losses, lse, dx, np.int32(N), np.int32(V)), x.dtype)
+    return losses, lse, dx

@@ -16,9 +16,11 @@ D (N x M) = op(b)^T op(a)^T, so b is cuBLASLt's A and a its B. In D's terms:
 a bias runs along D's rows = C's columns (N);
 BGRADB's gradient runs along D's columns = C's rows (M), summed over the
 product's k; the GELU aux has D's layout = C's, row-major (M, N).
-The descriptors and the algorithm cuBLASLt picks depend only on the shapes,
-types and epilogue, so they are made once per such key and kept; only the
-pointers change per call.
+An operand may also be a view of whole rows of a wider buffer (the LM head's
+(N, 50257) columns of a (N, 50304) logits buffer): its row stride is the
+layout's leading dimension. The descriptors and the algorithm cuBLASLt picks
+depend only on the shapes, leading dimensions, types and epilogue, so they are
+made once per such key and kept; only the pointers change per call.
 """
 import ctypes
 import warnings
@@ -62,7 +64,7 @@ def available():
             _check(lib.cublasLtCreate(ctypes.byref(handle)), "cublasLtCreate")
             _state.update(lib=lib, handle=handle, cp=cp, plans={},
                           workspace=cp.empty(_WORKSPACE_BYTES, dtype=cp.uint8),
-                          alpha=ctypes.c_float(1.0), beta=ctypes.c_float(0.0))
+                          alpha=ctypes.c_float(1.0), beta=ctypes.c_float(0.0), one=ctypes.c_float(1.0))
         except (OSError, AttributeError, RuntimeError) as e:
             warnings.warn(f"tensorgrad.kernels.cublaslt unavailable ({e}); the bias is added separately")
             _state["error"] = str(e)
@@ -81,11 +83,13 @@ def _layout(lib, dt, rows, cols, ld):
     return lay
 
 
-def _plan(M, N, K, ta, tb, in_dtype, out_dtype, epilogue):
+def _plan(M, N, K, ta, tb, in_dtype, out_dtype, epilogue, lds=None):
     """Descriptor, layouts and algorithm of C (M, N) = op(a) @ op(b) with `epilogue`, made once
     per key; None when cuBLASLt has no algorithm for it (remembered too). The scale type stays
-    float32 (alpha, beta); a bias has D's type."""
-    key = (M, N, K, ta, tb, np.dtype(in_dtype), np.dtype(out_dtype), epilogue)
+    float32 (alpha, beta); a bias has D's type. lds: the row strides (elements) of a, b and C,
+    None for contiguous ones."""
+    lda, ldb, ldc = lds or (M if ta else K, K if tb else N, N)
+    key = (M, N, K, ta, tb, np.dtype(in_dtype), np.dtype(out_dtype), epilogue, lda, ldb, ldc)
     if key in _state["plans"]:
         return _state["plans"][key]
     lib = _state["lib"]
@@ -98,9 +102,9 @@ def _plan(M, N, K, ta, tb, in_dtype, out_dtype, epilogue):
     _set(lib, desc, _DESC_EPILOGUE, ctypes.c_uint32(epilogue))
     if epilogue in _AUX:
         _set(lib, desc, _DESC_AUX_LD, ctypes.c_int64(N))                       # aux: row-major (M, N)
-    A = _layout(lib, dt, K, N, K) if tb else _layout(lib, dt, N, K, N)         # b: (N, K) or (K, N) row-major
-    B = _layout(lib, dt, M, K, M) if ta else _layout(lib, dt, K, M, K)         # a: (K, M) or (M, K) row-major
-    D = _layout(lib, dt_out, N, M, N)
+    A = _layout(lib, dt, K, N, ldb) if tb else _layout(lib, dt, N, K, ldb)     # b: (N, K) or (K, N) row-major
+    B = _layout(lib, dt, M, K, lda) if ta else _layout(lib, dt, K, M, lda)     # a: (K, M) or (M, K) row-major
+    D = _layout(lib, dt_out, N, M, ldc)
     pref = ctypes.c_void_p()
     _check(lib.cublasLtMatmulPreferenceCreate(ctypes.byref(pref)), "cublasLtMatmulPreferenceCreate")
     ws = ctypes.c_uint64(_WORKSPACE_BYTES)
@@ -119,39 +123,55 @@ def _aligned(*arrays):
     return all(a is None or (a.flags.c_contiguous and a.data.ptr % 16 == 0) for a in arrays)
 
 
-def can(M, N, K, ta, tb, in_dtype, out_dtype, epilogue):
+def leading_dim(a):
+    """The row stride (elements) of a 2-D view of whole rows on 16-byte boundaries, else None."""
+    if a.ndim != 2 or a.strides[1] != a.itemsize or a.strides[0] % 16 or a.data.ptr % 16:
+        return None
+    return a.strides[0] // a.itemsize
+
+
+def can(M, N, K, ta, tb, in_dtype, out_dtype, epilogue, lds=None):
     """Is there an algorithm for this product and epilogue? (Asks cuBLASLt once per key.)
-    Every row of a, b and C must be a whole number of 16 bytes (what the fast algorithms assume)."""
-    rows = ((M if ta else K) * np.dtype(in_dtype).itemsize, (K if tb else N) * np.dtype(in_dtype).itemsize,
-            N * np.dtype(out_dtype).itemsize)
-    if min(M, N, K) < 1 or any(r % 16 for r in rows) or not available():
+    Every row of a, b and C must be a whole number of 16 bytes (what the fast algorithms assume);
+    lds: their row strides, if not contiguous (the rows' widths)."""
+    lds = lds or (M if ta else K, K if tb else N, N)
+    sizes = (np.dtype(in_dtype).itemsize, np.dtype(in_dtype).itemsize, np.dtype(out_dtype).itemsize)
+    if min(M, N, K) < 1 or any(ld * size % 16 for ld, size in zip(lds, sizes)) or not available():
         return False
-    return _plan(M, N, K, ta, tb, in_dtype, out_dtype, epilogue) is not None
+    return _plan(M, N, K, ta, tb, in_dtype, out_dtype, epilogue, lds) is not None
 
 
-def matmul(a, b, ta=False, tb=False, epilogue=DEFAULT, bias=None, aux=None, out_dtype=None):
+def matmul(a, b, ta=False, tb=False, epilogue=DEFAULT, bias=None, aux=None, out_dtype=None, out=None,
+           accumulate=False):
     """C (M, N) = op(a) @ op(b) with the epilogue, on the current stream; op transposes when
-    ta / tb. a, b: C-contiguous 2-D CuPy arrays of one type on 16-byte boundaries (the caller
-    checked `can`). BIAS and GELU_AUX_BIAS read `bias` (N,); DGELU reads `aux` (M, N);
-    GELU_AUX_BIAS writes `aux`; BGRADB writes its bias gradient (M,) into `bias`. Returns C, of out_dtype (default: a's; float32 from bf16 inputs works)."""
+    ta / tb. a, b: 2-D CuPy arrays of one type, of whole rows on 16-byte boundaries (C-contiguous,
+    or views of a wider buffer's rows; the caller checked `can`). BIAS and GELU_AUX_BIAS read
+    `bias` (N,); DGELU reads `aux` (M, N); GELU_AUX_BIAS writes `aux`; BGRADB writes its bias
+    gradient (M,) into `bias`. Returns C, of out_dtype (default: a's; float32 from bf16 inputs
+    works), written into `out` (M, N) when given (it may be a view of a wider buffer's rows), or
+    added to what `out` holds (accumulate: beta = 1)."""
     s = _state
     cp, lib = s["cp"], s["lib"]
     M, K = (a.shape[1], a.shape[0]) if ta else a.shape
     N = b.shape[0] if tb else b.shape[1]
     out_dtype = np.dtype(out_dtype or a.dtype)
-    plan = _plan(M, N, K, ta, tb, a.dtype, out_dtype, epilogue)
-    if plan is None or not _aligned(a, b, bias, aux):
+    if accumulate and out is None:
+        raise ValueError("cublaslt.matmul: accumulate needs out, the array to add into")
+    c = cp.empty((M, N), dtype=out_dtype) if out is None else out
+    lds = tuple(leading_dim(x) for x in (a, b, c))
+    plan = None if None in lds or c.shape != (M, N) or c.dtype != out_dtype else \
+        _plan(M, N, K, ta, tb, a.dtype, out_dtype, epilogue, lds)
+    if plan is None or not _aligned(bias, aux):
         raise ValueError(f"cublaslt.matmul: no algorithm for ({M}, {K}) @ ({K}, {N}), epilogue {epilogue}, "
                          f"or an operand off 16 bytes (check `can` first)")
     desc, A, B, D, algo = plan
-    c = cp.empty((M, N), dtype=out_dtype)
     ptr = ctypes.c_void_p
     if bias is not None:
         _set(lib, desc, _DESC_BIAS_POINTER, ptr(bias.data.ptr))
     if aux is not None:
         _set(lib, desc, _DESC_AUX_POINTER, ptr(aux.data.ptr))
     _check(lib.cublasLtMatmul(s["handle"], desc, ctypes.byref(s["alpha"]), ptr(b.data.ptr), A, ptr(a.data.ptr), B,
-                              ctypes.byref(s["beta"]), ptr(c.data.ptr), D, ptr(c.data.ptr), D, algo,
+                              ctypes.byref(s["one" if accumulate else "beta"]), ptr(c.data.ptr), D, ptr(c.data.ptr), D, algo,
                               ptr(s["workspace"].data.ptr), ctypes.c_size_t(_WORKSPACE_BYTES),
                               ptr(cp.cuda.get_current_stream().ptr)), "cublasLtMatmul")
     return c

@@ -5,7 +5,8 @@ from .attention import qkv_attention, rotary_embedding, scaled_dot_product_atten
 from .broadcast import sum_to
 from .elementwise import (abs, add, cast, clamp, clip, div, exp, gelu, leaky_relu, log, masked_fill, maximum,
                           minimum, mul, neg, pow, relu, sigmoid, silu, sqrt, sub, tanh, where)
-from .linear import linear, mlp
+from .linear import linear, mlp, padded_linear
+from .classifier import linear_cross_entropy
 from .matmul import matmul
 from .fused import (binary_cross_entropy_with_logits, cross_entropy, dropout, dropout_add, embedding, layer_norm, log_softmax,
                  mse_loss, nll_loss, rms_norm, softmax)
@@ -17,7 +18,7 @@ from . import double  # noqa: F401,E402  (backward_graph: the differentiable bac
 
 __all__ = ["sum_to", "abs", "add", "cast", "clamp", "clip", "div", "exp", "gelu", "leaky_relu", "log",
            "masked_fill", "maximum", "minimum", "mul", "neg", "pow", "relu", "sigmoid", "silu", "sqrt", "sub",
-           "tanh", "where", "linear", "mlp", "matmul", "binary_cross_entropy_with_logits", "dropout_add", "cross_entropy", "dropout",
+           "tanh", "where", "linear", "padded_linear", "linear_cross_entropy", "mlp", "matmul", "binary_cross_entropy_with_logits", "dropout_add", "cross_entropy", "dropout",
            "embedding", "layer_norm", "log_softmax", "mse_loss", "nll_loss", "rms_norm", "softmax", "argmax",
            "max", "mean", "min", "std", "sum", "var", "broadcast_to", "cat", "causal_mask", "concatenate",
            "expand", "getitem", "permute", "reshape", "split", "stack", "swapaxes", "transpose", "tril", "triu",

@@ -319,8 +319,8 @@ class LinearCPU(LinearFn):
 
 
 class EmbeddingCPU(Embedding):
-    def backward(self, g):
-        dw = np.zeros(self.shape, dtype=g.dtype)
+    def backward(self, g, acc=None):
+        dw = np.zeros(self.shape, dtype=g.dtype) if acc is None else acc   # (V, C)
         scatter_add(dw, self.idx.reshape(-1), g.reshape(-1, self.shape[1]))
         return dw, None
 

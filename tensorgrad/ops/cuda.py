@@ -15,12 +15,13 @@ import os
 import numpy as np
 
 from .. import backend, kernels
-from ..function import Function, twin_gates
+from ..function import Function, is_grad_enabled, twin_gates
 from . import double
 from .attention import QKVAttention, ScaledDotProductAttention
 from ..kernels import compile_ahead, cublaslt  # noqa: F401  (compile_ahead: tg.compile_ahead)
 from .elementwise import GELU, Cast
-from .linear import MLP, LinearFn
+from .linear import MLP, LinearFn, PaddedLinear
+from .classifier import LinearCrossEntropy
 from .matmul import mm
 from .fused import CrossEntropy, Dropout, DropoutAdd, LayerNorm, Softmax
 
@@ -282,6 +283,124 @@ class LinearCUDA(LinearFn):
         return dx, dw, db
 
 
+def _padded_weight(w, dtype, width):
+    """(wp, bias): w (V, C) in `dtype` (None: its own) in the first V rows of a (width, C) buffer
+    whose other rows are zero, and the (width,) bias of V zeros then -infs. Every product then
+    has width (a whole number of 16 bytes) where it would have V: cuBLAS runs its fast kernels
+    only on such sizes (an odd V, even on aligned rows, falls back to slow ones)."""
+    cp = backend.cupy()
+    (V, C), dt = w.shape, np.dtype(dtype or w.dtype)
+    wp = cp.empty((width, C), dtype=dt)                                    # (width, C)
+    wp[V:] = 0
+    if CastCUDA.supports(w, dt):
+        kernels.cast(w, dt, out=wp[:V])
+    else:
+        wp[:V] = w.astype(dt, copy=False)
+    key = (width, V, dt, cp.cuda.Device().id)
+    if key not in _pad_bias:                                               # a constant: made once
+        bias = np.zeros(width, dtype=np.float32)
+        bias[V:] = -np.inf
+        _pad_bias[key] = cp.asarray(bias).astype(dt)
+    return wp, _pad_bias[key]
+
+
+_pad_bias = {}
+
+
+def _padded_supports(x, w, width, dtype, rows_list):
+    """Can the padded products run in cuBLASLt for inputs x (..., C), weight w (V, C), `width`
+    columns, in products of each row count of rows_list?"""
+    if w.ndim != 2 or x.ndim < 1 or x.shape[-1] != w.shape[1] or width < w.shape[0]:
+        return False
+    C, dt, master, lt = w.shape[1], np.dtype(dtype or w.dtype), w.dtype, cublaslt
+    if x.dtype != dt or not (x.flags.c_contiguous and w.flags.c_contiguous and x.data.ptr % 16 == 0):
+        return False
+    return all(lt.can(N, width, C, False, True, dt, dt, lt.BIAS)                   # y = x wp^T + bias
+               and lt.can(N, C, width, False, False, dt, dt, lt.DEFAULT)           # dx = g wp
+               and lt.can(width, C, N, True, False, dt, master, lt.DEFAULT)        # dwp = g^T x
+               for N in rows_list)
+
+
+class PaddedLinearCUDA(PaddedLinear):
+    """Products of the zero-padded weight (_padded_weight): the forward's adds the -inf bias in
+    its epilogue, so the padding's columns come out -inf; their gradient is 0, so dx = g wp
+    needs no slicing; dw is the first V rows of g^T x (float32 under autocast)."""
+    @classmethod
+    def supports(cls, x, w, b, width, fill=float("-inf"), dtype=None):
+        return b is None and fill == float("-inf") and _padded_supports(x, w, width, dtype, [x.size // max(w.shape[-1], 1)])
+
+    def forward(self, x, w, b, width, fill=float("-inf"), dtype=None):
+        self.dtype, self.w_in, self.master = dtype, (w, None), w.dtype          # Narrowing's state
+        self.wp, bias = _padded_weight(w, dtype, width)                        # (width, C), (width,)
+        self.x_shape, self.has_b, self.w = x.shape, False, self.wp[:w.shape[0]]
+        self.x2 = x.reshape(-1, x.shape[-1])                                    # (N, C)
+        y = cublaslt.matmul(self.x2, self.wp, tb=True, epilogue=cublaslt.BIAS, bias=bias)   # (N, width)
+        return y.reshape(*x.shape[:-1], width)
+
+    def backward(self, g):
+        cp = backend.cupy()
+        need_x, need_w, _ = self.needs_input_grad
+        g2 = cp.ascontiguousarray(g.reshape(-1, g.shape[-1]))                  # (N, width)
+        dx = cublaslt.matmul(g2, self.wp).reshape(self.x_shape) if need_x else None          # (..., C)
+        dw = None
+        if need_w:                                                              # (V, C), an array of its own
+            dw = cp.ascontiguousarray(cublaslt.matmul(g2, self.x2, ta=True, out_dtype=self.master)[:self.w.shape[0]])
+        return dx, dw, None
+
+
+class LinearCrossEntropyCUDA(LinearCrossEntropy):
+    """The forward does the backward's work too, `rows` rows of logits at a time (ops/classifier.py
+    says why), with the zero-padded weight (_padded_weight): the chunk's (rows, width) logits (a
+    product, -inf bias in its epilogue), its losses and dlogits for a loss gradient of 1 (one
+    kernel, written over the logits), its rows of dx and its part of dw (two products reading
+    them; dw adds the chunks up, in float32 under autocast). Backward scales dx and dw by the
+    loss's gradient."""
+    rows = 4096
+
+    @classmethod
+    def supports(cls, x, w, target, width=None, ignore_index=-100, dtype=None):
+        N = x.size // max(w.shape[-1], 1)
+        return (target.dtype.kind in "iu" and target.size == N
+                and _padded_supports(x, w, width or w.shape[0], dtype, {min(N, cls.rows), N % cls.rows or cls.rows}))
+
+    def forward(self, x, w, target, width=None, ignore_index=-100, dtype=None):
+        cp, lt = backend.cupy(), cublaslt
+        (V, C), width = w.shape, width or w.shape[0]
+        self.dtype, self.w_in, self.master = dtype, (w,), w.dtype                 # Narrowing's state
+        wp, bias = _padded_weight(w, dtype, width)                                # (width, C), (width,)
+        x2, t = x.reshape(-1, C), target.reshape(-1)                              # (N, C), (N,)
+        N = x2.shape[0]
+        keep = t != ignore_index                                                  # (N,)
+        safe = cp.where(keep, t, 0)
+        self.n = cp.maximum(keep.sum(), 1).astype(cp.float32)                     # rows kept, on the device
+        scale = keep.astype(cp.float32) / self.n                                  # (N,): d loss / d row loss
+        need_x, need_w = (is_grad_enabled() and n for n in self.needs_input_grad[:2])
+        self.x, self.w, self.width, self.t, self.keep = x, wp[:V], width, safe, keep   # for backward_graph
+        self.dx = cp.empty_like(x2) if need_x else None                           # (N, C)
+        self.dwp = cp.empty((width, C), dtype=self.master) if need_w else None    # (width, C)
+        losses = cp.empty((N,), dtype=cp.float32)
+        for r0 in range(0, N, self.rows):
+            r1 = min(N, r0 + self.rows)
+            logits = lt.matmul(x2[r0:r1], wp, tb=True, epilogue=lt.BIAS, bias=bias)   # (rows, width)
+            if not (need_x or need_w):
+                losses[r0:r1] = kernels.cross_entropy_forward(logits, safe[r0:r1], keep[r0:r1])[0]
+                continue
+            losses[r0:r1] = kernels.cross_entropy_fused(logits, safe[r0:r1], keep[r0:r1], scale[r0:r1], out=logits)[0]
+            if need_x:                                                            # logits now hold dlogits
+                lt.matmul(logits, wp, out=self.dx[r0:r1])
+            if need_w:
+                lt.matmul(logits, x2[r0:r1], ta=True, out=self.dwp, out_dtype=self.master, accumulate=r0 > 0)
+            del logits                                                            # the next chunk reuses its memory
+        return losses.sum() / self.n
+
+    def backward(self, g):
+        cp = backend.cupy()
+        g = g.astype(cp.float32, copy=False)
+        dx = None if self.dx is None else (self.dx.astype(cp.float32) * g).astype(self.dx.dtype).reshape(self.x.shape)
+        dw = None if self.dwp is None else (self.dwp[:self.w.shape[0]] * g).astype(self.master, copy=False)   # (V, C)
+        return dx, dw, None
+
+
 class MLPCUDA(MLP):
     """GPT-2's MLP in four products and (at most) one elementwise kernel: the forward's first
     product adds b1 and applies GELU in its epilogue, keeping GELU's input h (aux); the
@@ -294,8 +413,8 @@ class MLPCUDA(MLP):
     cast = staticmethod(_cast_weight)
 
     @classmethod
-    def supports(cls, x, w1, b1, w2, b2, approximate="none", dtype=None):
-        if approximate != "tanh" or w1.ndim != 2 or not x.flags.c_contiguous:
+    def supports(cls, x, w1, b1, w2, b2, approximate="none", dtype=None, recompute=False):
+        if approximate != "tanh" or b1 is None or b2 is None or w1.ndim != 2 or not x.flags.c_contiguous:
             return False
         H, C = w1.shape
         if w2.shape != (C, H) or b1.shape != (H,) or b2.shape != (C,) or x.ndim < 1 or x.shape[-1] != C:
@@ -310,22 +429,26 @@ class MLPCUDA(MLP):
                 and (lt.can(N, H, C, False, False, dt, dt, lt.DGELU) and lt.can(H, C, N, True, False, dt, master, lt.BGRADB)
                      if cls.dgelu_epilogue else lt.can(H, C, N, True, False, dt, master, lt.DEFAULT)))
 
-    def forward(self, x, w1, b1, w2, b2, approximate="tanh", dtype=None):
+    def forward(self, x, w1, b1, w2, b2, approximate="tanh", dtype=None, recompute=False):
         cp = backend.cupy()
         w1, b1, w2, b2 = self.narrow(dtype, w1, b1, w2, b2)
-        self.x_shape, self.approximate = x.shape, approximate
+        self.x_shape, self.approximate, self.recompute = x.shape, approximate, recompute
         self.x2 = x.reshape(-1, x.shape[-1])                                           # (N, C)
         self.w1, self.b1, self.w2, self.b2 = w1, b1, w2, b2
         self.h = cp.empty((self.x2.shape[0], w1.shape[0]), dtype=x.dtype)               # (N, H): GELU's input
         self.a = cublaslt.matmul(self.x2, w1, tb=True, epilogue=cublaslt.GELU_AUX_BIAS, bias=b1, aux=self.h)
         y = cublaslt.matmul(self.a, w2, tb=True, epilogue=cublaslt.BIAS, bias=b2)       # (N, C)
+        if recompute:
+            self.a = None                                                              # backward makes it again
         return y.reshape(*x.shape[:-1], w2.shape[0])
 
     def backward(self, g):
         cp, lt = backend.cupy(), cublaslt
         need_x, need_w1, need_b1, need_w2, need_b2 = self.needs_input_grad
         g2 = cp.ascontiguousarray(g.reshape(-1, g.shape[-1]))                          # (N, C)
-        dw2, db2 = lt.weight_and_bias_grads(g2, self.a, self.master)                   # (C, H), (C,)
+        a = self.a if self.a is not None else kernels.gelu_forward(self.h, "tanh")      # (N, H) (recompute)
+        dw2, db2 = lt.weight_and_bias_grads(g2, a, self.master)                        # (C, H), (C,)
+        del a                                                                          # recomputed: freed here
         if self.dgelu_epilogue:
             dh = lt.matmul(g2, self.w2, epilogue=lt.DGELU, aux=self.h)                 # (N, H) = (g w2) gelu'(h)
             dw1, db1 = lt.weight_and_bias_grads(dh, self.x2, self.master)              # (H, C), (H,)
@@ -342,6 +465,7 @@ class MLPCUDA(MLP):
 for _ref, _twin in ((Cast, CastCUDA), (Softmax, SoftmaxCUDA), (LayerNorm, LayerNormCUDA), (CrossEntropy, CrossEntropyCUDA),
                     (GELU, GELUCUDA), (Dropout, DropoutCUDA), (DropoutAdd, DropoutAddCUDA),
                     (ScaledDotProductAttention, ScaledDotProductAttentionCUDA),
-                    (QKVAttention, QKVAttentionCUDA), (LinearFn, LinearCUDA), (MLP, MLPCUDA)):
+                    (QKVAttention, QKVAttentionCUDA), (LinearFn, LinearCUDA), (PaddedLinear, PaddedLinearCUDA),
+                    (LinearCrossEntropy, LinearCrossEntropyCUDA), (MLP, MLPCUDA)):
     _ref.cuda = _twin
     _twin.cuda = None   # a twin has no twin of its own (and is never re-dispatched)

@@ -27,7 +27,8 @@ from ..backend import get_array_module
 from ..function import Function
 from ..tensor import Tensor
 from . import attention as A, elementwise as E, fused as F, reduce as R, shape as S
-from .linear import MLP, LinearFn, linear
+from .linear import MLP, LinearFn, PaddedLinear, linear
+from .classifier import LinearCrossEntropy
 from .broadcast import sum_to as sum_to_array
 from .matmul import MatMul, _mT, matmul, mm
 from .elementwise import _erf
@@ -391,6 +392,31 @@ def _linear(self, g):
     dw = transposed_product(g2, x.reshape(-1, self.w.shape[1]), "ta") if need_w else None
     db = R.sum(g2, axis=0) if self.has_b and need_b else None
     return (dx, *_widened(self, dw, db))
+
+
+@_on(PaddedLinear)
+def _padded_linear(self, g):
+    return _linear(self, g[..., :self.w.shape[0]])          # the columns the product wrote
+
+
+@_on(LinearCrossEntropy)
+def _linear_cross_entropy(self, g):
+    """The two ops' backward on Tensors: the logits recomputed from the saved x and w by the
+    product the node stands for, so a second derivative goes through them."""
+    x = self.saved_input(0, self.x)
+    w, = _weights(self, 1)
+    V, C = w.shape
+    x2 = x.reshape(-1, C)                                                  # (N, C)
+    p = F.softmax(PaddedLinear.apply(x2, w, None, width=self.width), axis=-1)   # (N, width)
+    xp = get_array_module(self.keep)
+    target = xp.zeros(p.shape, dtype=p.dtype)
+    target[xp.arange(p.shape[0]), self.t] = 1
+    keep = const(self.keep[:, None].astype(p.dtype))
+    d = ((p - const(target)) * keep * (g / const(self.n)))[:, :V]          # (N, V)
+    need_x, need_w, _ = self.needs_input_grad
+    dx = matmul(d, w).reshape(*x.shape) if need_x else None
+    dw = transposed_product(d, x2, "ta") if need_w else None
+    return (dx, *_widened(self, dw), None)
 
 
 @_on(MLP)

@@ -7,6 +7,7 @@ product (cuBLASLt's bias epilogue) instead of in a second pass over y; on the
 CPU its twin (ops/cpu.py) takes the weight gradient and the column sum in the
 shapes OpenBLAS is fastest at.
 """
+from ..backend import get_array_module
 from ..function import Function
 from .broadcast import sum_to
 from ..autocast import narrowed_dtype
@@ -92,6 +93,32 @@ def linear(x, weight, bias=None):
     return LinearFn.apply(x, weight, bias, dtype=dtype)
 
 
+class PaddedLinear(LinearFn):
+    """y = x @ w^T (no bias) in the first `out` of `width` columns, the others `fill`: the LM
+    head's logits on rows of a whole number of 16 bytes (GPT-2's 50257 into 50304 columns, the
+    extra ones -inf so softmax gives them exactly 0; gpt/model.py says why). Backward: the
+    linear's, on the first `out` columns of g (the others' gradient goes nowhere)."""
+    cpu = cuda = None                                  # not LinearFn's twins (ops/cuda.py registers its own)
+
+    def forward(self, x, w, b, width, fill=float("-inf"), dtype=None):
+        if b is not None or width < w.shape[0]:
+            raise ValueError(f"padded_linear: {width} columns cannot hold the weight's {w.shape[0]} rows "
+                             "(and it takes no bias)")
+        y = super().forward(x, w, None, dtype=dtype)                      # (..., out)
+        padded = get_array_module(y).full((*y.shape[:-1], width), fill, dtype=y.dtype)   # (..., width)
+        padded[..., :w.shape[0]] = y
+        return padded
+
+    def backward(self, g):
+        return super().backward(g[..., :self.w.shape[0]])                 # the columns y came from
+
+
+def padded_linear(x, weight, width, fill=float("-inf")):
+    """x (..., in) @ weight (out, in)^T -> (..., width), columns out.. of it equal to fill."""
+    x, dtype = _narrowed("padded_linear", x, weight=weight)           # bf16 inside tg.autocast
+    return PaddedLinear.apply(x, weight, None, width=width, fill=fill, dtype=dtype)
+
+
 class MLP(Narrowing, Function):
     """A transformer's MLP as one node: h = x w1^T + b1, a = gelu(h), y = a w2^T + b2;
     dw2 = g^T a, db2 = sum(g), dh = (g w2) gelu'(h), dw1 = dh^T x, db1 = sum(dh), dx = dh w1.
@@ -99,19 +126,27 @@ class MLP(Narrowing, Function):
     which does the whole forward and backward in six matrix products and one GELU-backward kernel,
     with the biases, GELU and db2 inside the products' epilogues (kernels/cublaslt.py) and db1
     summed by the GELU-backward kernel as it writes dh.
-    dtype (autocast): the products run in dtype, the weights' gradients come back in theirs (Narrowing)."""
-    def forward(self, x, w1, b1, w2, b2, approximate="tanh", dtype=None):
+    dtype (autocast): the products run in dtype, the weights' gradients come back in theirs (Narrowing).
+    recompute: keep only GELU's input h, and compute a = gelu(h) again in backward (llm.c's -r):
+    one (N, H) activation less to hold between forward and backward, for one GELU pass more."""
+    def forward(self, x, w1, b1, w2, b2, approximate="tanh", dtype=None, recompute=False):
         w1, b1, w2, b2 = self.narrow(dtype, w1, b1, w2, b2)
-        self.x_shape, self.approximate = x.shape, approximate
+        self.x_shape, self.approximate, self.recompute = x.shape, approximate, recompute
         self.x2 = x.reshape(-1, x.shape[-1])                       # (N, C)
         self.w1, self.b1, self.w2, self.b2 = w1, b1, w2, b2
+        h = _plus(mm(self.x2, w1.T), b1)                           # (N, H)
         self.act = GELU()                                          # GELU's own array math and saved state
-        self.a = self.act.forward(mm(self.x2, w1.T) + b1, approximate)   # (N, H)
-        y = mm(self.a, w2.T) + b2                                  # (N, C)
+        self.a = self.act.forward(h, approximate)                  # (N, H)
+        y = _plus(mm(self.a, w2.T), b2)                            # (N, C)
+        if recompute:
+            self.h, self.act, self.a = h, None, None               # only h is kept
         return y.reshape(*x.shape[:-1], w2.shape[0])               # (..., C)
 
     def backward(self, g):
         need_x, need_w1, need_b1, need_w2, need_b2 = self.needs_input_grad
+        if self.recompute:
+            self.act = GELU()
+            self.a = self.act.forward(self.h, self.approximate)    # (N, H), as the forward had it
         g2 = g.reshape(-1, g.shape[-1])                            # (N, C)
         dw2 = mm(g2.T, self.a) if need_w2 else None                # (C, H)
         db2 = sum_to(g2, g2.shape[-1:]) if need_b2 else None       # (C,)
@@ -122,15 +157,21 @@ class MLP(Narrowing, Function):
         return (dx, *self.widen(dw1, db1, dw2, db2))
 
 
-def mlp(x, w1, b1, w2, b2, approximate="none"):
-    """gelu(x @ w1^T + b1) @ w2^T + b2, GPT-2's MLP (w1 (H, C), w2 (C, H)). Where the GPU twin
-    takes the call (tanh GELU, both biases, aligned sizes), one node with its work in the
-    products' epilogues; elsewhere the three ops it is made of, each with its own twins."""
+def _plus(y, b):
+    return y if b is None else y + b
+
+
+def mlp(x, w1, b1, w2, b2, approximate="none", recompute=False):
+    """gelu(x @ w1^T + b1) @ w2^T + b2, GPT-2's MLP (w1 (H, C), w2 (C, H); b1, b2 may be None).
+    Where the GPU twin takes the call (tanh GELU, both biases, aligned sizes), one node with its
+    work in the products' epilogues; elsewhere the three ops it is made of, each with its own
+    twins. recompute=True: GELU's output is not kept for backward but computed again there
+    (MLP's docstring); always one node then, the twin where it takes the call."""
     if approximate not in _GELU_FORMS:
         raise ValueError(f"mlp: approximate must be 'none' (exact, erf) or 'tanh', got {approximate!r}")
-    if all(t is not None for t in (w1, b1, w2, b2)):
+    if recompute or all(t is not None for t in (b1, b2)):
         x, dtype = _narrowed("mlp", x, w1=w1, b1=b1, w2=w2, b2=b2)      # bf16 inside tg.autocast
-        kwargs = {"approximate": approximate, "dtype": dtype}
-        if MLP._pick(x.device, [t.data for t in (x, w1, b1, w2, b2)], kwargs) is not MLP:
+        kwargs = {"approximate": approximate, "dtype": dtype, "recompute": recompute}
+        if recompute or MLP._pick(x.device, [t.data for t in (x, w1, b1, w2, b2)], kwargs) is not MLP:
             return MLP.apply(x, w1, b1, w2, b2, **kwargs)
     return linear(gelu(linear(x, w1, b1), approximate), w2, b2)     # x already cast: linear casts no more
