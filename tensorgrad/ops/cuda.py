@@ -354,8 +354,8 @@ class LinearCrossEntropyCUDA(LinearCrossEntropy):
     product, -inf bias in its epilogue), its losses and dlogits for a loss gradient of 1 (one
     kernel, written over the logits), its rows of dx and its part of dw (two products reading
     them; dw adds the chunks up, in float32 under autocast). Backward scales dx and dw by the
-    loss's gradient."""
-    rows = 4096
+    loss's gradient. rows: fewer is less memory (rows x width logits), more is fewer products."""
+    rows = int(os.environ.get("TENSORGRAD_CLASSIFIER_ROWS", "4096"))
 
     @classmethod
     def supports(cls, x, w, target, width=None, ignore_index=-100, dtype=None):
