@@ -16,9 +16,9 @@ D (N x M) = op(b)^T op(a)^T, so b is cuBLASLt's A and a its B. In D's terms:
 a bias runs along D's rows = C's columns (N);
 BGRADB's gradient runs along D's columns = C's rows (M), summed over the
 product's k; the GELU aux has D's layout = C's, row-major (M, N).
-An operand may also be a view of whole rows of a wider buffer (the LM head's
-(N, 50257) columns of a (N, 50304) logits buffer): its row stride is the
-layout's leading dimension. The descriptors and the algorithm cuBLASLt picks
+An operand, or the result (`out`, e.g. a chunk's rows of a larger dx), may also
+be a view of whole rows of a wider buffer: its row stride is the layout's
+leading dimension. The descriptors and the algorithm cuBLASLt picks
 depend only on the shapes, leading dimensions, types and epilogue, so they are
 made once per such key and kept; only the pointers change per call.
 """

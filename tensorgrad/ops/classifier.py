@@ -11,12 +11,9 @@ dw summed over the chunks); only dx and dw are kept, and backward multiplies
 them by the loss's gradient. That is llm.c's fused classifier, and Liger's
 fused linear cross-entropy. This reference is the two ops' math.
 """
-import numpy as np
-
-from ..backend import get_array_module
 from ..function import Function
 from .fused import CrossEntropy, _targets, cross_entropy
-from .linear import Narrowing, _narrowed, linear, padded_linear
+from .linear import Narrowing, _narrowed, linear, pad_columns, padded_linear
 from .matmul import mm
 
 
@@ -26,13 +23,14 @@ class LinearCrossEntropy(Narrowing, Function):
     d = dlogits[:, :out] (N, out). width None: w's rows (no padding). dtype (autocast): the
     products run in dtype, dw comes back in w's dtype (Narrowing). Both this and the twin keep
     x, t, keep and n for the differentiable backward (ops/double.py)."""
+    eps, reduction = 0.0, "mean"                                         # the loss it is (no smoothing)
+
     def forward(self, x, w, target, width=None, ignore_index=-100, dtype=None):
         w, = self.narrow(dtype, w)
-        (V, C), self.width = w.shape, width or w.shape[0]
+        C, self.width = w.shape[1], width or w.shape[0]
         self.x, self.w = x, w
         x2 = x.reshape(-1, C)                                            # (N, C)
-        logits = get_array_module(x).full((x2.shape[0], self.width), -np.inf, dtype=x.dtype)   # (N, width)
-        logits[:, :V] = mm(x2, w.T)
+        logits = pad_columns(mm(x2, w.T), self.width)                    # (N, width)
         self.loss = CrossEntropy()                                       # the loss's own math and saved state
         loss = self.loss.forward(logits, target.reshape(-1), ignore_index)
         self.t, self.keep, self.n = self.loss.t, self.loss.keep, self.loss.n

@@ -407,12 +407,7 @@ def _linear_cross_entropy(self, g):
     w, = _weights(self, 1)
     V, C = w.shape
     x2 = x.reshape(-1, C)                                                  # (N, C)
-    p = F.softmax(PaddedLinear.apply(x2, w, None, width=self.width), axis=-1)   # (N, width)
-    xp = get_array_module(self.keep)
-    target = xp.zeros(p.shape, dtype=p.dtype)
-    target[xp.arange(p.shape[0]), self.t] = 1
-    keep = const(self.keep[:, None].astype(p.dtype))
-    d = ((p - const(target)) * keep * (g / const(self.n)))[:, :V]          # (N, V)
+    d = _dlogits(self, g, PaddedLinear.apply(x2, w, None, width=self.width))[:, :V]   # (N, V)
     need_x, need_w, _ = self.needs_input_grad
     dx = matmul(d, w).reshape(*x.shape) if need_x else None
     dw = transposed_product(d, x2, "ta") if need_w else None
@@ -490,14 +485,20 @@ def _cross_entropy(self, g):
 def cross_entropy_grads(fn, g, x):
     """(softmax(x) - target distribution) * row scale, on Tensors; x (N, V): the logits, or any
     array that differs from them by a constant per row, as a Tensor on the logits' graph."""
-    xp = get_array_module(x)
-    N, V = x.shape
-    p = F.softmax(fn.saved_input(0, x.reshape(fn.shape)).reshape(N, V), axis=-1)
-    target = xp.zeros_like(x)
+    return _dlogits(fn, g, fn.saved_input(0, x.reshape(fn.shape)).reshape(*x.shape)).reshape(*fn.shape), None
+
+
+def _dlogits(fn, g, logits):
+    """(softmax(logits) - target distribution) * row scale, 0 on ignored rows, on Tensors (N, V):
+    the loss fn's (a _ClassLoss, or a node with its t, keep, eps, reduction and n) gradient."""
+    xp = get_array_module(fn.keep)
+    N, V = logits.shape
+    p = F.softmax(logits, axis=-1)
+    target = xp.zeros(p.shape, dtype=p.dtype)
     target[xp.arange(N), fn.t] = 1 - fn.eps
     target += fn.eps / V
-    keep = const(fn.keep[:, None].astype(x.dtype))
-    return ((p - const(target)) * keep * _row_scale(fn, g)).reshape(*fn.shape), None
+    keep = const(fn.keep[:, None].astype(p.dtype))
+    return (p - const(target)) * keep * _row_scale(fn, g)
 
 
 def _row_scale(loss, g):

@@ -104,13 +104,17 @@ class PaddedLinear(LinearFn):
         if b is not None or width < w.shape[0]:
             raise ValueError(f"padded_linear: {width} columns cannot hold the weight's {w.shape[0]} rows "
                              "(and it takes no bias)")
-        y = super().forward(x, w, None, dtype=dtype)                      # (..., out)
-        padded = get_array_module(y).full((*y.shape[:-1], width), fill, dtype=y.dtype)   # (..., width)
-        padded[..., :w.shape[0]] = y
-        return padded
+        return pad_columns(super().forward(x, w, None, dtype=dtype), width, fill)   # (..., width)
 
     def backward(self, g):
         return super().backward(g[..., :self.w.shape[0]])                 # the columns y came from
+
+
+def pad_columns(y, width, fill=float("-inf")):
+    """y (..., out) in the first out columns of a new (..., width) array, the others `fill`."""
+    padded = get_array_module(y).full((*y.shape[:-1], width), fill, dtype=y.dtype)   # (..., width)
+    padded[..., :y.shape[-1]] = y
+    return padded
 
 
 def padded_linear(x, weight, width, fill=float("-inf")):
