@@ -17,14 +17,16 @@ from .distributed import GradientAverager
 from .settings import cpu_threads, training_dtype, use_cuda_graph
 
 
-def forward_loss(model, x, y, dtype):
+def forward_loss(model, x, y, dtype, copies=None):
     """The model's loss on (x, y); in tg.autocast when dtype is 'bfloat16' (tensorgrad/autocast.py).
-    The logits are not asked for: the model's head and loss then run as one op (gpt/model.py)."""
-    with tg.autocast("cuda", enabled=dtype == "bfloat16"):
+    The logits are not asked for: the model's head and loss then run as one op (gpt/model.py).
+    copies: the optimizer's bf16 copies of the weights (tg.WeightCopies), read instead of casts."""
+    with tg.autocast("cuda", enabled=dtype == "bfloat16"), tg.weight_copies(copies):
         return model(x, y, return_logits=False)[1]
 
 
-def train_step(model, optimizer, batches, grad_clip, update=None, reduce_grads=None, dtype="float32", shards=None):
+def train_step(model, optimizer, batches, grad_clip, update=None, reduce_grads=None, dtype="float32", shards=None,
+               copies=None):
     """One optimisation step on the micro-batches [(x, y), ...]: forward and backward of
     each (the gradients add up), all-reduce over ranks, clipping, update. Returns the
     loss averaged over the micro-batches.
@@ -35,7 +37,8 @@ def train_step(model, optimizer, batches, grad_clip, update=None, reduce_grads=N
     reduce_grads() averages the gradients over ranks (gpt/distributed.py); None
     in a single process. dtype 'bfloat16' runs the forwards in autocast; backward
     follows their dtypes. shards (nn/threads.py): each micro-batch's forward and
-    backward on several CPU threads, a shard of it each.
+    backward on several CPU threads, a shard of it each. copies: the optimizer's bf16
+    copies of the weights, which its update keeps current (forward_loss).
     """
     optimizer.zero_grad()
     total = None
@@ -44,7 +47,7 @@ def train_step(model, optimizer, batches, grad_clip, update=None, reduce_grads=N
             loss = shards.backward(lambda xk, yk: forward_loss(model, xk, yk, dtype), x, y,
                                    list(model.parameters()), scale=1 / len(batches))
         else:
-            loss = forward_loss(model, x, y, dtype)
+            loss = forward_loss(model, x, y, dtype, copies)
             if len(batches) > 1:    # the mean over micro-batches, as one batch of all of them would give
                 loss = loss / len(batches)
             loss.backward()         # adds into the gradients of the micro-batches before
@@ -91,15 +94,20 @@ def make_runners(model, opt, tc, block_size, world=None):
             return forward_loss(model, x, y, dtype)
         return step, evaluate, shards or contextlib.nullcontext()   # leaving it gives BLAS its threads back
     stream = tg.backend.cupy().cuda.Stream(non_blocking=True)
+    # under autocast, AdamW writes the bf16 copies of the weights the products read (no casts)
+    copies = tg.WeightCopies() if dtype == "bfloat16" and hasattr(opt, "weight_copies") else None
+    if copies is not None:
+        opt.weight_copies = copies
 
     def graphed_step(x, y, graphed):
         reduce_grads = average
         if average is not None and graphed and not tc.graph_all_reduce:   # the NCCL call between two graphs
             reduce_grads = lambda: average(graph_break=step.graph_break)  # noqa: E731
         return train_step(model, opt, unstack(x, y), tc.grad_clip,
-                          update=opt.apply if graphed else None, reduce_grads=reduce_grads, dtype=dtype)
+                          update=opt.apply if graphed else None, reduce_grads=reduce_grads, dtype=dtype,
+                          copies=copies)
     step = GraphedCall(graphed_step, shape, stream, before=opt.prepare)
     # one memory pool for both graphs: the loop reads each loss before the other graph runs
-    evaluate = GraphedCall(lambda x, y, graphed: forward_loss(model, x, y, dtype), shape[1:], stream,
+    evaluate = GraphedCall(lambda x, y, graphed: forward_loss(model, x, y, dtype, copies), shape[1:], stream,
                            pool=step.pool)
     return step, evaluate, stream

@@ -135,6 +135,12 @@ class AdamW(Optimizer):
             raise ValueError(f"AdamW: bad hyperparameters lr={lr}, betas={betas}, eps={eps}")
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay))
         self._scalars = None  # GPU: the per-step scalars in device memory (foreach.AdamWScalars)
+        # tg.WeightCopies, or None: the narrow copies of the weights that ops under autocast asked
+        # for, written by each update as it writes the weights (the trainer sets it, gpt/step.py)
+        self.weight_copies = None
+
+    def _copy_of(self, p):
+        return None if self.weight_copies is None else self.weight_copies.copy_for(p.data)
 
     def _state_of(self, p):
         """p's AdamW state, made on first use (the one place it is created, for both paths):
@@ -182,7 +188,7 @@ class AdamW(Optimizer):
         states = [self.state[id(p)] for _, p, _ in self._prepared]
         foreach.adamw_([p.data for _, p, _ in self._prepared], [p.grad for _, p, _ in self._prepared],
                        [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states], self._scalars,
-                       [i for i, _, _ in self._prepared])
+                       [i for i, _, _ in self._prepared], [self._copy_of(p) for _, p, _ in self._prepared])
 
     def step(self):
         if self._fused_params() is not None:
@@ -196,4 +202,4 @@ class AdamW(Optimizer):
         state = self._state_of(p)
         state["step"] += 1
         foreach.adamw_step(p.data, g, state["exp_avg"], state["exp_avg_sq"], group["lr"], group["betas"],
-                           group["eps"], group["weight_decay"], state["step"])
+                           group["eps"], group["weight_decay"], state["step"], copy=self._copy_of(p))

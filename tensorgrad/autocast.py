@@ -39,6 +39,7 @@ import numpy as np
 from . import backend
 
 _dtype = None      # the bf16 dtype inside an autocast block, else None
+_copies = None     # the WeightCopies in use (a training step's), else None
 
 
 @contextlib.contextmanager
@@ -71,3 +72,54 @@ def narrowed_dtype(t):
     if _dtype is None or t is None or t.device != "cuda" or t.data.dtype != np.float32:
         return None
     return _dtype
+
+
+# ------------------------------------------------------- weights the optimizer casts
+class WeightCopies:
+    """Narrow copies (bf16) of float32 weights, kept current by the optimizer as it updates the
+    weights (nn.optim.AdamW.weight_copies), for the ops under autocast to read instead of casting
+    each weight at each use: the update writes 2 bytes more a parameter, and the step's ~100
+    cast launches are gone. Demand-driven: an op that casts a weight asks for it (get), and from
+    the optimizer's next update on that weight has a copy (copy_for). A copy belongs to one
+    array object: a weight given a new array (load_state_dict, .to()) is cast again.
+    Only valid while nothing but the optimizer writes the weights: the trainer's step, inside
+    weight_copies(store), is the one place that uses them."""
+    def __init__(self, dtype=None):
+        self.dtype = np.dtype(dtype) if dtype is not None else backend.require_bfloat16()
+        self.wanted = {}           # id(weight array) -> the array: what ops cast
+        self.copies = {}           # id(weight array) -> (the array, its copy): what the optimizer writes
+
+    def get(self, w, dtype):
+        """w's current copy in dtype, or None (then w is wanted from now on)."""
+        entry = self.copies.get(id(w))
+        if entry is not None and entry[0] is w and entry[1].dtype == dtype:
+            return entry[1]
+        if np.dtype(dtype) == self.dtype:
+            self.wanted[id(w)] = w
+        return None
+
+    def copy_for(self, w):
+        """The array the optimizer writes w's copy into as it updates w, or None (not wanted)."""
+        if self.wanted.get(id(w)) is not w:
+            return None
+        entry = self.copies.get(id(w))
+        if entry is None or entry[0] is not w:
+            entry = self.copies[id(w)] = (w, backend.get_array_module(w).empty(w.shape, dtype=self.dtype))
+        return entry[1]
+
+
+@contextlib.contextmanager
+def weight_copies(store):
+    """Inside the block, ops that cast weights under autocast (linear, mlp) take them from
+    `store` (a WeightCopies) where it has a current copy. None: no store (a no-op)."""
+    global _copies
+    prev, _copies = _copies, store
+    try:
+        yield
+    finally:
+        _copies = prev
+
+
+def weight_copy(w, dtype):
+    """w cast to dtype from the store in use, or None (none in use, or no current copy)."""
+    return None if _copies is None else _copies.get(w, dtype)

@@ -591,7 +591,7 @@ def test_clip_and_adamw_tables_made_in_a_capture_replay_right(cp):
     with stream:
         stream.begin_capture()
         norm = kernels.clip_grads(grads, 1.0)
-        adamw_many([(p, g, m, v, i) for i, (p, g, m, v) in enumerate(zip(params, grads, ms, vs))], hyper)
+        adamw_many([(p, g, m, v, i, None) for i, (p, g, m, v) in enumerate(zip(params, grads, ms, vs))], hyper)
         graph = stream.end_capture()
         before = [p.get() for p in params]
         host = [rng.standard_normal(n).astype(np.float32) for n in sizes]
@@ -611,7 +611,8 @@ def test_clip_and_adamw_tables_made_in_a_capture_replay_right(cp):
 @pytest.mark.parametrize("offset", [0, 1])      # float4 path, and arrays off the vector boundary
 def test_foreach_adamw_matches_the_per_array_reference(cp, offset):
     """tg.foreach.adamw_ (one launch, chunks) against foreach.adamw_step (the plain form) on the
-    same GPU arrays, over sizes that cut chunks unevenly, for three steps of two groups."""
+    same GPU arrays, over sizes that cut chunks unevenly, for three steps of two groups; every
+    other array also gets its bf16 copy written (autocast.WeightCopies), bit for bit the cast's."""
     from tensorgrad import foreach
     from tensorgrad.kernels.many import CHUNK
     sizes = [1, 3, 768, 4 * 768 + 1, CHUNK - 1, CHUNK + 5, 3 * CHUNK + 7]
@@ -634,10 +635,14 @@ def test_foreach_adamw_matches_the_per_array_reference(cp, offset):
             foreach.adamw_step(ref_p[i], grads[i], ref_m[i], ref_v[i], lr, betas, eps, wd, step)
         scalars.upload()
         assert foreach.fused(*params, *grads)
-        foreach.adamw_(params, grads, ms, vs, scalars, range(len(sizes)))
+        copies = [cp.empty(p.shape, dtype=tg.bfloat16) if i % 2 else None for i, p in enumerate(params)]
+        foreach.adamw_(params, grads, ms, vs, scalars, range(len(sizes)), copies)
     for name, got, ref in (("p", params, ref_p), ("m", ms, ref_m), ("v", vs, ref_v)):
         for n, a, b in zip(sizes, got, ref):
             np.testing.assert_allclose(a.get(), b.get(), rtol=2e-6, atol=1e-7, err_msg=f"adamw {name} size {n}")
+    for p, c in zip(params, copies):
+        if c is not None:
+            assert cp.array_equal(c.view(cp.uint16), kernels.cast(p, tg.bfloat16).view(cp.uint16))
 
 
 def test_foreach_clip_unaligned_and_empty_gradients(cp):

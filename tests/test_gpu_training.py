@@ -192,3 +192,37 @@ def test_padded_vocabulary_on_the_gpu_equals_unpadded(dtype):
     assert _rel(out[1][0], out[0][0]) < tol
     for a, b in zip(out[1][2], out[0][2]):
         assert _rel(a, b) < (1e-4 if dtype == "float32" else 3e-2)
+
+
+def test_optimizer_written_weight_copies_train_as_the_casts_do(monkeypatch):
+    """bf16 training with AdamW writing the weights' bf16 copies (tg.WeightCopies, the trainer's
+    default under autocast) against casting each weight at each use: the copies are the casts'
+    bits, so the losses agree (to the embedding gradient's atomic adds); from the second step on
+    no weight of a linear or MLP is cast."""
+    from gpt.train import TrainConfig, make_runners
+    from tensorgrad.ops import cuda as twins
+    cfg = GPTConfig(block_size=32, vocab_size=65, n_layer=2, n_head=2, n_embd=64, dropout=0.0)
+    rng = np.random.default_rng(2)
+    batches = [(rng.integers(0, 65, (4, 32)), rng.integers(0, 65, (4, 32))) for _ in range(6)]
+    results, casts, use = {}, [], {}
+    real_cast, real_store = twins._cast_weight, tg.WeightCopies
+    monkeypatch.setattr(twins.LinearCUDA, "cast", staticmethod(lambda w, d: casts.append(w.shape) or real_cast(w, d)))
+    monkeypatch.setattr(tg, "WeightCopies", lambda: real_store() if use["copies"] else None)
+    for copies in (False, True):
+        use["copies"] = copies
+        tg.manual_seed(0)
+        model = GPT(cfg).to("cuda")
+        opt = nn.optim.AdamW(model.parameters(), lr=1e-3)
+        step, _, stream = make_runners(model, opt, TrainConfig(device="cuda", batch_size=4, dtype="bfloat16"), 32)
+        assert (opt.weight_copies is not None) == copies
+        losses = []
+        casts.clear()
+        with stream:
+            for i, (x, y) in enumerate(batches):
+                losses.append(step(x, y).item())
+                if i == 0:
+                    first = len(casts)
+        results[copies] = (np.array(losses), first, len(casts))
+    np.testing.assert_allclose(results[True][0], results[False][0], rtol=1e-4)
+    assert results[False][1] > 0 and results[True][1] == results[False][1]    # the first step casts
+    assert results[True][2] == results[True][1]                                # and no step after it

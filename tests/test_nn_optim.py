@@ -221,3 +221,43 @@ def test_training_steps_on_gpu_match_cpu(tmp_path):
     nn.load(tmp_path / "g.npz", model=back, optimizer=nn.optim.AdamW(back.parameters()))
     for a, b in zip(gpu.state_dict().values(), back.state_dict().values()):
         np.testing.assert_array_equal(a, b)
+
+
+def test_weight_copies_are_written_by_the_update_and_read_instead_of_casts(monkeypatch):
+    """tg.WeightCopies on the CPU (float32 copies of float64 weights through Narrowing's dtype):
+    the first step casts and asks; AdamW's update writes the copies; later steps read them, with
+    the same numbers as casting; a weight given a new array is cast again."""
+    from tensorgrad.ops.linear import LinearFn, Narrowing
+    casts = []
+    real = Narrowing.cast
+    monkeypatch.setattr(Narrowing, "cast", staticmethod(lambda w, d: casts.append(w.shape) or real(w, d)))
+    rng = np.random.default_rng(3)
+    x = tg.tensor(rng.standard_normal((5, 4)).astype(np.float32))
+
+    def run(store):
+        w = tg.tensor(rng.standard_normal((3, 4)), dtype=tg.float64, requires_grad=True)
+        b = tg.tensor(rng.standard_normal(3), dtype=tg.float64, requires_grad=True)
+        opt = nn.optim.AdamW([w, b], lr=0.1)
+        opt.weight_copies = store
+        losses = []
+        for _ in range(3):
+            with tg.weight_copies(store):
+                y = LinearFn.apply(x, w, b, dtype=np.float32)
+            loss = (y * y).sum()
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+            losses.append(loss.item())
+        return losses, w
+    state = rng.bit_generator.state
+    casts.clear()
+    plain, _ = run(None)
+    assert len(casts) == 6                               # w and b, three steps
+    rng.bit_generator.state = state
+    casts.clear()
+    store = tg.WeightCopies(dtype=np.float32)
+    copied, w = run(store)
+    assert len(casts) == 2 and copied == plain           # cast on the first step only; same numbers
+    np.testing.assert_array_equal(store.get(w.data, np.float32), w.data.astype(np.float32))
+    w.data = w.data.copy()                               # a new array: its old copy no longer counts
+    assert store.get(w.data, np.float32) is None

@@ -14,9 +14,12 @@
 //
 // Launch: all parameters in one launch, one block per chunk (kernels/many.py).
 // Row r of `table` (int64) holds the addresses of p, g, m, v, the parameter's
-// row of hyper, and the chunk's first and last+1 element. The update is
-// bandwidth-bound (7 floats moved per element): float4 loads and stores when the
-// four arrays allow them.
+// row of hyper, the address of p's bf16 copy (0: none), and the chunk's first and
+// last+1 element. The copy is what the products under autocast read next step
+// (autocast.WeightCopies): written here, 2 bytes more an element, instead of a
+// cast pass over p before each use. The update is bandwidth-bound (7 floats moved
+// per element): float4 loads and stores when the arrays allow them.
+#include <cuda_bf16.h>
 
 __device__ __forceinline__ float adamw_one(float& p, float g, float& m, float& v, const float* h) {
     m = m + h[1] * (g - m);
@@ -27,17 +30,18 @@ __device__ __forceinline__ float adamw_one(float& p, float g, float& m, float& v
 
 extern "C" __global__ void adamw_many(const long long* __restrict__ table, const float* __restrict__ hyper,
                                       int n_hyper) {
-    const long long* row = table + 7 * (long long)blockIdx.x;    // p, g, m, v, hyper row, start, end
+    const long long* row = table + 8 * (long long)blockIdx.x;    // p, g, m, v, hyper row, copy, start, end
     float* p = (float*)row[0];
     const float* g = (const float*)row[1];
     float* m = (float*)row[2];
     float* v = (float*)row[3];
+    __nv_bfloat16* c = (__nv_bfloat16*)row[5];
     float h[7];
 #pragma unroll
     for (int j = 0; j < 7; ++j) h[j] = hyper[row[4] * n_hyper + j];
-    long long i = row[5];
-    const long long end = row[6];
-    const bool vec = ((row[0] | row[1] | row[2] | row[3]) & 15) == 0;   // chunks start on multiples of 4
+    long long i = row[6];
+    const long long end = row[7];
+    const bool vec = ((row[0] | row[1] | row[2] | row[3]) & 15) == 0 && (row[5] & 7) == 0;   // chunks start on multiples of 4
     if (vec) {
         for (long long j = i + 4 * threadIdx.x; j + 3 < end; j += 4 * blockDim.x) {
             float4 p4 = *reinterpret_cast<float4*>(p + j), m4 = *reinterpret_cast<float4*>(m + j);
@@ -50,8 +54,18 @@ extern "C" __global__ void adamw_many(const long long* __restrict__ table, const
             *reinterpret_cast<float4*>(p + j) = p4;
             *reinterpret_cast<float4*>(m + j) = m4;
             *reinterpret_cast<float4*>(v + j) = v4;
+            if (c) {
+                __nv_bfloat162 lo = __floats2bfloat162_rn(p4.x, p4.y), hi = __floats2bfloat162_rn(p4.z, p4.w);
+                uint2 u;
+                u.x = *reinterpret_cast<unsigned int*>(&lo);
+                u.y = *reinterpret_cast<unsigned int*>(&hi);
+                *reinterpret_cast<uint2*>(c + j) = u;
+            }
         }
         i += (end - i) / 4 * 4;                  // the last (end - i) % 4 elements, one a thread below
     }
-    for (long long j = i + threadIdx.x; j < end; j += blockDim.x) adamw_one(p[j], g[j], m[j], v[j], h);
+    for (long long j = i + threadIdx.x; j < end; j += blockDim.x) {
+        adamw_one(p[j], g[j], m[j], v[j], h);
+        if (c) c[j] = __float2bfloat16_rn(p[j]);
+    }
 }

@@ -81,21 +81,24 @@ def adamw_hyper(lr, b1, b2, eps, wd, t):
 
 
 def adamw_many(params, hyper):
-    """One AdamW step in place on many parameters in one launch. params: [(p, g, m, v, i), ...]
+    """One AdamW step in place on many parameters in one launch. params: [(p, g, m, v, i, c), ...]
     of float32 CuPy arrays, with row i of hyper (a device float32 array (rows, N_HYPER))
-    holding p's scalars."""
-    for p, g, m, v, i in params:
+    holding p's scalars, and c None or a contiguous bf16 array of p's shape that gets the new p."""
+    for p, g, m, v, i, c in params:
         if not (g.shape == m.shape == v.shape == p.shape):
             raise ValueError(f"adamw_many: parameter {i}: p {p.shape}, g {g.shape}, m {m.shape}, v {v.shape} "
                              "must have one shape")
         _contiguous_f32((p, g, m, v), f"adamw_many: parameter {i}")
         if not 0 <= i < hyper.shape[0]:
             raise ValueError(f"adamw_many: hyper row {i} is outside hyper {hyper.shape}")
+        if c is not None and (c.shape != p.shape or c.dtype != backend.bfloat16 or not c.flags.c_contiguous):
+            raise ValueError(f"adamw_many: parameter {i}: its copy must be a contiguous bf16 {p.shape}, "
+                             f"got {c.dtype} {c.shape}")
     params = [row for row in params if row[0].size]
     if not params:
         return
-    table = device_table([(p.data.ptr, g.data.ptr, m.data.ptr, v.data.ptr, i, 0, p.size)
-                          for p, g, m, v, i in params], chunked=True)
+    table = device_table([(p.data.ptr, g.data.ptr, m.data.ptr, v.data.ptr, i, 0 if c is None else c.data.ptr, 0, p.size)
+                          for p, g, m, v, i, c in params], chunked=True)
     launch("adamw", "adamw_many", (table.shape[0],), (256,), (table, hyper, np.int32(N_HYPER)))
 
 

@@ -28,10 +28,11 @@ def fused(*arrays):
 
 
 # ----------------------------------------------------------------------- AdamW
-def adamw_step(p, g, m, v, lr, betas, eps, weight_decay, step):
+def adamw_step(p, g, m, v, lr, betas, eps, weight_decay, step, copy=None):
     """PyTorch's AdamW on one array, in place (the reference):
         p -= lr * wd * p;   m = b1 m + (1 - b1) g;   v = b2 v + (1 - b2) g^2
-        p -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)"""
+        p -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)
+    copy: an array of p's shape that gets the new p in its dtype (autocast.WeightCopies)."""
     xp = backend.get_array_module(p)
     b1, b2 = betas
     if weight_decay != 0:
@@ -51,6 +52,8 @@ def adamw_step(p, g, m, v, lr, betas, eps, weight_decay, step):
     xp.multiply(m, lr / (1 - b1 ** step), out=buf)
     buf /= denom
     p -= buf                                     # p -= step_size * m / denom
+    if copy is not None:
+        copy[...] = p.astype(copy.dtype)         # the narrow copy the next step's products read
 
 
 class AdamWScalars:
@@ -74,10 +77,11 @@ class AdamWScalars:
         self._upload([(self.device, self.host)], backend.cupy().cuda.get_current_stream())
 
 
-def adamw_(params, grads, exp_avgs, exp_avg_sqs, scalars, rows):
+def adamw_(params, grads, exp_avgs, exp_avg_sqs, scalars, rows, copies=None):
     """One fused AdamW step in place over many arrays (one launch): array k uses row
-    rows[k] of `scalars` (an AdamWScalars). Needs fused(...) of all the arrays."""
-    items = list(zip(params, grads, exp_avgs, exp_avg_sqs, rows))
+    rows[k] of `scalars` (an AdamWScalars), and writes its new value as bf16 into copies[k]
+    too where that is not None. Needs fused(...) of all the arrays."""
+    items = list(zip(params, grads, exp_avgs, exp_avg_sqs, rows, copies or [None] * len(params)))
     kernels.adamw_many(items, scalars.device)
 
 

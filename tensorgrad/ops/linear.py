@@ -10,7 +10,7 @@ shapes OpenBLAS is fastest at.
 from ..backend import get_array_module
 from ..function import Function
 from .broadcast import sum_to
-from ..autocast import narrowed_dtype
+from ..autocast import narrowed_dtype, weight_copy
 from .elementwise import _GELU_FORMS, GELU, cast_inputs, gelu
 from .matmul import mm
 from .promote import same_float_dtype
@@ -22,10 +22,15 @@ class Narrowing:
     back in float32 (widen). The same numbers as a cast op before it; on the GPU the twins'
     weight-gradient products write float32 themselves, so no pass casts the gradients back."""
     def narrow(self, dtype, *weights):
-        """weights in `dtype` (None: as they are); remembers the originals (w_in) and their dtype."""
+        """weights in `dtype` (None: as they are); remembers the originals (w_in) and their dtype.
+        In a training step the optimizer may already hold the cast (autocast.WeightCopies)."""
         self.dtype, self.w_in = dtype, weights
         self.master = next(w.dtype for w in weights if w is not None)
-        return tuple(w if w is None or dtype is None else self.cast(w, dtype) for w in weights)
+        return tuple(w if w is None or dtype is None else self._narrow_one(w, dtype) for w in weights)
+
+    def _narrow_one(self, w, dtype):
+        copy = weight_copy(w, dtype)
+        return copy if copy is not None else self.cast(w, dtype)
 
     cast = staticmethod(lambda w, dtype: w.astype(dtype))    # the GPU twins: kernels.cast
 
