@@ -58,10 +58,10 @@ def gelu_backward_colsum(g, x, approximate="tanh"):
     if g.shape != x.shape or x.ndim != 2:
         raise ValueError(f"gelu_backward_colsum: gradient {g.shape} and input {x.shape} must be one 2-D shape")
     R, N = x.shape
-    dx = cp.empty_like(x)
     if not colsum_fits(g, x) or R == 0:
         gelu = gelu_backward(g, x, approximate)
         return gelu, gelu.astype(cp.float32).sum(axis=0)
+    dx = cp.empty_like(x)
     col_blocks, slices, rows_per_slice = slicing(R, N, 4)
     part = cp.empty((slices, N), dtype=cp.float32)
     launch("gelu", f"gelu_backward_colsum_{form}", (col_blocks, slices), (32, 8),

@@ -236,9 +236,15 @@ class QKVAttentionCUDA(QKVAttention):
         return double.qkv_attention_grads(self, self, g)       # this twin keeps q, k, v itself
 
 
-def _cast_weight(w, dtype):
-    """Narrowing's cast on the GPU (and CastCUDA's backward): our kernel where it applies."""
-    return kernels.cast(w, dtype) if CastCUDA.supports(w, dtype) else w.astype(dtype)
+def _cast_weight(w, dtype, out=None):
+    """Narrowing's cast on the GPU (and CastCUDA's backward): our kernel where it applies.
+    out: a contiguous array of w's shape in dtype to write into (else a new one)."""
+    if CastCUDA.supports(w, dtype):
+        return kernels.cast(w, dtype, out=out)
+    if out is None:
+        return w.astype(dtype)
+    out[...] = w.astype(dtype, copy=False)
+    return out
 
 
 class CastCUDA(Cast):
@@ -292,10 +298,7 @@ def _padded_weight(w, dtype, width):
     (V, C), dt = w.shape, np.dtype(dtype or w.dtype)
     wp = cp.empty((width, C), dtype=dt)                                    # (width, C)
     wp[V:] = 0
-    if CastCUDA.supports(w, dt):
-        kernels.cast(w, dt, out=wp[:V])
-    else:
-        wp[:V] = w.astype(dt, copy=False)
+    _cast_weight(w, dt, out=wp[:V])
     key = (width, V, dt, cp.cuda.Device().id)
     if key not in _pad_bias:                                               # a constant: made once
         bias = np.zeros(width, dtype=np.float32)
@@ -330,7 +333,7 @@ class PaddedLinearCUDA(PaddedLinear):
         return b is None and fill == float("-inf") and _padded_supports(x, w, width, dtype, [x.size // max(w.shape[-1], 1)])
 
     def forward(self, x, w, b, width, fill=float("-inf"), dtype=None):
-        self.dtype, self.w_in, self.master = dtype, (w, None), w.dtype          # Narrowing's state
+        self.remember(dtype, w, None)                                           # Narrowing's state
         self.wp, bias = _padded_weight(w, dtype, width)                        # (width, C), (width,)
         self.x_shape, self.has_b, self.w = x.shape, False, self.wp[:w.shape[0]]
         self.x2 = x.reshape(-1, x.shape[-1])                                    # (N, C)
@@ -366,7 +369,7 @@ class LinearCrossEntropyCUDA(LinearCrossEntropy):
     def forward(self, x, w, target, width=None, ignore_index=-100, dtype=None):
         cp, lt = backend.cupy(), cublaslt
         (V, C), width = w.shape, width or w.shape[0]
-        self.dtype, self.w_in, self.master = dtype, (w,), w.dtype                 # Narrowing's state
+        self.remember(dtype, w)                                                   # Narrowing's state
         wp, bias = _padded_weight(w, dtype, width)                                # (width, C), (width,)
         x2, t = x.reshape(-1, C), target.reshape(-1)                              # (N, C), (N,)
         N = x2.shape[0]

@@ -24,9 +24,14 @@ class Narrowing:
     def narrow(self, dtype, *weights):
         """weights in `dtype` (None: as they are); remembers the originals (w_in) and their dtype.
         In a training step the optimizer may already hold the cast (autocast.WeightCopies)."""
+        self.remember(dtype, *weights)
+        return tuple(w if w is None or dtype is None else self._narrow_one(w, dtype) for w in weights)
+
+    def remember(self, dtype, *weights):
+        """What widen and backward_graph need: the compute dtype, the weights as given (w_in)
+        and their dtype. A twin that casts its weights its own way calls this instead of narrow."""
         self.dtype, self.w_in = dtype, weights
         self.master = next(w.dtype for w in weights if w is not None)
-        return tuple(w if w is None or dtype is None else self._narrow_one(w, dtype) for w in weights)
 
     def _narrow_one(self, w, dtype):
         copy = weight_copy(w, dtype)
