@@ -199,22 +199,24 @@ class GELU(Function):
         da = g (Phi(a) + a phi(a)), phi(a) = e^(-a^2/2) / sqrt(2 pi)
     approximate='tanh' (GPT-2's): out = a/2 (1 + t), t = tanh(c (a + 0.044715 a^3)), c = sqrt(2/pi);
         da = g (1/2 (1 + t) + a/2 (1 - t^2) c (1 + 3 * 0.044715 a^2))"""
+    # Results in a's dtype: CuPy does bf16 arithmetic with Python scalars in float32.
     def forward(self, a, approximate="none"):
         xp = get_array_module(a)
         self.a, self.approximate = a, approximate
         if approximate == "none":
             self.cdf = 0.5 * (1 + _erf(xp, a * a.dtype.type(1 / math.sqrt(2))))      # Phi(a)
-            return a * self.cdf
+            return (a * self.cdf).astype(a.dtype, copy=False)
         self.t = xp.tanh(_GELU_C * (a + 0.044715 * a * a * a))
-        return 0.5 * a * (1 + self.t)
+        return (0.5 * a * (1 + self.t)).astype(a.dtype, copy=False)
 
     def backward(self, g):
         xp, a = get_array_module(g), self.a
         if self.approximate == "none":
             pdf = xp.exp(-0.5 * a * a) * a.dtype.type(1 / math.sqrt(2 * math.pi))  # phi(a)
-            return g * (self.cdf + a * pdf)
+            return (g * (self.cdf + a * pdf)).astype(a.dtype, copy=False)
         t = self.t
-        return g * (0.5 * (1 + t) + 0.5 * a * (1 - t * t) * _GELU_C * (1 + 3 * 0.044715 * a * a))
+        da = g * (0.5 * (1 + t) + 0.5 * a * (1 - t * t) * _GELU_C * (1 + 3 * 0.044715 * a * a))
+        return da.astype(a.dtype, copy=False)
 
 
 class SiLU(Function):
