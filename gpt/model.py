@@ -103,8 +103,10 @@ class MLP(nn.Module):
 
     def forward(self, x, residual=None):
         fc, proj = self.c_fc, self.c_proj        # one op: on the GPU its work rides in the products' epilogues
-        y = F.mlp(x, fc.weight, fc.bias, proj.weight, proj.bias, self.approximate, recompute=self.recompute)
-        return self.dropout(y, residual)
+        onto = None if self.dropout.active else residual        # no dropout: the op adds the residual itself
+        y = F.mlp(x, fc.weight, fc.bias, proj.weight, proj.bias, self.approximate, recompute=self.recompute,
+                  residual=onto)
+        return y if onto is not None else self.dropout(y, residual)
 
 
 class SwiGLUMLP(nn.Module):

@@ -153,7 +153,7 @@ class MultiHeadSelfAttention(Module):
         if self.rope is None and kv_cache is None and self.scale is None:
             # training and scoring: one op reads the heads straight from qkv (fused on the GPU)
             y = F.qkv_attention(qkv, nh, is_causal=self.causal, dropout_p=p)   # (B, T, C)
-            return self.resid_dropout(self.c_proj(y), residual)
+            return self._project(y, residual)
         qkv = qkv.reshape(B, T, 3, nh, hs).permute(2, 0, 3, 1, 4)        # (3, B, nh, T, hs)
         q, k, v = qkv[0], qkv[1], qkv[2]                                 # (B, nh, T, hs)
         past = len(kv_cache) if kv_cache is not None else 0
@@ -166,6 +166,13 @@ class MultiHeadSelfAttention(Module):
         y = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal, dropout_p=p,
                                            scale=self.scale)                     # (B, nh, T, hs)
         y = y.transpose(1, 2).reshape(B, T, C)                           # (B, T, C): heads side by side
+        return self._project(y, residual)
+
+    def _project(self, y, residual):
+        """c_proj(y), then residual dropout and the residual add; with the dropout off, c_proj's
+        own op adds the residual (one node: on the GPU, in the product's epilogue)."""
+        if residual is not None and not self.resid_dropout.active:
+            return self.c_proj(y, residual=residual)
         return self.resid_dropout(self.c_proj(y), residual)
 
     def extra_repr(self):

@@ -37,8 +37,9 @@ class Linear(Module):
         if self.bias is not None:
             init.uniform_(self.bias, -bound, bound)
 
-    def forward(self, x):
-        return F.linear(x, self.weight, self.bias)                   # (..., out)
+    def forward(self, x, residual=None):
+        """x @ weight^T + bias; residual: added onto it in the same op (F.linear's residual=)."""
+        return F.linear(x, self.weight, self.bias, residual=residual)   # (..., out)
 
     def extra_repr(self):
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
@@ -74,6 +75,12 @@ class Dropout(Module):
         if residual is None:
             return F.dropout(x, self.p, self.training)
         return F.dropout_add(x, residual, self.p, self.training)
+
+    @property
+    def active(self):
+        """Does it drop anything now? When not, a branch can add itself onto a residual stream
+        inside its own last op (F.linear / F.mlp residual=) instead of through dropout_add."""
+        return self.training and self.p > 0
 
     def extra_repr(self):
         return f"p={self.p}"

@@ -8,9 +8,10 @@ the reference ops, forward and every gradient.
 import numpy as np
 import pytest
 
+import nn
 import nn.functional as F
 import tensorgrad as tg
-from tensorgrad.ops.linear import MLP, LinearFn
+from tensorgrad.ops.linear import MLP, LinearFn, LinearResidual, MLPResidual
 
 rng = np.random.default_rng(7)
 
@@ -113,6 +114,69 @@ def test_narrowing_ops_equal_cast_ops_before_them(which):
             np.testing.assert_allclose(u, v, rtol=1e-6, atol=1e-9)
 
 
+def _onto(which):
+    """(the op onto a residual, the op then + r) for which in linear / mlp, on (x, weights..., r)."""
+    if which == "linear":
+        return (lambda x, w, b, r, **k: LinearResidual.apply(x, w, b, r, **k),
+                lambda x, w, b, r, **k: LinearFn.apply(x, w, b, **k) + r)
+    return (lambda x, w1, b1, w2, b2, r, **k: MLPResidual.apply(x, w1, b1, w2, b2, r, approximate="tanh", **k),
+            lambda x, w1, b1, w2, b2, r, **k: MLP.apply(x, w1, b1, w2, b2, approximate="tanh", **k) + r)
+
+
+@pytest.mark.parametrize("which", ["linear", "mlp"])
+def test_ops_onto_a_residual_equal_the_op_then_the_add(which):
+    """LinearResidual / MLPResidual (OntoResidual) against the op followed by + r: the value and every
+    gradient in float64, the float64 gradient checks of both orders, and with dtype (autocast's form:
+    float32 products of float64 master weights onto a float64 residual) bit for bit, r's gradient in r's dtype."""
+    f64 = lambda a: tg.tensor(a, requires_grad=True, dtype=np.float64)  # noqa: E731
+    ts = [f64(t.data.astype(np.float64)) for t in _inputs(5, 4, 6, lead=(2,))]
+    ts = ts[:3] if which == "linear" else ts
+    r = f64(rng.standard_normal((2, 5, 6 if which == "linear" else 4)))
+    onto, plain = _onto(which)
+    g = tg.tensor(rng.standard_normal(r.shape), dtype=np.float64)
+    for u, v in zip(_grads(onto, ts + [r], g), _grads(plain, ts + [r], g)):
+        np.testing.assert_allclose(u, v, rtol=1e-12, atol=1e-12)
+    small = [f64(t.data[0, :2]) if t.ndim == 3 else t for t in ts + [r]]
+    assert tg.gradcheck(onto, small)
+    assert tg.gradgradcheck(onto, small)
+    x32 = tg.tensor(ts[0].data.astype(np.float32), requires_grad=True)
+    a = _grads(lambda *t: onto(*t, dtype=np.float32), [x32] + ts[1:] + [r], g)
+    b = _grads(lambda *t: plain(*t, dtype=np.float32), [x32] + ts[1:] + [r], g)
+    for u, v in zip(a, b):
+        assert u.dtype == v.dtype
+        np.testing.assert_array_equal(u, v)
+    assert a[0].dtype == np.float64 and a[1].dtype == np.float32 and a[-1].dtype == np.float64
+
+
+def test_a_residual_of_another_shape_is_one_clear_error():
+    x, w1, b1, w2, b2 = _inputs(3, 4, 8)
+    with pytest.raises(ValueError, match=r"linear: residual \(3, 5\) must have the output's shape \(3, 8\)"):
+        F.linear(x, w1, b1, residual=tg.tensor(np.zeros((3, 5))))
+    with pytest.raises(ValueError, match=r"mlp: residual \(4,\) must have the output's shape \(3, 4\)"):
+        F.mlp(x, w1, b1, w2, b2, "tanh", residual=tg.tensor(np.zeros(4)))
+
+
+def test_blocks_add_the_residual_in_the_branch_op_only_without_dropout():
+    """nn.Dropout.active decides: a GPT block with no dropout (or in eval) ends each branch in the
+    op onto the residual; training with dropout keeps dropout_add. Same numbers either way."""
+    from gpt.model import GPT, GPTConfig
+    tg.manual_seed(0)
+    model = GPT(GPTConfig(block_size=8, vocab_size=11, n_layer=1, n_head=2, n_embd=8, dropout=0.1))
+    x = tg.tensor(rng.integers(0, 11, (2, 8)))
+    block, h = model.transformer.h[0], model.transformer.wte(x)
+    names = lambda y: {type(n).__name__ for n in _nodes(y)}  # noqa: E731
+    model.eval()
+    assert "LinearResidual" in names(block(h)) and "DropoutAdd" not in names(block(h))   # (the CPU's mlp: 3 ops)
+    model.train()
+    assert "DropoutAdd" in names(block(h)) and "LinearResidual" not in names(block(h))
+    assert not nn.Dropout(0.0).active and nn.Dropout(0.1).active and not nn.Dropout(0.1).eval().active
+
+
+def _nodes(y):
+    from tensorgrad.autograd import topological_order
+    return [n for n in topological_order(y._ctx) if not isinstance(n, tg.Tensor)]
+
+
 # ------------------------------------------------------------------ GPU
 ROWS = [1, 7, 100, 4096]
 
@@ -173,10 +237,44 @@ def test_epilogue_products_match_plain_math(monkeypatch, dtype, N):
     dw = lt.matmul(d(g), d(x), ta=True, epilogue=lt.BGRADB, bias=db2)
     assert _rel(f64(dw), G.T @ X) < tol
     assert _rel(f64(db2), G.sum(0)) < tol
+    # add: a float32 residual under the product (C read with beta = 1), the bias float32 too
+    r, b32 = rng.standard_normal((N, H)).astype(np.float32), b.astype(np.float32)
+    assert lt.can(N, H, C, False, True, dt, np.float32, lt.BIAS)
+    onto = lt.matmul(d(x), d(w), tb=True, epilogue=lt.BIAS, bias=d(b32), out_dtype=np.float32, add=d(r))
+    assert onto.dtype == np.float32 and _rel(onto.get(), X @ W.T + b32 + r) < (1e-5 if dt == np.float32 else 1e-3)
     # float32 out of bf16 products (what a float32 weight gradient would take)
     if dt != np.float32:
         out = lt.matmul(d(g), d(x), ta=True, out_dtype=np.float32)
         assert out.dtype == np.float32 and _rel(out.get(), G.T @ X) < 1e-5
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("which", ["linear", "mlp"])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("lead,N", [((), 1), ((2,), 50), ((4,), 1024)])
+def test_residual_twins_equal_the_reference_ops_on_the_gpu(monkeypatch, which, dtype, lead, N):
+    """LinearResidualCUDA / MLPResidualCUDA (the residual added by the last product) against the
+    reference nodes (reference_ops) on the GPU, value and every gradient; bfloat16 is autocast's
+    case: float32 master weights and residual, bf16 products (the reference rounds the branch to
+    bf16 before the add, the twin does not: within bf16's precision)."""
+    monkeypatch.setenv("CUPY_TF32", "0")
+    C, H = 128, 512
+    ts = _inputs(N, C, H, dtype=np.float32, device="cuda", lead=lead)
+    ts = ts[:3] if which == "linear" else ts
+    out = H if which == "linear" else C
+    ts.append(tg.tensor(rng.standard_normal(lead + (N, out)).astype(np.float32), requires_grad=True, device="cuda"))
+    g = tg.tensor(rng.standard_normal(lead + (N, out)).astype(np.float32), device="cuda")
+
+    def fn(*a):
+        with tg.autocast("cuda", enabled=dtype == "bfloat16"):
+            return F.linear(*a[:3], residual=a[3]) if which == "linear" else F.mlp(*a[:5], "tanh", residual=a[5])
+    assert type(fn(*ts)._ctx).__name__ == ("LinearResidualCUDA" if which == "linear" else "MLPResidualCUDA")
+    twin = _grads(fn, ts, g)
+    with tg.reference_ops():
+        ref = _grads(fn, ts, g)
+    for name, a, b in zip(("y", "dx") + tuple(f"d{i}" for i in range(1, len(ts))), twin, ref):
+        assert a.dtype == b.dtype, name
+        assert _rel(a.astype(np.float32), b.astype(np.float32)) < (1e-5 if dtype == "float32" else 1e-2), name
 
 
 @pytest.mark.cuda

@@ -142,14 +142,15 @@ def can(M, N, K, ta, tb, in_dtype, out_dtype, epilogue, lds=None):
 
 
 def matmul(a, b, ta=False, tb=False, epilogue=DEFAULT, bias=None, aux=None, out_dtype=None, out=None,
-           accumulate=False):
+           accumulate=False, add=None):
     """C (M, N) = op(a) @ op(b) with the epilogue, on the current stream; op transposes when
     ta / tb. a, b: 2-D CuPy arrays of one type, of whole rows on 16-byte boundaries (C-contiguous,
     or views of a wider buffer's rows; the caller checked `can`). BIAS and GELU_AUX_BIAS read
     `bias` (N,); DGELU reads `aux` (M, N); GELU_AUX_BIAS writes `aux`; BGRADB writes its bias
     gradient (M,) into `bias`. Returns C, of out_dtype (default: a's; float32 from bf16 inputs
     works), written into `out` (M, N) when given (it may be a view of a wider buffer's rows), or
-    added to what `out` holds (accumulate: beta = 1)."""
+    added to what `out` holds (accumulate: beta = 1). add: a contiguous (M, N) array of C's type
+    added in the epilogue (beta = 1, read from there; a residual stream under the product)."""
     s = _state
     cp, lib = s["cp"], s["lib"]
     M, K = (a.shape[1], a.shape[0]) if ta else a.shape
@@ -157,6 +158,9 @@ def matmul(a, b, ta=False, tb=False, epilogue=DEFAULT, bias=None, aux=None, out_
     out_dtype = np.dtype(out_dtype or a.dtype)
     if accumulate and out is None:
         raise ValueError("cublaslt.matmul: accumulate needs out, the array to add into")
+    if add is not None and (accumulate or add.shape != (M, N) or add.dtype != out_dtype or not _aligned(add, out)):
+        raise ValueError(f"cublaslt.matmul: add must be a contiguous {out_dtype} ({M}, {N}) on 16 bytes, "
+                         f"got {add.dtype} {add.shape}")
     c = cp.empty((M, N), dtype=out_dtype) if out is None else out
     lds = tuple(leading_dim(x) for x in (a, b, c))
     plan = None if None in lds or c.shape != (M, N) or c.dtype != out_dtype else \
@@ -171,7 +175,8 @@ def matmul(a, b, ta=False, tb=False, epilogue=DEFAULT, bias=None, aux=None, out_
     if aux is not None:
         _set(lib, desc, _DESC_AUX_POINTER, ptr(aux.data.ptr))
     _check(lib.cublasLtMatmul(s["handle"], desc, ctypes.byref(s["alpha"]), ptr(b.data.ptr), A, ptr(a.data.ptr), B,
-                              ctypes.byref(s["one" if accumulate else "beta"]), ptr(c.data.ptr), D, ptr(c.data.ptr), D, algo,
+                              ctypes.byref(s["one" if accumulate or add is not None else "beta"]),
+                              ptr((c if add is None else add).data.ptr), D, ptr(c.data.ptr), D, algo,
                               ptr(s["workspace"].data.ptr), ctypes.c_size_t(_WORKSPACE_BYTES),
                               ptr(cp.cuda.get_current_stream().ptr)), "cublasLtMatmul")
     return c

@@ -20,7 +20,7 @@ from . import double
 from .attention import QKVAttention, ScaledDotProductAttention
 from ..kernels import compile_ahead, cublaslt  # noqa: F401  (compile_ahead: tg.compile_ahead)
 from .elementwise import GELU, Cast
-from .linear import MLP, LinearFn, PaddedLinear
+from .linear import MLP, LinearFn, LinearResidual, MLPResidual, PaddedLinear
 from .classifier import LinearCrossEntropy
 from .matmul import mm
 from .fused import CrossEntropy, Dropout, DropoutAdd, LayerNorm, Softmax
@@ -278,7 +278,7 @@ class LinearCUDA(LinearFn):
         return cublaslt.linear_bias(x2, w, b)
 
     def backward(self, g):
-        need_x, need_w, need_b = self.needs_input_grad
+        need_x, need_w, need_b = self.needs_input_grad[:3]                          # (then a residual's)
         g2 = g.reshape(-1, g.shape[-1])                                              # (N, out)
         (N, out), dt = g2.shape, g2.dtype
         if not (need_w and need_b and g2.flags.c_contiguous and self.x2.flags.c_contiguous
@@ -414,6 +414,7 @@ class MLPCUDA(MLP):
     only that form comes here."""
     dgelu_epilogue = os.environ.get("TENSORGRAD_MLP_DGELU", "0") == "1"
     cast = staticmethod(_cast_weight)
+    product = LinearCUDA.product
 
     @classmethod
     def supports(cls, x, w1, b1, w2, b2, approximate="none", dtype=None, recompute=False):
@@ -440,14 +441,14 @@ class MLPCUDA(MLP):
         self.w1, self.b1, self.w2, self.b2 = w1, b1, w2, b2
         self.h = cp.empty((self.x2.shape[0], w1.shape[0]), dtype=x.dtype)               # (N, H): GELU's input
         self.a = cublaslt.matmul(self.x2, w1, tb=True, epilogue=cublaslt.GELU_AUX_BIAS, bias=b1, aux=self.h)
-        y = cublaslt.matmul(self.a, w2, tb=True, epilogue=cublaslt.BIAS, bias=b2)       # (N, C)
+        y = self.product(self.a, w2, b2)                                               # (N, C)
         if recompute:
             self.a = None                                                              # backward makes it again
         return y.reshape(*x.shape[:-1], w2.shape[0])
 
     def backward(self, g):
         cp, lt = backend.cupy(), cublaslt
-        need_x, need_w1, need_b1, need_w2, need_b2 = self.needs_input_grad
+        need_x, need_w1, need_b1, need_w2, need_b2 = self.needs_input_grad[:5]         # (then a residual's)
         g2 = cp.ascontiguousarray(g.reshape(-1, g.shape[-1]))                          # (N, C)
         a = self.a if self.a is not None else kernels.gelu_forward(self.h, "tanh")      # (N, H) (recompute)
         dw2, db2 = lt.weight_and_bias_grads(g2, a, self.master)                        # (C, H), (C,)
@@ -464,11 +465,50 @@ class MLPCUDA(MLP):
                 db2 if need_b2 else None)
 
 
+def _residual_fits(a_rows, w, r, dtype):
+    """Can _residual_product put r (the op's output shape) under the product of a_rows rows
+    with w (out, in) cast to dtype? r contiguous on 16 bytes, of the master bias's dtype."""
+    out_f, in_f = w.shape
+    dt = np.dtype(dtype or w.dtype)
+    return (r.flags.c_contiguous and r.data.ptr % 16 == 0 and r.size == a_rows * out_f and r.dtype == w.dtype
+            and cublaslt.can(a_rows, out_f, in_f, False, True, dt, r.dtype, cublaslt.BIAS))
+
+
+def _residual_product(self, a, w, b):
+    """r + a w^T + b in one cuBLASLt call: r read as C (beta = 1), the master bias (r's dtype:
+    float32 under autocast, where w is the bf16 cast) in the epilogue, the sum written in r's
+    dtype. The branch is never rounded to bf16 on its own (the reference rounds it first)."""
+    r = self.r.reshape(a.shape[0], w.shape[0])                                   # (N, out)
+    self.dtypes = a.dtype, r.dtype
+    return cublaslt.matmul(a, w, tb=True, epilogue=cublaslt.BIAS, bias=self.w_in[-1], out_dtype=r.dtype, add=r)
+
+
+class LinearResidualCUDA(LinearResidual, LinearCUDA):
+    """r + (x w^T + b) as one product (_residual_product); backward: LinearCUDA's on g cast to
+    the product's dtype, and g itself for r."""
+    @classmethod
+    def supports(cls, x, w, b, r, dtype=None):
+        return LinearCUDA.supports(x, w, b, dtype) and _residual_fits(x.size // w.shape[1], w, r, dtype)
+
+    product = _residual_product
+
+
+class MLPResidualCUDA(MLPResidual, MLPCUDA):
+    """r + mlp(x) with r added by the last product (_residual_product); backward: MLPCUDA's."""
+    @classmethod
+    def supports(cls, x, w1, b1, w2, b2, r, approximate="none", dtype=None, recompute=False):
+        return (MLPCUDA.supports(x, w1, b1, w2, b2, approximate, dtype, recompute)
+                and _residual_fits(x.size // w1.shape[1], w2, r, dtype))
+
+    product = _residual_product
+
+
 # ------------------------------------------------ the registry: reference -> twin
 for _ref, _twin in ((Cast, CastCUDA), (Softmax, SoftmaxCUDA), (LayerNorm, LayerNormCUDA), (CrossEntropy, CrossEntropyCUDA),
                     (GELU, GELUCUDA), (Dropout, DropoutCUDA), (DropoutAdd, DropoutAddCUDA),
                     (ScaledDotProductAttention, ScaledDotProductAttentionCUDA),
                     (QKVAttention, QKVAttentionCUDA), (LinearFn, LinearCUDA), (PaddedLinear, PaddedLinearCUDA),
-                    (LinearCrossEntropy, LinearCrossEntropyCUDA), (MLP, MLPCUDA)):
+                    (LinearCrossEntropy, LinearCrossEntropyCUDA), (MLP, MLPCUDA),
+                    (LinearResidual, LinearResidualCUDA), (MLPResidual, MLPResidualCUDA)):
     _ref.cuda = _twin
     _twin.cuda = None   # a twin has no twin of its own (and is never re-dispatched)

@@ -386,7 +386,7 @@ def _widened(self, *grads):
 def _linear(self, g):
     x = self.saved_input(0, self.x2.reshape(self.x_shape))
     w, _ = _weights(self, 1)
-    need_x, need_w, need_b = self.needs_input_grad
+    need_x, need_w, need_b = self.needs_input_grad[:3]       # (a residual's after them: OntoResidual)
     g2 = g.reshape(-1, g.shape[-1])                          # (N, out)
     dx = matmul(g2, w).reshape(*self.x_shape) if need_x else None
     dw = transposed_product(g2, x.reshape(-1, self.w.shape[1]), "ta") if need_w else None
@@ -420,7 +420,7 @@ def _mlp(self, g):
     stands for, so a second derivative goes through them."""
     x = self.saved_input(0, self.x2.reshape(self.x_shape))
     w1, b1, w2, b2 = _weights(self, 1)
-    need_x, need_w1, need_b1, need_w2, need_b2 = self.needs_input_grad
+    need_x, need_w1, need_b1, need_w2, need_b2 = self.needs_input_grad[:5]
     x2 = x.reshape(-1, self.x_shape[-1])                                   # (N, C)
     h = linear(x2, w1, b1)                                                 # (N, H)
     g2 = g.reshape(-1, g.shape[-1])                                        # (N, C)

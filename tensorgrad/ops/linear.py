@@ -8,12 +8,12 @@ CPU its twin (ops/cpu.py) takes the weight gradient and the column sum in the
 shapes OpenBLAS is fastest at.
 """
 from ..backend import get_array_module
-from ..function import Function
+from ..function import Function, ShapeError
 from .broadcast import sum_to
 from ..autocast import narrowed_dtype, weight_copy
-from .elementwise import _GELU_FORMS, GELU, cast_inputs, gelu
+from .elementwise import _GELU_FORMS, GELU, cast, cast_inputs, gelu
 from .matmul import mm
-from .promote import same_float_dtype
+from .promote import _result, same_float_dtype
 
 
 class Narrowing:
@@ -42,6 +42,14 @@ class Narrowing:
     def widen(self, *grads):
         return tuple(g if g is None else g.astype(self.master, copy=False) for g in grads)
 
+    def product(self, a, w, b):
+        """The op's (last) product: a (N, in) @ w^T + b -> (N, out); the GPU twins do it in one
+        cuBLASLt call, and OntoResidual adds a residual to it."""
+        y = mm(a, w.T)
+        if b is not None:
+            y += b
+        return y
+
 
 class LinearFn(Narrowing, Function):
     """y = x @ w^T + b over any leading dims of x;  dx = g @ w, dw = g^T @ x, db = sum(g) over rows.
@@ -59,15 +67,8 @@ class LinearFn(Narrowing, Function):
         y = self.product(self.x2, w, b)                # (N, out)
         return y.reshape(*x.shape[:-1], out_f)         # (..., out)
 
-    def product(self, x2, w, b):
-        """x2 (N, in) @ w^T + b -> (N, out); the GPU twin does it in one cuBLASLt call."""
-        y = mm(x2, w.T)
-        if b is not None:
-            y += b
-        return y
-
     def backward(self, g):
-        need_x, need_w, need_b = self.needs_input_grad
+        need_x, need_w, need_b = self.needs_input_grad[:3]     # (then a residual's: OntoResidual)
         g2 = g.reshape(-1, g.shape[-1])                                   # (N, out)
         dx = mm(g2, self.w).reshape(self.x_shape) if need_x else None     # (..., in)
         dw = self.weight_grad(g2) if need_w else None                     # (out, in)
@@ -97,10 +98,54 @@ def _narrowed(op, x, **weights):
     return x, dtype
 
 
-def linear(x, weight, bias=None):
-    """x (..., in) @ weight (out, in)^T + bias (out,) -> (..., out)."""
+def linear(x, weight, bias=None, residual=None):
+    """x (..., in) @ weight (out, in)^T + bias (out,) -> (..., out). residual: a tensor of the
+    output's shape to add the result onto, in one node (LinearResidual)."""
     x, dtype = _narrowed("linear", x, weight=weight, bias=bias)      # bf16 inside tg.autocast (autocast.py)
-    return LinearFn.apply(x, weight, bias, dtype=dtype)
+    if residual is None:
+        return LinearFn.apply(x, weight, bias, dtype=dtype)
+    _check_residual("linear", residual, (*x.shape[:-1], weight.shape[0]))
+    return LinearResidual.apply(x, weight, bias, residual, dtype=dtype)
+
+
+class OntoResidual:
+    """What LinearResidual and MLPResidual add to LinearFn and MLP: the op's output lands on a
+    residual stream r (its last positional input), y = r + op(...), as a transformer block's
+    projections do when no dropout stands between them. One node, not the op and an add, so the
+    GPU twins add r in the last product's epilogue (C = r, beta = 1): no pass reads the branch
+    again, and under autocast the bf16 product writes the float32 sum itself.
+    y has the wider of the two dtypes; dr = g, and the op's backward gets g in its own dtype."""
+    cpu = cuda = None                                  # not the op's twins (ops/cuda.py registers its own)
+
+    def forward(self, *args, **kwargs):
+        *args, self.r = args
+        try:
+            return super().forward(*args, **kwargs)    # its last product: self.product, below
+        finally:
+            self.r = None                              # r itself is not needed by backward
+
+    def product(self, a, w, b):
+        y = super().product(a, w, b)                                       # (N, out)
+        self.dtypes = y.dtype, self.r.dtype
+        out = _result(*self.dtypes)                                        # the wider float, as + gives
+        return y.astype(out, copy=False) + self.r.reshape(y.shape).astype(out, copy=False)
+
+    def backward(self, g):
+        gy = g if g.dtype == self.dtypes[0] else self.cast(g, self.dtypes[0])
+        return (*super().backward(gy), g if g.dtype == self.dtypes[1] else g.astype(self.dtypes[1]))
+
+    def backward_graph(self, g):
+        gy, gr = (g if g.dtype == dt else cast(g, dt) for dt in self.dtypes)
+        return (*super().backward_graph(gy), gr)
+
+
+def _check_residual(op, residual, shape):
+    if tuple(residual.shape) != tuple(shape):
+        raise ShapeError(f"{op}: residual {tuple(residual.shape)} must have the output's shape {tuple(shape)}")
+
+
+class LinearResidual(OntoResidual, LinearFn):
+    """y = r + (x @ w^T + b): linear onto a residual stream (OntoResidual)."""
 
 
 class PaddedLinear(LinearFn):
@@ -151,13 +196,13 @@ class MLP(Narrowing, Function):
         h = _plus(mm(self.x2, w1.T), b1)                           # (N, H)
         self.act = GELU()                                          # GELU's own array math and saved state
         self.a = self.act.forward(h, approximate)                  # (N, H)
-        y = _plus(mm(self.a, w2.T), b2)                            # (N, C)
+        y = self.product(self.a, w2, b2)                           # (N, C)
         if recompute:
             self.h, self.act, self.a = h, None, None               # only h is kept
         return y.reshape(*x.shape[:-1], w2.shape[0])               # (..., C)
 
     def backward(self, g):
-        need_x, need_w1, need_b1, need_w2, need_b2 = self.needs_input_grad
+        need_x, need_w1, need_b1, need_w2, need_b2 = self.needs_input_grad[:5]   # (a residual's: OntoResidual)
         if self.recompute:
             self.act = GELU()
             self.a = self.act.forward(self.h, self.approximate)    # (N, H), as the forward had it
@@ -175,17 +220,25 @@ def _plus(y, b):
     return y if b is None else y + b
 
 
-def mlp(x, w1, b1, w2, b2, approximate="none", recompute=False):
+class MLPResidual(OntoResidual, MLP):
+    """y = r + mlp(x): the MLP onto a residual stream (OntoResidual)."""
+
+
+def mlp(x, w1, b1, w2, b2, approximate="none", recompute=False, residual=None):
     """gelu(x @ w1^T + b1) @ w2^T + b2, GPT-2's MLP (w1 (H, C), w2 (C, H); b1, b2 may be None).
     Where the GPU twin takes the call (tanh GELU, both biases, aligned sizes), one node with its
     work in the products' epilogues; elsewhere the three ops it is made of, each with its own
     twins. recompute=True: GELU's output is not kept for backward but computed again there
-    (MLP's docstring); always one node then, the twin where it takes the call."""
+    (MLP's docstring); always one node then, the twin where it takes the call.
+    residual: a tensor of the output's shape to add the result onto (MLPResidual)."""
     if approximate not in _GELU_FORMS:
         raise ValueError(f"mlp: approximate must be 'none' (exact, erf) or 'tanh', got {approximate!r}")
+    if residual is not None:
+        _check_residual("mlp", residual, (*x.shape[:-1], w2.shape[0]))
     if recompute or all(t is not None for t in (b1, b2)):
         x, dtype = _narrowed("mlp", x, w1=w1, b1=b1, w2=w2, b2=b2)      # bf16 inside tg.autocast
         kwargs = {"approximate": approximate, "dtype": dtype, "recompute": recompute}
-        if recompute or MLP._pick(x.device, [t.data for t in (x, w1, b1, w2, b2)], kwargs) is not MLP:
-            return MLP.apply(x, w1, b1, w2, b2, **kwargs)
-    return linear(gelu(linear(x, w1, b1), approximate), w2, b2)     # x already cast: linear casts no more
+        op, inputs = (MLP, (x, w1, b1, w2, b2)) if residual is None else (MLPResidual, (x, w1, b1, w2, b2, residual))
+        if recompute or op._pick(x.device, [t.data for t in inputs], kwargs) is not op:
+            return op.apply(*inputs, **kwargs)
+    return linear(gelu(linear(x, w1, b1), approximate), w2, b2, residual=residual)   # x already cast
