@@ -173,6 +173,22 @@ def test_cast_kernel_is_astype_bit_for_bit(n, offset):
         kernels.cast(x, np.float64)
 
 
+@pytest.mark.parametrize("shape", [(1, 4), (7, 8), (100, 768), (1000, 2304), (16384, 768), (33, 516)])
+def test_cast_with_column_sums(shape):
+    """kernels.cast_colsum: the bf16 values bit for bit kernels.cast's, and the column sums of them
+    (as stored) against float64 sums; arrays it cannot take (columns not whole float4s, bf16 in) refused."""
+    cp = tg.backend.cupy()
+    a = cp.asarray(np.random.default_rng(shape[0]).standard_normal(shape).astype(np.float32))
+    down, sums = kernels.cast_colsum(a)
+    _same_bits(down, kernels.cast(a, tg.bfloat16), cp.uint16)
+    assert sums.dtype == np.float32 and sums.shape == (shape[1],)
+    ref = _f32(down).astype(np.float64).sum(axis=0)
+    np.testing.assert_allclose(sums.get(), ref, rtol=1e-5, atol=1e-5 * np.sqrt(shape[0]))
+    for bad in (cp.zeros((4, 6), dtype=np.float32), down):
+        with pytest.raises(ValueError, match="kernels.cast_colsum: needs"):
+            kernels.cast_colsum(bad)
+
+
 def _same_bits(a, b, uint):
     """Equal bits, NaN at the same places (a NaN's payload may differ between the two casts)."""
     nan_a, nan_b = tg.backend.cupy().isnan(a.astype(np.float32)).get(), tg.backend.cupy().isnan(b.astype(np.float32)).get()

@@ -12,7 +12,7 @@ arguments of its kernels and launches them. Index:
     cross_entropy.py/.cu  cross_entropy_forward, cross_entropy_backward, cross_entropy_fused
     gelu.py/.cu       gelu_forward, gelu_backward (erf and tanh forms), gelu_backward_colsum
     colsum.py/.cu     colsum (bias gradients)
-    cast.py/.cu       cast (float32 <-> bf16: the weights under autocast)
+    cast.py/.cu       cast (float32 <-> bf16: the weights under autocast), cast_colsum (and column sums)
     dropout.py/.cu    rng_slot, dropout (and dropout + residual add); philox.cuh
     attention.py      attention_forward, attention_backward, attention_dropout_mask:
                       attention.cu (tiled, float FMAs), attention_mma.cu (tensor cores,
@@ -203,8 +203,8 @@ def _rows(a, what):
 # ------------------------------------------------- the wrappers (index above)
 from . import attention  # noqa: E402  (the wrappers import the loader above)
 from .attention import attention_backward, attention_dropout_mask, attention_forward, attention_supported  # noqa: E402
-from .cast import cast  # noqa: E402
-from .colsum import colsum  # noqa: E402
+from .cast import cast, cast_colsum  # noqa: E402
+from .colsum import colsum, colsum_fits  # noqa: E402
 from .cross_entropy import cross_entropy_backward, cross_entropy_forward, cross_entropy_fused  # noqa: E402
 from .dropout import drop_threshold, dropout, rng_slot  # noqa: E402
 from .gelu import gelu_backward, gelu_backward_colsum, gelu_forward  # noqa: E402

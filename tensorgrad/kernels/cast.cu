@@ -38,4 +38,51 @@ extern "C" __global__ void __launch_bounds__(256) cast_to_bf16(const float* in, 
 extern "C" __global__ void __launch_bounds__(256) cast_to_float32(const floatX* in, float* out, long long n, int vec) {
     cast_body(in, out, n, vec);
 }
+
+// cast_to_bf16_colsum: a float32 (R, N) gradient g to bf16, and its columns summed as stored
+// (rounded to bf16), in one pass: g is a residual stream's gradient on its way into a branch's
+// last product, and its column sums are that product's bias gradient, so no other kernel
+// (cuBLASLt's BGRADB) reads g again for them. The layout is colsum.cu's: block (32, 8) covers
+// 128 columns (four a thread) of one slice of rows, four rows' loads in flight a step; the
+// slices' sums go to part[slice, c] for colsum_final_float. N % 4 == 0, vector-aligned pointers.
+extern "C" __global__ void __launch_bounds__(256) cast_to_bf16_colsum(const float* __restrict__ g, floatX* __restrict__ out,
+                                                                      float* __restrict__ part, int R, int N,
+                                                                      int rows_per_slice) {
+    __shared__ float acc[8][128];
+    const int c0 = (blockIdx.x * 32 + threadIdx.x) * 4;
+    const int r_begin = blockIdx.y * rows_per_slice, r_end = min(R, r_begin + rows_per_slice);
+    float s[4] = {0.f, 0.f, 0.f, 0.f};
+    auto row = [&](float4 v, long long i) {       // one row's four columns: stored, then summed as stored
+        const __nv_bfloat162 lo = __floats2bfloat162_rn(v.x, v.y), hi = __floats2bfloat162_rn(v.z, v.w);
+        uint2 u;
+        u.x = *reinterpret_cast<const unsigned int*>(&lo);
+        u.y = *reinterpret_cast<const unsigned int*>(&hi);
+        *reinterpret_cast<uint2*>(out + i) = u;
+        s[0] += __low2float(lo); s[1] += __high2float(lo); s[2] += __low2float(hi); s[3] += __high2float(hi);
+    };
+    if (c0 < N) {
+        constexpr int UNROLL = 4;
+        int r = r_begin + threadIdx.y;
+        for (; r + 8 * (UNROLL - 1) < r_end; r += 8 * UNROLL) {
+            float4 v[UNROLL];
+#pragma unroll
+            for (int u = 0; u < UNROLL; ++u) v[u] = ld4(g + (long long)(r + 8 * u) * N + c0);
+#pragma unroll
+            for (int u = 0; u < UNROLL; ++u) row(v[u], (long long)(r + 8 * u) * N + c0);
+        }
+        for (; r < r_end; r += 8) row(ld4(g + (long long)r * N + c0), (long long)r * N + c0);
+    }
+#pragma unroll
+    for (int w = 0; w < 4; ++w) acc[threadIdx.y][threadIdx.x * 4 + w] = s[w];
+    __syncthreads();
+    if (threadIdx.y == 0 && c0 < N) {
+#pragma unroll
+        for (int w = 0; w < 4; ++w) {
+            float t = 0.f;
+#pragma unroll
+            for (int y = 0; y < 8; ++y) t += acc[y][threadIdx.x * 4 + w];
+            part[(long long)blockIdx.y * N + c0 + w] = t;
+        }
+    }
+}
 #endif

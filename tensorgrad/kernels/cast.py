@@ -3,6 +3,7 @@ import numpy as np
 
 from .. import backend
 from . import _F32, elementwise_grid, launch
+from .colsum import colsum_fits, final_float, slicing
 
 
 def cast(a, dtype, out=None):
@@ -22,3 +23,21 @@ def cast(a, dtype, out=None):
     name = "cast_to_bf16" if dtype == bf16 else "cast_to_float32"
     launch("cast", name, (elementwise_grid(-(-n // 8)),), (256,), (a, out, np.int64(n), vec), dtype=bf16)
     return out
+
+
+def cast_colsum(g):
+    """(g as bf16, its column sums as float32 (N,)) for a contiguous 2-D float32 (R, N) CuPy
+    array, in one pass (cast.cu's cast_to_bf16_colsum): the sums are of the bf16 values, as a
+    bias gradient taken from the cast gradient would be. Needs colsum_fits(g) (else ValueError)."""
+    cp = backend.cupy()
+    bf16 = backend.bfloat16
+    if g.dtype != _F32 or not g.flags.c_contiguous or not colsum_fits(g) or 0 in g.shape:
+        raise ValueError(f"kernels.cast_colsum: needs a contiguous non-empty 2-D float32 array of whole float4 "
+                         f"rows, got {g.dtype} {g.shape}")
+    R, N = g.shape
+    out = cp.empty((R, N), dtype=bf16)
+    col_blocks, slices, rows_per_slice = slicing(R, N, 4)
+    part = cp.empty((slices, N), dtype=cp.float32)
+    launch("cast", "cast_to_bf16_colsum", (col_blocks, slices), (32, 8),
+           (g, out, part, np.int32(R), np.int32(N), np.int32(rows_per_slice)), dtype=bf16)
+    return out, final_float(part, bf16)

@@ -43,3 +43,9 @@ def final_float(part, dtype):
     launch("colsum", "colsum_final_float", (-(-N // 256),), (256,), (part, out, np.int32(slices), np.int32(N)),
            dtype=dtype)
     return out
+
+
+def colsum_fits(*arrays):
+    """Do kernels that sum columns as they write (gelu_backward_colsum, cast_colsum) take these
+    2-D arrays in one pass (whole vectors of four columns, vector-aligned)?"""
+    return all(a.ndim == 2 and a.shape[1] % 4 == 0 and a.data.ptr % (4 * a.itemsize) == 0 for a in arrays)

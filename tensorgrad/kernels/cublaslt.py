@@ -182,11 +182,15 @@ def matmul(a, b, ta=False, tb=False, epilogue=DEFAULT, bias=None, aux=None, out_
     return c
 
 
-def weight_and_bias_grads(g2, x2, out_dtype=None):
+def weight_and_bias_grads(g2, x2, out_dtype=None, db=None):
     """(dw, db) of y = x2 w^T + b from g2 = dL/dy (N, out) and x2 (N, in): dw = g2^T x2, with db,
     g2 summed over its rows, taken by the same product (BGRADB) instead of another pass over g2.
-    out_dtype: of dw and db (default g2's; float32 from bf16 inputs: the master weights' type)."""
+    out_dtype: of dw and db (default g2's; float32 from bf16 inputs: the master weights' type).
+    db: the bias gradient when the caller has it already (summed as g2 was written, kernels.cast_colsum):
+    then the product is a plain one (BGRADB's column sums run as a kernel of their own)."""
     out_dtype = np.dtype(out_dtype or g2.dtype)
+    if db is not None:
+        return matmul(g2, x2, ta=True, out_dtype=out_dtype), db
     db = _state["cp"].empty((g2.shape[1],), dtype=out_dtype)                        # (out,)
     return matmul(g2, x2, ta=True, epilogue=BGRADB, bias=db, out_dtype=out_dtype), db   # (out, in), (out,)
 

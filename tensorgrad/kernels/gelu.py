@@ -3,7 +3,7 @@ import numpy as np
 
 from .. import backend
 from . import _arr, _element, elementwise_grid, launch
-from .colsum import final_float, slicing
+from .colsum import colsum_fits, final_float, slicing
 
 
 def _elementwise_launch(name, arrays):
@@ -67,8 +67,3 @@ def gelu_backward_colsum(g, x, approximate="tanh"):
     launch("gelu", f"gelu_backward_colsum_{form}", (col_blocks, slices), (32, 8),
            (g, x, dx, part, np.int32(R), np.int32(N), np.int32(rows_per_slice)), dtype=x.dtype)
     return dx, final_float(part, x.dtype)
-
-
-def colsum_fits(*arrays):
-    """Does gelu_backward_colsum take these 2-D arrays in one pass (whole vectors of columns)?"""
-    return all(a.ndim == 2 and a.shape[1] % 4 == 0 and a.data.ptr % (4 * a.itemsize) == 0 for a in arrays)

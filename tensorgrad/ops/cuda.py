@@ -20,7 +20,7 @@ from . import double
 from .attention import QKVAttention, ScaledDotProductAttention
 from ..kernels import compile_ahead, cublaslt  # noqa: F401  (compile_ahead: tg.compile_ahead)
 from .elementwise import GELU, Cast
-from .linear import MLP, LinearFn, LinearResidual, MLPResidual, PaddedLinear
+from .linear import MLP, LinearFn, LinearResidual, MLPResidual, OntoResidual, PaddedLinear
 from .classifier import LinearCrossEntropy
 from .matmul import mm
 from .fused import CrossEntropy, Dropout, DropoutAdd, LayerNorm, Softmax
@@ -277,14 +277,15 @@ class LinearCUDA(LinearFn):
     def product(self, x2, w, b):
         return cublaslt.linear_bias(x2, w, b)
 
-    def backward(self, g):
+    def backward(self, g, db=None):
+        """db: the bias gradient when the caller summed it already (the residual twin's cast)."""
         need_x, need_w, need_b = self.needs_input_grad[:3]                          # (then a residual's)
         g2 = g.reshape(-1, g.shape[-1])                                              # (N, out)
         (N, out), dt = g2.shape, g2.dtype
         if not (need_w and need_b and g2.flags.c_contiguous and self.x2.flags.c_contiguous
                 and cublaslt.can(out, self.w.shape[1], N, True, False, dt, self.master, cublaslt.BGRADB)):
             return super().backward(g)
-        dw, db = cublaslt.weight_and_bias_grads(g2, self.x2, self.master)            # (out, in), (out,)
+        dw, db = cublaslt.weight_and_bias_grads(g2, self.x2, self.master, db=db)     # (out, in), (out,)
         dx = mm(g2, self.w).reshape(self.x_shape) if need_x else None                 # (..., in)
         return dx, dw, db
 
@@ -446,12 +447,13 @@ class MLPCUDA(MLP):
             self.a = None                                                              # backward makes it again
         return y.reshape(*x.shape[:-1], w2.shape[0])
 
-    def backward(self, g):
+    def backward(self, g, db2=None):
+        """db2: the last bias's gradient when the caller summed it already (the residual twin's cast)."""
         cp, lt = backend.cupy(), cublaslt
         need_x, need_w1, need_b1, need_w2, need_b2 = self.needs_input_grad[:5]         # (then a residual's)
         g2 = cp.ascontiguousarray(g.reshape(-1, g.shape[-1]))                          # (N, C)
         a = self.a if self.a is not None else kernels.gelu_forward(self.h, "tanh")      # (N, H) (recompute)
-        dw2, db2 = lt.weight_and_bias_grads(g2, a, self.master)                        # (C, H), (C,)
+        dw2, db2 = lt.weight_and_bias_grads(g2, a, self.master, db=db2)                # (C, H), (C,)
         del a                                                                          # recomputed: freed here
         if self.dgelu_epilogue:
             dh = lt.matmul(g2, self.w2, epilogue=lt.DGELU, aux=self.h)                 # (N, H) = (g w2) gelu'(h)
@@ -483,24 +485,45 @@ def _residual_product(self, a, w, b):
     return cublaslt.matmul(a, w, tb=True, epilogue=cublaslt.BIAS, bias=self.w_in[-1], out_dtype=r.dtype, add=r)
 
 
+def _residual_backward(self, g, op_backward):
+    """OntoResidual's backward on the GPU: a float32 g cast to the bf16 of the products with its
+    column sums in the same pass (kernels.cast_colsum), which are the last bias's gradient, so
+    op_backward's weight-gradient product takes it instead of summing g again (BGRADB); g itself
+    is r's gradient. Elsewhere OntoResidual's own."""
+    g2 = g.reshape(-1, g.shape[-1])                                               # (N, out)
+    if not (g.dtype == np.float32 and self.dtypes[0] == backend.bfloat16 and g2.flags.c_contiguous
+            and kernels.colsum_fits(g2) and g2.size):
+        return OntoResidual.backward(self, g)
+    gy, db = kernels.cast_colsum(g2)                                              # (N, out) bf16, (out,) float32
+    return (*op_backward(self, gy.reshape(g.shape), db.astype(self.master, copy=False)), g)
+
+
 class LinearResidualCUDA(LinearResidual, LinearCUDA):
     """r + (x w^T + b) as one product (_residual_product); backward: LinearCUDA's on g cast to
-    the product's dtype, and g itself for r."""
+    the product's dtype with the bias gradient summed in the cast (_residual_backward), and g
+    itself for r."""
     @classmethod
     def supports(cls, x, w, b, r, dtype=None):
         return LinearCUDA.supports(x, w, b, dtype) and _residual_fits(x.size // w.shape[1], w, r, dtype)
 
     product = _residual_product
 
+    def backward(self, g):
+        return _residual_backward(self, g, LinearCUDA.backward)
+
 
 class MLPResidualCUDA(MLPResidual, MLPCUDA):
-    """r + mlp(x) with r added by the last product (_residual_product); backward: MLPCUDA's."""
+    """r + mlp(x) with r added by the last product (_residual_product); backward: MLPCUDA's, as
+    LinearResidualCUDA's is LinearCUDA's (_residual_backward)."""
     @classmethod
     def supports(cls, x, w1, b1, w2, b2, r, approximate="none", dtype=None, recompute=False):
         return (MLPCUDA.supports(x, w1, b1, w2, b2, approximate, dtype, recompute)
                 and _residual_fits(x.size // w1.shape[1], w2, r, dtype))
 
     product = _residual_product
+
+    def backward(self, g):
+        return _residual_backward(self, g, MLPCUDA.backward)
 
 
 # ------------------------------------------------ the registry: reference -> twin
