@@ -158,6 +158,13 @@ def test_linear(out_f, in_f):
             cpu.LinearCPU)
 
 
+@pytest.mark.parametrize("out_f, in_f", [(128, 512), (3, 7)])
+def test_linear_onto_a_residual(out_f, in_f):
+    op = lambda x, w, b, r: tg.linear(x, w, b, residual=r)  # noqa: E731
+    compare(op, [_randn(4, 33, in_f), _randn(out_f, in_f), _randn(out_f), _randn(4, 33, out_f)], _randn(4, 33, out_f),
+            cpu.LinearResidualCPU)
+
+
 @pytest.mark.parametrize("rows, n, width, spread", [(65, 1024, 128, 1), (64, 1024, 128, 0), (7, 3, 5, 3),
                                                      (300, 4999, 17, 3), (1, 50, 4, 2), (5, 40, 3, 0)])
 def test_scatter_add_equals_add_at(rows, n, width, spread):

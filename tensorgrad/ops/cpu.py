@@ -27,7 +27,7 @@ from .broadcast import sum_to
 from .double import GELUGrad, LayerNormVJP, Normalized, SoftmaxVJP
 from .elementwise import _GELU_C, GELU, _erf
 from .fused import CrossEntropy, Embedding, LayerNorm
-from .linear import LinearFn
+from .linear import LinearFn, LinearResidual
 from .matmul import _mT, mm
 from .shape import GetItem, _is_advanced
 
@@ -318,6 +318,10 @@ class LinearCPU(LinearFn):
     bias_grad = staticmethod(column_sum)
 
 
+class LinearResidualCPU(LinearResidual, LinearCPU):
+    """LinearResidual with LinearCPU's weight gradient (a branch's last product onto the residual)."""
+
+
 class EmbeddingCPU(Embedding):
     def backward(self, g, acc=None):
         dw = np.zeros(self.shape, dtype=g.dtype) if acc is None else acc   # (V, C)
@@ -362,7 +366,8 @@ def scatter_add(target, index, values):
 # ------------------------------------------------ the registry: reference -> twin
 for _ref, _twin in ((LayerNorm, LayerNormCPU), (GELU, GELUCPU), (CrossEntropy, CrossEntropyCPU),
                     (ScaledDotProductAttention, ScaledDotProductAttentionCPU), (QKVAttention, QKVAttentionCPU),
-                    (LinearFn, LinearCPU), (Embedding, EmbeddingCPU), (GetItem, GetItemCPU), (GELUGrad, GELUGradCPU),
+                    (LinearFn, LinearCPU), (LinearResidual, LinearResidualCPU), (Embedding, EmbeddingCPU),
+                    (GetItem, GetItemCPU), (GELUGrad, GELUGradCPU),
                     (LayerNormVJP, LayerNormVJPCPU), (Normalized, NormalizedCPU), (SoftmaxVJP, SoftmaxVJPCPU)):
     _ref.cpu = _twin
     _twin.cpu = _twin.cuda = None   # a twin has no twin of its own

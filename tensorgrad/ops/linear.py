@@ -128,7 +128,11 @@ class OntoResidual:
         y = super().product(a, w, b)                                       # (N, out)
         self.dtypes = y.dtype, self.r.dtype
         out = _result(*self.dtypes)                                        # the wider float, as + gives
-        return y.astype(out, copy=False) + self.r.reshape(y.shape).astype(out, copy=False)
+        r = self.r.reshape(y.shape).astype(out, copy=False)
+        if y.dtype != out:
+            return y.astype(out) + r
+        y += r                                                             # y: the product's own new array
+        return y
 
     def backward(self, g):
         gy = g if g.dtype == self.dtypes[0] else self.cast(g, self.dtypes[0])
