@@ -278,6 +278,15 @@ def test_residual_twins_equal_the_reference_ops_on_the_gpu(monkeypatch, which, d
 
 
 @pytest.mark.cuda
+def test_cublas_and_cublaslt_share_one_workspace():
+    from tensorgrad.kernels import cublas
+    lt = _lt()
+    assert cublas.available() and lt.available()
+    assert cublas._init()["workspace"] is lt._state["workspace"] is cublas.shared_workspace()
+    assert lt._state["workspace"].nbytes == cublas.WORKSPACE_BYTES
+
+
+@pytest.mark.cuda
 def test_products_cublaslt_cannot_take_are_refused():
     lt = _lt()
     assert not lt.can(16, 12, 20, False, True, tg.bfloat16, tg.bfloat16, lt.BIAS)     # rows of 12 / 20 bf16

@@ -26,7 +26,7 @@ _COMPUTE_32F = 68                 # cublasComputeType_t CUBLAS_COMPUTE_32F
 _COMPUTE_32F_FAST_TF32 = 77       # ... CUBLAS_COMPUTE_32F_FAST_TF32 (what CUPY_TF32=1 uses)
 _GEMM_DEFAULT = -1
 _R_16BF = 14                      # cudaDataType CUDA_R_16BF
-_WORKSPACE_BYTES = 32 << 20
+WORKSPACE_BYTES = 32 << 20
 
 _state = {}                       # lib, handle, workspace (kept alive), alpha/beta
 
@@ -79,14 +79,28 @@ def _create():
     lib = mapped_library("libcublas")
     handle = ctypes.c_void_p()
     _check(lib.cublasCreate_v2(ctypes.byref(handle)), "cublasCreate")
-    workspace = cp.empty(_WORKSPACE_BYTES, dtype=cp.uint8)  # capture needs a workspace it doesn't allocate
-    _check(lib.cublasSetWorkspace_v2(handle, ctypes.c_void_p(workspace.data.ptr), ctypes.c_size_t(_WORKSPACE_BYTES)),
+    workspace = shared_workspace()                          # capture needs a workspace it doesn't allocate
+    _check(lib.cublasSetWorkspace_v2(handle, ctypes.c_void_p(workspace.data.ptr), ctypes.c_size_t(WORKSPACE_BYTES)),
            "cublasSetWorkspace")
     lib.cublasGemmEx.restype = ctypes.c_int
     lib.cublasGemmStridedBatchedEx.restype = ctypes.c_int
     _state.update(lib=lib, handle=handle, workspace=workspace, cp=cp,
                   alpha=ctypes.c_float(1.0), beta=ctypes.c_float(0.0))
     return _state
+
+
+_workspaces = {}                  # device id -> the workspace both handles use (never freed: graphs keep its address)
+
+
+def shared_workspace():
+    """The workspace of both our cuBLAS handle and our cuBLASLt one (cublaslt.py) on the current
+    device, made once. Their products run on one stream, one after the other, so one buffer serves
+    both: WORKSPACE_BYTES of GPU memory less than a buffer each."""
+    cp = backend.cupy()
+    device = cp.cuda.Device().id
+    if device not in _workspaces:
+        _workspaces[device] = cp.empty(WORKSPACE_BYTES, dtype=cp.uint8)
+    return _workspaces[device]
 
 
 def _operand(x):

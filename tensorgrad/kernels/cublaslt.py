@@ -8,7 +8,8 @@ multiply by GELU's derivative read from that aux, and sum the bias gradient
 over the rows it already holds. Each saves a kernel that would read and write
 the whole (N, width) activation once more. CuPy has no binding, so, as
 kernels/cublas.py does for cuBLAS, this module calls it through ctypes, with a
-workspace of its own so a CUDA graph can capture it.
+workspace it does not allocate (cublas.shared_workspace, the cuBLAS handle's too)
+so a CUDA graph can capture it.
 
 Layout (cuBLASLt is column-major; a row-major (r, c) buffer is its transpose):
 the row-major product C (M, N) = op(a) @ op(b) is computed as the column-major
@@ -28,14 +29,13 @@ import warnings
 import numpy as np
 
 from .. import backend
-from .cublas import data_type, mapped_library
+from .cublas import WORKSPACE_BYTES, data_type, mapped_library, shared_workspace
 
 _OP_N, _OP_T = 0, 1
 _R_32F = 0
 _DESC_TRANSA, _DESC_TRANSB, _DESC_EPILOGUE, _DESC_BIAS_POINTER = 3, 4, 7, 8
 _DESC_AUX_POINTER, _DESC_AUX_LD = 11, 12
 _PREF_MAX_WORKSPACE_BYTES = 1
-_WORKSPACE_BYTES = 32 << 20
 _HEURISTIC_BYTES = 96            # sizeof(cublasLtMatmulHeuristicResult_t); the algo is its first 64 bytes
 
 # cublasLtEpilogue_t: what the product does as it writes D
@@ -63,7 +63,7 @@ def available():
             handle = ctypes.c_void_p()
             _check(lib.cublasLtCreate(ctypes.byref(handle)), "cublasLtCreate")
             _state.update(lib=lib, handle=handle, cp=cp, plans={},
-                          workspace=cp.empty(_WORKSPACE_BYTES, dtype=cp.uint8),
+                          workspace=shared_workspace(),                    # cuBLAS's too (cublas.py)
                           alpha=ctypes.c_float(1.0), beta=ctypes.c_float(0.0), one=ctypes.c_float(1.0))
         except (OSError, AttributeError, RuntimeError) as e:
             warnings.warn(f"tensorgrad.kernels.cublaslt unavailable ({e}); the bias is added separately")
@@ -107,7 +107,7 @@ def _plan(M, N, K, ta, tb, in_dtype, out_dtype, epilogue, lds=None):
     D = _layout(lib, dt_out, N, M, ldc)
     pref = ctypes.c_void_p()
     _check(lib.cublasLtMatmulPreferenceCreate(ctypes.byref(pref)), "cublasLtMatmulPreferenceCreate")
-    ws = ctypes.c_uint64(_WORKSPACE_BYTES)
+    ws = ctypes.c_uint64(WORKSPACE_BYTES)
     _check(lib.cublasLtMatmulPreferenceSetAttribute(pref, _PREF_MAX_WORKSPACE_BYTES, ctypes.byref(ws), 8),
            "cublasLtMatmulPreferenceSetAttribute")
     result, found = (ctypes.c_ubyte * _HEURISTIC_BYTES)(), ctypes.c_int(0)
@@ -177,7 +177,7 @@ def matmul(a, b, ta=False, tb=False, epilogue=DEFAULT, bias=None, aux=None, out_
     _check(lib.cublasLtMatmul(s["handle"], desc, ctypes.byref(s["alpha"]), ptr(b.data.ptr), A, ptr(a.data.ptr), B,
                               ctypes.byref(s["one" if accumulate or add is not None else "beta"]),
                               ptr((c if add is None else add).data.ptr), D, ptr(c.data.ptr), D, algo,
-                              ptr(s["workspace"].data.ptr), ctypes.c_size_t(_WORKSPACE_BYTES),
+                              ptr(s["workspace"].data.ptr), ctypes.c_size_t(WORKSPACE_BYTES),
                               ptr(cp.cuda.get_current_stream().ptr)), "cublasLtMatmul")
     return c
 
