@@ -48,7 +48,6 @@ extern "C" __global__ void __launch_bounds__(256) cast_to_float32(const floatX* 
 extern "C" __global__ void __launch_bounds__(256) cast_to_bf16_colsum(const float* __restrict__ g, floatX* __restrict__ out,
                                                                       float* __restrict__ part, int R, int N,
                                                                       int rows_per_slice) {
-    __shared__ float acc[8][128];
     const int c0 = (blockIdx.x * 32 + threadIdx.x) * 4;
     const int r_begin = blockIdx.y * rows_per_slice, r_end = min(R, r_begin + rows_per_slice);
     float s[4] = {0.f, 0.f, 0.f, 0.f};
@@ -72,17 +71,6 @@ extern "C" __global__ void __launch_bounds__(256) cast_to_bf16_colsum(const floa
         }
         for (; r < r_end; r += 8) row(ld4(g + (long long)r * N + c0), (long long)r * N + c0);
     }
-#pragma unroll
-    for (int w = 0; w < 4; ++w) acc[threadIdx.y][threadIdx.x * 4 + w] = s[w];
-    __syncthreads();
-    if (threadIdx.y == 0 && c0 < N) {
-#pragma unroll
-        for (int w = 0; w < 4; ++w) {
-            float t = 0.f;
-#pragma unroll
-            for (int y = 0; y < 8; ++y) t += acc[y][threadIdx.x * 4 + w];
-            part[(long long)blockIdx.y * N + c0 + w] = t;
-        }
-    }
+    slice_sums_store<4>(s, part, N, c0);
 }
 #endif

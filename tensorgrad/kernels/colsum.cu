@@ -17,7 +17,6 @@
 template <int W>   // W = 4: vector loads (N % 4 == 0 and an aligned base), W = 1: scalar
 __device__ __forceinline__ void colsum_partial_body(const floatX* __restrict__ a, float* __restrict__ part,
                                                     int R, int N, int rows_per_slice) {
-    __shared__ float acc[8][32 * W];
     const int c0 = (blockIdx.x * 32 + threadIdx.x) * W;
     const int r_begin = blockIdx.y * rows_per_slice;
     const int r_end = min(R, r_begin + rows_per_slice);
@@ -35,18 +34,7 @@ __device__ __forceinline__ void colsum_partial_body(const floatX* __restrict__ a
             }
         }
     }
-#pragma unroll
-    for (int w = 0; w < W; ++w) acc[threadIdx.y][threadIdx.x * W + w] = s[w];
-    __syncthreads();
-    if (threadIdx.y == 0 && c0 < N) {
-#pragma unroll
-        for (int w = 0; w < W; ++w) {
-            float t = 0.f;
-#pragma unroll
-            for (int y = 0; y < 8; ++y) t += acc[y][threadIdx.x * W + w];
-            part[(long long)blockIdx.y * N + c0 + w] = t;
-        }
-    }
+    slice_sums_store<W>(s, part, N, c0);
 }
 
 extern "C" __global__ void __launch_bounds__(256) colsum_partial4(const floatX* a, float* part, int R, int N, int rows_per_slice) {

@@ -212,3 +212,24 @@ __device__ __forceinline__ void row_map(TO* out, const T* a, const T* b, int n, 
     for (int j = head + 4 * n4 + tid; j < n; j += nthreads)
         st(out + j, f(j, j < n_in ? to_f(a[j]) : 0.f, (b != nullptr && j < n_in) ? to_f(b[j]) : 0.f));
 }
+
+// The end of a column-sum block (colsum.cu's layout; gelu.cu and cast.cu sum columns the same way
+// as they write): block (32, 8), W columns a thread from c0, one slice of rows a block row
+// (blockIdx.y). The 8 row groups' running sums s add up through shared memory in a fixed order
+// and go to part[slice, c], for colsum_final / colsum_final_float to add over the slices.
+template <int W>
+__device__ __forceinline__ void slice_sums_store(const float (&s)[W], float* __restrict__ part, int N, int c0) {
+    __shared__ float acc[8][32 * W];
+#pragma unroll
+    for (int w = 0; w < W; ++w) acc[threadIdx.y][threadIdx.x * W + w] = s[w];
+    __syncthreads();
+    if (threadIdx.y == 0 && c0 < N) {
+#pragma unroll
+        for (int w = 0; w < W; ++w) {
+            float t = 0.f;
+#pragma unroll
+            for (int y = 0; y < 8; ++y) t += acc[y][threadIdx.x * W + w];
+            part[(long long)blockIdx.y * N + c0 + w] = t;
+        }
+    }
+}

@@ -106,7 +106,6 @@ template <bool EXACT>
 __device__ __forceinline__ void gelu_backward_colsum_body(const floatX* __restrict__ g, const floatX* __restrict__ x,
                                                           floatX* __restrict__ dx, float* __restrict__ part, int R,
                                                           int N, int rows_per_slice) {
-    __shared__ float acc[8][128];
     const int c0 = (blockIdx.x * 32 + threadIdx.x) * 4;
     const int r_begin = blockIdx.y * rows_per_slice, r_end = min(R, r_begin + rows_per_slice);
     float s[4] = {0.f, 0.f, 0.f, 0.f};
@@ -132,18 +131,7 @@ __device__ __forceinline__ void gelu_backward_colsum_body(const floatX* __restri
             gelu_colsum_row<EXACT>(ld4(x + i), ld4(g + i), dx + i, s);
         }
     }
-#pragma unroll
-    for (int w = 0; w < 4; ++w) acc[threadIdx.y][threadIdx.x * 4 + w] = s[w];
-    __syncthreads();
-    if (threadIdx.y == 0 && c0 < N) {
-#pragma unroll
-        for (int w = 0; w < 4; ++w) {
-            float t = 0.f;
-#pragma unroll
-            for (int y = 0; y < 8; ++y) t += acc[y][threadIdx.x * 4 + w];
-            part[(long long)blockIdx.y * N + c0 + w] = t;
-        }
-    }
+    slice_sums_store<4>(s, part, N, c0);
 }
 
 extern "C" __global__ void __launch_bounds__(256) gelu_backward_colsum_erf(const floatX* g, const floatX* x, floatX* dx,
