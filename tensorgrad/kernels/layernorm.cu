@@ -140,7 +140,8 @@ extern "C" __global__ void __launch_bounds__(256) layernorm_forward_narrow_regs(
 // is spent on columns the row does not have), the two row means by two butterflies, dx (+ acc)
 // written, and dw, db summed in registers over the warp's rows, then over the block's warps in
 // shared memory (a fixed order), written as the block's partial (dw_part row = block) for
-// layernorm_dwdb_reduce. Every input is read from DRAM once.
+// layernorm_dwdb_reduce. Every input is read from DRAM once; acc (the residual's gradient) goes
+// straight to shared memory with cp.async as the row's g and x load, so it is there when the sums are.
 #define LN_WARPS 8
 
 template <int K>
@@ -161,6 +162,28 @@ __device__ __forceinline__ void block_partial(const float4 (&v)[K], float* red, 
     __syncthreads();                           // red is reused by the next call
 }
 
+// acc's four elements at j of a row start their way into shared memory (dst) without a register:
+// cp.async (sm_80 on), so they travel while the row's sums are made; stage_wait before reading them.
+template <typename TX>
+__device__ __forceinline__ void stage4(TX* dst, const TX* src) {
+#if __CUDA_ARCH__ >= 800
+    const unsigned int to = static_cast<unsigned int>(__cvta_generic_to_shared(dst));
+    if constexpr (sizeof(TX) == 4)
+        asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(to), "l"(src) : "memory");
+    else
+        asm volatile("cp.async.ca.shared.global [%0], [%1], 8;\n" ::"r"(to), "l"(src) : "memory");
+#else
+    if constexpr (sizeof(TX) == 4) *reinterpret_cast<float4*>(dst) = *reinterpret_cast<const float4*>(src);
+    else *reinterpret_cast<uint2*>(dst) = *reinterpret_cast<const uint2*>(src);
+#endif
+}
+
+__device__ __forceinline__ void stage_wait() {
+#if __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.wait_all;\n" ::: "memory");   // and no read of the staged row moves above it
+#endif
+}
+
 template <int K, typename TX, typename TY>
 __device__ __forceinline__ void layernorm_backward_regs_body(const TY* __restrict__ g, const TX* __restrict__ x,
                                                              const TX* __restrict__ w, const float* __restrict__ mean,
@@ -174,6 +197,7 @@ __device__ __forceinline__ void layernorm_backward_regs_body(const TY* __restric
     float4 dw[K], db[K];
 #pragma unroll
     for (int k = 0; k < K; ++k) dw[k] = db[k] = make_float4(0.f, 0.f, 0.f, 0.f);
+    TX* staged = reinterpret_cast<TX*>(red + warp * C);          // the warp's row of acc (red is free until the end)
     for (long long row = r0; row < r0 + rows && row < N; ++row) {   // no return: every warp meets the barriers
         const float mu = mean[row], rs = rstd[row];
         float4 gv[K], xh[K];
@@ -182,6 +206,7 @@ __device__ __forceinline__ void layernorm_backward_regs_body(const TY* __restric
         for (int k = 0; k < K; ++k) {
             const int j = 4 * (lane + 32 * k);
             if (j >= C) continue;
+            if (accumulate) stage4(staged + j, acc + row * C + j);  // in flight with g and x
             gv[k] = ld4(g + row * C + j);
             const float4 xv = ld4(x + row * C + j), wk = ld4(w + j);
             xh[k] = make_float4((xv.x - mu) * rs, (xv.y - mu) * rs, (xv.z - mu) * rs, (xv.w - mu) * rs);
@@ -192,6 +217,7 @@ __device__ __forceinline__ void layernorm_backward_regs_body(const TY* __restric
             d = gv[k].w * wk.w; a += d; bsum += d * xh[k].w;
         }
         const float ar = warp_sum(a) / C, br = warp_sum(bsum) / C;
+        if (accumulate) stage_wait();                              // each lane reads back only what it staged
 #pragma unroll
         for (int k = 0; k < K; ++k) {
             const int j = 4 * (lane + 32 * k);
@@ -200,7 +226,7 @@ __device__ __forceinline__ void layernorm_backward_regs_body(const TY* __restric
             float4 d = make_float4(rs * (gk.x * wk.x - ar - hk.x * br), rs * (gk.y * wk.y - ar - hk.y * br),
                                    rs * (gk.z * wk.z - ar - hk.z * br), rs * (gk.w * wk.w - ar - hk.w * br));
             if (accumulate) {
-                const float4 av = ld4(acc + row * C + j);
+                const float4 av = ld4(staged + j);
                 d = make_float4(__fadd_rn(av.x, d.x), __fadd_rn(av.y, d.y), __fadd_rn(av.z, d.z), __fadd_rn(av.w, d.w));
             }
             st4(dx + row * C + j, d);
@@ -214,14 +240,14 @@ __device__ __forceinline__ void layernorm_backward_regs_body(const TY* __restric
 
 // One entry point per K (1..LN_VECS): layernorm_backward_regs_K, and the narrow form
 #define LN_BACKWARD_REGS(K)                                                                                    \
-extern "C" __global__ void __launch_bounds__(32 * LN_WARPS) layernorm_backward_regs_##K(                       \
+extern "C" __global__ void __launch_bounds__(32 * LN_WARPS, K <= 6 ? 2 : 1) layernorm_backward_regs_##K(                       \
         const floatX* g, const floatX* x, const floatX* w, const float* mean, const float* rstd, floatX* dx,   \
         const floatX* acc, int accumulate, float* dw_part, float* db_part, int N, int C, int rows) {           \
     layernorm_backward_regs_body<K, floatX, floatX>(g, x, w, mean, rstd, dx, acc, accumulate, dw_part,         \
                                                     db_part, N, C, rows);                                      \
 }
 #define LN_BACKWARD_NARROW_REGS(K)                                                                             \
-extern "C" __global__ void __launch_bounds__(32 * LN_WARPS) layernorm_backward_narrow_regs_##K(                \
+extern "C" __global__ void __launch_bounds__(32 * LN_WARPS, K <= 6 ? 2 : 1) layernorm_backward_narrow_regs_##K(                \
         const floatX* g, const float* x, const float* w, const float* mean, const float* rstd, float* dx,      \
         const float* acc, int accumulate, float* dw_part, float* db_part, int N, int C, int rows) {            \
     layernorm_backward_regs_body<K, float, floatX>(g, x, w, mean, rstd, dx, acc, accumulate, dw_part,          \
