@@ -291,7 +291,8 @@ def test_cublas_and_cublaslt_share_one_workspace():
 def test_tuned_products_time_their_candidates_once_and_add_once(monkeypatch, dtype):
     """TENSORGRAD_CUBLASLT_TUNE (cublaslt.TUNE): a key's first product times cuBLASLt's candidates
     and keeps one; results equal float64 math, and products that add into their output (accumulate,
-    add) add once, whatever the timing runs did; inside a CUDA-graph capture nothing is timed."""
+    add) add once, whatever the timing runs did; ops' 2-D products (mm) go through it too; inside a
+    CUDA-graph capture nothing is timed."""
     monkeypatch.setenv("CUPY_TF32", "0")
     cp, lt = tg.backend.cupy(), _lt()
     assert lt.available()
@@ -315,6 +316,10 @@ def test_tuned_products_time_their_candidates_once_and_add_once(monkeypatch, dty
     db = cp.empty((H,), dtype=dt)
     dw = lt.matmul(d(g), d(x), ta=True, epilogue=lt.BGRADB, bias=db)
     assert _rel(f64(dw), G.T @ X) < tol and _rel(f64(db), G.sum(0)) < tol
+    from tensorgrad.ops.matmul import mm                          # every 2-D product, tuned too
+    y = mm(d(x), d(np.ascontiguousarray(w.T)))
+    assert len(lt._state["plans"][(N, H, C, False, False, np.dtype(dt), np.dtype(dt), lt.DEFAULT, C, H, H)][4]) == 1
+    assert _rel(f64(y), X @ W.T) < tol
     assert all(len(plan[4]) == 1 for plan in lt._state["plans"].values() if plan), "a used key kept its candidates"
     stream = cp.cuda.Stream(non_blocking=True)
     fresh = lt._plan(N, C, H, False, False, dt, dt, lt.DEFAULT)

@@ -240,6 +240,14 @@ def weight_and_bias_grads(g2, x2, out_dtype=None, db=None):
     return matmul(g2, x2, ta=True, epilogue=BGRADB, bias=db, out_dtype=out_dtype), db   # (out, in), (out,)
 
 
+def plain_fits(a, b):
+    """Can matmul(a, b) take these, with no transpose and no epilogue? 2-D arrays of one kernel
+    element type, C-contiguous on 16-byte boundaries, rows of whole 16 bytes."""
+    if a.ndim != 2 or b.ndim != 2 or a.dtype != b.dtype or a.shape[1] != b.shape[0] or not _aligned(a, b):
+        return False
+    return can(a.shape[0], b.shape[1], a.shape[1], False, False, a.dtype, a.dtype, DEFAULT)
+
+
 def usable(x, w, b, dtype=None):
     """Can linear_bias take them, with w and b cast to dtype first (None: as they are)? 2-D
     x (n, k), w (m, k), b (m,): C-contiguous CuPy arrays, x of w's (or dtype's) kernel element
