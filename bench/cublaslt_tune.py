@@ -51,6 +51,8 @@ def main():
     args = p.parse_args()
     cp = backend.cupy()
     bf16 = backend.bfloat16
+    if not lt.available():
+        sys.exit("cuBLASLt is not available here")
     lt.TUNE = True                                          # ask for every candidate
     rng = cp.random.default_rng(0)
     stream = cp.cuda.get_current_stream()
