@@ -287,6 +287,55 @@ def test_cublas_and_cublaslt_share_one_workspace():
 
 
 @pytest.mark.cuda
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_tuned_products_time_their_candidates_once_and_add_once(monkeypatch, dtype):
+    """TENSORGRAD_CUBLASLT_TUNE (cublaslt.TUNE): a key's first product times cuBLASLt's candidates
+    and keeps one; results equal float64 math, and products that add into their output (accumulate,
+    add) add once, whatever the timing runs did; ops' 2-D products (mm) go through it too; inside a
+    CUDA-graph capture nothing is timed."""
+    monkeypatch.setenv("CUPY_TF32", "0")
+    cp, lt = tg.backend.cupy(), _lt()
+    assert lt.available()
+    monkeypatch.setattr(lt, "TUNE", True)
+    monkeypatch.setitem(lt._state, "plans", {})               # fresh keys, restored afterwards
+    dt, tol = _dtype_and_tol(dtype)
+    N, C, H = 1024, 256, 512
+    x, w, g = (rng.standard_normal(s).astype(dt) for s in ((N, C), (H, C), (N, H)))
+    b = rng.standard_normal(H).astype(np.float32)
+    X, W, G = (a.astype(np.float64) for a in (x, w, g))
+    d = lambda a: cp.asarray(a)  # noqa: E731
+    f64 = lambda a: a.astype(np.float32).get().astype(np.float64)  # noqa: E731
+    assert len(lt._plan(N, H, C, False, True, dt, np.float32, lt.BIAS)[4]) > 1, "one candidate: nothing to time"
+    r = rng.standard_normal((N, H)).astype(np.float32)
+    onto = lt.matmul(d(x), d(w), tb=True, epilogue=lt.BIAS, bias=d(b), out_dtype=np.float32, add=d(r))
+    assert _rel(onto.get(), X @ W.T + b + r) < tol
+    acc = d(rng.standard_normal((H, C)).astype(np.float32))
+    start = acc.get()
+    lt.matmul(d(g), d(x), ta=True, out=acc, out_dtype=np.float32, accumulate=True)
+    assert _rel(acc.get(), start + G.T @ X) < tol, "accumulate added more than once"
+    db = cp.empty((H,), dtype=dt)
+    dw = lt.matmul(d(g), d(x), ta=True, epilogue=lt.BGRADB, bias=db)
+    assert _rel(f64(dw), G.T @ X) < tol and _rel(f64(db), G.sum(0)) < tol
+    from tensorgrad.ops.matmul import mm                          # every 2-D product, tuned too
+    y = mm(d(x), d(np.ascontiguousarray(w.T)))
+    assert len(lt._state["plans"][(N, H, C, False, False, np.dtype(dt), np.dtype(dt), lt.DEFAULT, C, H, H)][4]) == 1
+    assert _rel(f64(y), X @ W.T) < tol
+    assert all(len(plan[4]) == 1 for plan in lt._state["plans"].values() if plan), "a used key kept its candidates"
+    stream = cp.cuda.Stream(non_blocking=True)
+    fresh = lt._plan(N, C, H, False, False, dt, dt, lt.DEFAULT)
+    candidates = list(fresh[4])
+    xs, ws = d(g), d(rng.standard_normal((H, C)).astype(dt))
+    with stream:
+        stream.begin_capture()
+        y = lt.matmul(xs, ws)
+        graph = stream.end_capture()
+        graph.launch(stream)
+        stream.synchronize()
+    assert _rel(f64(y), G @ ws.astype(cp.float32).get().astype(np.float64)) < tol
+    assert fresh[4] == candidates, "a capture timed the candidates"
+
+
+@pytest.mark.cuda
 def test_products_cublaslt_cannot_take_are_refused():
     lt = _lt()
     assert not lt.can(16, 12, 20, False, True, tg.bfloat16, tg.bfloat16, lt.BIAS)     # rows of 12 / 20 bf16

@@ -22,8 +22,15 @@ be a view of whole rows of a wider buffer: its row stride is the layout's
 leading dimension. The descriptors and the algorithm cuBLASLt picks
 depend only on the shapes, leading dimensions, types and epilogue, so they are
 made once per such key and kept; only the pointers change per call.
+
+The algorithm is cuBLASLt's first choice for the key (its heuristic), the same on
+every run. TENSORGRAD_CUBLASLT_TUNE=1 asks for up to eight candidates instead and
+times each on the key's first product (outside a CUDA-graph capture), keeping the
+fastest: like torch.backends.cudnn.benchmark, faster products for a choice that
+may differ from run to run (and with it the last bits of the results).
 """
 import ctypes
+import os
 import warnings
 
 import numpy as np
@@ -37,6 +44,9 @@ _DESC_TRANSA, _DESC_TRANSB, _DESC_EPILOGUE, _DESC_BIAS_POINTER = 3, 4, 7, 8
 _DESC_AUX_POINTER, _DESC_AUX_LD = 11, 12
 _PREF_MAX_WORKSPACE_BYTES = 1
 _HEURISTIC_BYTES = 96            # sizeof(cublasLtMatmulHeuristicResult_t); the algo is its first 64 bytes
+TUNE = os.environ.get("TENSORGRAD_CUBLASLT_TUNE", "0") == "1"   # time the candidates (module docstring)
+_CANDIDATES = 8                  # how many algorithms a tuned key asks the heuristic for
+_TIMED_RUNS = 3                  # runs timed a candidate, after one untimed
 
 # cublasLtEpilogue_t: what the product does as it writes D
 DEFAULT = 1                      # D = op(a) op(b)
@@ -110,13 +120,38 @@ def _plan(M, N, K, ta, tb, in_dtype, out_dtype, epilogue, lds=None):
     ws = ctypes.c_uint64(WORKSPACE_BYTES)
     _check(lib.cublasLtMatmulPreferenceSetAttribute(pref, _PREF_MAX_WORKSPACE_BYTES, ctypes.byref(ws), 8),
            "cublasLtMatmulPreferenceSetAttribute")
-    result, found = (ctypes.c_ubyte * _HEURISTIC_BYTES)(), ctypes.c_int(0)
-    status = lib.cublasLtMatmulAlgoGetHeuristic(_state["handle"], desc, A, B, D, D, pref, 1, result,
+    wanted = _CANDIDATES if TUNE else 1
+    results, found = (ctypes.c_ubyte * (_HEURISTIC_BYTES * wanted))(), ctypes.c_int(0)
+    status = lib.cublasLtMatmulAlgoGetHeuristic(_state["handle"], desc, A, B, D, D, pref, wanted, results,
                                                 ctypes.byref(found))
     lib.cublasLtMatmulPreferenceDestroy(pref)
-    plan = (desc, A, B, D, result) if status == 0 and found.value >= 1 else None
+    algos = [(ctypes.c_ubyte * _HEURISTIC_BYTES).from_buffer(results, i * _HEURISTIC_BYTES)
+             for i in range(found.value if status == 0 else 0)]
+    plan = [desc, A, B, D, algos] if algos else None   # more than one algorithm: not yet timed
     _state["plans"][key] = plan
     return plan
+
+
+def _fastest(algos, run):
+    """The algorithm of `algos` that runs `run(algo)` (one product, on the current stream; its
+    cuBLAS status back) in the least time, by CUDA events around _TIMED_RUNS runs after one
+    untimed; a candidate whose product fails is passed over."""
+    cp = backend.cupy()
+    stream = cp.cuda.get_current_stream()
+    best, best_ms = algos[0], float("inf")
+    for algo in algos:
+        if run(algo) != 0:
+            continue
+        start, end = cp.cuda.Event(), cp.cuda.Event()
+        start.record(stream)
+        for _ in range(_TIMED_RUNS):
+            run(algo)
+        end.record(stream)
+        end.synchronize()
+        ms = cp.cuda.get_elapsed_time(start, end)
+        if ms < best_ms:
+            best, best_ms = algo, ms
+    return best
 
 
 def _aligned(*arrays):
@@ -168,17 +203,27 @@ def matmul(a, b, ta=False, tb=False, epilogue=DEFAULT, bias=None, aux=None, out_
     if plan is None or not _aligned(bias, aux):
         raise ValueError(f"cublaslt.matmul: no algorithm for ({M}, {K}) @ ({K}, {N}), epilogue {epilogue}, "
                          f"or an operand off 16 bytes (check `can` first)")
-    desc, A, B, D, algo = plan
+    desc, A, B, D, algos = plan
     ptr = ctypes.c_void_p
     if bias is not None:
         _set(lib, desc, _DESC_BIAS_POINTER, ptr(bias.data.ptr))
     if aux is not None:
         _set(lib, desc, _DESC_AUX_POINTER, ptr(aux.data.ptr))
-    _check(lib.cublasLtMatmul(s["handle"], desc, ctypes.byref(s["alpha"]), ptr(b.data.ptr), A, ptr(a.data.ptr), B,
-                              ctypes.byref(s["one" if accumulate or add is not None else "beta"]),
-                              ptr((c if add is None else add).data.ptr), D, ptr(c.data.ptr), D, algo,
-                              ptr(s["workspace"].data.ptr), ctypes.c_size_t(WORKSPACE_BYTES),
-                              ptr(cp.cuda.get_current_stream().ptr)), "cublasLtMatmul")
+    beta = s["one" if accumulate or add is not None else "beta"]
+    stream = cp.cuda.get_current_stream()
+
+    def run(algo, source, target):       # D = target = op(a) op(b) (+ source, when beta is one)
+        return lib.cublasLtMatmul(s["handle"], desc, ctypes.byref(s["alpha"]), ptr(b.data.ptr), A, ptr(a.data.ptr),
+                                  B, ctypes.byref(beta), ptr(source.data.ptr), D, ptr(target.data.ptr), D, algo,
+                                  ptr(s["workspace"].data.ptr), ctypes.c_size_t(WORKSPACE_BYTES), ptr(stream.ptr))
+    if len(algos) > 1 and not stream.is_capturing():
+        # timing runs must leave c as one product leaves it: a product that adds into c itself
+        # (accumulate, or add aliasing c) is timed on a scratch array of c's layout instead
+        source, target = (c if add is None else add), c
+        if accumulate or (add is not None and add.data.ptr == c.data.ptr):
+            source = target = cp.zeros((M, N), dtype=out_dtype) if lds[2] == N else None
+        plan[4] = algos = algos[:1] if target is None else [_fastest(algos, lambda algo: run(algo, source, target))]
+    _check(run(algos[0], c if add is None else add, c), "cublasLtMatmul")
     return c
 
 
@@ -193,6 +238,14 @@ def weight_and_bias_grads(g2, x2, out_dtype=None, db=None):
         return matmul(g2, x2, ta=True, out_dtype=out_dtype), db
     db = _state["cp"].empty((g2.shape[1],), dtype=out_dtype)                        # (out,)
     return matmul(g2, x2, ta=True, epilogue=BGRADB, bias=db, out_dtype=out_dtype), db   # (out, in), (out,)
+
+
+def plain_fits(a, b):
+    """Can matmul(a, b) take these, with no transpose and no epilogue? 2-D arrays of one kernel
+    element type, C-contiguous on 16-byte boundaries, rows of whole 16 bytes."""
+    if a.ndim != 2 or b.ndim != 2 or a.dtype != b.dtype or a.shape[1] != b.shape[0] or not _aligned(a, b):
+        return False
+    return can(a.shape[0], b.shape[1], a.shape[1], False, False, a.dtype, a.dtype, DEFAULT)
 
 
 def usable(x, w, b, dtype=None):

@@ -6,7 +6,7 @@ batch axes that broadcast are summed back with sum_to.
 """
 from .. import kernels
 from ..function import Function, ShapeError
-from ..kernels import cublas
+from ..kernels import cublas, cublaslt
 from ..tensor import Tensor
 from .elementwise import cast_inputs
 from .promote import same_float_dtype
@@ -18,10 +18,14 @@ def _mT(x):
 
 
 def mm(a, b):
-    """a @ b on arrays. On the GPU, float32 products go through tensorgrad's own cuBLAS
-    handle (kernels/cublas.py): same cuBLAS, but callable inside a CUDA-graph capture."""
-    if kernels.takes(a, b) and cublas.usable(a, b):
-        return cublas.matmul(a, b)
+    """a @ b on arrays. On the GPU, products go through tensorgrad's own cuBLAS handle
+    (kernels/cublas.py): same cuBLAS, but callable inside a CUDA-graph capture. With
+    TENSORGRAD_CUBLASLT_TUNE=1, 2-D ones go through cuBLASLt instead, to be tuned too."""
+    if kernels.takes(a, b):
+        if cublaslt.TUNE and cublaslt.plain_fits(a, b):
+            return cublaslt.matmul(a, b)
+        if cublas.usable(a, b):
+            return cublas.matmul(a, b)
     return a @ b
 
 
