@@ -53,7 +53,7 @@ def main():
     bf16 = backend.bfloat16
     if not lt.available():
         sys.exit("cuBLASLt is not available here")
-    lt.TUNE = True                                          # ask for every candidate
+    os.environ["TENSORGRAD_CUBLASLT_TUNE"] = "1"           # ask for every candidate
     rng = cp.random.default_rng(0)
     stream = cp.cuda.get_current_stream()
     total_first = total_best = 0.0

@@ -1,6 +1,6 @@
 """Time one GPT-2 small (124M) training step: tensorgrad beside nanoGPT (torch.compile) and llm.c.
 
-    PYTHONPATH=. python bench/gpt2_step.py [--nanogpt DIR] [--llmc DIR] [--dtype bfloat16] [--runs tg,nanogpt,llmc]
+    PYTHONPATH=. python bench/gpt2_step.py [--nanogpt DIR] [--llmc DIR] [--dtype bfloat16] [--runs tensorgrad,tensorgrad-tuned,nanogpt,llmc]
 
 The step of every row: GPT-2 small (12 layers, 12 heads, 768 wide, block 1024, vocab
 50257, biases, dropout 0), bf16 autocast with float32 master weights (--dtype float32:
@@ -9,7 +9,9 @@ implementation runs in its own process, one after another, on the same GPU; the 
 is timed after warm-up as the median of 3 rounds of --steps steps. Peak memory is
 nvidia-smi's for that process, polled from here every 50 ms (the same measure for all).
 MFU is nanoGPT's estimate_mfu: tokens/s x (6 N + 12 L H Q T) / 989e12, N the parameters
-without the position embeddings, the same N for every row.
+without the position embeddings, the same N for every row. The row tensorgrad-tuned is
+the same step with TENSORGRAD_CUBLASLT_TUNE=1 (train_gpt2.py --tune): each product shape
+times cuBLASLt's candidate algorithms on its first use, in the warm-up, and keeps the fastest.
 
 The references are never part of the project and nothing is downloaded: --nanogpt is a
 folder holding nanoGPT's model.py (PyTorch, torch.compile, its own padded vocabulary of
@@ -43,6 +45,8 @@ def flops_per_token():
 # ------------------------------------------------------------- the children
 def child_tensorgrad(args):
     os.environ.setdefault("CUPY_TF32", "1")
+    if args.child == "tensorgrad-tuned":
+        os.environ["TENSORGRAD_CUBLASLT_TUNE"] = "1"       # train_gpt2.py --tune
     sys.path.insert(0, str(ROOT))
     import tensorgrad as tg
     from gpt import GPT, GPTConfig, TrainConfig
@@ -149,7 +153,7 @@ def child_llmc(args):
     return dict(ms=statistics.median(rounds), loss=float(lines[-1][0]), pool_bytes=None)
 
 
-CHILDREN = {"tensorgrad": child_tensorgrad, "nanogpt": child_nanogpt, "llmc": child_llmc}
+CHILDREN = {"tensorgrad": child_tensorgrad, "tensorgrad-tuned": child_tensorgrad, "nanogpt": child_nanogpt, "llmc": child_llmc}
 
 
 # --------------------------------------------------------------- the parent
@@ -204,7 +208,9 @@ def run_child(name, argv):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--runs", default="tensorgrad,nanogpt,llmc", help="comma-separated: tensorgrad, nanogpt, llmc")
+    p.add_argument("--runs", default="tensorgrad,tensorgrad-tuned,nanogpt,llmc",
+                   help="comma-separated: tensorgrad, tensorgrad-tuned (cuBLASLt's candidates timed: train_gpt2.py --tune), "
+                        "nanogpt, llmc")
     p.add_argument("--nanogpt", help="folder with nanoGPT's model.py")
     p.add_argument("--llmc", help="folder of llm.c with train_gpt2cu built")
     p.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"))
@@ -222,7 +228,7 @@ def main():
     runs = [r.strip() for r in args.runs.split(",") if r.strip()]
     for r in runs:
         if r not in CHILDREN:
-            p.error(f"--runs: unknown implementation {r!r} (tensorgrad, nanogpt, llmc)")
+            p.error(f"--runs: unknown implementation {r!r} ({', '.join(CHILDREN)})")
     if args.nanogpt_eager and "nanogpt" in runs:
         print("nanoGPT runs eager (no torch.compile)")
     if "nanogpt" in runs and not (args.nanogpt and (Path(args.nanogpt) / "model.py").exists()):
@@ -238,15 +244,15 @@ def main():
         print(f"--- {name}", flush=True)
         rows[name] = run_child(name, argv)
     print(f"\nGPT-2 small, {args.dtype}, batch {B} x {T}, {time.strftime('%Y-%m-%d')}")
-    print(f"{'implementation':<12} {'ms/step':>9} {'tokens/s':>10} {'MFU':>7} {'peak MiB':>9} {'pools MiB':>10} {'loss':>8}")
+    print(f"{'implementation':<16} {'ms/step':>9} {'tokens/s':>10} {'MFU':>7} {'peak MiB':>9} {'pools MiB':>10} {'loss':>8}")
     for name, r in rows.items():
         if "error" in r:
-            print(f"{name:<12} {r['error']}")
+            print(f"{name:<16} {r['error']}")
             continue
         tps = B * T / (r["ms"] / 1e3)
         mfu = tps * flops_per_token() / PEAK_FLOPS
         pools = f"{r['pool_bytes'] / 2**20:.0f}" if r.get("pool_bytes") else "-"
-        print(f"{name:<12} {r['ms']:>9.1f} {tps:>10.0f} {100 * mfu:>6.1f}% {r['peak_mib']:>9} {pools:>10} {r['loss']:>8.4f}")
+        print(f"{name:<16} {r['ms']:>9.1f} {tps:>10.0f} {100 * mfu:>6.1f}% {r['peak_mib']:>9} {pools:>10} {r['loss']:>8.4f}")
         r.update(tokens_per_s=tps, mfu=mfu)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))

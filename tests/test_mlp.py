@@ -289,14 +289,14 @@ def test_cublas_and_cublaslt_share_one_workspace():
 @pytest.mark.cuda
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_tuned_products_time_their_candidates_once_and_add_once(monkeypatch, dtype):
-    """TENSORGRAD_CUBLASLT_TUNE (cublaslt.TUNE): a key's first product times cuBLASLt's candidates
+    """TENSORGRAD_CUBLASLT_TUNE=1 (cublaslt.tuning()): a key's first product times cuBLASLt's candidates
     and keeps one; results equal float64 math, and products that add into their output (accumulate,
     add) add once, whatever the timing runs did; ops' 2-D products (mm) go through it too; inside a
     CUDA-graph capture nothing is timed."""
     monkeypatch.setenv("CUPY_TF32", "0")
     cp, lt = tg.backend.cupy(), _lt()
     assert lt.available()
-    monkeypatch.setattr(lt, "TUNE", True)
+    monkeypatch.setenv("TENSORGRAD_CUBLASLT_TUNE", "1")
     monkeypatch.setitem(lt._state, "plans", {})               # fresh keys, restored afterwards
     dt, tol = _dtype_and_tol(dtype)
     N, C, H = 1024, 256, 512
@@ -318,7 +318,7 @@ def test_tuned_products_time_their_candidates_once_and_add_once(monkeypatch, dty
     assert _rel(f64(dw), G.T @ X) < tol and _rel(f64(db), G.sum(0)) < tol
     from tensorgrad.ops.matmul import mm                          # every 2-D product, tuned too
     y = mm(d(x), d(np.ascontiguousarray(w.T)))
-    assert len(lt._state["plans"][(N, H, C, False, False, np.dtype(dt), np.dtype(dt), lt.DEFAULT, C, H, H)][4]) == 1
+    assert len(lt._state["plans"][(N, H, C, False, False, np.dtype(dt), np.dtype(dt), lt.DEFAULT, C, H, H, True)][4]) == 1
     assert _rel(f64(y), X @ W.T) < tol
     assert all(len(plan[4]) == 1 for plan in lt._state["plans"].values() if plan), "a used key kept its candidates"
     stream = cp.cuda.Stream(non_blocking=True)

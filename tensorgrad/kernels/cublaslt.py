@@ -44,7 +44,6 @@ _DESC_TRANSA, _DESC_TRANSB, _DESC_EPILOGUE, _DESC_BIAS_POINTER = 3, 4, 7, 8
 _DESC_AUX_POINTER, _DESC_AUX_LD = 11, 12
 _PREF_MAX_WORKSPACE_BYTES = 1
 _HEURISTIC_BYTES = 96            # sizeof(cublasLtMatmulHeuristicResult_t); the algo is its first 64 bytes
-TUNE = os.environ.get("TENSORGRAD_CUBLASLT_TUNE", "0") == "1"   # time the candidates (module docstring)
 _CANDIDATES = 8                  # how many algorithms a tuned key asks the heuristic for
 _TIMED_RUNS = 3                  # runs timed a candidate, after one untimed
 
@@ -99,7 +98,7 @@ def _plan(M, N, K, ta, tb, in_dtype, out_dtype, epilogue, lds=None):
     float32 (alpha, beta); a bias has D's type. lds: the row strides (elements) of a, b and C,
     None for contiguous ones."""
     lda, ldb, ldc = lds or (M if ta else K, K if tb else N, N)
-    key = (M, N, K, ta, tb, np.dtype(in_dtype), np.dtype(out_dtype), epilogue, lda, ldb, ldc)
+    key = (M, N, K, ta, tb, np.dtype(in_dtype), np.dtype(out_dtype), epilogue, lda, ldb, ldc, tuning())
     if key in _state["plans"]:
         return _state["plans"][key]
     lib = _state["lib"]
@@ -120,7 +119,7 @@ def _plan(M, N, K, ta, tb, in_dtype, out_dtype, epilogue, lds=None):
     ws = ctypes.c_uint64(WORKSPACE_BYTES)
     _check(lib.cublasLtMatmulPreferenceSetAttribute(pref, _PREF_MAX_WORKSPACE_BYTES, ctypes.byref(ws), 8),
            "cublasLtMatmulPreferenceSetAttribute")
-    wanted = _CANDIDATES if TUNE else 1
+    wanted = _CANDIDATES if key[-1] else 1
     results, found = (ctypes.c_ubyte * (_HEURISTIC_BYTES * wanted))(), ctypes.c_int(0)
     status = lib.cublasLtMatmulAlgoGetHeuristic(_state["handle"], desc, A, B, D, D, pref, wanted, results,
                                                 ctypes.byref(found))
@@ -130,6 +129,12 @@ def _plan(M, N, K, ta, tb, in_dtype, out_dtype, epilogue, lds=None):
     plan = [desc, A, B, D, algos] if algos else None   # more than one algorithm: not yet timed
     _state["plans"][key] = plan
     return plan
+
+
+def tuning():
+    """Is TENSORGRAD_CUBLASLT_TUNE=1? Read at each product, as CUPY_TF32 is (the switch is part
+    of a plan's key, so turning it on later tunes keys already used untuned)."""
+    return os.environ.get("TENSORGRAD_CUBLASLT_TUNE", "0") == "1"
 
 
 def _fastest(algos, run):

@@ -22,7 +22,7 @@ def mm(a, b):
     (kernels/cublas.py): same cuBLAS, but callable inside a CUDA-graph capture. With
     TENSORGRAD_CUBLASLT_TUNE=1, 2-D ones go through cuBLASLt instead, to be tuned too."""
     if kernels.takes(a, b):
-        if cublaslt.TUNE and cublaslt.plain_fits(a, b):
+        if cublaslt.tuning() and cublaslt.plain_fits(a, b):
             return cublaslt.matmul(a, b)
         if cublas.usable(a, b):
             return cublas.matmul(a, b)
