@@ -73,6 +73,9 @@ def build_parser(device, tokenizer):
     run_group.add_argument("--sample-tokens", type=int, default=500, metavar="N",
                            help="tokens of the sample printed at the end (0: none)")
     run_group.add_argument("--no-tf32", action="store_true", help="cuda: full float32 matmuls instead of TF32")
+    run_group.add_argument("--tune", action="store_true",
+                           help="cuda: time cuBLASLt's candidate algorithms for each product shape on its first use and "
+                                "keep the fastest (faster steps; the choice, and with it the last bits, may differ between runs)")
     run_group.add_argument("--no-cuda-graph", action="store_true",
                            help="cuda: run the training step and evaluation eagerly instead of replaying CUDA graphs")
     run_group.add_argument("--no-progress", action="store_true",
@@ -186,6 +189,8 @@ def main(argv=None):
     check_device(args.device)
     if args.device == "cuda" and not args.no_tf32:
         os.environ.setdefault("CUPY_TF32", "1")  # read at the first matmul: set it before
+    if args.device == "cuda" and args.tune:
+        os.environ["TENSORGRAD_CUBLASLT_TUNE"] = "1"       # read at each product (kernels/cublaslt.py)
 
     # everything a user can get wrong is checked before anything is written
     model_settings, train_settings = settings_of_run(args, model_names, train_names, typed, world.size)

@@ -131,6 +131,26 @@ def test_cross_entropy_bf16(shape):
     assert dxb.dtype == tg.bfloat16 and _rel(_f32(dxb), dxf.get()) < BF16_TOL
 
 
+@pytest.mark.parametrize("n", [0, 1, 3, 5, 4096, 100_003, 50257 * 7])
+@pytest.mark.parametrize("offset", [0, 1])
+def test_cross_entropy_scale_is_the_float32_product_bit_for_bit(n, offset):
+    """kernels.cross_entropy_scale (the classifier's dx and dw times the loss's gradient, read on
+    the device) against (x.astype(float32) * g).astype(x.dtype), bit for bit, in float32 and bf16;
+    offset 1 starts off a whole vector (the scalar path). Bad gradients are refused."""
+    cp = tg.backend.cupy()
+    a = np.random.default_rng(n).standard_normal(n + offset).astype(np.float32) * 3
+    for dtype, uint in ((np.float32, cp.uint32), (tg.bfloat16, cp.uint16)):
+        x = cp.asarray(a).astype(dtype)[offset:]
+        for g in (cp.asarray(np.float32(1.0)), cp.asarray([np.float32(-0.37)])):
+            y = kernels.cross_entropy_scale(x, g)
+            assert y.dtype == x.dtype and y.shape == x.shape
+            _same_bits(y, (x.astype(np.float32) * g.reshape(())).astype(dtype), uint)
+    with pytest.raises(ValueError, match="must be one value"):
+        kernels.cross_entropy_scale(cp.zeros(4, dtype=np.float32), cp.ones(2, dtype=np.float32))
+    with pytest.raises(TypeError, match="must be float32"):
+        kernels.cross_entropy_scale(cp.zeros(4, dtype=np.float32), cp.ones(1, dtype=np.float64))
+
+
 @pytest.mark.parametrize("approximate", ["tanh", "none"])
 @pytest.mark.parametrize("shape", [(1,), (7,), (65, 33), (4, 256, 1536)])
 def test_gelu_bf16(shape, approximate):

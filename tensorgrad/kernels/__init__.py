@@ -205,7 +205,7 @@ from . import attention  # noqa: E402  (the wrappers import the loader above)
 from .attention import attention_backward, attention_dropout_mask, attention_forward, attention_supported  # noqa: E402
 from .cast import cast, cast_colsum  # noqa: E402
 from .colsum import colsum, colsum_fits  # noqa: E402
-from .cross_entropy import cross_entropy_backward, cross_entropy_forward, cross_entropy_fused  # noqa: E402
+from .cross_entropy import cross_entropy_backward, cross_entropy_forward, cross_entropy_fused, cross_entropy_scale  # noqa: E402
 from .dropout import drop_threshold, dropout, rng_slot  # noqa: E402
 from .gelu import gelu_backward, gelu_backward_colsum, gelu_forward  # noqa: E402
 from .layernorm import layernorm_backward, layernorm_forward  # noqa: E402

@@ -19,7 +19,8 @@
 // (autocast.WeightCopies): written here, 2 bytes more an element, instead of a
 // cast pass over p before each use. The update is bandwidth-bound (7 floats moved
 // per element): float4 loads and stores when the arrays allow them.
-#include <cuda_bf16.h>
+// pack_bf16x4 (common.cuh) writes the bf16 copy
+#include "common.cuh"
 
 __device__ __forceinline__ float adamw_one(float& p, float g, float& m, float& v, const float* h) {
     m = m + h[1] * (g - m);
@@ -54,13 +55,7 @@ extern "C" __global__ void adamw_many(const long long* __restrict__ table, const
             *reinterpret_cast<float4*>(p + j) = p4;
             *reinterpret_cast<float4*>(m + j) = m4;
             *reinterpret_cast<float4*>(v + j) = v4;
-            if (c) {
-                __nv_bfloat162 lo = __floats2bfloat162_rn(p4.x, p4.y), hi = __floats2bfloat162_rn(p4.z, p4.w);
-                uint2 u;
-                u.x = *reinterpret_cast<unsigned int*>(&lo);
-                u.y = *reinterpret_cast<unsigned int*>(&hi);
-                *reinterpret_cast<uint2*>(c + j) = u;
-            }
+            if (c) *reinterpret_cast<uint2*>(c + j) = pack_bf16x4(p4);
         }
         i += (end - i) / 4 * 4;                  // the last (end - i) % 4 elements, one a thread below
     }

@@ -7,14 +7,8 @@
 
 #ifdef TG_BF16
 __device__ __forceinline__ void convert8(const float* in, floatX* out) {
-    const float4 a = ld4(in), b = ld4(in + 4);
-    uint4 u;
-    __nv_bfloat162 h;
-    h = __floats2bfloat162_rn(a.x, a.y); u.x = *reinterpret_cast<unsigned int*>(&h);
-    h = __floats2bfloat162_rn(a.z, a.w); u.y = *reinterpret_cast<unsigned int*>(&h);
-    h = __floats2bfloat162_rn(b.x, b.y); u.z = *reinterpret_cast<unsigned int*>(&h);
-    h = __floats2bfloat162_rn(b.z, b.w); u.w = *reinterpret_cast<unsigned int*>(&h);
-    *reinterpret_cast<uint4*>(out) = u;
+    const uint2 a = pack_bf16x4(ld4(in)), b = pack_bf16x4(ld4(in + 4));
+    *reinterpret_cast<uint4*>(out) = make_uint4(a.x, a.y, b.x, b.y);     // 8 bf16 in one 16-byte store
 }
 __device__ __forceinline__ void convert8(const floatX* in, float* out) {
     const uint4 u = *reinterpret_cast<const uint4*>(in);
@@ -52,12 +46,10 @@ extern "C" __global__ void __launch_bounds__(256) cast_to_bf16_colsum(const floa
     const int r_begin = blockIdx.y * rows_per_slice, r_end = min(R, r_begin + rows_per_slice);
     float s[4] = {0.f, 0.f, 0.f, 0.f};
     auto row = [&](float4 v, long long i) {       // one row's four columns: stored, then summed as stored
-        const __nv_bfloat162 lo = __floats2bfloat162_rn(v.x, v.y), hi = __floats2bfloat162_rn(v.z, v.w);
-        uint2 u;
-        u.x = *reinterpret_cast<const unsigned int*>(&lo);
-        u.y = *reinterpret_cast<const unsigned int*>(&hi);
+        const uint2 u = pack_bf16x4(v);
         *reinterpret_cast<uint2*>(out + i) = u;
-        s[0] += __low2float(lo); s[1] += __high2float(lo); s[2] += __low2float(hi); s[3] += __high2float(hi);
+        const float4 r = unpack_bf16x4(u);
+        s[0] += r.x; s[1] += r.y; s[2] += r.z; s[3] += r.w;
     };
     if (c0 < N) {
         constexpr int UNROLL = 4;

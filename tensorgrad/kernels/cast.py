@@ -3,7 +3,7 @@ import numpy as np
 
 from .. import backend
 from . import _F32, elementwise_grid, launch
-from .colsum import colsum_fits, final_float, slicing
+from .colsum import colsum_fits, summed
 
 
 def cast(a, dtype, out=None):
@@ -36,8 +36,4 @@ def cast_colsum(g):
                          f"rows, got {g.dtype} {g.shape}")
     R, N = g.shape
     out = cp.empty((R, N), dtype=bf16)
-    col_blocks, slices, rows_per_slice = slicing(R, N, 4)
-    part = cp.empty((slices, N), dtype=cp.float32)
-    launch("cast", "cast_to_bf16_colsum", (col_blocks, slices), (32, 8),
-           (g, out, part, np.int32(R), np.int32(N), np.int32(rows_per_slice)), dtype=bf16)
-    return out, final_float(part, bf16)
+    return out, summed("cast", "cast_to_bf16_colsum", (g, out), R, N, 4, bf16)

@@ -15,14 +15,7 @@ def colsum(a):
     if R == 0 or N == 0:
         return cp.zeros((N,), dtype=a.dtype)
     width = 4 if N % 4 == 0 and a.data.ptr % (4 * a.itemsize) == 0 else 1
-    col_blocks, slices, rows_per_slice = slicing(R, N, width)
-    part = cp.empty((slices, N), dtype=cp.float32)
-    launch("colsum", f"colsum_partial{width}", (col_blocks, slices), (32, 8),
-           (a, part, np.int32(R), np.int32(N), np.int32(rows_per_slice)), dtype=a.dtype)
-    out = cp.empty((N,), dtype=a.dtype)
-    launch("colsum", "colsum_final", (-(-N // 256),), (256,), (part, out, np.int32(slices), np.int32(N)),
-           dtype=a.dtype)
-    return out
+    return summed("colsum", f"colsum_partial{width}", (a,), R, N, width, a.dtype, out_dtype=a.dtype)
 
 
 def slicing(R, N, width):
@@ -34,14 +27,21 @@ def slicing(R, N, width):
     return col_blocks, -(-R // rows_per_slice), rows_per_slice
 
 
-def final_float(part, dtype):
-    """The (N,) float32 sums over the slices of part (slices, N) float32 (colsum_final_float,
-    from the colsum module built for `dtype`)."""
+def summed(stem, name, arrays, R, N, width, dtype, out_dtype=np.float32):
+    """Launch kernel `name` of `stem` (built for `dtype`) over an (R, N) matrix in colsum.cu's
+    layout: block (32, 8) a column block of 32 x width columns and one slice of the rows, each
+    slice's column sums left in part (slices, N) float32. Its arguments: `arrays`, then part,
+    R, N and the rows a slice. Then sum the slices (colsum_final): the (N,) column sums, of
+    out_dtype (float32, or dtype itself). The one launch of colsum, gelu_backward_colsum and
+    cast_colsum."""
     cp = backend.cupy()
-    slices, N = part.shape
-    out = cp.empty((N,), dtype=cp.float32)
-    launch("colsum", "colsum_final_float", (-(-N // 256),), (256,), (part, out, np.int32(slices), np.int32(N)),
+    col_blocks, slices, rows_per_slice = slicing(R, N, width)
+    part = cp.empty((slices, N), dtype=cp.float32)
+    launch(stem, name, (col_blocks, slices), (32, 8), (*arrays, part, np.int32(R), np.int32(N), np.int32(rows_per_slice)),
            dtype=dtype)
+    out = cp.empty((N,), dtype=out_dtype)
+    final = "colsum_final_float" if out.dtype == np.float32 else "colsum_final"
+    launch("colsum", final, (-(-N // 256),), (256,), (part, out, np.int32(slices), np.int32(N)), dtype=dtype)
     return out
 
 

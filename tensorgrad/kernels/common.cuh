@@ -16,12 +16,25 @@
 // #include (NVRTC gets one string).
 #pragma once
 
-#ifdef TG_BF16
 #include <cuda_bf16.h>
+#ifdef TG_BF16
 typedef __nv_bfloat16 floatX;
 #else
 typedef float floatX;
 #endif
+
+// Four floats as four bf16 (round to nearest even, as CuPy's astype) in 8 bytes, and back:
+// the one packing of st4/ld4 below, the casts (cast.cu) and the optimizer's bf16 weight
+// copy (adamw.cu, a float32 build: these two do not depend on TG_BF16).
+__device__ __forceinline__ uint2 pack_bf16x4(float4 v) {
+    const __nv_bfloat162 a = __floats2bfloat162_rn(v.x, v.y), b = __floats2bfloat162_rn(v.z, v.w);
+    return make_uint2(*reinterpret_cast<const unsigned int*>(&a), *reinterpret_cast<const unsigned int*>(&b));
+}
+__device__ __forceinline__ float4 unpack_bf16x4(uint2 u) {
+    const float2 a = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&u.x));
+    const float2 b = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&u.y));
+    return make_float4(a.x, a.y, b.x, b.y);
+}
 
 __device__ __forceinline__ float to_f(float v) { return v; }
 __device__ __forceinline__ void st(float* p, float v) { *p = v; }
@@ -30,19 +43,10 @@ __device__ __forceinline__ void st4(float* p, float4 v) { *reinterpret_cast<floa
 #ifdef TG_BF16
 __device__ __forceinline__ float to_f(__nv_bfloat16 v) { return __bfloat162float(v); }
 __device__ __forceinline__ void st(__nv_bfloat16* p, float v) { *p = __float2bfloat16_rn(v); }
-__device__ __forceinline__ float4 ld4(const __nv_bfloat16* p) {
-    const uint2 u = *reinterpret_cast<const uint2*>(p);           // 4 bf16 in one 8-byte load
-    const float2 a = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&u.x));
-    const float2 b = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&u.y));
-    return make_float4(a.x, a.y, b.x, b.y);
+__device__ __forceinline__ float4 ld4(const __nv_bfloat16* p) {    // 4 bf16 in one 8-byte load
+    return unpack_bf16x4(*reinterpret_cast<const uint2*>(p));
 }
-__device__ __forceinline__ void st4(__nv_bfloat16* p, float4 v) {
-    __nv_bfloat162 a = __floats2bfloat162_rn(v.x, v.y), b = __floats2bfloat162_rn(v.z, v.w);
-    uint2 u;
-    u.x = *reinterpret_cast<unsigned int*>(&a);
-    u.y = *reinterpret_cast<unsigned int*>(&b);
-    *reinterpret_cast<uint2*>(p) = u;
-}
+__device__ __forceinline__ void st4(__nv_bfloat16* p, float4 v) { *reinterpret_cast<uint2*>(p) = pack_bf16x4(v); }
 #endif
 
 #define FULL_MASK 0xffffffffu

@@ -139,3 +139,20 @@ extern "C" __global__ void __launch_bounds__(512) cross_entropy_fused_block(cons
                                                      int N, int V) {
     ce_fused_row<true>(x, t, keep, row_scale, losses, lse, dx, N, V);
 }
+
+// Scale: y = x * g[0], g a float on the device: the loss's gradient, which the fused launch
+// above cannot know (it runs in the forward, for a gradient of 1), applied to the classifier's
+// dx and dw in the backward (ops/cuda.py) in one pass each, with no read of g on the host.
+// Float32 math, one rounding on store. Grid-stride; four elements a step when both arrays
+// start on a whole vector (vec), else one.
+extern "C" __global__ void __launch_bounds__(256) cross_entropy_scale(const floatX* __restrict__ x, floatX* __restrict__ y,
+                                                                      const float* __restrict__ g, long long n, int vec) {
+    const float s = *g;
+    const long long stride = (long long)gridDim.x * blockDim.x, first = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    const long long n4 = vec ? n / 4 : 0;
+    for (long long k = first; k < n4; k += stride) {
+        const float4 v = ld4(x + 4 * k);
+        st4(y + 4 * k, make_float4(v.x * s, v.y * s, v.z * s, v.w * s));
+    }
+    for (long long j = 4 * n4 + first; j < n; j += stride) st(y + j, to_f(x[j]) * s);
+}

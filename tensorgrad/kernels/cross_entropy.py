@@ -2,7 +2,7 @@
 import numpy as np
 
 from .. import backend
-from . import _arr, _element, _rows
+from . import _arr, _element, _rows, elementwise_grid, launch
 from .rows import launch_rows
 
 
@@ -68,3 +68,21 @@ def cross_entropy_fused(x, t, keep, row_scale, out=None):
     launch_rows("cross_entropy", "cross_entropy_fused", N, V,
                 (x, t, keep, row_scale, losses, lse, dx, np.int32(N), np.int32(V)), x.dtype)
     return losses, lse, dx
+
+
+def cross_entropy_scale(x, g):
+    """x * g as a new contiguous array of x's dtype (float32 or bf16), g the loss's gradient: one
+    float32 value on the device (0-d or (1,)), read there, so the launch can sit in a CUDA graph.
+    Float32 math rounded once: equal to (x.astype(float32) * g).astype(x.dtype)."""
+    cp = backend.cupy()
+    x = _arr(x, "cross_entropy_scale input", _element(x, "cross_entropy_scale input"))
+    g = _arr(g, "cross_entropy_scale gradient")
+    if g.size != 1:
+        raise ValueError(f"cross_entropy_scale: the gradient must be one value, got shape {g.shape}")
+    y = cp.empty_like(x)
+    n = x.size
+    if n:
+        vec = np.int32(x.data.ptr % (4 * x.itemsize) == 0 and y.data.ptr % (4 * y.itemsize) == 0)
+        launch("cross_entropy", "cross_entropy_scale", (elementwise_grid(-(-n // 4)),), (256,),
+               (x, y, g, np.int64(n), vec), dtype=x.dtype)
+    return y

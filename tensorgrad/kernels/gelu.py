@@ -3,7 +3,7 @@ import numpy as np
 
 from .. import backend
 from . import _arr, _element, elementwise_grid, launch
-from .colsum import colsum_fits, final_float, slicing
+from .colsum import colsum_fits, summed
 
 
 def _elementwise_launch(name, arrays):
@@ -62,8 +62,4 @@ def gelu_backward_colsum(g, x, approximate="tanh"):
         gelu = gelu_backward(g, x, approximate)
         return gelu, gelu.astype(cp.float32).sum(axis=0)
     dx = cp.empty_like(x)
-    col_blocks, slices, rows_per_slice = slicing(R, N, 4)
-    part = cp.empty((slices, N), dtype=cp.float32)
-    launch("gelu", f"gelu_backward_colsum_{form}", (col_blocks, slices), (32, 8),
-           (g, x, dx, part, np.int32(R), np.int32(N), np.int32(rows_per_slice)), dtype=x.dtype)
-    return dx, final_float(part, x.dtype)
+    return dx, summed("gelu", f"gelu_backward_colsum_{form}", (g, x, dx), R, N, 4, x.dtype)

@@ -399,9 +399,9 @@ class LinearCrossEntropyCUDA(LinearCrossEntropy):
 
     def backward(self, g):
         cp = backend.cupy()
-        g = g.astype(cp.float32, copy=False)
-        dx = None if self.dx is None else (self.dx.astype(cp.float32) * g).astype(self.dx.dtype).reshape(self.x.shape)
-        dw = None if self.dwp is None else (self.dwp[:self.w.shape[0]] * g).astype(self.master, copy=False)   # (V, C)
+        g = g.astype(cp.float32, copy=False)                                      # the loss's gradient, on the device
+        dx = None if self.dx is None else kernels.cross_entropy_scale(self.dx, g).reshape(self.x.shape)
+        dw = None if self.dwp is None else kernels.cross_entropy_scale(self.dwp[:self.w.shape[0]], g)   # (V, C)
         return dx, dw, None
 
 
