@@ -1,7 +1,7 @@
 """Every cuBLASLt candidate of every product a GPT-2 small bf16 step makes, timed alone:
 what TENSORGRAD_CUBLASLT_TUNE=1 can gain over the heuristic's first choice, product by product.
 
-    PYTHONPATH=. python bench/cublaslt_tune.py [--runs 20]
+    PYTHONPATH=. python bench/cublaslt_tune.py [--runs 20] [--candidates 8]
 
 For each product (the step's shapes: 16384 rows, width 768, the 4096-row classifier chunks of a
 50304-wide padded head) it asks the heuristic for its candidates, times each on random bf16
@@ -48,12 +48,15 @@ def products():
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--runs", type=int, default=20)
+    p.add_argument("--candidates", type=int, default=lt._CANDIDATES,
+                   help="how many the heuristic is asked for (the tuned path asks for %(default)s)")
     args = p.parse_args()
     cp = backend.cupy()
     bf16 = backend.bfloat16
     if not lt.available():
         sys.exit("cuBLASLt is not available here")
     os.environ["TENSORGRAD_CUBLASLT_TUNE"] = "1"           # ask for every candidate
+    lt._CANDIDATES = args.candidates
     rng = cp.random.default_rng(0)
     stream = cp.cuda.get_current_stream()
     total_first = total_best = 0.0
