@@ -39,7 +39,7 @@ class GPTConfig:
     norm_eps: float = 1e-5      # epsilon of the layer norms (GPT-2's layer_norm_epsilon)
     scale_attn_weights: bool = True   # attention scores scaled by 1/sqrt(head size) (GPT-2 config's name)
     scale_attn_by_inverse_layer_idx: bool = False  # and by 1/(layer index + 1) (GPT-2 config's name)
-    recompute: bool = False     # the MLP's GELU output computed again in backward, not kept (llm.c's -r 1): less memory
+    recompute: bool = False     # GELU's and the blocks' layer norms' outputs computed again in backward, not kept (llm.c's -r 2): less memory
 
     def __post_init__(self):
         if self.n_embd % self.n_head:
@@ -85,10 +85,11 @@ class GPTConfig:
                 self.dropout if self.resid_dropout is None else self.resid_dropout)
 
 
-def _norm(config):
+def _norm(config, recompute=False):
+    """recompute: the layer norm's output is made again in backward by the products reading it (a block's)."""
     if config.norm == "rmsnorm":
         return nn.RMSNorm(config.n_embd, eps=config.norm_eps)
-    return nn.LayerNorm(config.n_embd, eps=config.norm_eps, bias=config.bias)
+    return nn.LayerNorm(config.n_embd, eps=config.norm_eps, bias=config.bias, recompute=recompute)
 
 
 class MLP(nn.Module):
@@ -126,10 +127,10 @@ class Block(nn.Module):
         C, attn_p, resid_p = config.n_embd, *config.dropouts()
         rope = (nn.RotaryEmbedding(C // config.n_head, config.block_size, theta=config.rope_theta)
                 if config.pos == "rope" else None)
-        self.ln_1 = _norm(config)
+        self.ln_1 = _norm(config, recompute=config.recompute)
         self.attn = nn.MultiHeadSelfAttention(C, config.n_head, causal=True, rope=rope, bias=config.bias,
                                               dropout=attn_p, resid_dropout=resid_p, scale=config.attn_scale(layer))
-        self.ln_2 = _norm(config)
+        self.ln_2 = _norm(config, recompute=config.recompute)
         self.mlp = SwiGLUMLP(config) if config.mlp == "swiglu" else MLP(config)
 
     def forward(self, x, positions=None, kv_cache=None):

@@ -15,17 +15,18 @@ def _filled(value, n, device, dtype):
 class LayerNorm(Module):
     """(x - mean) / sqrt(var + eps) * weight + bias over the last axis (dim features)."""
 
-    def __init__(self, dim, eps=1e-5, bias=True, device=None, dtype=None):
+    def __init__(self, dim, eps=1e-5, bias=True, device=None, dtype=None, recompute=False):
         super().__init__()
-        self.dim, self.eps = dim, eps
+        self.dim, self.eps, self.recompute = dim, eps, recompute
         self.weight = Parameter(_filled(1.0, dim, device, dtype))
         self.bias = Parameter(_filled(0.0, dim, device, dtype)) if bias else None
 
     def forward(self, x):
-        return F.layer_norm(x, self.weight, self.bias, eps=self.eps)
+        # recompute: the Linear or MLP that reads the output makes it again in backward instead of keeping it
+        return F.layer_norm(x, self.weight, self.bias, eps=self.eps, recompute=self.recompute)
 
     def extra_repr(self):
-        return f"({self.dim},), eps={self.eps}, bias={self.bias is not None}"
+        return f"({self.dim},), eps={self.eps}, bias={self.bias is not None}" + (", recompute=True" if self.recompute else "")
 
 
 class RMSNorm(Module):

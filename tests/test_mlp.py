@@ -490,6 +490,68 @@ def _full(a, bias):
     return a if bias else (a[0], a[1], None, a[2], None)
 
 
+def _ln_then(consumer, recompute, residual=False):
+    """fn(x, lw, lb, w1, b1[, w2, b2][, r]): layer_norm(x) (recompute or not) into the op that reads it,
+    F.linear (x, w1, b1) or F.mlp, onto a residual r when asked."""
+    def fn(x, lw, lb, w1, b1, *rest):
+        r = rest[-1] if residual else None
+        h = F.layer_norm(x, lw, lb, recompute=recompute)
+        if consumer == "linear":
+            return F.linear(h, w1, b1, residual=r)
+        return F.mlp(h, w1, b1, rest[0], rest[1], approximate="tanh", residual=r)
+    return fn
+
+
+def _assert_readers_recompute(y, ln_name):
+    """The nodes of y's graph that read a layer norm's output: each keeps the layer-norm node
+    (source), not the output. Returns them."""
+    seen, stack, readers = set(), [y._ctx], []
+    while stack:
+        node = stack.pop()
+        if node is None or id(node) in seen or not hasattr(node, "inputs"):
+            continue
+        seen.add(id(node))
+        lns = [n for n in node.inputs if type(n).__name__.startswith("LayerNorm")]
+        if lns:
+            assert type(lns[0]).__name__.startswith(ln_name) and node.source is lns[0] and node._x2 is None, \
+                f"{type(node).__name__} kept the layer norm's output"
+            readers.append(node)
+        stack.extend(node.inputs)
+    assert readers, "no node reads the layer norm"
+    return readers
+
+
+def _ln_inputs(consumer, residual, device, dtype, N, C, H):
+    """x (N, C), the layer norm's weight and bias, the op's weights, and r of the output's shape."""
+    x, w1, b1, w2, b2 = _inputs(N, C, H, dtype, device)
+    ln = [tg.tensor((1 + 0.1 * rng.standard_normal(C)).astype(dtype), requires_grad=True, device=device),
+          tg.tensor((0.1 * rng.standard_normal(C)).astype(dtype), requires_grad=True, device=device)]
+    ts = [x, *ln, w1, b1] + ([] if consumer == "linear" else [w2, b2])
+    if residual:
+        ts.append(tg.tensor(rng.standard_normal((N, H if consumer == "linear" else C)).astype(dtype),
+                            requires_grad=True, device=device))
+    return ts
+
+
+@pytest.mark.parametrize("consumer", ["linear", "mlp"])
+@pytest.mark.parametrize("with_residual", [False, True])
+def test_layer_norm_recompute_gives_the_same_bits_and_drops_its_output(consumer, with_residual):
+    """F.layer_norm(recompute=True) (GPTConfig.recompute): the linear layer or MLP reading the
+    output keeps the layer-norm node instead of the output, and backward makes the output again
+    (LayerNorm.output_again): the same loss and gradients bit for bit; float64 gradient checks,
+    first and second order, through the recomputed input."""
+    ts = _ln_inputs(consumer, with_residual, "cpu", np.float64, 6, 8, 12)
+    g = tg.tensor(rng.standard_normal((6, 12 if consumer == "linear" else 8)))
+    kept = _grads(_ln_then(consumer, False, with_residual), ts, g)
+    _assert_readers_recompute(_ln_then(consumer, True, with_residual)(*ts), "LayerNorm")
+    again = _grads(_ln_then(consumer, True, with_residual), ts, g)
+    for u, v in zip(kept, again):
+        np.testing.assert_array_equal(u, v)
+    small = _ln_inputs(consumer, with_residual, "cpu", np.float64, 3, 4, 5)
+    assert tg.gradcheck(_ln_then(consumer, True, with_residual), small)
+    assert tg.gradgradcheck(_ln_then(consumer, True, with_residual), small)
+
+
 def test_recompute_is_a_gpt_flag():
     from gpt import GPT, GPTConfig
     x = tg.tensor(rng.integers(0, 40, (2, 8)))
@@ -503,6 +565,31 @@ def test_recompute_is_a_gpt_flag():
     assert losses[0][0] == losses[1][0]
     for a, b in zip(losses[0][1], losses[1][1]):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("consumer", ["linear", "mlp"])
+@pytest.mark.parametrize("autocast", [False, True])
+def test_layer_norm_recompute_on_the_gpu_twins(monkeypatch, consumer, autocast):
+    """The same on the GPU twins (LayerNormCUDA's kernel run again; LinearCUDA, MLPCUDA and their
+    residual forms reading it), float32 and under bf16 autocast: equal bits, the output not kept."""
+    monkeypatch.setenv("CUPY_TF32", "0")
+    for with_residual in (False, True):
+        ts = _ln_inputs(consumer, with_residual, "cuda", np.float32, 300, 128, 512)
+        g = tg.tensor(rng.standard_normal((300, 512 if consumer == "linear" else 128)).astype(np.float32), device="cuda")
+        runs = []
+        for recompute in (False, True):
+            for t in ts:
+                t.grad = None
+            with tg.autocast("cuda", enabled=autocast):
+                y = _ln_then(consumer, recompute, with_residual)(*ts)
+            if recompute:
+                readers = _assert_readers_recompute(y, "LayerNormCUDA")      # (the name's start)
+                assert all(type(n).__name__.endswith("CUDA") for n in readers), readers
+            y.backward(g)
+            runs.append([y.numpy()] + [tg.backend.to_device(t.grad, "cpu") for t in ts])
+        for u, v in zip(*runs):
+            np.testing.assert_array_equal(u, v)
 
 
 @pytest.mark.cuda

@@ -53,14 +53,21 @@ class LayerNorm(Function):
     out_dtype (autocast): y is written in that dtype, the math stays in x's.
     backward(g, acc): dx + acc, acc being x's gradient from its other uses (Function.adds_into)."""
     adds_into = 0
+    recompute = False     # layer_norm(recompute=True): the op reading y drops it and asks output_again
 
     def forward(self, x, w, b, eps=1e-5, out_dtype=None):
         C = x.shape[-1]
         if w is not None and w.shape != (C,) or b is not None and b.shape != (C,):
             raise ShapeError(f"layer_norm: weight/bias must have shape ({C},) for input {x.shape}, "
                              f"got {getattr(w, 'shape', None)} and {getattr(b, 'shape', None)}")
-        self.w, self.has_b, self.eps = w, b is not None, eps
-        return self.normalize(x, w, b, eps).astype(out_dtype or x.dtype, copy=False)
+        self.w, self.b, self.has_b, self.eps, self.out_dtype = w, b, b is not None, eps, out_dtype or x.dtype
+        return self.normalize(x, w, b, eps).astype(self.out_dtype, copy=False)
+
+    def output_again(self):
+        """y, bit for bit as forward returned it, made from what backward keeps anyway (xh; w, b):
+        under recompute the op that reads y keeps this node instead of y (Narrowing.input_from)."""
+        y = self.xh if self.w is None else self.xh * self.w
+        return (y if self.b is None else y + self.b).astype(self.out_dtype, copy=False)
 
     def normalize(self, x, w, b, eps):
         xp = get_array_module(x)
@@ -283,13 +290,20 @@ def log_softmax(x, axis=-1, dim=None):
     return LogSoftmax.apply(x, axis=axis if dim is None else dim)
 
 
-def layer_norm(x, weight=None, bias=None, eps=1e-5):
+def layer_norm(x, weight=None, bias=None, eps=1e-5, recompute=False):
+    """recompute: a linear layer or MLP reading the output (F.linear, F.mlp) does not keep it for
+    its backward but has this node make it again there (LayerNorm.output_again): less memory
+    (GPTConfig.recompute), the same bits."""
     if weight is not None and weight.data.dtype != x.data.dtype or bias is not None and bias.data.dtype != x.data.dtype:
         same_float_dtype("layer_norm", input=x, weight=weight, bias=bias)   # raises: no silent cast
     narrow = narrowed_dtype(x)
     if narrow is not None:   # autocast: float32 statistics, the output in bf16 for the product that follows
-        return LayerNorm.apply(x, weight, bias, eps=eps, out_dtype=narrow)
-    return LayerNorm.apply(x, weight, bias, eps=eps)
+        y = LayerNorm.apply(x, weight, bias, eps=eps, out_dtype=narrow)
+    else:
+        y = LayerNorm.apply(x, weight, bias, eps=eps)
+    if recompute and y._ctx is not None:
+        y._ctx.recompute = True
+    return y
 
 
 def rms_norm(x, weight=None, eps=1e-5):

@@ -39,6 +39,22 @@ class Narrowing:
 
     cast = staticmethod(lambda w, dtype: w.astype(dtype))    # the GPU twins: kernels.cast
 
+    # The op's input as (N, in), for backward: kept (x2 = ... in forward), or, after input_from,
+    # made again by the layer norm that gave it (F.layer_norm(recompute=True)).
+    source = None
+
+    @property
+    def x2(self):
+        return self._x2 if self.source is None else self.source.output_again().reshape(self._x2_shape)
+
+    @x2.setter
+    def x2(self, value):
+        self._x2 = value
+
+    def input_from(self, node):
+        """Drop the kept input: backward asks `node` (the layer norm whose output it is) for it again."""
+        self.source, self._x2_shape, self._x2 = node, self._x2.shape, None
+
     def widen(self, *grads):
         return tuple(g if g is None else g.astype(self.master, copy=False) for g in grads)
 
@@ -103,9 +119,17 @@ def linear(x, weight, bias=None, residual=None):
     output's shape to add the result onto, in one node (LinearResidual)."""
     x, dtype = _narrowed("linear", x, weight=weight, bias=bias)      # bf16 inside tg.autocast (autocast.py)
     if residual is None:
-        return LinearFn.apply(x, weight, bias, dtype=dtype)
+        return _recomputed_input(LinearFn.apply(x, weight, bias, dtype=dtype), x)
     _check_residual("linear", residual, (*x.shape[:-1], weight.shape[0]))
-    return LinearResidual.apply(x, weight, bias, residual, dtype=dtype)
+    return _recomputed_input(LinearResidual.apply(x, weight, bias, residual, dtype=dtype), x)
+
+
+def _recomputed_input(y, x):
+    """y, whose node drops its copy of x when x is the output of a layer norm that allows it
+    (F.layer_norm(recompute=True)): backward has the layer norm make x again (Narrowing.input_from)."""
+    if y._ctx is not None and getattr(x._ctx, "recompute", False):
+        y._ctx.input_from(x._ctx)
+    return y
 
 
 class OntoResidual:
@@ -244,5 +268,5 @@ def mlp(x, w1, b1, w2, b2, approximate="none", recompute=False, residual=None):
         kwargs = {"approximate": approximate, "dtype": dtype, "recompute": recompute}
         op, inputs = (MLP, (x, w1, b1, w2, b2)) if residual is None else (MLPResidual, (x, w1, b1, w2, b2, residual))
         if recompute or op._pick(x.device, [t.data for t in inputs], kwargs) is not op:
-            return op.apply(*inputs, **kwargs)
+            return _recomputed_input(op.apply(*inputs, **kwargs), x)
     return linear(gelu(linear(x, w1, b1), approximate), w2, b2, residual=residual)   # x already cast
