@@ -219,7 +219,9 @@ class GPT(nn.Module):
             return self.lm_head(x[:, -1:, :]), None                          # (B, 1, V): only what sampling needs
         targets = targets if isinstance(targets, tg.Tensor) else tg.tensor(np.asarray(targets), device=self.device)
         if not return_logits:       # the head and the loss as one op: on the GPU no (B, T, Vp) logits are held
-            return None, F.linear_cross_entropy(x, self.lm_head.weight, targets, self._head_width(), ignore_index=-1)
+            rows = 2048 if self.config.recompute else None          # recompute: half the default chunk of logits
+            return None, F.linear_cross_entropy(x, self.lm_head.weight, targets, self._head_width(), ignore_index=-1,
+                                                rows=rows)
         logits = self._padded_head(x)                                        # (B, T, Vp)
         loss = F.cross_entropy(logits, targets, ignore_index=-1)
         return logits[..., :self.config.vocab_size], loss                    # (B, T, V): a view

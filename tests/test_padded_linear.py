@@ -138,6 +138,26 @@ def test_the_twin_passes_odd_shapes_to_the_reference():
 
 
 @pytest.mark.cuda
+def test_the_classifier_chunk_is_a_call_argument(monkeypatch):
+    """F.linear_cross_entropy(rows=...) sets the GPU twin's chunk of logits for that call (GPT
+    with recompute: 2048): the same loss and gradients as the default chunk, to float32 rounding."""
+    monkeypatch.setenv("CUPY_TF32", "0")
+    N, V, C, width = 1000, 1001, 64, 1024
+    x, w = (rng.standard_normal(s).astype(np.float32) for s in ((N, C), (V, C)))
+    t = tg.tensor(rng.integers(0, V, N), device="cuda")
+    runs = []
+    for rows in (None, 256):
+        xt, wt = (tg.tensor(a, requires_grad=True, device="cuda") for a in (x, w))
+        loss = F.linear_cross_entropy(xt, wt, t, width, rows=rows)
+        assert type(loss._ctx).__name__ == "LinearCrossEntropyCUDA"
+        loss.backward()
+        runs.append((loss.item(), xt.grad, wt.grad))
+    assert abs(runs[0][0] - runs[1][0]) < 1e-6 * abs(runs[0][0])
+    assert _rel(runs[0][1], runs[1][1]) < 1e-6                  # dx: products of other row counts
+    assert _rel(runs[0][2], runs[1][2]) < 1e-5                  # dw: the chunks' products summed in another order
+
+
+@pytest.mark.cuda
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_cublaslt_reads_and_writes_views_of_wider_rows(dtype):
     """matmul on a (M, K) view of a (M, K + pad) buffer, and into `out`, a view of wider rows."""

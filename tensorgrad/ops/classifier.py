@@ -22,10 +22,11 @@ class LinearCrossEntropy(Narrowing, Function):
     cross_entropy(padded_linear(x, w, width), target, ignore_index); dx = d w, dw = d^T x with
     d = dlogits[:, :out] (N, out). width None: w's rows (no padding). dtype (autocast): the
     products run in dtype, dw comes back in w's dtype (Narrowing). Both this and the twin keep
-    x, t, keep and n for the differentiable backward (ops/double.py)."""
+    x, t, keep and n for the differentiable backward (ops/double.py). rows: how many rows of
+    logits the GPU twin makes at a time; this reference makes them all at once."""
     eps, reduction = 0.0, "mean"                                         # the loss it is (no smoothing)
 
-    def forward(self, x, w, target, width=None, ignore_index=-100, dtype=None):
+    def forward(self, x, w, target, width=None, ignore_index=-100, dtype=None, rows=None):
         w, = self.narrow(dtype, w)
         C, self.width = w.shape[1], width or w.shape[0]
         self.x, self.w = x, w
@@ -45,13 +46,14 @@ class LinearCrossEntropy(Narrowing, Function):
         return dx, *self.widen(dw), None
 
 
-def linear_cross_entropy(x, weight, target, width=None, ignore_index=-100):
+def linear_cross_entropy(x, weight, target, width=None, ignore_index=-100, rows=None):
     """cross_entropy(padded_linear(x, weight, width), target) (linear when width is None), the
     mean over the rows whose target is not ignore_index. Where the GPU twin takes the call, one
-    node that never holds the logits; elsewhere the two ops it stands for, each with its twins."""
+    node that never holds the logits; elsewhere the two ops it stands for, each with its twins.
+    rows: the GPU twin's logits chunk (None: its default); fewer rows, less memory."""
     x, dtype = _narrowed("linear_cross_entropy", x, weight=weight)   # bf16 inside tg.autocast
     target = _targets(target, x)
-    kwargs = {"width": width, "ignore_index": int(ignore_index), "dtype": dtype}
+    kwargs = {"width": width, "ignore_index": int(ignore_index), "dtype": dtype, "rows": rows}
     if LinearCrossEntropy._pick(x.device, [x.data, weight.data, target.data], kwargs) is not LinearCrossEntropy:
         return LinearCrossEntropy.apply(x, weight, target, **kwargs)
     logits = linear(x, weight) if width is None else padded_linear(x, weight, width)   # x already cast

@@ -362,16 +362,17 @@ class LinearCrossEntropyCUDA(LinearCrossEntropy):
     product, -inf bias in its epilogue), its losses and dlogits for a loss gradient of 1 (one
     kernel, written over the logits), its rows of dx and its part of dw (two products reading
     them; dw adds the chunks up, in float32 under autocast). Backward scales dx and dw by the
-    loss's gradient. rows: fewer is less memory (rows x width logits), more is fewer products."""
+    loss's gradient. rows (the call's, else this default): fewer is less memory (rows x width
+    logits), more is fewer products."""
     rows = int(os.environ.get("TENSORGRAD_CLASSIFIER_ROWS", "4096"))
 
     @classmethod
-    def supports(cls, x, w, target, width=None, ignore_index=-100, dtype=None):
-        N = x.size // max(w.shape[-1], 1)
+    def supports(cls, x, w, target, width=None, ignore_index=-100, dtype=None, rows=None):
+        N, rows = x.size // max(w.shape[-1], 1), rows or cls.rows
         return (target.dtype.kind in "iu" and target.size == N
-                and _padded_supports(x, w, width or w.shape[0], dtype, {min(N, cls.rows), N % cls.rows or cls.rows}))
+                and _padded_supports(x, w, width or w.shape[0], dtype, {min(N, rows), N % rows or rows}))
 
-    def forward(self, x, w, target, width=None, ignore_index=-100, dtype=None):
+    def forward(self, x, w, target, width=None, ignore_index=-100, dtype=None, rows=None):
         cp, lt = backend.cupy(), cublaslt
         (V, C), width = w.shape, width or w.shape[0]
         self.remember(dtype, w)                                                   # Narrowing's state
@@ -387,8 +388,9 @@ class LinearCrossEntropyCUDA(LinearCrossEntropy):
         self.dx = cp.empty_like(x2) if need_x else None                           # (N, C)
         self.dwp = cp.empty((width, C), dtype=self.master) if need_w else None    # (width, C)
         losses = cp.empty((N,), dtype=cp.float32)
-        for r0 in range(0, N, self.rows):
-            r1 = min(N, r0 + self.rows)
+        rows = rows or self.rows
+        for r0 in range(0, N, rows):
+            r1 = min(N, r0 + rows)
             logits = lt.matmul(x2[r0:r1], wp, tb=True, epilogue=lt.BIAS, bias=bias)   # (rows, width)
             if not (need_x or need_w):
                 losses[r0:r1] = kernels.cross_entropy_forward(logits, safe[r0:r1], keep[r0:r1])[0]
