@@ -219,7 +219,8 @@ def main():
     p.add_argument("--nanogpt-eager", action="store_true", help="run nanoGPT's model without torch.compile")
     p.add_argument("--profile", action="store_true", help="tensorgrad: print GPU time per kernel (needs PyTorch)")
     p.add_argument("--recompute", action="store_true",
-                   help="tensorgrad: GELU recomputed in backward (GPTConfig.recompute; llm.c always runs its default, -r 1)")
+                   help="tensorgrad: GPTConfig.recompute (GELU and the blocks' layer norms made again in backward, "
+                        "the classifier in chunks of 2048 rows); llm.c always runs its default, -r 1")
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
