@@ -586,7 +586,7 @@ def test_layer_norm_recompute_on_the_gpu_twins(monkeypatch, consumer, autocast):
             if recompute:
                 readers = _assert_readers_recompute(y, "LayerNormCUDA")      # (the name's start)
                 assert all(type(n).__name__.endswith("CUDA") for n in readers), readers
-            y.backward(g)
+            y.backward(g.to(dtype=y.dtype))                     # bf16 under autocast (float32 onto r)
             runs.append([y.numpy()] + [tg.backend.to_device(t.grad, "cpu") for t in ts])
         for u, v in zip(*runs):
             np.testing.assert_array_equal(u, v)
