@@ -6,6 +6,7 @@ import argparse
 import errno
 import glob
 import inspect
+import os
 import shutil
 import sys
 import time
@@ -123,6 +124,23 @@ def check_device(device):
     raise DeviceError(f"--device cuda: CuPy cannot use the GPU ({tg.backend.cupy_error()}); check that "
                       f"`nvidia-smi` works and that the CuPy package matches the driver's CUDA version, "
                       f"or use --device cpu")
+
+
+def add_product_flags(group):
+    """--no-tf32 and --tune, the trainers' two switches of the GPU's matrix products (use_product_flags)."""
+    group.add_argument("--no-tf32", action="store_true", help="cuda: full float32 matmuls instead of TF32")
+    group.add_argument("--tune", action="store_true",
+                       help="cuda: time cuBLASLt's candidate algorithms for each product shape on its first use and "
+                            "keep the fastest (faster steps; the choice, and with it the last bits, may differ between runs)")
+
+
+def use_product_flags(args):
+    """What --no-tf32 and --tune ask for, set before the first product reads it (CUPY_TF32,
+    TENSORGRAD_CUBLASLT_TUNE: kernels/cublas.py and kernels/cublaslt.py read them at each product)."""
+    if args.device == "cuda" and not args.no_tf32:
+        os.environ.setdefault("CUPY_TF32", "1")
+    if args.device == "cuda" and args.tune:
+        os.environ["TENSORGRAD_CUBLASLT_TUNE"] = "1"
 
 
 def gpu_present():

@@ -30,7 +30,7 @@ import os
 import sys
 from pathlib import Path
 
-from _cli import Parser, add_dataclass_flags, check_device, parse_with_typed, run
+from _cli import Parser, add_dataclass_flags, add_product_flags, check_device, parse_with_typed, run, use_product_flags
 from train_shakespeare import MODEL_HELP, default_device, print_sample, settings_of_run, status_of
 
 import nn  # after _cli, which puts the checkout on sys.path
@@ -72,11 +72,8 @@ def build_parser(mode):
     g.add_argument("--total-batch-size", type=int, default=preset["total_batch_size"], metavar="TOKENS",
                    help="tokens per step over all micro-batches and ranks: sets --gradient-accumulation-steps")
     g.add_argument("--sample-tokens", type=int, default=200, metavar="N", help="tokens of the final sample (0: none)")
-    g.add_argument("--no-tf32", action="store_true", help="cuda: full float32 matmuls instead of TF32")
+    add_product_flags(g)                                   # --no-tf32, --tune
     g.add_argument("--no-cuda-graph", action="store_true", help="cuda: run the step eagerly")
-    g.add_argument("--tune", action="store_true",
-                   help="cuda: time cuBLASLt's candidate algorithms for each product shape on its first use and keep "
-                        "the fastest (faster steps; the choice, and with it the last bits, may differ between runs)")
     g.add_argument("--no-progress", action="store_true", help="log lines instead of a progress bar")
     model_names = add_dataclass_flags(p.add_argument_group("model (GPTConfig)"), GPTConfig, skip=MODEL_SKIP,
                                       defaults=preset, help=MODEL_HELP)
@@ -134,10 +131,7 @@ def main(argv=None):
     if not world.is_main:
         sys.stdout = open(os.devnull, "w")
     check_device(args.device)
-    if args.device == "cuda" and not args.no_tf32:
-        os.environ.setdefault("CUPY_TF32", "1")
-    if args.device == "cuda" and args.tune:
-        os.environ["TENSORGRAD_CUBLASLT_TUNE"] = "1"       # read at each product (kernels/cublaslt.py)
+    use_product_flags(args)
     data = data_meta(args.data)
     if data is None:
         raise DataError(f"--data {args.data}: no token files there (run examples/prepare_tokens.py first)")

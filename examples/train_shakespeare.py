@@ -20,7 +20,8 @@ import os
 import sys
 from pathlib import Path
 
-from _cli import Parser, add_dataclass_flags, check_device, parse_with_typed, run, start_ids
+from _cli import (Parser, add_dataclass_flags, add_product_flags, check_device, parse_with_typed, run, start_ids,
+                  use_product_flags)
 
 import nn  # after _cli, which puts the checkout on sys.path
 import tensorgrad as tg
@@ -72,10 +73,7 @@ def build_parser(device, tokenizer):
                            help="start afresh in an --out-dir that holds a run, deleting its checkpoints and metrics")
     run_group.add_argument("--sample-tokens", type=int, default=500, metavar="N",
                            help="tokens of the sample printed at the end (0: none)")
-    run_group.add_argument("--no-tf32", action="store_true", help="cuda: full float32 matmuls instead of TF32")
-    run_group.add_argument("--tune", action="store_true",
-                           help="cuda: time cuBLASLt's candidate algorithms for each product shape on its first use and "
-                                "keep the fastest (faster steps; the choice, and with it the last bits, may differ between runs)")
+    add_product_flags(run_group)                           # --no-tf32, --tune
     run_group.add_argument("--no-cuda-graph", action="store_true",
                            help="cuda: run the training step and evaluation eagerly instead of replaying CUDA graphs")
     run_group.add_argument("--no-progress", action="store_true",
@@ -187,10 +185,7 @@ def main(argv=None):
     if not world.is_main:
         sys.stdout = open(os.devnull, "w")  # rank 0 alone prints; errors still reach stderr
     check_device(args.device)
-    if args.device == "cuda" and not args.no_tf32:
-        os.environ.setdefault("CUPY_TF32", "1")  # read at the first matmul: set it before
-    if args.device == "cuda" and args.tune:
-        os.environ["TENSORGRAD_CUBLASLT_TUNE"] = "1"       # read at each product (kernels/cublaslt.py)
+    use_product_flags(args)                 # read at the first matmul: set before it
 
     # everything a user can get wrong is checked before anything is written
     model_settings, train_settings = settings_of_run(args, model_names, train_names, typed, world.size)
