@@ -34,7 +34,8 @@ _REGS = re.compile(r"Used (\d+) registers")
 def builds(stems):
     """(stem, dtype, defines) of the modules a bf16 GPT step with head size 64 builds."""
     bf16, f32 = backend.bfloat16, np.dtype(np.float32)
-    out = [("attention_mma", bf16, (("TG_HEAD_DIM", 64), ("TG_DROPOUT", p))) for p in (0, 1)]
+    out = [(stem, bf16, (("TG_HEAD_DIM", 64), ("TG_DROPOUT", p))) for stem in ("attention_mma", "attention_wgmma")
+           for p in (0, 1)]
     out += [(stem, bf16, ()) for stem in ("layernorm", "cast", "cross_entropy", "gelu", "dropout", "colsum")]
     out += [("adamw", f32, ()), ("clip", f32, ())]
     return [b for b in out if not stems or b[0] in stems]
@@ -46,7 +47,8 @@ def report(nvcc, arch, stem, dtype, defines):
         src = os.path.join(d, stem + ".cu")
         with open(src, "w") as f:
             f.write(kernels.source(stem, dtype, defines))
-        r = subprocess.run([nvcc, "-cubin", f"-arch={arch}", "-std=c++17", "-Xptxas", "-v",
+        arch = kernels.ARCH_OPTIONS.get(stem, (f"-arch={arch}",))[0]
+        r = subprocess.run([nvcc, "-cubin", arch, "-std=c++17", "-Xptxas", "-v",
                             "-o", os.path.join(d, "out.cubin"), src], capture_output=True, text=True)
     if r.returncode:
         raise SystemExit(f"{stem}: nvcc failed:\n{r.stderr[-3000:]}")

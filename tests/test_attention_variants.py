@@ -193,3 +193,29 @@ def test_attention_with_any_scale(poisoned, variant, scale):
     ref = _reference(host, True, 0.0, slot, scale=scale)
     for n, a, r in zip(NAMES, got, ref):
         assert _rel(a, r) < 2e-2, f"{variant} scale {scale}: {n} {_rel(a, r):.2e}"
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("name,groups", [("wgmma", 1), ("wgmma2", 2)])
+def test_wgmma_forward_runs_where_it_can(poisoned, name, groups):
+    """On compute capability 9.0 the wgmma variants run attention_wgmma.cu's forward (the tests
+    above would pass on a silent fallback too); elsewhere they fall back to warp32's."""
+    cp = poisoned
+    bf16 = backend.bfloat16
+    hopper = cp.cuda.Device().compute_capability == "90"
+    previous = kernels.attention.set_attention_variant(name)
+    try:
+        assert kernels.attention.wgmma_groups(bf16, 64) == (groups if hopper else 0)
+        assert kernels.attention.wgmma_groups(bf16, 32) == 0          # head size 64 only
+        assert kernels.attention.wgmma_groups(np.dtype(np.float32), 64) == 0
+    finally:
+        kernels.attention.set_attention_variant(previous)
+    if not hopper:
+        pytest.skip("wgmma needs compute capability 9.0")
+    host = _inputs(1, 2, 200, 200, 64, bf16, seed=4)
+    slot = kernels.rng_slot()
+    got, ref = _run(cp, host, True, 0.0, slot, variant=name), _reference(host, True, 0.0, slot)
+    kernel = f"attention_forward_wgmma{'' if groups == 1 else groups}_64"
+    assert any(key[:2] == ("attention_wgmma", kernel) for key in kernels._functions), f"{kernel} did not run"
+    for n, a, r in zip(NAMES, got, ref):
+        assert _rel(a, r) < BF16_TOL[n], f"{name} {n}: {_rel(a, r):.2e}"

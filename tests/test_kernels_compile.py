@@ -50,6 +50,7 @@ def test_kernel_list_comes_from_the_sources():
         assert names, f"{stem}.cu: no extern \"C\" __global__ kernel found"
     assert {"attention_forward_32", "attention_backward_q_128", "attention_row_dot"} <= set(KERNELS["attention"])
     assert {"attention_forward_mma_64", "attention_backward_kv_mma_128"} <= set(KERNELS["attention_mma"])
+    assert {"attention_forward_wgmma_64", "attention_forward_wgmma2_64"} <= set(KERNELS["attention_wgmma"])
     assert "softmax_forward_naive" in KERNELS["softmax_naive"]
 
 
@@ -84,7 +85,8 @@ def test_kernels_compile_with_nvcc(tmp_path):
         cu = tmp_path / f"{stem}_{dtype}.cu"
         cu.write_text(kernels.source(stem, dtype))
         ptx = tmp_path / f"{stem}_{dtype}.ptx"
-        p = subprocess.run(["nvcc", "--ptx", "-arch=sm_90", "-std=c++17", str(cu), "-o", str(ptx)],
+        arch = kernels.ARCH_OPTIONS.get(stem, ("-arch=sm_90",))[0]     # wgmma needs sm_90a
+        p = subprocess.run(["nvcc", "--ptx", arch, "-std=c++17", str(cu), "-o", str(ptx)],
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300)
         return stem, dtype, p, ptx
 

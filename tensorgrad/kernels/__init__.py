@@ -16,8 +16,9 @@ arguments of its kernels and launches them. Index:
     dropout.py/.cu    rng_slot, dropout (and dropout + residual add); philox.cuh
     attention.py      attention_forward, attention_backward, attention_dropout_mask:
                       attention.cu (tiled, float FMAs), attention_mma.cu (tensor cores,
-                      bf16; its building blocks in attention_mma.cuh), attention_common.cuh
-                      (what both share)
+                      bf16; its building blocks in attention_mma.cuh), attention_wgmma.cu
+                      (the forward on Hopper's warpgroup products, sm_90a), attention_common.cuh
+                      (what all share)
     many.py           tables of many arrays for one launch; adamw.cu (adamw_many),
                       clip.cu (clip_grads)
     cublas.py, cublaslt.py   matrix products through cuBLAS / cuBLASLt (ctypes)
@@ -41,6 +42,9 @@ _functions = {}        # (file stem, kernel name, dtype, defines) -> cupy.RawKer
 _F32 = np.dtype(np.float32)
 ELEMENT_TYPES = tuple(d for d in (_F32, backend.bfloat16) if d is not None)   # what floatX can be
 _OPTIONS = ("-std=c++17",)
+# Modules built for one architecture's own instructions: wgmma exists on sm_90a only (NVRTC takes
+# this option over the plain -arch=sm_90 CuPy adds); the wrappers launch them on such a GPU alone.
+ARCH_OPTIONS = {"attention_wgmma": ("-arch=sm_90a",)}
 
 
 def enabled():
@@ -76,7 +80,7 @@ _INCLUDE = re.compile(r'^#include "([\w.]+\.cuh)"[ \t]*$', re.M)
 def _build(stem, dtype, defines):
     """A compiled module (NVRTC, or CuPy's disk cache when this source was built before)."""
     cp = backend.cupy()
-    mod = cp.RawModule(code=source(stem, dtype, defines), options=_OPTIONS)
+    mod = cp.RawModule(code=source(stem, dtype, defines), options=_OPTIONS + ARCH_OPTIONS.get(stem, ()))
     mod.compile()
     return mod
 
@@ -122,8 +126,10 @@ def compile_ahead(dtype=_F32, head_size=None, attention_dropout=False):
                for dt in dtypes]
     wanted += [("cast", np.dtype(dtype), ())] if np.dtype(dtype) != _F32 else []
     if head_size in attention.HEAD_SIZES:
-        wanted += [attention.module_key(np.dtype(dtype), head_size, p) for p in ((False, True) if attention_dropout
-                                                                              else (False,))]
+        for p in (False, True) if attention_dropout else (False,):
+            wanted.append(attention.module_key(np.dtype(dtype), head_size, p))
+            if attention.wgmma_groups(np.dtype(dtype), head_size):
+                wanted.append(attention.wgmma_module_key(np.dtype(dtype), head_size, p))
     wanted = [key for key in wanted if key not in _modules]
     if not wanted:
         return

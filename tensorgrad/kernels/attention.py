@@ -24,10 +24,14 @@ _TILE = 64
 # rows of a 128-row block, so every fragment read from shared memory feeds two tile products
 # (attention_forward_warp32_*, attention_backward_kvs_warp32_*; head sizes WARP32_HEAD_SIZES,
 # others fall back to warp16, as does a forward with scale <= 0: warp32 takes the max of the
-# raw scores). Both give the same numbers; they differ in speed only: warp32, the default, is
-# the faster (bench/results.md).
-VARIANTS = ("warp16", "warp32")
+# raw scores). "wgmma" and "wgmma2" run the forward on Hopper's warpgroup products
+# (attention_wgmma.cu: one or two warpgroups of 64 query rows a block; compute capability 9.0,
+# head size 64, rows on 16 bytes, scale > 0) and warp32's backward; elsewhere they are warp32.
+# All give the same numbers up to a bf16 rounding of P; they differ in speed only: warp32, the
+# default, is the faster of the mma.sync ones (bench/results.md).
+VARIANTS = ("warp16", "warp32", "wgmma", "wgmma2")
 WARP32_HEAD_SIZES = (32, 64)
+WGMMA_HEAD_SIZES = (64,)
 
 
 def _checked_variant(name):
@@ -53,7 +57,31 @@ def attention_variant():
 
 
 def _warp32(dtype, D):
-    return _variant == "warp32" and D in WARP32_HEAD_SIZES and _mma(dtype)
+    return _variant != "warp16" and D in WARP32_HEAD_SIZES and _mma(dtype)
+
+
+def _hopper():
+    """Is the current GPU of compute capability 9.0 (H100, H200), the one wgmma runs on?"""
+    cp = backend.cupy()
+    dev = cp.cuda.Device().id
+    if dev not in _CAPABILITY:
+        _CAPABILITY[dev] = cp.cuda.Device(dev).compute_capability
+    return _CAPABILITY[dev] == "90"
+
+
+_CAPABILITY = {}
+
+
+def wgmma_groups(dtype, D):
+    """Warpgroups a block of the wgmma forward (1 or 2), or 0 where it does not run."""
+    if _variant not in ("wgmma", "wgmma2") or D not in WGMMA_HEAD_SIZES or not _mma(dtype) or not _hopper():
+        return 0
+    return 1 if _variant == "wgmma" else 2
+
+
+def wgmma_module_key(dtype, D, dropout=False):
+    """(stem, dtype, defines) of the wgmma forward's module (built for sm_90a)."""
+    return ("attention_wgmma", np.dtype(dtype), (("TG_HEAD_DIM", D), ("TG_DROPOUT", int(bool(dropout)))))
 
 
 def attention_supported(q, k, v, causal):
@@ -125,11 +153,17 @@ def attention_forward(q, k, v, y, causal, scale, p, slot):
     if _mma(q.dtype):
         # bf16: the tile products on tensor cores (attention.cu); Q, K and V^T tiles in bf16
         name, shared = f"attention_forward_mma_{D}", 5 * _TILE * (D + 8) * 2       # Q, two buffers of K, V
-    grid = (-(-T // _TILE), B * H)
+    grid, threads = (-(-T // _TILE), B * H), 128
     if _warp32(q.dtype, D) and scale > 0:   # 128 queries a block: Q (128 rows) and two buffers of K, V
         name, shared, grid = f"attention_forward_warp32_{D}", 6 * _TILE * (D + 8) * 2, (-(-T // (2 * _TILE)), B * H)
     stem, _, build = module_key(q.dtype, D, p > 0)
-    launch(stem, name, grid, (128,),
+    groups = wgmma_groups(q.dtype, D)
+    if groups and scale > 0 and _vec(q, k, v) == 2:
+        # 64 queries a warpgroup: Q (64 groups rows), two buffers of K, V, in 128-byte rows; 1 KiB to align them
+        name = "attention_forward_wgmma_64" if groups == 1 else "attention_forward_wgmma2_64"
+        shared, grid, threads = (groups + 4) * _TILE * 128 + 1024, (-(-T // (groups * _TILE)), B * H), 128 * groups
+        stem, _, build = wgmma_module_key(q.dtype, D, p > 0)
+    launch(stem, name, grid, (threads,),
            (q, k, v, y, lse) + _strides(q, k, v, y) +
            (np.int32(H), np.int32(T), np.int32(S), np.float32(scale), np.int32(causal), slot, drop16, dscale,
             _vec(q, k, v)), shared_mem=shared, dtype=q.dtype, defines=build)

@@ -419,14 +419,6 @@ __device__ void attention_backward_dq_mma_body(const floatX* __restrict__ k, con
 // per-element test) or mixed (the step with the test), one template (MASKED) called from
 // two places, so the loop body is compiled twice, not unrolled into more copies.
 
-// The last key query row i sees (visible(i, j) <=> j <= last_key(i)); -1 for rows past T.
-// The masked steps compare it with each element's key: one test of a lane's column offset
-// (a constant once unrolled) against a per-row limit, instead of visible()'s four tests, which
-// ptxas hoists above the tile products into a register each.
-__device__ __forceinline__ int last_key(int i, int T, int S, bool causal) {
-    return i >= T ? -1 : causal ? min(S - 1, i + (S - T)) : S - 1;
-}
-
 // Forward, one key tile for a warp's 32 query rows. Row r = 0..3 of a lane is row g + 8 (r % 2)
 // of row tile r / 2 (fragment elements 2 (r % 2) and 2 (r % 2) + 1); m, l as in the 16-row kernel.
 template <int D, bool MASKED>

@@ -45,6 +45,14 @@ __device__ __forceinline__ void ldsm4(unsigned int (&r)[4], const floatX* p) { l
 __device__ __forceinline__ void ldsm4_trans(unsigned int (&r)[4], const floatX* p) { ldsm4_trans_at(r, smem_address(p)); }
 constexpr unsigned int EB = sizeof(floatX);   // bytes an element, for the constant offsets
 
+// The last key query row i sees (visible(i, j) <=> j <= last_key(i)); -1 for rows past T.
+// The masked steps compare it with each element's key: one test of a lane's column offset
+// (a constant once unrolled) against a per-row limit, instead of visible()'s four tests, which
+// ptxas hoists above the tile products into a register each.
+__device__ __forceinline__ int last_key(int i, int T, int S, bool causal) {
+    return i >= T ? -1 : causal ? min(S - 1, i + (S - T)) : S - 1;
+}
+
 // c (16 x 8, float) += a (16 x 16, bf16, row-major fragment) b (16 x 8, bf16, column-major fragment)
 __device__ __forceinline__ void mma_bf16(float (&c)[4], const unsigned int (&a)[4], unsigned int b0, unsigned int b1) {
     asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
