@@ -198,7 +198,7 @@ def test_attention_with_any_scale(poisoned, variant, scale):
 @pytest.mark.cuda
 @pytest.mark.parametrize("name,groups", [("wgmma", 1), ("wgmma2", 2)])
 def test_wgmma_forward_runs_where_it_can(poisoned, name, groups):
-    """On compute capability 9.0 the wgmma variants run attention_wgmma.cu's forward (the tests
+    """On compute capability 9.0 the wgmma variants run attention_wgmma.cu's kernels (the tests
     above would pass on a silent fallback too); elsewhere they fall back to warp32's."""
     cp = poisoned
     bf16 = backend.bfloat16
@@ -215,7 +215,9 @@ def test_wgmma_forward_runs_where_it_can(poisoned, name, groups):
     host = _inputs(1, 2, 200, 200, 64, bf16, seed=4)
     slot = kernels.rng_slot()
     got, ref = _run(cp, host, True, 0.0, slot, variant=name), _reference(host, True, 0.0, slot)
-    kernel = f"attention_forward_wgmma{'' if groups == 1 else groups}_64"
-    assert any(key[:2] == ("attention_wgmma", kernel) for key in kernels._functions), f"{kernel} did not run"
+    named = "" if groups == 1 else str(groups)
+    for kernel in (f"attention_forward_wgmma{named}_64", f"attention_backward_kvs_wgmma{named}_64",
+                   "attention_backward_dq_wgmma_64"):
+        assert any(key[:2] == ("attention_wgmma", kernel) for key in kernels._functions), f"{kernel} did not run"
     for n, a, r in zip(NAMES, got, ref):
         assert _rel(a, r) < BF16_TOL[n], f"{name} {n}: {_rel(a, r):.2e}"

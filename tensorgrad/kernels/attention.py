@@ -24,9 +24,9 @@ _TILE = 64
 # rows of a 128-row block, so every fragment read from shared memory feeds two tile products
 # (attention_forward_warp32_*, attention_backward_kvs_warp32_*; head sizes WARP32_HEAD_SIZES,
 # others fall back to warp16, as does a forward with scale <= 0: warp32 takes the max of the
-# raw scores). "wgmma" and "wgmma2" run the forward on Hopper's warpgroup products
-# (attention_wgmma.cu: one or two warpgroups of 64 query rows a block; compute capability 9.0,
-# head size 64, rows on 16 bytes, scale > 0) and warp32's backward; elsewhere they are warp32.
+# raw scores). "wgmma" and "wgmma2" run on Hopper's warpgroup products (attention_wgmma.cu:
+# one or two warpgroups of 64 query rows or keys a block; compute capability 9.0, head size 64,
+# rows on 16 bytes; the forward also scale > 0, dQ also T % 8 == 0); elsewhere they are warp32.
 # All give the same numbers up to a bf16 rounding of P; they differ in speed only: warp32, the
 # default, is the faster of the mma.sync ones (bench/results.md).
 VARIANTS = ("warp16", "warp32", "wgmma", "wgmma2")
@@ -202,15 +202,27 @@ def attention_backward(g, q, k, v, y, lse, causal, scale, p, slot, dq, dk, dv):
         # the kv kernel also writes dS^T; dQ = dS K is then one product a tile instead of three
         ds = cp.empty((B * H, S, T), dtype=q.dtype)
         kvs, kvs_grid = f"attention_backward_kvs_mma_{D}", (-(-S // _TILE), B * H)
+        kvs_stem, threads = stem, 128
         if _warp32(q.dtype, D):      # 128 keys a block: K, V (128 rows), two buffers of Q, dY; keep (64 x 128)
             kvs, kvs_grid = f"attention_backward_kvs_warp32_{D}", (-(-S // (2 * _TILE)), B * H)
             kv_shared = 8 * _TILE * (D + 8) * 2 + 2 * _TILE * 4 + 2 * _TILE * _TILE
-        launch(stem, kvs, kvs_grid, (128,),
-               (q, k, v, g, lse, dot, dk, dv) + tail + (ds,), shared_mem=kv_shared, dtype=q.dtype, defines=build)
+        groups = wgmma_groups(q.dtype, D) if _vec(q, k, v, g) == 2 else 0
+        if groups:                   # 64 keys a warpgroup: K, V, two buffers of Q, dY (128-byte rows); lse, D, keep
+            kvs = "attention_backward_kvs_wgmma_64" if groups == 1 else "attention_backward_kvs_wgmma2_64"
+            kvs_grid, threads = (-(-S // (groups * _TILE)), B * H), 128 * groups
+            kv_shared = (2 * groups + 4) * _TILE * 128 + 2 * _TILE * 4 + groups * _TILE * _TILE + 1024
+            kvs_stem, _, wgmma_build = wgmma_module_key(q.dtype, D, p > 0)
+        launch(kvs_stem, kvs, kvs_grid, (threads,), (q, k, v, g, lse, dot, dk, dv) + tail + (ds,),
+               shared_mem=kv_shared, dtype=q.dtype, defines=wgmma_build if groups else build)
+        dq_args = (k, ds, dq) + _strides(q, k) + (np.int32(H), np.int32(T), np.int32(S), np.float32(scale),
+                                                  np.int32(causal))
+        if groups and T % 8 == 0:    # dS^T rows in 16-byte chunks: K and dS^T tiles, two buffers, 128-byte rows
+            launch("attention_wgmma", "attention_backward_dq_wgmma_64", (-(-T // _TILE), B * H), (128,), dq_args,
+                   shared_mem=4 * _TILE * 128 + 1024, dtype=q.dtype, defines=wgmma_build)
+            return
         launch(stem, f"attention_backward_dq_mma_{D}", (-(-T // _TILE), B * H), (128,),
-               (k, ds, dq) + _strides(q, k) + (np.int32(H), np.int32(T), np.int32(S), np.float32(scale),
-                                            np.int32(causal), _vec(q, k, v, g)),
-               shared_mem=2 * _TILE * (D + 8 + _TILE + 8) * 2, dtype=q.dtype, defines=build)
+               dq_args + (_vec(q, k, v, g),), shared_mem=2 * _TILE * (D + 8 + _TILE + 8) * 2, dtype=q.dtype,
+               defines=build)
         return
     launch(stem, kv, (-(-S // _TILE), B * H), (128,),
            (q, k, v, g, lse, dot, dk, dv) + tail, shared_mem=kv_shared, dtype=q.dtype, defines=build)

@@ -206,24 +206,6 @@ __device__ void attention_backward_q_mma_body(const floatX* __restrict__ q, cons
     store_fragments<D>(out, qs.t, acc, scale, row[0] < T, row[1] < T, t);
 }
 
-// WRITE_DS: also write dS^T (before the scale) to ds, (B*H, S, T) bf16, for the dQ kernel below.
-// Row hr (fragment row g or g + 8) of NB C fragments of dS^T into one key's row of ds: queries
-// q + 8 nb and q + 8 nb + 1 (q = the fragments' first query + 2t, out = that query's place in
-// the key's row), as pairs when T is even.
-template <int NB>
-__device__ __forceinline__ void store_ds_row(floatX* out, const float (&c)[NB][4], int hr, int q, int T) {
-#pragma unroll
-    for (int nb = 0; nb < NB; ++nb) {
-        const int qc = q + nb * 8;
-        if (qc + 1 < T && (T & 1) == 0) {
-            *reinterpret_cast<unsigned int*>(out + nb * 8) = pack_bf16(c[nb][2 * hr], c[nb][2 * hr + 1]);
-        } else {
-            if (qc < T) out[nb * 8] = __float2bfloat16_rn(c[nb][2 * hr]);
-            if (qc + 1 < T) out[nb * 8 + 1] = __float2bfloat16_rn(c[nb][2 * hr + 1]);
-        }
-    }
-}
-
 // The kv kernels' step to query tile qt (counted in QY's two buffers from `first`): start copying
 // the next tile's Q and dY into the other buffer, and stage this tile's lse (in log2 units) and
 // dot rows in shared memory (L, Dot). Returns this tile's Q buffer; its dY follows it.
@@ -248,6 +230,7 @@ __device__ __forceinline__ const floatX* query_tile_step(floatX* QY, float* L, f
     return QY + ((qt - first) & 1) * 2 * TILE * LH;
 }
 
+// WRITE_DS: also write dS^T (before the scale) to ds, (B*H, S, T) bf16, for the dQ kernel below.
 template <int D, bool WRITE_DS = false>
 __device__ void attention_backward_kv_mma_body(const floatX* __restrict__ q, const floatX* __restrict__ k,
                                                const floatX* __restrict__ v, const floatX* __restrict__ dy,

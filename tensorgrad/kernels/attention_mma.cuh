@@ -223,4 +223,22 @@ __device__ __forceinline__ void store_fragments(floatX* out, long long st, const
     }
 }
 
+// The kv kernels that write dS^T (before the scale) to ds, (B*H, S, T) bf16, for the dQ kernel
+// (attention_mma.cu) store it a key's row at a time. Row hr (fragment row g or g + 8) of NB C fragments of dS^T into one key's row of ds: queries
+// q + 8 nb and q + 8 nb + 1 (q = the fragments' first query + 2t, out = that query's place in
+// the key's row), as pairs when T is even.
+template <int NB>
+__device__ __forceinline__ void store_ds_row(floatX* out, const float (&c)[NB][4], int hr, int q, int T) {
+#pragma unroll
+    for (int nb = 0; nb < NB; ++nb) {
+        const int qc = q + nb * 8;
+        if (qc + 1 < T && (T & 1) == 0) {
+            *reinterpret_cast<unsigned int*>(out + nb * 8) = pack_bf16(c[nb][2 * hr], c[nb][2 * hr + 1]);
+        } else {
+            if (qc < T) out[nb * 8] = __float2bfloat16_rn(c[nb][2 * hr]);
+            if (qc + 1 < T) out[nb * 8 + 1] = __float2bfloat16_rn(c[nb][2 * hr + 1]);
+        }
+    }
+}
+
 #endif

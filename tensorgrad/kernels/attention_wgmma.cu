@@ -59,12 +59,14 @@ __device__ __forceinline__ unsigned long long wgmma_desc(unsigned int addr) {
     "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}"
 
 // c (64 x 64 over the warpgroup; this warp's 16 rows as 8 C fragments) (+)= A B, A (64 x 16) and
-// B (16 x 64) both from shared memory, both K-major. acc = 0: c = A B (the first step of a product).
+// B (16 x 64) both from shared memory, K-major (TA, TB = 0) or MN-major (1: the tile's rows are
+// the 16 values summed over). acc = 0: c = A B (the first step of a product).
+template <int TA = 0, int TB = 0>
 __device__ __forceinline__ void wgmma_ss(float (&c)[8][4], unsigned long long a, unsigned long long b, int acc) {
     asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
-                 "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 " WG_D32 ", %32, %33, p, 1, 1, 0, 0;\n}\n"
+                 "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 " WG_D32 ", %32, %33, p, 1, 1, %35, %36;\n}\n"
                  : WG_C32(c)
-                 : "l"(a), "l"(b), "r"(acc));
+                 : "l"(a), "l"(b), "r"(acc), "n"(TA), "n"(TB));
 }
 
 // c += A B, A (64 x 16) from registers (this warp's 16 rows, the m16k16 A fragment), B (16 x 64)
@@ -221,17 +223,228 @@ __device__ void attention_forward_wgmma_body(const floatX* __restrict__ q, const
     }
 }
 
-// attention_forward_wgmma_64: one warpgroup (64 query rows) a block; attention_forward_wgmma2_64:
-// two (128 rows) sharing each K, V tile.
-#define ATTENTION_WGMMA_FORWARD(WG, NAMED)                                                                     \
+// ----------------------------------------------------------------------- backward
+// attention_mma.cu's kv kernel writing dS^T (attention_backward_kvs_*), its four products on
+// wgmma: a warpgroup owns 64 keys (warp w: keys 16w..16w+15, the rows of its fragments) and
+// steps through the query tiles that see them, 64 queries a step:
+//   S^T = K Q^T, dP^T = V dY^T        (A: K or V, B: Q or dY, all K-major from shared memory)
+//   dS^T = P^T (dP^T z - D), (P z)^T  (registers; dS^T also to ds for the dQ kernel)
+//   dV += (P z)^T dY, dK += dS^T Q    (A: registers, B: dY or Q read MN-major)
+// Dropout: the block first writes the query tile's keep flags to shared memory, drawn as the
+// float kernels draw them, and each lane reads its own (its rows are keys, not drop_row's queries).
+
+// One query tile for a warpgroup's 64 keys. key[]: the lane's two keys (rows g, g + 8 of its warp);
+// kr: the first of them in the block's keep columns. MASKED: the tile crosses the causal diagonal
+// or the end of the keys or queries.
+template <bool MASKED>
+__device__ __forceinline__ void kvs_step_wgmma(float (&dk)[8][4], float (&dv)[8][4], unsigned int k_addr,
+                                               unsigned int v_addr, unsigned int q_addr, unsigned int y_addr,
+                                               const float* L, const float* Dot, const unsigned char* keep, int BK,
+                                               int kr, int q0, const int (&key)[2], int T, int S, bool causal,
+                                               float sl2, unsigned int drop16, float dscale, floatX* ds, int bh,
+                                               int t) {
+    float st[8][4], dpt[8][4];             // S^T, dP^T: this warp's 16 keys x 64 queries
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk) wgmma_ss(st, wgmma_desc(k_addr + 32 * kk), wgmma_desc(q_addr + 32 * kk), kk);
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk) wgmma_ss(dpt, wgmma_desc(v_addr + 32 * kk), wgmma_desc(y_addr + 32 * kk), kk);
+    wgmma_commit();
+    wgmma_wait_all();
+    hold(st);
+    hold(dpt);
+#pragma unroll
+    for (int nb = 0; nb < 8; ++nb)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            const int hr = e >> 1, qc = nb * 8 + 2 * t + (e & 1);
+            const float zv = !DROPOUT_ON(drop16) ? 1.f : (keep[qc * BK + kr + 8 * hr] ? dscale : 0.f);
+            const float p = MASKED && !visible(q0 + qc, key[hr], T, S, causal) ? 0.f
+                                                                             : exp2_ftz(st[nb][e] * sl2 - L[qc]);
+            st[nb][e] = p * (dpt[nb][e] * zv - Dot[qc]);   // dS^T
+            dpt[nb][e] = p * zv;                           // (P z)^T
+        }
+    unsigned int pa[4][4], sa[4][4];       // (P z)^T and dS^T (bf16) as A operands, 16 queries a step
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk) {
+        c_to_a(pa[kk], dpt[2 * kk], dpt[2 * kk + 1]);
+        c_to_a(sa[kk], st[2 * kk], st[2 * kk + 1]);
+    }
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk) wgmma_rs(dv, pa[kk], wgmma_desc(y_addr + 2048 * kk));   // dV += (P z)^T dY
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk) wgmma_rs(dk, sa[kk], wgmma_desc(q_addr + 2048 * kk));   // dK += dS^T Q
+    wgmma_commit();
+#pragma unroll
+    for (int hr = 0; hr < 2; ++hr)         // dS^T to memory while the tensor cores work
+        if (key[hr] < S) store_ds_row(ds + ((long long)bh * S + key[hr]) * T + q0 + 2 * t, st, hr, q0 + 2 * t, T);
+    wgmma_wait_all();
+    hold(dk);
+    hold(dv);
+}
+
+// WG warpgroups a block, 64 keys each, sharing each query tile's Q, dY (two buffers), lse, D and keep flags.
+template <int WG>
+__device__ void attention_backward_kvs_wgmma_body(const floatX* __restrict__ q, const floatX* __restrict__ k,
+                                                  const floatX* __restrict__ v, const floatX* __restrict__ dy,
+                                                  const float* __restrict__ lse, const float* __restrict__ dot,
+                                                  floatX* __restrict__ dk, floatX* __restrict__ dv, Strides qs,
+                                                  Strides ks, Strides vs, Strides ys, int H, int T, int S,
+                                                  float scale, int causal, const unsigned int* rng,
+                                                  unsigned int drop16, float dscale, floatX* __restrict__ ds) {
+    constexpr int NTH = 128 * WG, BK = 64 * WG, TB = TILE * 128;   // threads, keys, bytes a tile
+    extern __shared__ __align__(1024) unsigned char smem_raw[];
+    unsigned char* smem = smem_raw + ((1024 - (smem_address(smem_raw) & 1023)) & 1023);
+    unsigned char* Ks = smem;              // (BK, 64): this block's keys
+    unsigned char* Vs = Ks + WG * TB;      // (BK, 64)
+    unsigned char* QY = Vs + WG * TB;      // two buffers of the query tile's (Q, dY): (2, 2, 64, 64)
+    float* L = reinterpret_cast<float*>(QY + 4 * TB);   // (64): lse of the query tile, in log2 units
+    float* Dot = L + TILE;                 // (64)
+    unsigned char* keep = reinterpret_cast<unsigned char*>(Dot + TILE);   // (64 queries, BK keys)
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    const int wg = warp >> 2, kr = 64 * wg + 16 * (warp & 3) + g;
+    const int bh = blockIdx.y, k0 = blockIdx.x * BK, kw0 = k0 + 64 * wg;   // the block's, the warpgroup's first key
+    const int key[2] = {k0 + kr, k0 + kr + 8};
+    const float sl2 = scale * LOG2E;
+    const int first = causal ? max(0, k0 - (S - T)) / TILE : 0;     // the first query tile that sees key k0
+    const int mine = causal ? max(0, kw0 - (S - T)) / TILE : 0;     // ... that sees this warpgroup's first key
+    const int nqt = (T + TILE - 1) / TILE;
+    load_tile_sw128<BK, NTH>(Ks, k, base_of(ks, bh, H), ks.t, k0, S);
+    load_tile_sw128<BK, NTH>(Vs, v, base_of(vs, bh, H), vs.t, k0, S);
+    cp_async_commit();
+    load_tile_sw128<TILE, NTH>(QY, q, base_of(qs, bh, H), qs.t, first * TILE, T);
+    load_tile_sw128<TILE, NTH>(QY + TB, dy, base_of(ys, bh, H), ys.t, first * TILE, T);
+    cp_async_commit();
+    const unsigned int k_addr = smem_address(Ks + wg * TB), v_addr = smem_address(Vs + wg * TB);
+    const unsigned int qy_addr = smem_address(QY);
+    float dk_acc[8][4], dv_acc[8][4];
+#pragma unroll
+    for (int n = 0; n < 8; ++n)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) { dk_acc[n][e] = 0.f; dv_acc[n][e] = 0.f; }
+    for (int qt = first; qt < nqt; ++qt) {
+        const int q0 = qt * TILE, buf = (qt - first) & 1;
+        if (qt + 1 < nqt) {                // the next Q, dY into the other buffer, read two steps ago
+            unsigned char* next = QY + (buf ^ 1) * 2 * TB;
+            load_tile_sw128<TILE, NTH>(next, q, base_of(qs, bh, H), qs.t, q0 + TILE, T);
+            load_tile_sw128<TILE, NTH>(next + TB, dy, base_of(ys, bh, H), ys.t, q0 + TILE, T);
+        }
+        cp_async_commit();
+        for (int r = threadIdx.x; r < TILE; r += NTH) {
+            const bool in = q0 + r < T;
+            L[r] = in ? lse[(long long)bh * T + q0 + r] * LOG2E : 0.f;
+            Dot[r] = in ? dot[(long long)bh * T + q0 + r] : 0.f;
+        }
+        if (DROPOUT_ON(drop16)) {          // the float kernels' draws: warpgroup wg draws key tile 2 x + wg
+            const int tid = threadIdx.x & 127, ty = tid / 8, tx = tid % 8;
+#pragma unroll
+            for (int i = 0; i < 4; ++i) {
+                float z[8];
+                drop_row(z, rng, drop16, dscale, q0 + 4 * ty + i, WG * blockIdx.x + wg, tx, bh);
+#pragma unroll
+                for (int c = 0; c < 8; ++c) keep[(4 * ty + i) * BK + 64 * wg + tx + 8 * c] = z[c] != 0.f;
+            }
+        }
+        cp_async_wait_one();               // this query tile's Q, dY (and at first K, V) have landed
+        fence_async_shared();
+        __syncthreads();
+        const unsigned int q_addr = qy_addr + buf * 2 * TB, y_addr = q_addr + TB;
+        const bool full = (!causal || kw0 + 63 <= q0 + (S - T)) && kw0 + 63 < S && q0 + 63 < T;
+        if (qt >= mine && full)
+            kvs_step_wgmma<false>(dk_acc, dv_acc, k_addr, v_addr, q_addr, y_addr, L, Dot, keep, BK, kr, q0, key, T,
+                                  S, causal, sl2, drop16, dscale, ds, bh, t);
+        else if (qt >= mine && kw0 < S)
+            kvs_step_wgmma<true>(dk_acc, dv_acc, k_addr, v_addr, q_addr, y_addr, L, Dot, keep, BK, kr, q0, key, T,
+                                 S, causal, sl2, drop16, dscale, ds, bh, t);
+        __syncthreads();                   // L, Dot, keep and this buffer are refilled next
+    }
+    store_fragments<64>(dk + base_of(ks, bh, H) + (long long)key[0] * ks.t, ks.t, dk_acc, scale, key[0] < S,
+                        key[1] < S, t);
+    store_fragments<64>(dv + base_of(vs, bh, H) + (long long)key[0] * vs.t, vs.t, dv_acc, 1.f, key[0] < S,
+                        key[1] < S, t);
+}
+
+// dQ from the stored dS^T (attention_mma.cu's dq kernel on wgmma): dQ = dS K * scale, a block's 64
+// queries against each key tile they see. A = dS: the dS^T tile (keys x queries) is dS read
+// MN-major; B = K, MN-major too. Both tiles double-buffered with cp.async.
+
+// keys [k0, k0 + 64) x queries [q0, q0 + 64) of ds (rows of T; T % 8 == 0, the host's condition,
+// so a 16-byte chunk never straddles T) into a swizzled (64, 64) tile; zeros past S or T.
+__device__ __forceinline__ void load_ds_tile_sw128(unsigned char* tile, const floatX* ds, long long base, int k0,
+                                                   int q0, int S, int T) {
+    for (int e = threadIdx.x; e < TILE * 8; e += 128) {
+        const int r = e >> 3, c = e & 7;
+        const bool in = k0 + r < S && q0 + 8 * c < T;
+        cp_async16(reinterpret_cast<floatX*>(tile + r * 128 + ((c ^ (r & 7)) << 4)),
+                   in ? ds + base + (long long)(k0 + r) * T + q0 + 8 * c : ds, in);
+    }
+}
+
+__device__ void attention_backward_dq_wgmma_body(const floatX* __restrict__ k, const floatX* __restrict__ ds,
+                                                 floatX* __restrict__ dq, Strides qs, Strides ks, int H, int T,
+                                                 int S, float scale, int causal) {
+    constexpr int TB = TILE * 128;
+    extern __shared__ __align__(1024) unsigned char smem_raw[];
+    unsigned char* buf = smem_raw + ((1024 - (smem_address(smem_raw) & 1023)) & 1023);   // two of (K, dS^T)
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    const int bh = blockIdx.y, q0 = (gridDim.x - 1 - blockIdx.x) * TILE;   // heaviest first, as the forward
+    const int row0 = q0 + 16 * warp + g;
+    const long long dbase = (long long)bh * S * T;
+    const int nkt = key_tiles(q0, T, S, causal);
+    load_tile_sw128<TILE, 128>(buf, k, base_of(ks, bh, H), ks.t, 0, S);
+    load_ds_tile_sw128(buf + TB, ds, dbase, 0, q0, S, T);
+    cp_async_commit();
+    const unsigned int buf_addr = smem_address(buf);
+    float acc[8][4];
+#pragma unroll
+    for (int n = 0; n < 8; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.f;
+    for (int kt = 0; kt < nkt; ++kt) {
+        if (kt + 1 < nkt) {
+            unsigned char* next = buf + ((kt + 1) & 1) * 2 * TB;
+            load_tile_sw128<TILE, 128>(next, k, base_of(ks, bh, H), ks.t, (kt + 1) * TILE, S);
+            load_ds_tile_sw128(next + TB, ds, dbase, (kt + 1) * TILE, q0, S, T);
+        }
+        cp_async_commit();
+        cp_async_wait_one();
+        fence_async_shared();
+        __syncthreads();
+        const unsigned int k_addr = buf_addr + (kt & 1) * 2 * TB, d_addr = k_addr + TB;
+        wgmma_fence();
+#pragma unroll
+        for (int kk = 0; kk < 4; ++kk)     // 16 keys a step: 16 rows of both tiles, 2048 bytes
+            wgmma_ss<1, 1>(acc, wgmma_desc(d_addr + 2048 * kk), wgmma_desc(k_addr + 2048 * kk), 1);
+        wgmma_commit();
+        wgmma_wait_all();
+        hold(acc);
+        __syncthreads();
+    }
+    store_fragments<64>(dq + base_of(qs, bh, H) + (long long)row0 * qs.t, qs.t, acc, scale, row0 < T, row0 + 8 < T, t);
+}
+
+// attention_forward_wgmma_64, attention_backward_kvs_wgmma_64: one warpgroup (64 query rows or
+// keys) a block; the wgmma2 forms: two (128) sharing each K, V or Q, dY tile.
+#define ATTENTION_WGMMA_KERNELS(WG, NAMED)                                                                     \
 extern "C" __global__ void __launch_bounds__(128 * WG) attention_forward_wgmma##NAMED##_64(                    \
         const floatX* q, const floatX* k, const floatX* v, floatX* y, float* lse, STRIDE_PARAMS, int H, int T, \
         int S, float scale, int causal, const unsigned int* rng, unsigned int drop16, float dscale, int vec) { \
     attention_forward_wgmma_body<WG>(q, k, v, y, lse, STRIDES, H, T, S, scale, causal, rng, drop16, dscale);  \
+}                                                                                                              \
+extern "C" __global__ void __launch_bounds__(128 * WG) attention_backward_kvs_wgmma##NAMED##_64(               \
+        const floatX* q, const floatX* k, const floatX* v, const floatX* dy, const float* lse,                 \
+        const float* dot, floatX* dk, floatX* dv, STRIDE_PARAMS, int H, int T, int S, float scale, int causal,  \
+        const unsigned int* rng, unsigned int drop16, float dscale, int vec, floatX* ds) {                     \
+    attention_backward_kvs_wgmma_body<WG>(q, k, v, dy, lse, dot, dk, dv, STRIDES, H, T, S, scale, causal, rng, \
+                                          drop16, dscale, ds);                                                 \
 }
 
 #if HEAD_DIM(64)
-ATTENTION_WGMMA_FORWARD(1, )
-ATTENTION_WGMMA_FORWARD(2, 2)
+ATTENTION_WGMMA_KERNELS(1, )
+ATTENTION_WGMMA_KERNELS(2, 2)
+extern "C" __global__ void __launch_bounds__(128) attention_backward_dq_wgmma_64(
+        const floatX* k, const floatX* ds, floatX* dq, long long qb, long long qh, long long qt, long long kb,
+        long long kh, long long kt, int H, int T, int S, float scale, int causal) {
+    attention_backward_dq_wgmma_body(k, ds, dq, Strides{qb, qh, qt}, Strides{kb, kh, kt}, H, T, S, scale, causal);
+}
 #endif
 #endif
