@@ -8,7 +8,7 @@ torch.nn.functional.scaled_dot_product_attention with each backend PyTorch offer
 events (median of 50 after 10 warm-up calls). The output and gradients of ours are compared
 with PyTorch's math backend in float32 (relative error). TFLOP/s counts the causal half:
 forward 2 B H T^2 D, forward + backward 7 B H T^2 D (5 products in the backward).
---variants times each of our bf16 kernel variants (kernels.attention.VARIANTS: warp16, warp32),
+--variants times each of our bf16 kernel variants (kernels.attention.VARIANTS: warp16, warp32, wgmma),
 with the backward alone (attention_backward: row_dot, the kv kernel writing dS^T, the dQ kernel)
 as a third column; float32 runs attention.cu whatever the variant.
 PyTorch is the reference only: the project never imports it.

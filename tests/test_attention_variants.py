@@ -196,28 +196,25 @@ def test_attention_with_any_scale(poisoned, variant, scale):
 
 
 @pytest.mark.cuda
-@pytest.mark.parametrize("name,groups", [("wgmma", 1), ("wgmma2", 2)])
-def test_wgmma_forward_runs_where_it_can(poisoned, name, groups):
-    """On compute capability 9.0 the wgmma variants run attention_wgmma.cu's kernels (the tests
-    above would pass on a silent fallback too); elsewhere they fall back to warp32's."""
+def test_wgmma_runs_where_it_can(poisoned):
+    """On compute capability 9.0 the wgmma variant runs attention_wgmma.cu's kernels (the tests
+    above would pass on a silent fallback too); elsewhere it falls back to warp32's."""
     cp = poisoned
     bf16 = backend.bfloat16
     hopper = cp.cuda.Device().compute_capability == "90"
-    previous = kernels.attention.set_attention_variant(name)
+    previous = kernels.attention.set_attention_variant("wgmma")
     try:
-        assert kernels.attention.wgmma_groups(bf16, 64) == (groups if hopper else 0)
-        assert kernels.attention.wgmma_groups(bf16, 32) == 0          # head size 64 only
-        assert kernels.attention.wgmma_groups(np.dtype(np.float32), 64) == 0
+        assert kernels.attention.wgmma_runs(bf16, 64) == hopper
+        assert not kernels.attention.wgmma_runs(bf16, 32)                # head size 64 only
+        assert not kernels.attention.wgmma_runs(np.dtype(np.float32), 64)
     finally:
         kernels.attention.set_attention_variant(previous)
     if not hopper:
         pytest.skip("wgmma needs compute capability 9.0")
     host = _inputs(1, 2, 200, 200, 64, bf16, seed=4)
     slot = kernels.rng_slot()
-    got, ref = _run(cp, host, True, 0.0, slot, variant=name), _reference(host, True, 0.0, slot)
-    named = "" if groups == 1 else str(groups)
-    for kernel in (f"attention_forward_wgmma{named}_64", f"attention_backward_kvs_wgmma{named}_64",
-                   "attention_backward_dq_wgmma_64"):
+    got, ref = _run(cp, host, True, 0.0, slot, variant="wgmma"), _reference(host, True, 0.0, slot)
+    for kernel in ("attention_forward_wgmma_64", "attention_backward_kvs_wgmma_64", "attention_backward_dq_wgmma_64"):
         assert any(key[:2] == ("attention_wgmma", kernel) for key in kernels._functions), f"{kernel} did not run"
     for n, a, r in zip(NAMES, got, ref):
-        assert _rel(a, r) < BF16_TOL[n], f"{name} {n}: {_rel(a, r):.2e}"
+        assert _rel(a, r) < BF16_TOL[n], f"wgmma {n}: {_rel(a, r):.2e}"

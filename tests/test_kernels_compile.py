@@ -50,7 +50,7 @@ def test_kernel_list_comes_from_the_sources():
         assert names, f"{stem}.cu: no extern \"C\" __global__ kernel found"
     assert {"attention_forward_32", "attention_backward_q_128", "attention_row_dot"} <= set(KERNELS["attention"])
     assert {"attention_forward_mma_64", "attention_backward_kv_mma_128"} <= set(KERNELS["attention_mma"])
-    assert {"attention_forward_wgmma_64", "attention_forward_wgmma2_64"} <= set(KERNELS["attention_wgmma"])
+    assert {"attention_forward_wgmma_64", "attention_backward_dq_wgmma_64"} <= set(KERNELS["attention_wgmma"])
     assert "softmax_forward_naive" in KERNELS["softmax_naive"]
 
 

@@ -128,7 +128,7 @@ def compile_ahead(dtype=_F32, head_size=None, attention_dropout=False):
     if head_size in attention.HEAD_SIZES:
         for p in (False, True) if attention_dropout else (False,):
             wanted.append(attention.module_key(np.dtype(dtype), head_size, p))
-            if attention.wgmma_groups(np.dtype(dtype), head_size):
+            if attention.wgmma_runs(np.dtype(dtype), head_size):
                 wanted.append(attention.wgmma_module_key(np.dtype(dtype), head_size, p))
     wanted = [key for key in wanted if key not in _modules]
     if not wanted:

@@ -24,12 +24,11 @@ _TILE = 64
 # rows of a 128-row block, so every fragment read from shared memory feeds two tile products
 # (attention_forward_warp32_*, attention_backward_kvs_warp32_*; head sizes WARP32_HEAD_SIZES,
 # others fall back to warp16, as does a forward with scale <= 0: warp32 takes the max of the
-# raw scores). "wgmma" and "wgmma2" run on Hopper's warpgroup products (attention_wgmma.cu:
-# one or two warpgroups of 64 query rows or keys a block; compute capability 9.0, head size 64,
-# rows on 16 bytes; the forward also scale > 0, dQ also T % 8 == 0); elsewhere they are warp32.
-# All give the same numbers up to a bf16 rounding of P; they differ in speed only: warp32, the
-# default, is the faster of the mma.sync ones (bench/results.md).
-VARIANTS = ("warp16", "warp32", "wgmma", "wgmma2")
+# raw scores). "wgmma", the default, runs on Hopper's warpgroup products (attention_wgmma.cu:
+# a warpgroup of 64 query rows or keys a block; compute capability 9.0, head size 64, rows on
+# 16 bytes; the forward also scale > 0, dQ also T % 8 == 0) and is warp32 elsewhere. All give
+# the same numbers up to a bf16 rounding of P; they differ in speed only (bench/results.md).
+VARIANTS = ("warp16", "warp32", "wgmma")
 WARP32_HEAD_SIZES = (32, 64)
 WGMMA_HEAD_SIZES = (64,)
 
@@ -41,7 +40,7 @@ def _checked_variant(name):
     return name
 
 
-_variant = _checked_variant(os.environ.get("TENSORGRAD_ATTENTION_VARIANT", "warp32"))
+_variant = _checked_variant(os.environ.get("TENSORGRAD_ATTENTION_VARIANT", "wgmma"))
 
 
 def set_attention_variant(name):
@@ -72,15 +71,13 @@ def _hopper():
 _CAPABILITY = {}
 
 
-def wgmma_groups(dtype, D):
-    """Warpgroups a block of the wgmma forward (1 or 2), or 0 where it does not run."""
-    if _variant not in ("wgmma", "wgmma2") or D not in WGMMA_HEAD_SIZES or not _mma(dtype) or not _hopper():
-        return 0
-    return 1 if _variant == "wgmma" else 2
+def wgmma_runs(dtype, D):
+    """Do the wgmma kernels run attention of head size D on `dtype` (this variant, this GPU)?"""
+    return _variant == "wgmma" and D in WGMMA_HEAD_SIZES and _mma(dtype) and _hopper()
 
 
 def wgmma_module_key(dtype, D, dropout=False):
-    """(stem, dtype, defines) of the wgmma forward's module (built for sm_90a)."""
+    """(stem, dtype, defines) of the wgmma kernels' module (built for sm_90a)."""
     return ("attention_wgmma", np.dtype(dtype), (("TG_HEAD_DIM", D), ("TG_DROPOUT", int(bool(dropout)))))
 
 
@@ -153,17 +150,15 @@ def attention_forward(q, k, v, y, causal, scale, p, slot):
     if _mma(q.dtype):
         # bf16: the tile products on tensor cores (attention.cu); Q, K and V^T tiles in bf16
         name, shared = f"attention_forward_mma_{D}", 5 * _TILE * (D + 8) * 2       # Q, two buffers of K, V
-    grid, threads = (-(-T // _TILE), B * H), 128
+    grid = (-(-T // _TILE), B * H)
     if _warp32(q.dtype, D) and scale > 0:   # 128 queries a block: Q (128 rows) and two buffers of K, V
         name, shared, grid = f"attention_forward_warp32_{D}", 6 * _TILE * (D + 8) * 2, (-(-T // (2 * _TILE)), B * H)
     stem, _, build = module_key(q.dtype, D, p > 0)
-    groups = wgmma_groups(q.dtype, D)
-    if groups and scale > 0 and _vec(q, k, v) == 2:
-        # 64 queries a warpgroup: Q (64 groups rows), two buffers of K, V, in 128-byte rows; 1 KiB to align them
-        name = "attention_forward_wgmma_64" if groups == 1 else "attention_forward_wgmma2_64"
-        shared, grid, threads = (groups + 4) * _TILE * 128 + 1024, (-(-T // (groups * _TILE)), B * H), 128 * groups
+    if wgmma_runs(q.dtype, D) and scale > 0 and _vec(q, k, v) == 2:
+        # 64 queries a block: Q and two buffers of K, V, in 128-byte rows; 1 KiB to align them
+        name, shared, grid = "attention_forward_wgmma_64", 5 * _TILE * 128 + 1024, (-(-T // _TILE), B * H)
         stem, _, build = wgmma_module_key(q.dtype, D, p > 0)
-    launch(stem, name, grid, (threads,),
+    launch(stem, name, grid, (128,),
            (q, k, v, y, lse) + _strides(q, k, v, y) +
            (np.int32(H), np.int32(T), np.int32(S), np.float32(scale), np.int32(causal), slot, drop16, dscale,
             _vec(q, k, v)), shared_mem=shared, dtype=q.dtype, defines=build)
@@ -202,21 +197,20 @@ def attention_backward(g, q, k, v, y, lse, causal, scale, p, slot, dq, dk, dv):
         # the kv kernel also writes dS^T; dQ = dS K is then one product a tile instead of three
         ds = cp.empty((B * H, S, T), dtype=q.dtype)
         kvs, kvs_grid = f"attention_backward_kvs_mma_{D}", (-(-S // _TILE), B * H)
-        kvs_stem, threads = stem, 128
+        kvs_stem = stem
         if _warp32(q.dtype, D):      # 128 keys a block: K, V (128 rows), two buffers of Q, dY; keep (64 x 128)
             kvs, kvs_grid = f"attention_backward_kvs_warp32_{D}", (-(-S // (2 * _TILE)), B * H)
             kv_shared = 8 * _TILE * (D + 8) * 2 + 2 * _TILE * 4 + 2 * _TILE * _TILE
-        groups = wgmma_groups(q.dtype, D) if _vec(q, k, v, g) == 2 else 0
-        if groups:                   # 64 keys a warpgroup: K, V, two buffers of Q, dY (128-byte rows); lse, D, keep
-            kvs = "attention_backward_kvs_wgmma_64" if groups == 1 else "attention_backward_kvs_wgmma2_64"
-            kvs_grid, threads = (-(-S // (groups * _TILE)), B * H), 128 * groups
-            kv_shared = (2 * groups + 4) * _TILE * 128 + 2 * _TILE * 4 + groups * _TILE * _TILE + 1024
+        wgmma = wgmma_runs(q.dtype, D) and _vec(q, k, v, g) == 2
+        if wgmma:                    # 64 keys a block: K, V, two buffers of Q, dY (128-byte rows); lse, D, keep
+            kvs, kvs_grid = "attention_backward_kvs_wgmma_64", (-(-S // _TILE), B * H)
+            kv_shared = 6 * _TILE * 128 + 2 * _TILE * 4 + _TILE * _TILE + 1024
             kvs_stem, _, wgmma_build = wgmma_module_key(q.dtype, D, p > 0)
-        launch(kvs_stem, kvs, kvs_grid, (threads,), (q, k, v, g, lse, dot, dk, dv) + tail + (ds,),
-               shared_mem=kv_shared, dtype=q.dtype, defines=wgmma_build if groups else build)
+        launch(kvs_stem, kvs, kvs_grid, (128,), (q, k, v, g, lse, dot, dk, dv) + tail + (ds,),
+               shared_mem=kv_shared, dtype=q.dtype, defines=wgmma_build if wgmma else build)
         dq_args = (k, ds, dq) + _strides(q, k) + (np.int32(H), np.int32(T), np.int32(S), np.float32(scale),
                                                   np.int32(causal))
-        if groups and T % 8 == 0:    # dS^T rows in 16-byte chunks: K and dS^T tiles, two buffers, 128-byte rows
+        if wgmma and T % 8 == 0:    # dS^T rows in 16-byte chunks: K and dS^T tiles, two buffers, 128-byte rows
             launch("attention_wgmma", "attention_backward_dq_wgmma_64", (-(-T // _TILE), B * H), (128,), dq_args,
                    shared_mem=4 * _TILE * 128 + 1024, dtype=q.dtype, defines=wgmma_build)
             return

@@ -78,12 +78,11 @@ __device__ __forceinline__ void wgmma_rs(float (&c)[8][4], const unsigned int (&
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b));
 }
 
-// rows [row0, row0 + ROWS) of a (.., rows, 64) bf16 operand into a swizzled (ROWS, 64) tile, by cp.async
-// (rows start on 16 bytes: the host's condition); zeros past n_rows. NTH threads take part.
-template <int ROWS, int NTH>
+// rows [row0, row0 + 64) of a (.., rows, 64) bf16 operand into a swizzled (64, 64) tile, by cp.async
+// (rows start on 16 bytes: the host's condition); zeros past n_rows.
 __device__ __forceinline__ void load_tile_sw128(unsigned char* tile, const floatX* g, long long base, long long st,
                                                 int row0, int n_rows) {
-    for (int e = threadIdx.x; e < ROWS * 8; e += NTH) {
+    for (int e = threadIdx.x; e < TILE * 8; e += NT) {
         const int r = e >> 3, c = e & 7;
         const bool in = row0 + r < n_rows;
         cp_async16(reinterpret_cast<floatX*>(tile + r * 128 + ((c ^ (r & 7)) << 4)),
@@ -158,45 +157,41 @@ __device__ __forceinline__ void forward_tile_wgmma(float (&o)[8][4], float (&m)[
     hold(o);
 }
 
-// WG warpgroups a block, 64 query rows each; every warpgroup reads the same K, V tiles.
-template <int WG>
+// A block is one warpgroup: 64 query rows.
 __device__ void attention_forward_wgmma_body(const floatX* __restrict__ q, const floatX* __restrict__ k,
                                              const floatX* __restrict__ v, floatX* __restrict__ y,
                                              float* __restrict__ lse, Strides qs, Strides ks, Strides vs, Strides ys,
                                              int H, int T, int S, float scale, int causal, const unsigned int* rng,
                                              unsigned int drop16, float dscale) {
-    constexpr int NTH = 128 * WG, BQ = 64 * WG, TB = TILE * 128;   // threads, query rows, bytes a tile
+    constexpr int TB = TILE * 128;         // bytes a tile
     extern __shared__ __align__(1024) unsigned char smem_raw[];
     // the swizzle pattern repeats every 1024 bytes: tiles start on 1024 (the host adds 1 KiB of room)
     unsigned char* smem = smem_raw + ((1024 - (smem_address(smem_raw) & 1023)) & 1023);
-    unsigned char* Qs = smem;              // (BQ, 64)
-    unsigned char* KV = smem + WG * TB;    // two buffers of (K, V): (2, 2, 64, 64)
+    unsigned char* Qs = smem;              // (64, 64)
+    unsigned char* KV = smem + TB;         // two buffers of (K, V): (2, 2, 64, 64)
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
-    const int wg = warp >> 2;
     // causal: the last query blocks see the most keys; they start first so the short ones fill the tail
-    const int bh = blockIdx.y, q0 = (gridDim.x - 1 - blockIdx.x) * BQ;
-    const int w0 = q0 + 64 * wg;           // this warpgroup's first query row
-    const int row[2] = {w0 + 16 * (warp & 3) + g, w0 + 16 * (warp & 3) + g + 8};
+    const int bh = blockIdx.y, q0 = (gridDim.x - 1 - blockIdx.x) * TILE;
+    const int row[2] = {q0 + 16 * warp + g, q0 + 16 * warp + g + 8};
     const int last[2] = {last_key(row[0], T, S, causal), last_key(row[1], T, S, causal)};
     const float sl2 = scale * LOG2E;
-    const int nkt = key_tiles(q0 + BQ - TILE, T, S, causal);   // the block's last row is q0 + BQ - 1
-    // this warpgroup's key tiles: [0, full) visible to all its rows, [full, mine) partly, none past mine
-    const int mine = w0 < T ? key_tiles(w0, T, S, causal) : 0;
-    const int full = min(mine, (causal ? min(S, w0 + 1 + (S - T)) : S) / TILE);
+    // key tiles [0, full) are visible to all the block's rows, [full, nkt) partly
+    const int nkt = key_tiles(q0, T, S, causal);
+    const int full = min(nkt, (causal ? min(S, q0 + 1 + (S - T)) : S) / TILE);
 
-    load_tile_sw128<BQ, NTH>(Qs, q, base_of(qs, bh, H), qs.t, q0, T);
-    load_tile_sw128<TILE, NTH>(KV, k, base_of(ks, bh, H), ks.t, 0, S);
-    load_tile_sw128<TILE, NTH>(KV + TB, v, base_of(vs, bh, H), vs.t, 0, S);
+    load_tile_sw128(Qs, q, base_of(qs, bh, H), qs.t, q0, T);
+    load_tile_sw128(KV, k, base_of(ks, bh, H), ks.t, 0, S);
+    load_tile_sw128(KV + TB, v, base_of(vs, bh, H), vs.t, 0, S);
     cp_async_commit();
-    const unsigned int q_addr = smem_address(Qs + wg * TB), kv_addr = smem_address(KV);
+    const unsigned int q_addr = smem_address(Qs), kv_addr = smem_address(KV);
     float o[8][4], m[2] = {NEG_INF, NEG_INF}, l[2] = {0.f, 0.f};
 #pragma unroll
     for (int n = 0; n < 8; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.f;
     for (int kt = 0; kt < nkt; ++kt) {
         if (kt + 1 < nkt) {                // the next K, V into the other buffer, read two steps ago
             unsigned char* next = KV + ((kt + 1) & 1) * 2 * TB;
-            load_tile_sw128<TILE, NTH>(next, k, base_of(ks, bh, H), ks.t, (kt + 1) * TILE, S);
-            load_tile_sw128<TILE, NTH>(next + TB, v, base_of(vs, bh, H), vs.t, (kt + 1) * TILE, S);
+            load_tile_sw128(next, k, base_of(ks, bh, H), ks.t, (kt + 1) * TILE, S);
+            load_tile_sw128(next + TB, v, base_of(vs, bh, H), vs.t, (kt + 1) * TILE, S);
         }
         cp_async_commit();
         cp_async_wait_one();               // this tile's K, V (and at first Q) have landed
@@ -205,7 +200,7 @@ __device__ void attention_forward_wgmma_body(const floatX* __restrict__ q, const
         const unsigned int k_addr = kv_addr + (kt & 1) * 2 * TB, v_addr = k_addr + TB;
         if (kt < full)
             forward_tile_wgmma<false>(o, m, l, q_addr, k_addr, v_addr, row, last, kt, sl2, rng, drop16, dscale, bh, t);
-        else if (kt < mine)
+        else
             forward_tile_wgmma<true>(o, m, l, q_addr, k_addr, v_addr, row, last, kt, sl2, rng, drop16, dscale, bh, t);
         __syncthreads();                   // every warp is done with this buffer before it is refilled
     }
@@ -239,7 +234,7 @@ __device__ void attention_forward_wgmma_body(const floatX* __restrict__ q, const
 template <bool MASKED>
 __device__ __forceinline__ void kvs_step_wgmma(float (&dk)[8][4], float (&dv)[8][4], unsigned int k_addr,
                                                unsigned int v_addr, unsigned int q_addr, unsigned int y_addr,
-                                               const float* L, const float* Dot, const unsigned char* keep, int BK,
+                                               const float* L, const float* Dot, const unsigned char* keep,
                                                int kr, int q0, const int (&key)[2], int T, int S, bool causal,
                                                float sl2, unsigned int drop16, float dscale, floatX* ds, int bh,
                                                int t) {
@@ -258,7 +253,7 @@ __device__ __forceinline__ void kvs_step_wgmma(float (&dk)[8][4], float (&dv)[8]
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
             const int hr = e >> 1, qc = nb * 8 + 2 * t + (e & 1);
-            const float zv = !DROPOUT_ON(drop16) ? 1.f : (keep[qc * BK + kr + 8 * hr] ? dscale : 0.f);
+            const float zv = !DROPOUT_ON(drop16) ? 1.f : (keep[qc * TILE + kr + 8 * hr] ? dscale : 0.f);
             const float p = MASKED && !visible(q0 + qc, key[hr], T, S, causal) ? 0.f
                                                                              : exp2_ftz(st[nb][e] * sl2 - L[qc]);
             st[nb][e] = p * (dpt[nb][e] * zv - Dot[qc]);   // dS^T
@@ -284,8 +279,7 @@ __device__ __forceinline__ void kvs_step_wgmma(float (&dk)[8][4], float (&dv)[8]
     hold(dv);
 }
 
-// WG warpgroups a block, 64 keys each, sharing each query tile's Q, dY (two buffers), lse, D and keep flags.
-template <int WG>
+// A block is one warpgroup: 64 keys.
 __device__ void attention_backward_kvs_wgmma_body(const floatX* __restrict__ q, const floatX* __restrict__ k,
                                                   const floatX* __restrict__ v, const floatX* __restrict__ dy,
                                                   const float* __restrict__ lse, const float* __restrict__ dot,
@@ -293,30 +287,29 @@ __device__ void attention_backward_kvs_wgmma_body(const floatX* __restrict__ q, 
                                                   Strides ks, Strides vs, Strides ys, int H, int T, int S,
                                                   float scale, int causal, const unsigned int* rng,
                                                   unsigned int drop16, float dscale, floatX* __restrict__ ds) {
-    constexpr int NTH = 128 * WG, BK = 64 * WG, TB = TILE * 128;   // threads, keys, bytes a tile
+    constexpr int TB = TILE * 128;         // bytes a tile
     extern __shared__ __align__(1024) unsigned char smem_raw[];
     unsigned char* smem = smem_raw + ((1024 - (smem_address(smem_raw) & 1023)) & 1023);
-    unsigned char* Ks = smem;              // (BK, 64): this block's keys
-    unsigned char* Vs = Ks + WG * TB;      // (BK, 64)
-    unsigned char* QY = Vs + WG * TB;      // two buffers of the query tile's (Q, dY): (2, 2, 64, 64)
+    unsigned char* Ks = smem;              // (64, 64): this block's keys
+    unsigned char* Vs = Ks + TB;           // (64, 64)
+    unsigned char* QY = Vs + TB;           // two buffers of the query tile's (Q, dY): (2, 2, 64, 64)
     float* L = reinterpret_cast<float*>(QY + 4 * TB);   // (64): lse of the query tile, in log2 units
     float* Dot = L + TILE;                 // (64)
-    unsigned char* keep = reinterpret_cast<unsigned char*>(Dot + TILE);   // (64 queries, BK keys)
+    unsigned char* keep = reinterpret_cast<unsigned char*>(Dot + TILE);   // (64 queries, 64 keys)
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
-    const int wg = warp >> 2, kr = 64 * wg + 16 * (warp & 3) + g;
-    const int bh = blockIdx.y, k0 = blockIdx.x * BK, kw0 = k0 + 64 * wg;   // the block's, the warpgroup's first key
+    const int kr = 16 * warp + g;          // the lane's first key in the tile
+    const int bh = blockIdx.y, k0 = blockIdx.x * TILE;
     const int key[2] = {k0 + kr, k0 + kr + 8};
     const float sl2 = scale * LOG2E;
     const int first = causal ? max(0, k0 - (S - T)) / TILE : 0;     // the first query tile that sees key k0
-    const int mine = causal ? max(0, kw0 - (S - T)) / TILE : 0;     // ... that sees this warpgroup's first key
     const int nqt = (T + TILE - 1) / TILE;
-    load_tile_sw128<BK, NTH>(Ks, k, base_of(ks, bh, H), ks.t, k0, S);
-    load_tile_sw128<BK, NTH>(Vs, v, base_of(vs, bh, H), vs.t, k0, S);
+    load_tile_sw128(Ks, k, base_of(ks, bh, H), ks.t, k0, S);
+    load_tile_sw128(Vs, v, base_of(vs, bh, H), vs.t, k0, S);
     cp_async_commit();
-    load_tile_sw128<TILE, NTH>(QY, q, base_of(qs, bh, H), qs.t, first * TILE, T);
-    load_tile_sw128<TILE, NTH>(QY + TB, dy, base_of(ys, bh, H), ys.t, first * TILE, T);
+    load_tile_sw128(QY, q, base_of(qs, bh, H), qs.t, first * TILE, T);
+    load_tile_sw128(QY + TB, dy, base_of(ys, bh, H), ys.t, first * TILE, T);
     cp_async_commit();
-    const unsigned int k_addr = smem_address(Ks + wg * TB), v_addr = smem_address(Vs + wg * TB);
+    const unsigned int k_addr = smem_address(Ks), v_addr = smem_address(Vs);
     const unsigned int qy_addr = smem_address(QY);
     float dk_acc[8][4], dv_acc[8][4];
 #pragma unroll
@@ -327,36 +320,36 @@ __device__ void attention_backward_kvs_wgmma_body(const floatX* __restrict__ q, 
         const int q0 = qt * TILE, buf = (qt - first) & 1;
         if (qt + 1 < nqt) {                // the next Q, dY into the other buffer, read two steps ago
             unsigned char* next = QY + (buf ^ 1) * 2 * TB;
-            load_tile_sw128<TILE, NTH>(next, q, base_of(qs, bh, H), qs.t, q0 + TILE, T);
-            load_tile_sw128<TILE, NTH>(next + TB, dy, base_of(ys, bh, H), ys.t, q0 + TILE, T);
+            load_tile_sw128(next, q, base_of(qs, bh, H), qs.t, q0 + TILE, T);
+            load_tile_sw128(next + TB, dy, base_of(ys, bh, H), ys.t, q0 + TILE, T);
         }
         cp_async_commit();
-        for (int r = threadIdx.x; r < TILE; r += NTH) {
+        for (int r = threadIdx.x; r < TILE; r += NT) {
             const bool in = q0 + r < T;
             L[r] = in ? lse[(long long)bh * T + q0 + r] * LOG2E : 0.f;
             Dot[r] = in ? dot[(long long)bh * T + q0 + r] : 0.f;
         }
-        if (DROPOUT_ON(drop16)) {          // the float kernels' draws: warpgroup wg draws key tile 2 x + wg
-            const int tid = threadIdx.x & 127, ty = tid / 8, tx = tid % 8;
+        if (DROPOUT_ON(drop16)) {          // the float kernels' draws: thread (ty, tx) rows 4ty..4ty+3
+            const int ty = threadIdx.x / 8, tx = threadIdx.x % 8;
 #pragma unroll
             for (int i = 0; i < 4; ++i) {
                 float z[8];
-                drop_row(z, rng, drop16, dscale, q0 + 4 * ty + i, WG * blockIdx.x + wg, tx, bh);
+                drop_row(z, rng, drop16, dscale, q0 + 4 * ty + i, blockIdx.x, tx, bh);
 #pragma unroll
-                for (int c = 0; c < 8; ++c) keep[(4 * ty + i) * BK + 64 * wg + tx + 8 * c] = z[c] != 0.f;
+                for (int c = 0; c < 8; ++c) keep[(4 * ty + i) * TILE + tx + 8 * c] = z[c] != 0.f;
             }
         }
         cp_async_wait_one();               // this query tile's Q, dY (and at first K, V) have landed
         fence_async_shared();
         __syncthreads();
         const unsigned int q_addr = qy_addr + buf * 2 * TB, y_addr = q_addr + TB;
-        const bool full = (!causal || kw0 + 63 <= q0 + (S - T)) && kw0 + 63 < S && q0 + 63 < T;
-        if (qt >= mine && full)
-            kvs_step_wgmma<false>(dk_acc, dv_acc, k_addr, v_addr, q_addr, y_addr, L, Dot, keep, BK, kr, q0, key, T,
-                                  S, causal, sl2, drop16, dscale, ds, bh, t);
-        else if (qt >= mine && kw0 < S)
-            kvs_step_wgmma<true>(dk_acc, dv_acc, k_addr, v_addr, q_addr, y_addr, L, Dot, keep, BK, kr, q0, key, T,
-                                 S, causal, sl2, drop16, dscale, ds, bh, t);
+        const bool full = (!causal || k0 + 63 <= q0 + (S - T)) && k0 + 63 < S && q0 + 63 < T;
+        if (full)
+            kvs_step_wgmma<false>(dk_acc, dv_acc, k_addr, v_addr, q_addr, y_addr, L, Dot, keep, kr, q0, key, T, S,
+                                  causal, sl2, drop16, dscale, ds, bh, t);
+        else
+            kvs_step_wgmma<true>(dk_acc, dv_acc, k_addr, v_addr, q_addr, y_addr, L, Dot, keep, kr, q0, key, T, S,
+                                 causal, sl2, drop16, dscale, ds, bh, t);
         __syncthreads();                   // L, Dot, keep and this buffer are refilled next
     }
     store_fragments<64>(dk + base_of(ks, bh, H) + (long long)key[0] * ks.t, ks.t, dk_acc, scale, key[0] < S,
@@ -373,7 +366,7 @@ __device__ void attention_backward_kvs_wgmma_body(const floatX* __restrict__ q, 
 // so a 16-byte chunk never straddles T) into a swizzled (64, 64) tile; zeros past S or T.
 __device__ __forceinline__ void load_ds_tile_sw128(unsigned char* tile, const floatX* ds, long long base, int k0,
                                                    int q0, int S, int T) {
-    for (int e = threadIdx.x; e < TILE * 8; e += 128) {
+    for (int e = threadIdx.x; e < TILE * 8; e += NT) {
         const int r = e >> 3, c = e & 7;
         const bool in = k0 + r < S && q0 + 8 * c < T;
         cp_async16(reinterpret_cast<floatX*>(tile + r * 128 + ((c ^ (r & 7)) << 4)),
@@ -392,7 +385,7 @@ __device__ void attention_backward_dq_wgmma_body(const floatX* __restrict__ k, c
     const int row0 = q0 + 16 * warp + g;
     const long long dbase = (long long)bh * S * T;
     const int nkt = key_tiles(q0, T, S, causal);
-    load_tile_sw128<TILE, 128>(buf, k, base_of(ks, bh, H), ks.t, 0, S);
+    load_tile_sw128(buf, k, base_of(ks, bh, H), ks.t, 0, S);
     load_ds_tile_sw128(buf + TB, ds, dbase, 0, q0, S, T);
     cp_async_commit();
     const unsigned int buf_addr = smem_address(buf);
@@ -402,7 +395,7 @@ __device__ void attention_backward_dq_wgmma_body(const floatX* __restrict__ k, c
     for (int kt = 0; kt < nkt; ++kt) {
         if (kt + 1 < nkt) {
             unsigned char* next = buf + ((kt + 1) & 1) * 2 * TB;
-            load_tile_sw128<TILE, 128>(next, k, base_of(ks, bh, H), ks.t, (kt + 1) * TILE, S);
+            load_tile_sw128(next, k, base_of(ks, bh, H), ks.t, (kt + 1) * TILE, S);
             load_ds_tile_sw128(next + TB, ds, dbase, (kt + 1) * TILE, q0, S, T);
         }
         cp_async_commit();
@@ -422,26 +415,21 @@ __device__ void attention_backward_dq_wgmma_body(const floatX* __restrict__ k, c
     store_fragments<64>(dq + base_of(qs, bh, H) + (long long)row0 * qs.t, qs.t, acc, scale, row0 < T, row0 + 8 < T, t);
 }
 
-// attention_forward_wgmma_64, attention_backward_kvs_wgmma_64: one warpgroup (64 query rows or
-// keys) a block; the wgmma2 forms: two (128) sharing each K, V or Q, dY tile.
-#define ATTENTION_WGMMA_KERNELS(WG, NAMED)                                                                     \
-extern "C" __global__ void __launch_bounds__(128 * WG) attention_forward_wgmma##NAMED##_64(                    \
-        const floatX* q, const floatX* k, const floatX* v, floatX* y, float* lse, STRIDE_PARAMS, int H, int T, \
-        int S, float scale, int causal, const unsigned int* rng, unsigned int drop16, float dscale, int vec) { \
-    attention_forward_wgmma_body<WG>(q, k, v, y, lse, STRIDES, H, T, S, scale, causal, rng, drop16, dscale);  \
-}                                                                                                              \
-extern "C" __global__ void __launch_bounds__(128 * WG) attention_backward_kvs_wgmma##NAMED##_64(               \
-        const floatX* q, const floatX* k, const floatX* v, const floatX* dy, const float* lse,                 \
-        const float* dot, floatX* dk, floatX* dv, STRIDE_PARAMS, int H, int T, int S, float scale, int causal,  \
-        const unsigned int* rng, unsigned int drop16, float dscale, int vec, floatX* ds) {                     \
-    attention_backward_kvs_wgmma_body<WG>(q, k, v, dy, lse, dot, dk, dv, STRIDES, H, T, S, scale, causal, rng, \
-                                          drop16, dscale, ds);                                                 \
-}
-
+// ----------------------------------------------------------------- entry points (head size 64)
 #if HEAD_DIM(64)
-ATTENTION_WGMMA_KERNELS(1, )
-ATTENTION_WGMMA_KERNELS(2, 2)
-extern "C" __global__ void __launch_bounds__(128) attention_backward_dq_wgmma_64(
+extern "C" __global__ void __launch_bounds__(NT) attention_forward_wgmma_64(
+        const floatX* q, const floatX* k, const floatX* v, floatX* y, float* lse, STRIDE_PARAMS, int H, int T,
+        int S, float scale, int causal, const unsigned int* rng, unsigned int drop16, float dscale, int vec) {
+    attention_forward_wgmma_body(q, k, v, y, lse, STRIDES, H, T, S, scale, causal, rng, drop16, dscale);
+}
+extern "C" __global__ void __launch_bounds__(NT) attention_backward_kvs_wgmma_64(
+        const floatX* q, const floatX* k, const floatX* v, const floatX* dy, const float* lse, const float* dot,
+        floatX* dk, floatX* dv, STRIDE_PARAMS, int H, int T, int S, float scale, int causal,
+        const unsigned int* rng, unsigned int drop16, float dscale, int vec, floatX* ds) {
+    attention_backward_kvs_wgmma_body(q, k, v, dy, lse, dot, dk, dv, STRIDES, H, T, S, scale, causal, rng, drop16,
+                                      dscale, ds);
+}
+extern "C" __global__ void __launch_bounds__(NT) attention_backward_dq_wgmma_64(
         const floatX* k, const floatX* ds, floatX* dq, long long qb, long long qh, long long qt, long long kb,
         long long kh, long long kt, int H, int T, int S, float scale, int causal) {
     attention_backward_dq_wgmma_body(k, ds, dq, Strides{qb, qh, qt}, Strides{kb, kh, kt}, H, T, S, scale, causal);
