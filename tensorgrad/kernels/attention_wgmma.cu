@@ -1,9 +1,10 @@
-// Fused attention forward on Hopper's warpgroup tensor cores (wgmma, sm_90a), bf16, head size 64.
+// Fused attention on Hopper's warpgroup tensor cores (wgmma, sm_90a), bf16, head size 64: the
+// forward, the kv backward that stores dS^T, and dQ from it.
 //
-// attention_mma.cu's warp16 forward with its two tile products moved from mma.sync to wgmma:
-// four warps (a warpgroup) issue one asynchronous product over 64 query rows together, its
-// B operand (K for S = Q K^T, V for O += P V) read by the tensor cores straight from shared
-// memory, so no warp spends instructions on ldmatrix for it. The online softmax, the causal
+// attention_mma.cu's warp16 kernels with their tile products moved from mma.sync to wgmma:
+// four warps (a warpgroup) issue one asynchronous product over 64 rows together, its B operand
+// (K for S = Q K^T, V for O += P V, ...) read by the tensor cores straight from shared memory,
+// so no warp spends instructions on ldmatrix for it. The online softmax, the causal
 // and dropout rules and the register layout of S, P and O are the mma.sync kernels': the
 // accumulator of wgmma m64nNk16 gives warp w of the warpgroup rows 16w..16w+15 in the m16n8
 // C-fragment layout, N / 8 fragments side by side, and P goes back in as the A operand from
