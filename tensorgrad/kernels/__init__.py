@@ -17,7 +17,7 @@ arguments of its kernels and launches them. Index:
     attention.py      attention_forward, attention_backward, attention_dropout_mask:
                       attention.cu (tiled, float FMAs), attention_mma.cu (tensor cores,
                       bf16; its building blocks in attention_mma.cuh), attention_wgmma.cu
-                      (the forward on Hopper's warpgroup products, sm_90a), attention_common.cuh
+                      (the same on Hopper's warpgroup products, sm_90a), attention_common.cuh
                       (what all share)
     many.py           tables of many arrays for one launch; adamw.cu (adamw_many),
                       clip.cu (clip_grads)

@@ -79,8 +79,9 @@ def wgmma_runs(dtype, D):
 
 
 def wgmma_module_key(dtype, D, dropout=False):
-    """(stem, dtype, defines) of the wgmma kernels' module (built for sm_90a)."""
-    return ("attention_wgmma", np.dtype(dtype), (("TG_HEAD_DIM", D), ("TG_DROPOUT", int(bool(dropout)))))
+    """(stem, dtype, defines) of the wgmma kernels' module (built for sm_90a): module_key's build."""
+    _, dtype, build = module_key(dtype, D, dropout)
+    return "attention_wgmma", dtype, build
 
 
 def attention_supported(q, k, v, causal):
@@ -185,8 +186,9 @@ def attention_backward(g, q, k, v, y, lse, causal, scale, p, slot, dq, dk, dv):
     launch(stem, "attention_row_dot", (-(-rows // 32),), (256,),       # 8 lanes a row
            (g, y, dot) + ys + (np.int32(H), np.int32(T), np.int32(D), np.int32(rows),
                                np.int32(_vec(g, y) == 2 and D * y.itemsize % 16 == 0)), dtype=q.dtype, defines=build)
+    vec = _vec(q, k, v, g)
     tail = _strides(q, k, v, y) + (np.int32(H), np.int32(T), np.int32(S), np.float32(scale), np.int32(causal),
-                                   slot, drop16, dscale, _vec(q, k, v, g))
+                                   slot, drop16, dscale, vec)
     if _mma(q.dtype):      # bf16 on tensor cores: four bf16 tiles; lse, dot and keep flags (kv)
         rows = _TILE * (D + 8)
         kv, qq = f"attention_backward_kv_mma_{D}", f"attention_backward_q_mma_{D}"
@@ -203,21 +205,21 @@ def attention_backward(g, q, k, v, y, lse, causal, scale, p, slot, dq, dk, dv):
         if _warp32(q.dtype, D):      # 128 keys a block: K, V (128 rows), two buffers of Q, dY; keep (64 x 128)
             kvs, kvs_grid = f"attention_backward_kvs_warp32_{D}", (-(-S // (2 * _TILE)), B * H)
             kv_shared = 8 * _TILE * (D + 8) * 2 + 2 * _TILE * 4 + 2 * _TILE * _TILE
-        wgmma = wgmma_runs(q.dtype, D) and _vec(q, k, v, g) == 2
+        wgmma = wgmma_runs(q.dtype, D) and vec == 2
         if wgmma:                    # 64 keys a block: K, V, two buffers of Q, dY (128-byte rows); lse, D, keep
             kvs, kvs_grid = "attention_backward_kvs_wgmma_64", (-(-S // _TILE), B * H)
             kv_shared = 6 * _TILE * 128 + 2 * _TILE * 4 + _TILE * _TILE + 1024
-            kvs_stem, _, wgmma_build = wgmma_module_key(q.dtype, D, p > 0)
+            kvs_stem = wgmma_module_key(q.dtype, D, p > 0)[0]      # the same build, its own module
         launch(kvs_stem, kvs, kvs_grid, (128,), (q, k, v, g, lse, dot, dk, dv) + tail + (ds,),
-               shared_mem=kv_shared, dtype=q.dtype, defines=wgmma_build if wgmma else build)
+               shared_mem=kv_shared, dtype=q.dtype, defines=build)
         dq_args = (k, ds, dq) + _strides(q, k) + (np.int32(H), np.int32(T), np.int32(S), np.float32(scale),
                                                   np.int32(causal))
         if wgmma and T % 8 == 0:    # dS^T rows in 16-byte chunks: K and dS^T tiles, two buffers, 128-byte rows
             launch("attention_wgmma", "attention_backward_dq_wgmma_64", (-(-T // _TILE), B * H), (128,), dq_args,
-                   shared_mem=4 * _TILE * 128 + 1024, dtype=q.dtype, defines=wgmma_build)
+                   shared_mem=4 * _TILE * 128 + 1024, dtype=q.dtype, defines=build)
             return
         launch(stem, f"attention_backward_dq_mma_{D}", (-(-T // _TILE), B * H), (128,),
-               dq_args + (_vec(q, k, v, g),), shared_mem=2 * _TILE * (D + 8 + _TILE + 8) * 2, dtype=q.dtype,
+               dq_args + (vec,), shared_mem=2 * _TILE * (D + 8 + _TILE + 8) * 2, dtype=q.dtype,
                defines=build)
         return
     launch(stem, kv, (-(-S // _TILE), B * H), (128,),
