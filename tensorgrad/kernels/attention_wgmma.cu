@@ -39,6 +39,15 @@ __device__ __forceinline__ void hold(float (&c)[N][4]) {
 #pragma unroll
         for (int e = 0; e < 4; ++e) asm volatile("" : "+f"(c[n][e])::"memory");
 }
+// An A operand in registers is read by the tensor cores until the wait too: the compiler, which
+// sees the wgmma take it at issue, could reuse its registers for other values before then. This
+// empty asm after the wait keeps the operand alive, and its registers untouched, until there.
+__device__ __forceinline__ void hold(unsigned int (&a)[4][4]) {
+#pragma unroll
+    for (int n = 0; n < 4; ++n)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) asm volatile("" : "+r"(a[n][e])::"memory");
+}
 
 // The descriptor of a tile at shared address `addr` (1024-byte aligned, or that plus a step along
 // a row): 128-byte swizzle (bits 62-63 = 1), 1024 bytes between groups of eight rows (stride,
@@ -156,6 +165,7 @@ __device__ __forceinline__ void forward_tile_wgmma(float (&o)[8][4], float (&m)[
     wgmma_commit();
     wgmma_wait_all();
     hold(o);
+    hold(pa);
 }
 
 // A block is one warpgroup: 64 query rows.
@@ -278,6 +288,8 @@ __device__ __forceinline__ void kvs_step_wgmma(float (&dk)[8][4], float (&dv)[8]
     wgmma_wait_all();
     hold(dk);
     hold(dv);
+    hold(pa);
+    hold(sa);
 }
 
 // A block is one warpgroup: 64 keys.
