@@ -96,26 +96,14 @@ __device__ void attention_forward_mma_body(const floatX* __restrict__ q, const f
                     s[nb][e] = p * z[e & 1][nb];
                 }
         }
-#pragma unroll
-        for (int n = 0; n < D / 8; ++n) {
-            o[n][0] *= alpha[0]; o[n][1] *= alpha[0];
-            o[n][2] *= alpha[1]; o[n][3] *= alpha[1];
-        }
+        rescale<D>(o, alpha);
         mma_tile<D>(o, s, Vs, lane);       // O += P V
         __syncthreads();                   // every warp is done with this buffer before it is refilled
     }
 #pragma unroll
-    for (int hr = 0; hr < 2; ++hr) {
-        l[hr] += __shfl_xor_sync(0xffffffffu, l[hr], 1);
-        l[hr] += __shfl_xor_sync(0xffffffffu, l[hr], 2);
-        if (row[hr] >= T) continue;
-        const float f = l[hr] > 0.f ? 1.f / l[hr] : 0.f;
-        floatX* out = y + base_of(ys, bh, H) + (long long)row[hr] * ys.t + 2 * t;
-#pragma unroll
-        for (int n = 0; n < D / 8; ++n)
-            *reinterpret_cast<unsigned int*>(out + n * 8) = pack_bf16(o[n][2 * hr] * f, o[n][2 * hr + 1] * f);
-        if (t == 0) lse[(long long)bh * T + row[hr]] = l[hr] > 0.f ? (m[hr] + log2f(l[hr])) / LOG2E : NEG_INF;
-    }
+    for (int hr = 0; hr < 2; ++hr)
+        store_output_row<D>(y + base_of(ys, bh, H) + (long long)row[hr] * ys.t + 2 * t, lse + (long long)bh * T + row[hr],
+                            o, hr, m[hr], l[hr], row[hr] < T, t);
 }
 
 // ------------------------------------------ the backward on tensor cores (bf16)
@@ -413,49 +401,13 @@ __device__ __forceinline__ void forward_tile_warp32(float (&o)[2][D / 8][4], flo
     const int t = lane & 3;
     float s[2][TILE / 8][4];               // S: two row tiles x 64 keys
     mma_rows<D, 2, TILE / 8>(s, qa, Ks, 0, lane);
-    float alpha[4];
+    float alpha[2][2];                     // row tile mi, row hr
 #pragma unroll
-    for (int r = 0; r < 4; ++r) {
-        const int mi = r >> 1, hr = r & 1;
-        const int lim = last[r] - kt * TILE - 2 * t;   // element (nb, e) is key kt * 64 + 2t + 8 nb + e % 2
-        float mx = NEG_INF;
-#pragma unroll
-        for (int nb = 0; nb < TILE / 8; ++nb)
-#pragma unroll
-            for (int e = 2 * hr; e < 2 * hr + 2; ++e) {
-                float& x = s[mi][nb][e];
-                if (MASKED && nb * 8 + (e & 1) > lim) x = NEG_INF;
-                mx = fmaxf(mx, x);
-            }
-        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-        // the max of the raw scores, scaled once: sl2 > 0 (the host's condition for these kernels)
-        // keeps it the max, and each p below is one fused multiply-add and one exponential
-        const float m_new = fmaxf(m[r], mx * sl2);
-        // only a masked tile can leave a row with nothing seen yet (m = -inf: all zeros)
-        const bool none = MASKED && m_new == NEG_INF;
-        alpha[r] = none ? 1.f : exp2_ftz(m[r] - m_new);
-        m[r] = m_new;
-        l[r] *= alpha[r];
-        float z[2][8];
-        drop_row(z[0], rng, drop16, dscale, row[r], kt, 2 * t, bh);
-        drop_row(z[1], rng, drop16, dscale, row[r], kt, 2 * t + 1, bh);
-#pragma unroll
-        for (int nb = 0; nb < TILE / 8; ++nb)
-#pragma unroll
-            for (int e = 2 * hr; e < 2 * hr + 2; ++e) {
-                const float p = none ? 0.f : exp2_ftz(fmaf(s[mi][nb][e], sl2, -m_new));
-                l[r] += p;                 // the normaliser counts every p, dropped or not
-                s[mi][nb][e] = p * z[e & 1][nb];
-            }
-    }
-#pragma unroll
-    for (int mi = 0; mi < 2; ++mi)
-#pragma unroll
-        for (int n = 0; n < D / 8; ++n) {
-            o[mi][n][0] *= alpha[2 * mi]; o[mi][n][1] *= alpha[2 * mi];
-            o[mi][n][2] *= alpha[2 * mi + 1]; o[mi][n][3] *= alpha[2 * mi + 1];
-        }
+    for (int r = 0; r < 4; ++r)
+        alpha[r >> 1][r & 1] = softmax_row<MASKED>(s[r >> 1], r & 1, m[r], l[r], row[r], last[r], kt, sl2, rng, drop16,
+                                                   dscale, bh, t);
+    rescale<D>(o[0], alpha[0]);
+    rescale<D>(o[1], alpha[1]);
     mma_tile<D, 2>(o, s, Vs, lane);        // O += P V
 }
 
@@ -517,18 +469,9 @@ __device__ void attention_forward_warp32_body(const floatX* __restrict__ q, cons
         __syncthreads();                   // every warp is done with this buffer before it is refilled
     }
 #pragma unroll
-    for (int r = 0; r < 4; ++r) {
-        const int mi = r >> 1, hr = r & 1;
-        l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
-        l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
-        if (row[r] >= T) continue;
-        const float f = l[r] > 0.f ? 1.f / l[r] : 0.f;
-        floatX* out = y + base_of(ys, bh, H) + (long long)row[r] * ys.t + 2 * t;
-#pragma unroll
-        for (int n = 0; n < D / 8; ++n)
-            *reinterpret_cast<unsigned int*>(out + n * 8) = pack_bf16(o[mi][n][2 * hr] * f, o[mi][n][2 * hr + 1] * f);
-        if (t == 0) lse[(long long)bh * T + row[r]] = l[r] > 0.f ? (m[r] + log2f(l[r])) / LOG2E : NEG_INF;
-    }
+    for (int r = 0; r < 4; ++r)
+        store_output_row<D>(y + base_of(ys, bh, H) + (long long)row[r] * ys.t + 2 * t, lse + (long long)bh * T + row[r],
+                            o[r >> 1], r & 1, m[r], l[r], row[r] < T, t);
 }
 
 // Backward (kv, writing dS^T), one step: a warp's 32 keys against 16 queries [qr, qr + 16) of the

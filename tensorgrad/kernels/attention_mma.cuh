@@ -241,4 +241,74 @@ __device__ __forceinline__ void store_ds_row(floatX* out, const float (&c)[NB][4
     }
 }
 
+
+// ------------------------------------------------ what the forwards share (mma.sync and wgmma)
+// The online softmax of one row of a key tile, in place, for the forwards that take the max of
+// the raw scores (warp32, wgmma; sl2 > 0, the host's condition, keeps it the max): row hr
+// (fragment elements 2 hr, 2 hr + 1) of S's 8 C fragments, query row i, becomes P with its
+// dropout; m and l take the tile in. Returns alpha, what the row of O must be rescaled by.
+// MASKED: the tile crosses the causal diagonal or the end of the keys (last: last_key(i)).
+template <bool MASKED>
+__device__ __forceinline__ float softmax_row(float (&s)[TILE / 8][4], int hr, float& m, float& l, int i, int last,
+                                             int kt, float sl2, const unsigned int* rng, unsigned int drop16,
+                                             float dscale, int bh, int t) {
+    const int lim = last - kt * TILE - 2 * t;   // element (nb, e) is key kt * 64 + 2t + 8 nb + e % 2
+    float mx = NEG_INF;
+#pragma unroll
+    for (int nb = 0; nb < TILE / 8; ++nb)
+#pragma unroll
+        for (int e = 2 * hr; e < 2 * hr + 2; ++e) {
+            float& x = s[nb][e];
+            if (MASKED && nb * 8 + (e & 1) > lim) x = NEG_INF;
+            mx = fmaxf(mx, x);
+        }
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+    // the max of the raw scores, scaled once: each p below is one fused multiply-add and one exponential
+    const float m_new = fmaxf(m, mx * sl2);
+    // only a masked tile can leave a row with nothing seen yet (m = -inf: all zeros)
+    const bool none = MASKED && m_new == NEG_INF;
+    const float alpha = none ? 1.f : exp2_ftz(m - m_new);
+    m = m_new;
+    l *= alpha;
+    float z[2][8];
+    drop_row(z[0], rng, drop16, dscale, i, kt, 2 * t, bh);
+    drop_row(z[1], rng, drop16, dscale, i, kt, 2 * t + 1, bh);
+#pragma unroll
+    for (int nb = 0; nb < TILE / 8; ++nb)
+#pragma unroll
+        for (int e = 2 * hr; e < 2 * hr + 2; ++e) {
+            const float p = none ? 0.f : exp2_ftz(fmaf(s[nb][e], sl2, -m_new));
+            l += p;                        // the normaliser counts every p, dropped or not
+            s[nb][e] = p * z[e & 1][nb];
+        }
+    return alpha;
+}
+
+// O's 16 rows (D / 8 C fragments) times the rescale of each of the lane's two rows
+template <int D>
+__device__ __forceinline__ void rescale(float (&o)[D / 8][4], const float (&alpha)[2]) {
+#pragma unroll
+    for (int n = 0; n < D / 8; ++n) {
+        o[n][0] *= alpha[0]; o[n][1] *= alpha[0];
+        o[n][2] *= alpha[1]; o[n][3] *= alpha[1];
+    }
+}
+
+// The end of a forward for row hr of a lane's O fragments, query row i: the row's sum l over the
+// quad's lanes (every lane takes part), then for a row inside T, O / l rounded to bf16 into y's
+// row (y_row: its first element plus 2t) and, from lane t == 0, the row's logsumexp to lse_at.
+template <int D>
+__device__ __forceinline__ void store_output_row(floatX* y_row, float* lse_at, const float (&o)[D / 8][4], int hr,
+                                                 float m, float l, bool inside, int t) {
+    l += __shfl_xor_sync(0xffffffffu, l, 1);
+    l += __shfl_xor_sync(0xffffffffu, l, 2);
+    if (!inside) return;
+    const float f = l > 0.f ? 1.f / l : 0.f;
+#pragma unroll
+    for (int n = 0; n < D / 8; ++n)
+        *reinterpret_cast<unsigned int*>(y_row + n * 8) = pack_bf16(o[n][2 * hr] * f, o[n][2 * hr + 1] * f);
+    if (t == 0) *lse_at = l > 0.f ? (m + log2f(l)) / LOG2E : NEG_INF;
+}
+
 #endif

@@ -120,41 +120,9 @@ __device__ __forceinline__ void forward_tile_wgmma(float (&o)[8][4], float (&m)[
     hold(s);
     float alpha[2];
 #pragma unroll
-    for (int hr = 0; hr < 2; ++hr) {       // element e of a fragment: row hr = e / 2, key 2t + e % 2
-        const int lim = last[hr] - kt * TILE - 2 * t;
-        float mx = NEG_INF;
-#pragma unroll
-        for (int nb = 0; nb < 8; ++nb)
-#pragma unroll
-            for (int e = 2 * hr; e < 2 * hr + 2; ++e) {
-                float& x = s[nb][e];
-                if (MASKED && nb * 8 + (e & 1) > lim) x = NEG_INF;
-                mx = fmaxf(mx, x);
-            }
-        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-        const float m_new = fmaxf(m[hr], mx * sl2);   // sl2 > 0: the raw max, scaled once (as warp32)
-        const bool none = MASKED && m_new == NEG_INF;
-        alpha[hr] = none ? 1.f : exp2_ftz(m[hr] - m_new);
-        m[hr] = m_new;
-        l[hr] *= alpha[hr];
-        float z[2][8];
-        drop_row(z[0], rng, drop16, dscale, row[hr], kt, 2 * t, bh);
-        drop_row(z[1], rng, drop16, dscale, row[hr], kt, 2 * t + 1, bh);
-#pragma unroll
-        for (int nb = 0; nb < 8; ++nb)
-#pragma unroll
-            for (int e = 2 * hr; e < 2 * hr + 2; ++e) {
-                const float p = none ? 0.f : exp2_ftz(fmaf(s[nb][e], sl2, -m_new));
-                l[hr] += p;                // the normaliser counts every p, dropped or not
-                s[nb][e] = p * z[e & 1][nb];
-            }
-    }
-#pragma unroll
-    for (int n = 0; n < 8; ++n) {
-        o[n][0] *= alpha[0]; o[n][1] *= alpha[0];
-        o[n][2] *= alpha[1]; o[n][3] *= alpha[1];
-    }
+    for (int hr = 0; hr < 2; ++hr)         // element e of a fragment: row hr = e / 2, key 2t + e % 2
+        alpha[hr] = softmax_row<MASKED>(s, hr, m[hr], l[hr], row[hr], last[hr], kt, sl2, rng, drop16, dscale, bh, t);
+    rescale<64>(o, alpha);
     unsigned int pa[4][4];                 // P (bf16) as the A operand, 16 keys a step
 #pragma unroll
     for (int kk = 0; kk < 4; ++kk) c_to_a(pa[kk], s[2 * kk], s[2 * kk + 1]);
@@ -216,17 +184,9 @@ __device__ void attention_forward_wgmma_body(const floatX* __restrict__ q, const
         __syncthreads();                   // every warp is done with this buffer before it is refilled
     }
 #pragma unroll
-    for (int hr = 0; hr < 2; ++hr) {
-        l[hr] += __shfl_xor_sync(0xffffffffu, l[hr], 1);
-        l[hr] += __shfl_xor_sync(0xffffffffu, l[hr], 2);
-        if (row[hr] >= T) continue;
-        const float f = l[hr] > 0.f ? 1.f / l[hr] : 0.f;
-        floatX* out = y + base_of(ys, bh, H) + (long long)row[hr] * ys.t + 2 * t;
-#pragma unroll
-        for (int n = 0; n < 8; ++n)
-            *reinterpret_cast<unsigned int*>(out + n * 8) = pack_bf16(o[n][2 * hr] * f, o[n][2 * hr + 1] * f);
-        if (t == 0) lse[(long long)bh * T + row[hr]] = l[hr] > 0.f ? (m[hr] + log2f(l[hr])) / LOG2E : NEG_INF;
-    }
+    for (int hr = 0; hr < 2; ++hr)
+        store_output_row<64>(y + base_of(ys, bh, H) + (long long)row[hr] * ys.t + 2 * t, lse + (long long)bh * T + row[hr],
+                             o, hr, m[hr], l[hr], row[hr] < T, t);
 }
 
 // ----------------------------------------------------------------------- backward
