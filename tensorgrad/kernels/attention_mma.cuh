@@ -241,6 +241,22 @@ __device__ __forceinline__ void store_ds_row(floatX* out, const float (&c)[NB][4
     }
 }
 
+// The same row from A fragments (c_to_a's packing: a[kk][2j + hr] holds columns 8(2kk + j) + 2t,
+// + 1 of row hr), so a kernel that has packed dS^T for a product stores those registers.
+template <int KK>
+__device__ __forceinline__ void store_ds_row(floatX* out, const unsigned int (&a)[KK][4], int hr, int q, int T) {
+#pragma unroll
+    for (int nb = 0; nb < 2 * KK; ++nb) {
+        const int qc = q + nb * 8;
+        const unsigned int v = a[nb >> 1][2 * (nb & 1) + hr];
+        if (qc + 1 < T && (T & 1) == 0) {
+            *reinterpret_cast<unsigned int*>(out + nb * 8) = v;
+        } else {
+            if (qc < T) out[nb * 8] = __ushort_as_bfloat16((unsigned short)(v & 0xffffu));
+            if (qc + 1 < T) out[nb * 8 + 1] = __ushort_as_bfloat16((unsigned short)(v >> 16));
+        }
+    }
+}
 
 // ------------------------------------------------ what the forwards share (mma.sync and wgmma)
 // The online softmax of one row of a key tile, in place, for the forwards that take the max of

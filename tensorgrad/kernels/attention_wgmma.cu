@@ -243,8 +243,8 @@ __device__ __forceinline__ void kvs_step_wgmma(float (&dk)[8][4], float (&dv)[8]
     for (int kk = 0; kk < 4; ++kk) wgmma_rs(dk, sa[kk], wgmma_desc(q_addr + 2048 * kk));   // dK += dS^T Q
     wgmma_commit();
 #pragma unroll
-    for (int hr = 0; hr < 2; ++hr)         // dS^T to memory while the tensor cores work
-        if (key[hr] < S) store_ds_row(ds + ((long long)bh * S + key[hr]) * T + q0 + 2 * t, st, hr, q0 + 2 * t, T);
+    for (int hr = 0; hr < 2; ++hr)         // dS^T to memory while the tensor cores work (from sa: st is free)
+        if (key[hr] < S) store_ds_row(ds + ((long long)bh * S + key[hr]) * T + q0 + 2 * t, sa, hr, q0 + 2 * t, T);
     wgmma_wait_all();
     hold(dk);
     hold(dv);
@@ -390,12 +390,12 @@ __device__ void attention_backward_dq_wgmma_body(const floatX* __restrict__ k, c
 
 // ----------------------------------------------------------------- entry points (head size 64)
 #if HEAD_DIM(64)
-extern "C" __global__ void __launch_bounds__(NT) attention_forward_wgmma_64(
+extern "C" __global__ void __launch_bounds__(NT, 4) attention_forward_wgmma_64(
         const floatX* q, const floatX* k, const floatX* v, floatX* y, float* lse, STRIDE_PARAMS, int H, int T,
         int S, float scale, int causal, const unsigned int* rng, unsigned int drop16, float dscale, int vec) {
     attention_forward_wgmma_body(q, k, v, y, lse, STRIDES, H, T, S, scale, causal, rng, drop16, dscale);
 }
-extern "C" __global__ void __launch_bounds__(NT) attention_backward_kvs_wgmma_64(
+extern "C" __global__ void __launch_bounds__(NT, 3) attention_backward_kvs_wgmma_64(
         const floatX* q, const floatX* k, const floatX* v, const floatX* dy, const float* lse, const float* dot,
         floatX* dk, floatX* dv, STRIDE_PARAMS, int H, int T, int S, float scale, int causal,
         const unsigned int* rng, unsigned int drop16, float dscale, int vec, floatX* ds) {
