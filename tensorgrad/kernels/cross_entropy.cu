@@ -12,9 +12,14 @@
 //   of x, one write of dx: softmax is recomputed from lse, not stored.
 // Fused:    both in one launch, for a loss whose gradient scale is known ahead (the LM
 //   head's classifier, ops/cuda.py): the row's lse and loss, then its dx, which may
-//   be x itself (written in place). The second read of the row mostly hits L2.
+//   be x itself (written in place). The _block form reads the row from global memory
+//   twice, and at GPT-2's size (100 KB a row, thousands of rows in flight) the second
+//   read mostly misses L2; the _smem form keeps the row in shared memory between the
+//   two passes, so DRAM sees one read and one write of the logits.
 // Launch: *_warp kernels: one warp per row (small vocabularies, e.g. 65
-//   characters); *_block kernels: one block per row (GPT-2's 50,257).
+//   characters); *_block kernels: one block per row (GPT-2's 50,257);
+//   cross_entropy_fused_smem: one block per row, for rows two blocks can hold in an SM's
+//   shared memory (112 KiB each on an H100/H200; cross_entropy.py picks).
 #include "common.cuh"
 
 // The (max, sum of exp) pair of a row, four elements a step where the row allows vector loads:
@@ -37,6 +42,30 @@ __device__ __forceinline__ MaxSum row_maxsum(const T* a, int n, int tid, int nth
     }
     for (int j = head + 4 * n4 + tid; j < n; j += nthreads) ms_add(st, to_f(a[j]));
     return st;
+}
+
+// Copy the row a[0, n) into shared memory at buf (16-byte aligned, n elements + 16 bytes) and
+// return where the copy starts: at a's offset within 16 bytes, so that the copy and the row
+// reach a 16-byte boundary at the same element. Then the body moves as raw 16-byte vectors
+// (bf16 too: no widening on the way through), and later reads of the copy get the same
+// scalar head and vector body as reads of the row itself (vec_head, phase4 agree).
+template <typename T>
+__device__ __forceinline__ const T* row_stage(unsigned char* buf, const T* a, int n, int tid, int nthreads) {
+    constexpr int W = 16 / sizeof(T);                             // elements in 16 bytes
+    const int offset = (int)((unsigned long long)a % 16);
+    T* s = reinterpret_cast<T*>(buf + offset);
+    int head = (16 - offset) % 16 / (int)sizeof(T);            // elements before a 16-byte boundary
+    if (head > n) head = n;
+    for (int j = tid; j < head; j += nthreads) s[j] = a[j];
+    const int n16 = (n - head) / W;
+    const uint4* src = reinterpret_cast<const uint4*>(a + head);
+    uint4* dst = reinterpret_cast<uint4*>(s + head);
+    // unrolled so that each thread has several loads in flight: with only two blocks an SM
+    // (the shared memory allows no more), one load at a time would leave DRAM idle
+#pragma unroll 4
+    for (int k = tid; k < n16; k += nthreads) dst[k] = src[k];
+    for (int j = head + W * n16 + tid; j < n; j += nthreads) s[j] = a[j];
+    return s;
 }
 
 template <bool BLOCK>
@@ -101,7 +130,10 @@ extern "C" __global__ void __launch_bounds__(512) cross_entropy_backward_block(c
     ce_backward_row<true>(x, t, keep, lse, row_scale, dx, N, V);
 }
 
-template <bool BLOCK>
+// SMEM (with BLOCK): the row is copied into dynamic shared memory (row_stage) and both passes
+// read it there; else both read it from global memory. A compile-time flag, so that the
+// kernels without it compile to the same machine code as before it existed.
+template <bool BLOCK, bool SMEM = false>
 __device__ __forceinline__ void ce_fused_row(const floatX* x, const long long* __restrict__ t,
                                              const bool* __restrict__ keep, const float* __restrict__ row_scale,
                                              float* __restrict__ losses, float* __restrict__ lse, floatX* dx,
@@ -114,6 +146,13 @@ __device__ __forceinline__ void ce_fused_row(const floatX* x, const long long* _
     const bool k = keep[row];
     const long long tt = t[row];
     const bool in_range = tt >= 0 && tt < V;
+    if constexpr (SMEM) {
+        extern __shared__ __align__(16) unsigned char row_smem[];   // V elements + 16 bytes
+        xr = row_stage(row_smem, xr, V, tid, nthreads);
+        // row_maxsum below reads elements other threads copied (bf16: 8 a vector here, 4 there);
+        // past this barrier no thread reads x again, so dx may overwrite it
+        __syncthreads();
+    }
     const float xt = k && in_range ? to_f(xr[tt]) : 0.f;      // read before any thread writes dx (= x)
     MaxSum st = group_maxsum<BLOCK>(row_maxsum(xr, V, tid, nthreads));   // ends in a barrier
     if (!BLOCK) __syncwarp();
@@ -138,6 +177,16 @@ extern "C" __global__ void __launch_bounds__(512) cross_entropy_fused_block(cons
                                                      const float* row_scale, float* losses, float* lse, floatX* dx,
                                                      int N, int V) {
     ce_fused_row<true>(x, t, keep, row_scale, losses, lse, dx, N, V);
+}
+
+// The row in dynamic shared memory (V elements + 16 bytes, see row_stage): read from DRAM once.
+// 512 threads, as the _block form has for rows over about 2,000, so each thread folds the same
+// elements in the same order and the lse and loss come out bit for bit the same. Two blocks an
+// SM (up to 112 KiB of row each on an H100/H200): one block's loads overlap the other's math.
+extern "C" __global__ void __launch_bounds__(512, 2) cross_entropy_fused_smem(const floatX* x, const long long* t, const bool* keep,
+                                                        const float* row_scale, float* losses, float* lse, floatX* dx,
+                                                        int N, int V) {
+    ce_fused_row<true, true>(x, t, keep, row_scale, losses, lse, dx, N, V);
 }
 
 // Scale: y = x * g[0], g a float on the device: the loss's gradient, which the fused launch

@@ -3,7 +3,7 @@ import numpy as np
 
 from .. import backend
 from . import _arr, _element, _rows, elementwise_grid, launch
-from .rows import launch_rows
+from .rows import launch_rows, settings
 
 
 def _ce_args(x, t, keep):
@@ -65,9 +65,37 @@ def cross_entropy_fused(x, t, keep, row_scale, out=None):
         raise ValueError(f"cross_entropy_fused: out must be a contiguous {x.dtype} {x.shape}, got {dx.dtype} {dx.shape}")
     losses = cp.empty((N,), dtype=cp.float32)
     lse = cp.empty((N,), dtype=cp.float32)
-    launch_rows("cross_entropy", "cross_entropy_fused", N, V,
-                (x, t, keep, row_scale, losses, lse, dx, np.int32(N), np.int32(V)), x.dtype)
+    args = (x, t, keep, row_scale, losses, lse, dx, np.int32(N), np.int32(V))
+    if N and _row_in_shared_memory(V, x.itemsize):
+        # the row rounded up to 16 bytes, and 16 more: row_stage starts it at x's offset within 16
+        launch("cross_entropy", "cross_entropy_fused_smem", (N,), (512,), args,
+               shared_mem=-(-V * x.itemsize // 16) * 16 + 16, dtype=x.dtype)
+    else:
+        launch_rows("cross_entropy", "cross_entropy_fused", N, V, args, x.dtype)
     return losses, lse, dx
+
+
+def _row_in_shared_memory(V, itemsize):
+    """Does cross_entropy_fused run cross_entropy_fused_smem (the row read from DRAM once, kept in
+    shared memory for the second pass) rather than launch_rows' _block kernel, which reads it twice?
+    For rows long enough to get a block (over settings.warp_rows_max) and short enough that two
+    blocks fit in an SM: half its shared memory less 2 KiB (the padding, the reductions' 272 bytes,
+    the 1 KiB the GPU keeps a block), 112 KiB on an H100/H200, where GPT-2's 50,304 bf16 logits
+    (98 KiB) fit; 80 KiB on an A100, where they take the _block kernel. settings.ce_smem = False
+    (launch_settings) keeps the _block kernel for every row."""
+    return settings.ce_smem and V > settings.warp_rows_max and V * itemsize <= _shared_memory_per_sm() // 2 - 2048
+
+
+def _shared_memory_per_sm():
+    """Bytes of shared memory a streaming multiprocessor of the current GPU has (228 KiB on an H100)."""
+    cp = backend.cupy()
+    dev = cp.cuda.Device().id
+    if dev not in _SHARED_PER_SM:
+        _SHARED_PER_SM[dev] = cp.cuda.Device(dev).attributes["MaxSharedMemoryPerMultiprocessor"]
+    return _SHARED_PER_SM[dev]
+
+
+_SHARED_PER_SM = {}
 
 
 def cross_entropy_scale(x, g):

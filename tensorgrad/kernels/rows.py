@@ -17,6 +17,7 @@ class Settings:
     ln_tile = 16           # rows per layernorm_backward tile, 1..32 (MAX_ROWS in layernorm.cu)
     ln_registers = True    # rows of whole vectors up to 1024 long: the layernorm kernels holding a row in registers
     ln_rows_per_warp = 4   # rows each warp of layernorm_backward_regs_* takes (8 warps a block, a partial per block)
+    ce_smem = True         # block-sized rows of up to 112 KiB: cross_entropy_fused holding the row in shared memory
     block_threads = None   # bench/kernels.py may fix the threads of one-block-a-row launches
 
 
@@ -24,15 +25,18 @@ settings = Settings()
 
 
 @contextlib.contextmanager
-def launch_settings(block_threads=None, warp_rows_max=None, ln_tile=None, ln_registers=None, ln_rows_per_warp=None):
+def launch_settings(block_threads=None, warp_rows_max=None, ln_tile=None, ln_registers=None, ln_rows_per_warp=None,
+                    ce_smem=None):
     """Launch with other settings inside the block (bench/kernels.py --tune, tests); None keeps one.
     block_threads: threads of a one-block-a-row launch; warp_rows_max: the longest row given a
     warp (0: every row gets a block); ln_tile: rows per layernorm_backward tile (1..32);
     ln_registers: False runs the layernorm kernels that re-read rows instead of holding them;
-    ln_rows_per_warp: rows per warp of the register backward."""
+    ln_rows_per_warp: rows per warp of the register backward; ce_smem: False runs the fused
+    cross-entropy kernel that reads each row from global memory twice."""
     saved = dict(vars(settings))
     for name, value in (("block_threads", block_threads), ("warp_rows_max", warp_rows_max), ("ln_tile", ln_tile),
-                        ("ln_registers", ln_registers), ("ln_rows_per_warp", ln_rows_per_warp)):
+                        ("ln_registers", ln_registers), ("ln_rows_per_warp", ln_rows_per_warp),
+                        ("ce_smem", ce_smem)):
         if value is not None:
             setattr(settings, name, value)
     try:
