@@ -389,6 +389,11 @@ __device__ void attention_backward_dq_wgmma_body(const floatX* __restrict__ k, c
 }
 
 // ----------------------------------------------------------------- entry points (head size 64)
+// The second __launch_bounds__ number is how many blocks an SM must hold, which caps the
+// registers a thread may take. A block is one warpgroup that waits for its own products, so
+// the other blocks on the SM are what keeps the tensor cores busy meanwhile: the forward is
+// held to four (128 registers), the kv kernel to three (168; left alone it takes over 200 and
+// fits two, and the few values it now spills cost less than the third block gains).
 #if HEAD_DIM(64)
 extern "C" __global__ void __launch_bounds__(NT, 4) attention_forward_wgmma_64(
         const floatX* q, const floatX* k, const floatX* v, floatX* y, float* lse, STRIDE_PARAMS, int H, int T,
