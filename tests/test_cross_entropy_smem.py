@@ -179,7 +179,7 @@ def test_gpt2_rows_take_the_smem_kernel(launches):
     on the _block kernel, short rows on the _warp kernel."""
     dt = _element("bfloat16")
     cp = tg.backend.cupy()
-    if ce._shared_memory_per_sm() < H100_SM:
+    if ce.device_attribute("MaxSharedMemoryPerMultiprocessor") < H100_SM:
         pytest.skip("the smem kernel takes GPT-2's rows on GPUs of 228 KiB an SM (H100, H200)")
     rng = np.random.default_rng(3)
 
@@ -213,6 +213,6 @@ def test_gpt2_rows_take_the_smem_kernel(launches):
 ])
 def test_which_rows_take_the_smem_kernel(monkeypatch, V, itemsize, per_sm, smem, expected):
     """The one choice (_row_in_shared_memory), with the GPU's shared memory faked: runs without a GPU."""
-    monkeypatch.setattr(ce, "_shared_memory_per_sm", lambda: per_sm)
+    monkeypatch.setattr(ce, "device_attribute", lambda name: per_sm)
     with kernels.launch_settings(ce_smem=smem):
         assert ce._row_in_shared_memory(V, itemsize) == expected

@@ -144,15 +144,21 @@ def compile_ahead(dtype=_F32, head_size=None, attention_dropout=False):
     pool.shutdown(wait=False)      # the threads finish their queue; _kernel waits on what it needs
 
 
-_sm_count = None
+_attributes = {}       # (device id, CuPy's attribute name) -> value: a GPU's facts do not change
+
+
+def device_attribute(name):
+    """CuPy's Device.attributes[name] of the current GPU, read once per device."""
+    cp = backend.cupy()
+    key = (cp.cuda.Device().id, name)
+    if key not in _attributes:
+        _attributes[key] = cp.cuda.Device(key[0]).attributes[name]
+    return _attributes[key]
 
 
 def sm_count():
     """Streaming multiprocessors of the current GPU (132 on an H100 SXM): grids are sized from it."""
-    global _sm_count
-    if _sm_count is None:
-        _sm_count = backend.cupy().cuda.Device().attributes["MultiProcessorCount"]
-    return _sm_count
+    return device_attribute("MultiProcessorCount")
 
 
 def elementwise_grid(n, threads=256, per_sm=16):

@@ -2,7 +2,7 @@
 import numpy as np
 
 from .. import backend
-from . import _arr, _element, _rows, elementwise_grid, launch
+from . import _arr, _element, _rows, device_attribute, elementwise_grid, launch
 from .rows import launch_rows, settings
 
 
@@ -83,19 +83,8 @@ def _row_in_shared_memory(V, itemsize):
     the 1 KiB the GPU keeps a block), 112 KiB on an H100/H200, where GPT-2's 50,304 bf16 logits
     (98 KiB) fit; 80 KiB on an A100, where they take the _block kernel. settings.ce_smem = False
     (launch_settings) keeps the _block kernel for every row."""
-    return settings.ce_smem and V > settings.warp_rows_max and V * itemsize <= _shared_memory_per_sm() // 2 - 2048
-
-
-def _shared_memory_per_sm():
-    """Bytes of shared memory a streaming multiprocessor of the current GPU has (228 KiB on an H100)."""
-    cp = backend.cupy()
-    dev = cp.cuda.Device().id
-    if dev not in _SHARED_PER_SM:
-        _SHARED_PER_SM[dev] = cp.cuda.Device(dev).attributes["MaxSharedMemoryPerMultiprocessor"]
-    return _SHARED_PER_SM[dev]
-
-
-_SHARED_PER_SM = {}
+    return (settings.ce_smem and V > settings.warp_rows_max
+            and V * itemsize <= device_attribute("MaxSharedMemoryPerMultiprocessor") // 2 - 2048)
 
 
 def cross_entropy_scale(x, g):
